@@ -1,0 +1,423 @@
+"""Time one causal-LM training step (forward + backward) and its peak memory.
+
+Compares seqformer's ReformerLM with HuggingFace's Reformer, lucidrains'
+reformer-pytorch and a plain dense-attention (SDPA) transformer, all at the same
+width and depth. Every (implementation, length) pair runs in a fresh subprocess so
+the peak-memory figure belongs to that measurement alone and a crash, OOM kill or
+timeout only loses that one cell of the table.
+
+    python benchmarks/bench_core.py                       # all impls, L = 4096 16384 65536
+    python benchmarks/bench_core.py --lengths 1024 --impls hf,sdpa --out docs/benchmarks.md
+
+See benchmarks/README.md for installing the peer implementations.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+IMPLS = ("seqformer", "hf", "lucidrains", "sdpa")
+OURS = "seqformer"
+DEFAULT_LENGTHS = (4096, 16384, 65536)
+
+# The one benchmarked configuration, shared by every implementation.
+VOCAB = 16
+D_MODEL = 256
+N_LAYERS = 6
+N_HEADS = 4
+HEAD_DIM = D_MODEL // N_HEADS
+D_FF = 1024
+BUCKET = 64  # seqformer bucket_size, HF lsh_attn_chunk_length, lucidrains bucket_size
+N_HASHES = 4
+
+# Workers print one line with this prefix; anything else on stdout (library chatter) is ignored.
+RESULT_TAG = "BENCH_RESULT "
+
+
+# --------------------------------------------------------------------------- model builders
+
+
+class NotAvailable(Exception):
+    """The implementation cannot be imported here (not installed / not written yet)."""
+
+
+def axial_shape(length: int) -> tuple[int, int]:
+    # HF insists prod(axial_pos_shape) == L while training; the most square split keeps
+    # both embedding tables small.
+    a = max(d for d in range(1, math.isqrt(length) + 1) if length % d == 0)
+    return a, length // a
+
+
+def hf_num_buckets(length: int) -> int | list[int]:
+    # Same rule HF applies when num_buckets=None (ReformerAttention._set_num_buckets, with
+    # max_position_embeddings == L): ~2 * L / chunk rounded down to a power of two, factorised
+    # into two hash rotations once it exceeds 2 * max(sqrt(L / chunk), chunk). Set explicitly
+    # so the choice is visible and HF does not log a warning per layer.
+    pow2 = (2 * (length // BUCKET)).bit_length() - 1
+    limit = 2 * max(int((length // BUCKET) ** 0.5), BUCKET)
+    if 2**pow2 > limit:
+        return [2 ** (pow2 // 2), 2 ** (pow2 - pow2 // 2)]
+    return 2**pow2
+
+
+def build_seqformer(length: int):
+    try:
+        from seqformer.core import ReformerConfig, ReformerLM
+    except ImportError as exc:
+        raise NotAvailable(str(exc)) from exc
+    cfg = ReformerConfig(
+        vocab_size=VOCAB, d_model=D_MODEL, n_layers=N_LAYERS, n_heads=N_HEADS, d_ff=D_FF,
+        attn="lsh", bucket_size=BUCKET, n_hashes=N_HASHES, causal=True, reversible=True,
+        ff_chunk_size=None, max_seq_len=length, dropout=0.0,
+    )  # fmt: skip
+    model = ReformerLM(cfg)
+    return model, model
+
+
+def build_hf(length: int):
+    try:
+        from transformers import ReformerConfig, ReformerModelWithLMHead
+    except ImportError as exc:
+        raise NotAvailable(str(exc)) from exc
+    cfg = ReformerConfig(
+        vocab_size=VOCAB,
+        attn_layers=["lsh"] * N_LAYERS,
+        hidden_size=D_MODEL,
+        num_attention_heads=N_HEADS,
+        attention_head_size=HEAD_DIM,
+        feed_forward_size=D_FF,
+        hidden_act="gelu",  # HF defaults to relu; the other three use GELU
+        lsh_attn_chunk_length=BUCKET,
+        num_hashes=N_HASHES,
+        num_buckets=hf_num_buckets(length),
+        is_decoder=True,  # causal masking in LSH attention
+        axial_pos_embds=True,
+        axial_pos_shape=axial_shape(length),
+        axial_pos_embds_dim=(64, D_MODEL - 64),
+        max_position_embeddings=length,
+        hidden_dropout_prob=0.0,
+        lsh_attention_probs_dropout_prob=0.0,
+        local_attention_probs_dropout_prob=0.0,
+        chunk_size_lm_head=0,
+        use_cache=False,
+    )
+    model = ReformerModelWithLMHead(cfg)
+    return model, lambda tokens: model(input_ids=tokens, use_cache=False).logits
+
+
+def build_lucidrains(length: int):
+    try:
+        from reformer_pytorch import ReformerLM
+    except ImportError as exc:
+        raise NotAvailable(str(exc)) from exc
+    model = ReformerLM(
+        num_tokens=VOCAB,
+        dim=D_MODEL,
+        depth=N_LAYERS,
+        max_seq_len=length,
+        heads=N_HEADS,
+        dim_head=HEAD_DIM,
+        bucket_size=BUCKET,
+        n_hashes=N_HASHES,
+        ff_chunks=1,  # no feed-forward chunking, like ff_chunk_size=None
+        attn_chunks=1,
+        ff_mult=D_FF // D_MODEL,
+        causal=True,
+        lsh_dropout=0.0,
+        ff_dropout=0.0,
+        post_attn_dropout=0.0,
+        layer_dropout=0.0,
+        reverse_thres=0,  # always reversible
+        axial_position_emb=True,
+        axial_position_shape=axial_shape(length),
+    )
+    return model, model
+
+
+def build_sdpa(length: int):
+    from baselines import SdpaLM  # benchmarks/ is sys.path[0] when this file is run
+
+    model = SdpaLM(VOCAB, D_MODEL, N_LAYERS, N_HEADS, D_FF)
+    return model, model
+
+
+BUILDERS: dict[str, Callable] = {
+    "seqformer": build_seqformer,
+    "hf": build_hf,
+    "lucidrains": build_lucidrains,
+    "sdpa": build_sdpa,
+}
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def measure(impl: str, length: int, device: str, repeats: int, warmup: bool, seed: int) -> dict:
+    import torch
+    import torch.nn.functional as F
+
+    torch.manual_seed(seed)
+    dev = torch.device(device)
+    model, forward = BUILDERS[impl](length)
+    model.to(dev).train()
+    tokens = torch.randint(0, VOCAB, (1, length), device=dev)
+
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+
+    def step() -> float:
+        model.zero_grad(set_to_none=True)
+        logits = forward(tokens)
+        loss = F.cross_entropy(
+            logits[:, :-1].reshape(-1, VOCAB).float(), tokens[:, 1:].reshape(-1)
+        )
+        loss.backward()
+        sync()
+        return loss.item()
+
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    if warmup:
+        step()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        loss = step()
+        times.append(time.perf_counter() - start)
+
+    if dev.type == "cuda":
+        peak_mib = torch.cuda.max_memory_allocated(dev) / 2**20
+    else:
+        peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
+    status = "ok" if math.isfinite(loss) else f"non-finite loss {loss}"
+    if not warmup:
+        status += " (no warm-up)"
+    return {
+        "status": status,
+        "seconds": statistics.median(times),
+        "times": times,
+        "peak_mib": peak_mib,
+        "loss": loss,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def worker_main(args: argparse.Namespace) -> None:
+    import torch
+
+    impl, length = args.worker[0], int(args.worker[1])
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        result = measure(
+            impl, length, args.device, args.repeats, length <= args.warmup_max_len, args.seed
+        )
+    except NotAvailable as exc:
+        result = {"status": f"not available ({exc})"}
+    except Exception as exc:  # report and let the parent carry on with the next cell
+        traceback.print_exc()
+        result = {"status": f"error: {type(exc).__name__}: {exc}"}
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+@dataclass
+class Result:
+    impl: str
+    length: int
+    status: str
+    seconds: float | None = None
+    peak_mib: float | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status.startswith("ok")
+
+
+def run_one(impl: str, length: int, args: argparse.Namespace) -> Result:
+    cmd = [
+        sys.executable, str(Path(__file__).resolve()), "--worker", impl, str(length),
+        "--device", args.device, "--repeats", str(args.repeats), "--seed", str(args.seed),
+        "--warmup-max-len", str(args.warmup_max_len), "--threads", str(args.threads or 0),
+    ]  # fmt: skip
+    env = dict(os.environ)
+    # seqformer imports from the checkout even when it is not pip-installed.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    # HF must never try the network, and its per-call warnings would drown the progress log.
+    env.update(HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error", TOKENIZERS_PARALLELISM="false")
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env)
+    except subprocess.TimeoutExpired:
+        return Result(impl, length, f"timeout (>{args.timeout:g} s)")
+
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_TAG):
+            data = json.loads(line[len(RESULT_TAG) :])
+            if data["status"].startswith("error"):
+                sys.stderr.write(proc.stderr[-3000:])
+            return Result(impl, length, data["status"], data.get("seconds"), data.get("peak_mib"))
+    # No result line: the worker died hard (SIGKILL from the OOM killer, segfault, ...).
+    sys.stderr.write(proc.stderr[-3000:])
+    if proc.returncode < 0:
+        return Result(impl, length, f"killed by signal {-proc.returncode} (OOM?)")
+    return Result(impl, length, f"crashed (exit {proc.returncode})")
+
+
+def fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def render(results: list[Result], impls: list[str], lengths: list[int], device: str) -> str:
+    mem_label = "peak CUDA alloc MiB" if device == "cuda" else "peak RSS MiB"
+    lines = [
+        f"| implementation | L | s/step | tokens/s | {mem_label} | status |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for r in results:
+        tps = r.length / r.seconds if r.seconds else None
+        lines.append(
+            f"| {r.impl} | {r.length} | {fmt(r.seconds, '.3f')} | {fmt(tps, ',.0f')} "
+            f"| {fmt(r.peak_mib, ',.0f')} | {r.status} |"
+        )
+
+    by_key = {(r.impl, r.length): r for r in results if r.ok}
+    others = [i for i in impls if i != OURS]
+    if OURS in impls and others:
+        lines += [
+            "",
+            f"Ratios vs {OURS} (speed = their s/step / ours, >1 means {OURS} is faster; "
+            f"memory = their peak / ours, >1 means {OURS} uses less):",
+            "",
+            "| L | other | speed ratio | memory ratio |",
+            "|---:|---|---:|---:|",
+        ]
+        for length in lengths:
+            ours = by_key.get((OURS, length))
+            for other in others:
+                theirs = by_key.get((other, length))
+                if ours and theirs:
+                    speed = f"{theirs.seconds / ours.seconds:.2f}"
+                    memory = f"{theirs.peak_mib / ours.peak_mib:.2f}"
+                else:
+                    speed = memory = "—"
+                lines.append(f"| {length} | {other} | {speed} | {memory} |")
+
+    if OURS in impls and len(lengths) > 1:
+        lines += ["", f"{OURS} scaling (time ratio between consecutive lengths):", ""]
+        for short, long in zip(lengths, lengths[1:]):
+            a, b = by_key.get((OURS, short)), by_key.get((OURS, long))
+            factor = long / short
+            ratio = f"{b.seconds / a.seconds:.2f}" if a and b else "—"
+            lines.append(
+                f"- t({long}) / t({short}) = {ratio} "
+                f"(linear would be {factor:g}, quadratic {factor**2:g})"
+            )
+    return "\n".join(lines)
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def environment_lines(args: argparse.Namespace) -> list[str]:
+    import torch
+
+    threads = args.threads or torch.get_num_threads()
+    source = "--threads" if args.threads else "torch default"
+    lines = [
+        f"- command: `python {shlex.join(sys.argv)}`",
+        f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"- torch {torch.__version__}, python {platform.python_version()}",
+        f"- CPU: {cpu_model()} ({os.cpu_count()} logical cores), torch threads: {threads} "
+        f"({source})",
+        f"- device: {args.device}"
+        + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""),
+        f"- config: vocab {VOCAB}, d_model {D_MODEL}, {N_LAYERS} layers, {N_HEADS} heads, "
+        f"d_ff {D_FF}, bucket/chunk {BUCKET}, {N_HASHES} hashes, batch 1",
+        f"- {args.repeats} timed step(s), median reported; 1 warm-up step when "
+        f"L <= {args.warmup_max_len}",
+    ]
+    return lines
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--impls", default=",".join(IMPLS), help="comma list of " + ",".join(IMPLS))
+    p.add_argument("--lengths", type=int, nargs="+", default=list(DEFAULT_LENGTHS))
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--repeats", type=int, default=1, help="timed steps per measurement")
+    p.add_argument("--timeout", type=float, default=240.0, help="seconds per measurement")
+    p.add_argument(
+        "--warmup-max-len", type=int, default=16384,
+        help="do one untimed warm-up step only up to this length (it would double the cost "
+        "of the longest runs)",
+    )  # fmt: skip
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, help="append the results as Markdown to this file")
+    p.add_argument("--worker", nargs=2, metavar=("IMPL", "L"), help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+
+    args.impls = [i.strip() for i in args.impls.split(",") if i.strip()]
+    unknown = set(args.impls) - set(IMPLS)
+    if unknown:
+        p.error(f"unknown implementation(s): {', '.join(sorted(unknown))}")
+    # lucidrains needs L % (2 * bucket) == 0, HF needs L % chunk == 0.
+    bad = [n for n in args.lengths if n % (2 * BUCKET)]
+    if bad:
+        p.error(f"lengths must be multiples of {2 * BUCKET}: {bad}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker:
+        worker_main(args)
+        return
+
+    env = environment_lines(args)
+    print("\n".join(env), file=sys.stderr)
+    results = []
+    for length in args.lengths:
+        for impl in args.impls:
+            print(f"[bench] {impl} L={length} ...", file=sys.stderr, flush=True)
+            result = run_one(impl, length, args)
+            print(f"[bench]   {result.status} {fmt(result.seconds, '.3f')} s", file=sys.stderr)
+            results.append(result)
+
+    table = render(results, args.impls, args.lengths, args.device)
+    print(table)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        with args.out.open("a") as fh:
+            fh.write(f"\n## bench_core run {datetime.date.today().isoformat()}\n\n")
+            fh.write("\n".join(env) + "\n\n" + table + "\n")
+
+
+if __name__ == "__main__":
+    main()

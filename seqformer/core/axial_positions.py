@@ -1,0 +1,31 @@
+"""Axial positional embeddings (Reformer section 5 / trax): a position is a mixed-radix
+number over `shape`, and its embedding is the sum of one learned vector per axis, so a
+1M-position table costs (sum of axes) x d_model parameters instead of 1M x d_model."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+
+class AxialPositionalEmbedding(nn.Module):
+    def __init__(self, shape: tuple[int, ...], d_model: int):
+        super().__init__()
+        self.shape = tuple(shape)
+        self.axes = nn.ParameterList(
+            [nn.Parameter(torch.randn(n, d_model) * 0.02) for n in self.shape])
+
+    @property
+    def max_positions(self) -> int:
+        return math.prod(self.shape)
+
+    def forward(self, positions: torch.Tensor) -> torch.Tensor:
+        """positions: LongTensor of any shape -> (*positions.shape, d_model)."""
+        out = 0
+        rest = positions
+        for n, table in zip(reversed(self.shape), reversed(self.axes)):
+            out = out + table[rest % n]
+            rest = torch.div(rest, n, rounding_mode="floor")
+        return out

@@ -1,0 +1,127 @@
+"""ReformerConfig: every model hyper-parameter, validated at construction."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+ATTN_KINDS = ("lsh", "local", "full")
+
+# Above this many buckets, hashing uses two factors (n1 * n2 buckets from n1/2 + n2/2
+# rotation columns) so the rotation matmul stays cheap at 1M tokens, as in trax/HF.
+FACTORIZE_ABOVE = 128
+
+
+class ConfigError(ValueError):
+    """An invalid configuration; the message names the offending field."""
+
+
+def _next_pow2(n: int) -> int:
+    return 1 << max(0, math.ceil(math.log2(max(n, 1))))
+
+
+@dataclass
+class ReformerConfig:
+    vocab_size: int = 16
+    d_model: int = 256
+    n_layers: int = 6
+    n_heads: int = 4
+    d_ff: int = 1024
+    attn: str | list[str] = "lsh"
+    bucket_size: int = 64
+    n_buckets: int | None = None
+    n_hashes: int = 4
+    causal: bool = True
+    reversible: bool = True
+    ff_chunk_size: int | None = None
+    axial_shape: tuple[int, ...] | None = None
+    max_seq_len: int = 131072
+    dropout: float = 0.0
+    tie_embeddings: bool = True
+    hash_seed: int = 0  # seeds the fixed eval-mode rotations
+
+    def __post_init__(self) -> None:
+        if isinstance(self.attn, (list, tuple)):
+            self.attn = list(self.attn)
+        if self.axial_shape is not None:
+            self.axial_shape = tuple(int(a) for a in self.axial_shape)
+        self.validate()
+        if self.n_buckets is None:
+            self.n_buckets = max(2, _next_pow2(math.ceil(self.max_seq_len / self.bucket_size)))
+        if self.axial_shape is None:
+            self.axial_shape = default_axial_shape(self.max_seq_len)
+
+    # -- validation -----------------------------------------------------------------
+    def validate(self) -> None:
+        def need(cond: bool, field: str, msg: str) -> None:
+            if not cond:
+                raise ConfigError(f"{field}: {msg}")
+
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "bucket_size",
+                     "n_hashes", "max_seq_len"):
+            v = getattr(self, name)
+            need(isinstance(v, int) and not isinstance(v, bool) and v > 0, name,
+                 f"must be a positive integer, got {v!r}")
+        need(self.d_model % self.n_heads == 0, "d_model",
+             f"{self.d_model} is not divisible by n_heads={self.n_heads}")
+        kinds = self.attn if isinstance(self.attn, list) else [self.attn]
+        for k in kinds:
+            need(k in ATTN_KINDS, "attn", f"unknown attention kind {k!r} (use one of {ATTN_KINDS})")
+        if isinstance(self.attn, list):
+            need(len(self.attn) == self.n_layers, "attn",
+                 f"has {len(self.attn)} entries but n_layers={self.n_layers}")
+        if self.n_buckets is not None:
+            need(isinstance(self.n_buckets, int)
+                 and (self.n_buckets == 1 or (self.n_buckets >= 2 and self.n_buckets % 2 == 0)),
+                 "n_buckets", f"must be 1 or an even integer (angular LSH takes the argmax over "
+                 f"[xR, -xR]), got {self.n_buckets!r}")
+        if self.ff_chunk_size is not None:
+            need(isinstance(self.ff_chunk_size, int) and self.ff_chunk_size > 0,
+                 "ff_chunk_size", f"must be None or a positive integer, got {self.ff_chunk_size!r}")
+        need(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
+        if self.axial_shape is not None:
+            need(len(self.axial_shape) >= 2 and all(a > 0 for a in self.axial_shape),
+                 "axial_shape", f"needs two or more positive axes, got {self.axial_shape}")
+            need(math.prod(self.axial_shape) >= self.max_seq_len, "axial_shape",
+                 f"{self.axial_shape} covers {math.prod(self.axial_shape)} positions, "
+                 f"fewer than max_seq_len={self.max_seq_len}")
+
+    # -- derived ----------------------------------------------------------------------
+    def layer_attn(self, i: int) -> str:
+        return self.attn[i] if isinstance(self.attn, list) else self.attn
+
+    @property
+    def d_head(self) -> int:
+        return self.d_model // self.n_heads
+
+    @property
+    def bucket_factors(self) -> tuple[int, ...]:
+        """How hashing splits n_buckets: (n,) or (n1, n2) with n1 * n2 == n, both even."""
+        n = self.n_buckets
+        if n <= FACTORIZE_ABOVE:
+            return (n,)
+        best = None
+        for a in range(2, int(math.isqrt(n)) + 1, 2):
+            if n % a == 0 and (n // a) % 2 == 0:
+                best = a
+        return (best, n // best) if best else (n,)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["axial_shape"] = list(self.axial_shape) if self.axial_shape else None
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> ReformerConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ConfigError(f"{unknown[0]}: unknown config field")
+        return cls(**d)
+
+
+def default_axial_shape(max_seq_len: int) -> tuple[int, int]:
+    """Two axes near sqrt(max_seq_len), the first a power of two."""
+    a = _next_pow2(math.ceil(math.sqrt(max_seq_len)))
+    return (a, math.ceil(max_seq_len / a))

@@ -1,0 +1,134 @@
+"""ReformerLM: token + axial position embeddings, the two-stream stack, a tied LM head."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .attention import Attention, KVCache
+from .axial_positions import AxialPositionalEmbedding
+from .config import ReformerConfig
+from .feedforward import FeedForward
+from .reversible import ReformerLayer, plain_stack, reversible_stack
+from .sampling import sample_next
+
+
+@dataclass
+class DecodeCache:
+    layers: list[KVCache]
+    length: int  # positions decoded so far
+    capacity: int
+
+
+class ReformerLM(nn.Module):
+    def __init__(self, cfg: ReformerConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.d_model
+        self.embed = nn.Embedding(cfg.vocab_size, d)
+        self.pos = AxialPositionalEmbedding(cfg.axial_shape, d)
+        self.layers = nn.ModuleList(
+            ReformerLayer(Attention(cfg, i), FeedForward(d, cfg.d_ff, cfg.dropout,
+                                                         cfg.ff_chunk_size))
+            for i in range(cfg.n_layers))
+        self.norm = nn.LayerNorm(d)
+        self.head = nn.Linear(d, cfg.vocab_size, bias=False)
+        self.apply(self._init)
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.weight
+
+    @staticmethod
+    def _init(m: nn.Module) -> None:
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, std=0.02)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.cfg.max_seq_len
+
+    def set_n_hashes(self, n_hashes: int) -> None:
+        """Evaluate with a different number of hashing rounds (parameters do not change)."""
+        for layer in self.layers:
+            layer.attn.n_hashes = n_hashes
+
+    # -- forward ----------------------------------------------------------------------
+    def _embed(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
+        L = tokens.shape[1]
+        if start + L > self.cfg.max_seq_len:
+            raise ValueError(f"sequence of {start + L} tokens exceeds max_seq_len="
+                             f"{self.cfg.max_seq_len}")
+        positions = torch.arange(start, start + L, device=tokens.device)
+        x = self.embed(tokens) + self.pos(positions)
+        return F.dropout(x, self.cfg.dropout, self.training)
+
+    def _final(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+        return self.norm((x1 + x2) * 0.5)
+
+    def hidden_states(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, L) -> final normalized hidden states (B, L, d_model)."""
+        x = self._embed(tokens)
+        run_reversible = self.cfg.reversible and torch.is_grad_enabled()
+        stack = reversible_stack if run_reversible else plain_stack
+        return self._final(*stack(self.layers, x, x))
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """tokens (B, L) -> logits (B, L, vocab_size)."""
+        return self.head(self.hidden_states(tokens))
+
+    # -- decoding ---------------------------------------------------------------------
+    @torch.no_grad()
+    def prefill(self, prompt: torch.Tensor, capacity: int) -> tuple[torch.Tensor, DecodeCache]:
+        """Logits for a prompt (B, P) and a cache with room for `capacity` positions."""
+        if not self.cfg.causal:
+            raise ValueError("decoding needs a causal model (causal=True)")
+        if capacity > self.cfg.max_seq_len:
+            raise ValueError(f"{capacity} positions exceed max_seq_len={self.cfg.max_seq_len}")
+        x1 = x2 = self._embed(prompt)
+        caches = []
+        for layer in self.layers:
+            a, cache = layer.attn.prefill(x2, capacity)
+            x1 = x1 + a
+            x2 = x2 + layer.ff(x1)
+            caches.append(cache)
+        logits = self.head(self._final(x1, x2))
+        return logits, DecodeCache(caches, prompt.shape[1], capacity)
+
+    @torch.no_grad()
+    def step(self, token: torch.Tensor, cache: DecodeCache) -> torch.Tensor:
+        """Logits (B, vocab) for one new token (B,) appended at position cache.length."""
+        t = cache.length
+        if t >= cache.capacity:
+            raise ValueError(f"decoding cache is full ({cache.capacity} positions)")
+        x1 = x2 = self._embed(token.unsqueeze(1), start=t)
+        for layer, c in zip(self.layers, cache.layers):
+            x1 = x1 + layer.attn.step(x2, c, t)
+            x2 = x2 + layer.ff(x1)
+        cache.length = t + 1
+        return self.head(self._final(x1, x2))[:, 0]
+
+    @torch.no_grad()
+    def generate(self, prompt: torch.Tensor, n_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """prompt (B, P), P >= 1 -> (B, P + n_tokens). temperature=0 is greedy."""
+        if prompt.ndim != 2 or prompt.shape[1] < 1:
+            raise ValueError("prompt must be (batch, length) with length >= 1")
+        was_training = self.training
+        self.eval()
+        try:
+            logits, cache = self.prefill(prompt, prompt.shape[1] + n_tokens)
+            out = [prompt]
+            next_logits = logits[:, -1]
+            for i in range(n_tokens):
+                token = sample_next(next_logits, temperature, top_k, top_p, generator)
+                out.append(token.unsqueeze(1))
+                if i + 1 < n_tokens:
+                    next_logits = self.step(token, cache)
+            return torch.cat(out, dim=1)
+        finally:
+            self.train(was_training)
