@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import math
 import os
@@ -185,9 +186,7 @@ def measure(impl: str, length: int, device: str, repeats: int, warmup: bool, see
     def step() -> float:
         model.zero_grad(set_to_none=True)
         logits = forward(tokens)
-        loss = F.cross_entropy(
-            logits[:, :-1].reshape(-1, VOCAB).float(), tokens[:, 1:].reshape(-1)
-        )
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB).float(), tokens[:, 1:].reshape(-1))
         loss.backward()
         sync()
         return loss.item()
@@ -323,7 +322,7 @@ def render(results: list[Result], impls: list[str], lengths: list[int], device: 
 
     if OURS in impls and len(lengths) > 1:
         lines += ["", f"{OURS} scaling (time ratio between consecutive lengths):", ""]
-        for short, long in zip(lengths, lengths[1:]):
+        for short, long in itertools.pairwise(lengths):
             a, b = by_key.get((OURS, short)), by_key.get((OURS, long))
             factor = long / short
             ratio = f"{b.seconds / a.seconds:.2f}" if a and b else "—"
@@ -387,6 +386,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = set(args.impls) - set(IMPLS)
     if unknown:
         p.error(f"unknown implementation(s): {', '.join(sorted(unknown))}")
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
     # lucidrains needs L % (2 * bucket) == 0, HF needs L % chunk == 0.
     bad = [n for n in args.lengths if n % (2 * BUCKET)]
     if bad:
@@ -399,6 +400,11 @@ def main(argv: list[str] | None = None) -> None:
     if args.worker:
         worker_main(args)
         return
+    if args.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            sys.exit("--device cuda, but torch.cuda.is_available() is False")
 
     env = environment_lines(args)
     print("\n".join(env), file=sys.stderr)

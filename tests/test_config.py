@@ -1,0 +1,56 @@
+import pytest
+import torch
+
+from seqformer.core import ConfigError, ReformerConfig, sample_next
+from seqformer.core.axial_positions import AxialPositionalEmbedding
+
+
+@pytest.mark.parametrize("kw, field", [
+    (dict(d_model=30, n_heads=4), "d_model"),
+    (dict(attn="sparse"), "attn"),
+    (dict(attn=["lsh"], n_layers=2), "attn"),
+    (dict(axial_shape=(8, 8), max_seq_len=100), "axial_shape"),
+    (dict(axial_shape=(128,), max_seq_len=100), "axial_shape"),
+    (dict(n_buckets=7), "n_buckets"),
+    (dict(bucket_size=0), "bucket_size"),
+    (dict(dropout=1.0), "dropout"),
+    (dict(ff_chunk_size=0), "ff_chunk_size"),
+])
+def test_invalid_config_names_the_field(kw, field):
+    with pytest.raises(ConfigError, match=f"^{field}:"):
+        ReformerConfig(**kw)
+
+
+def test_unknown_field_in_dict():
+    with pytest.raises(ConfigError, match="^n_layer: unknown"):
+        ReformerConfig.from_dict({"n_layer": 3})
+
+
+def test_derived_values_depend_only_on_config():
+    c = ReformerConfig(max_seq_len=131072, bucket_size=64)
+    assert c.n_buckets == 2048 and c.bucket_factors == (32, 64)
+    assert c.axial_shape == (512, 256)
+    assert ReformerConfig(max_seq_len=1_048_576).bucket_factors == (128, 128)
+    small = ReformerConfig(max_seq_len=1000, bucket_size=64)
+    assert small.n_buckets == 16 and small.bucket_factors == (16,)
+    assert ReformerConfig.from_dict(c.to_dict()) == c
+
+
+def test_axial_positions_are_distinct_and_cover_the_table():
+    emb = AxialPositionalEmbedding((4, 8, 3), 16)
+    pos = emb(torch.arange(96))
+    assert pos.shape == (96, 16)
+    assert torch.unique(pos, dim=0).shape[0] == 96
+    # position p uses row p % 3 of the last axis, (p // 3) % 8 of the middle one
+    torch.testing.assert_close(pos[5], emb.axes[0][0] + emb.axes[1][1] + emb.axes[2][2])
+
+
+def test_sampling_filters():
+    logits = torch.tensor([[0.0, 1.0, 2.0, 3.0]]).repeat(500, 1)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(sample_next(logits, temperature=0), torch.full((500,), 3))
+    assert set(sample_next(logits, top_k=2, generator=g).tolist()) == {2, 3}
+    # probabilities .032 .087 .237 .644: top_p=0.7 keeps the two largest
+    assert set(sample_next(logits, top_p=0.7, generator=g).tolist()) == {2, 3}
+    assert set(sample_next(logits, top_p=0.5, generator=g).tolist()) == {3}
+    assert len(set(sample_next(logits, generator=g).tolist())) == 4

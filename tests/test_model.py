@@ -1,0 +1,169 @@
+"""ReformerLM contracts: prefix consistency, exact causality, cached decoding, eval
+determinism, parameters independent of attention kind / reversibility / chunking."""
+
+import pytest
+import torch
+
+from seqformer.core import ReformerConfig, ReformerLM
+
+KINDS = ["lsh", "local", "full"]
+
+
+def tiny(**kw):
+    base = dict(vocab_size=11, d_model=32, n_layers=2, n_heads=2, d_ff=64, attn="lsh",
+                bucket_size=8, n_hashes=2, max_seq_len=256)
+    base.update(kw)
+    return ReformerConfig(**base)
+
+
+def model(seed=0, **kw):
+    torch.manual_seed(seed)
+    return ReformerLM(tiny(**kw)).eval()
+
+
+def tokens(L, B=2, seed=0, vocab=11):
+    return torch.randint(0, vocab, (B, L), generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_prefix_consistency(kind):
+    m = model(attn=kind)
+    x = tokens(83)
+    with torch.no_grad():
+        full = m(x)
+        for t in (1, 16, 19, 83):  # one token, two chunks, not a multiple of the chunk, all
+            torch.testing.assert_close(m(x[:, :t]), full[:, :t], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_model_exactly_causal(kind):
+    m = model(attn=kind, n_buckets=16)
+    x = tokens(75)
+    with torch.no_grad():
+        base = m(x)
+        for t in (3, 8, 15, 16, 40, 74):
+            x2 = x.clone()
+            x2[:, t] = (x2[:, t] + 1) % 11
+            out = m(x2)
+            torch.testing.assert_close(out[:, :t], base[:, :t], atol=1e-5, rtol=0)
+            assert (out[:, t:] - base[:, t:]).abs().max() > 1e-4
+
+
+def test_lsh_with_one_bucket_equals_full_model():
+    full = model(attn="full", max_seq_len=64, bucket_size=64)
+    lsh = ReformerLM(tiny(attn="lsh", n_buckets=1, bucket_size=64, max_seq_len=64,
+                          n_hashes=4)).eval()
+    lsh.load_state_dict(full.state_dict())
+    x = tokens(64)
+    with torch.no_grad():
+        torch.testing.assert_close(lsh(x), full(x), atol=1e-5, rtol=1e-5)
+
+
+DECODE_CASES = [
+    dict(attn="lsh"),
+    dict(attn="lsh", n_buckets=2, bucket_size=4, n_hashes=3),  # buckets overflow 2 chunks
+    dict(attn="lsh", n_buckets=256),  # factorized hashing (16 x 16)
+    dict(attn="local", bucket_size=4),
+    dict(attn="full"),
+    dict(attn=["local", "lsh"], reversible=False, ff_chunk_size=5),
+]
+
+
+@pytest.mark.parametrize("case", DECODE_CASES, ids=lambda c: str(c))
+def test_cached_decoding_matches_full_forward(case):
+    m = model(**case)
+    x = tokens(90)
+    with torch.no_grad():
+        full = m(x)
+    logits, cache = m.prefill(x[:, :13], capacity=90)
+    torch.testing.assert_close(logits, full[:, :13], atol=1e-4, rtol=0)
+    for t in range(13, 90):
+        torch.testing.assert_close(m.step(x[:, t], cache), full[:, t], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_greedy_generate_equals_repeated_argmax(kind):
+    m = model(attn=kind, bucket_size=4, n_buckets=4)
+    prompt = tokens(5)
+    out = m.generate(prompt, 40, temperature=0)
+    assert out.shape == (2, 45) and torch.equal(out[:, :5], prompt)
+    seq = prompt
+    with torch.no_grad():
+        for _ in range(40):
+            seq = torch.cat([seq, m(seq)[:, -1].argmax(-1, keepdim=True)], dim=1)
+    assert torch.equal(out, seq)
+
+
+def test_generate_sampling_is_seeded_and_restores_mode():
+    m = model()
+    m.train()
+    a = m.generate(tokens(4), 20, temperature=0.9, top_k=5, top_p=0.9,
+                   generator=torch.Generator().manual_seed(7))
+    b = m.generate(tokens(4), 20, temperature=0.9, top_k=5, top_p=0.9,
+                   generator=torch.Generator().manual_seed(7))
+    assert torch.equal(a, b) and m.training
+
+
+def test_eval_determinism_across_instances():
+    m = model(seed=0)
+    x = tokens(100)
+    with torch.no_grad():
+        a, b = m(x), m(x)
+    assert torch.equal(a, b)
+    torch.manual_seed(12345)
+    other = ReformerLM(tiny()).eval()
+    other.load_state_dict(m.state_dict())
+    with torch.no_grad():
+        assert torch.equal(other(x), a)
+
+
+def test_training_mode_draws_fresh_rotations():
+    m = model().train()
+    x = tokens(100)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        a = m(x)
+        torch.manual_seed(2)
+        b = m(x)
+        torch.manual_seed(1)
+        c = m(x)
+    assert not torch.allclose(a, b) and torch.equal(a, c)
+
+
+@pytest.mark.parametrize("target", [dict(attn="full"), dict(attn="local"),
+                                    dict(reversible=False), dict(ff_chunk_size=7),
+                                    dict(attn=["full", "lsh"], reversible=False)])
+def test_state_dict_loads_across_settings(target):
+    src = model()
+    dst = ReformerLM(tiny(**target))
+    dst.load_state_dict(src.state_dict())  # strict: same names and shapes
+    assert set(src.state_dict()) == set(dst.state_dict())
+
+
+def test_chunked_feed_forward_equals_unchunked():
+    m = model()
+    chunked = ReformerLM(tiny(ff_chunk_size=7)).eval()
+    chunked.load_state_dict(m.state_dict())
+    x = tokens(50)
+    with torch.no_grad():
+        torch.testing.assert_close(chunked(x), m(x), atol=1e-6, rtol=1e-6)
+
+
+def test_hidden_states_and_tied_head():
+    m = model()
+    x = tokens(30)
+    with torch.no_grad():
+        h = m.hidden_states(x)
+        assert h.shape == (2, 30, 32)
+        torch.testing.assert_close(m(x), h @ m.embed.weight.T)
+    assert m.head.weight is m.embed.weight
+    untied = ReformerLM(tiny(tie_embeddings=False))
+    assert untied.head.weight is not untied.embed.weight
+
+
+def test_too_long_input_is_rejected():
+    m = model(max_seq_len=64)
+    with pytest.raises(ValueError, match="max_seq_len"):
+        m(tokens(65))
+    with pytest.raises(ValueError, match="max_seq_len"):
+        m.generate(tokens(60), 10)

@@ -1,0 +1,109 @@
+"""The reversible stack against the plain two-stream stack, and memory counted by the
+bytes autograd saves for backward."""
+
+import pytest
+import torch
+
+from seqformer.core import ReformerConfig, ReformerLM
+
+
+def cfg(**kw):
+    base = dict(vocab_size=13, d_model=32, n_layers=3, n_heads=2, d_ff=64, attn="lsh",
+                bucket_size=8, n_hashes=2, max_seq_len=512, dropout=0.1)
+    base.update(kw)
+    return ReformerConfig(**base)
+
+
+def run(model, x, seed):
+    torch.manual_seed(seed)  # same seed -> same dropout masks and rotations in both stacks
+    model.zero_grad()
+    logits = model(x)
+    loss = torch.nn.functional.cross_entropy(logits.flatten(0, 1), x.flatten())
+    (loss + logits.pow(2).mean()).backward()
+    return logits.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(attn=["lsh", "local", "full"]),
+                                dict(ff_chunk_size=9), dict(dropout=0.0, n_hashes=4)],
+                         ids=str)
+def test_reversible_equals_plain_in_training(kw):
+    torch.manual_seed(0)
+    rev = ReformerLM(cfg(reversible=True, **kw)).train()
+    plain = ReformerLM(cfg(reversible=False, **kw)).train()
+    plain.load_state_dict(rev.state_dict())
+    x = torch.randint(0, 13, (2, 61), generator=torch.Generator().manual_seed(1))
+    out_r, grads_r = run(rev, x, seed=5)
+    out_p, grads_p = run(plain, x, seed=5)
+    torch.testing.assert_close(out_r, out_p, atol=1e-6, rtol=1e-5)
+    for name, g in grads_p.items():
+        torch.testing.assert_close(grads_r[name], g, atol=1e-6, rtol=1e-5, msg=name)
+    # and the test can tell: another seed draws other masks/rotations
+    out_other, _ = run(plain, x, seed=6)
+    assert not torch.allclose(out_other, out_p)
+
+
+def test_backward_leaves_global_rng_untouched():
+    torch.manual_seed(0)
+    m = ReformerLM(cfg()).train()
+    x = torch.randint(0, 13, (1, 40))
+    torch.manual_seed(3)
+    m(x).sum().backward()
+    after_backward = torch.rand(3)
+    torch.manual_seed(3)
+    with torch.no_grad():
+        m(x)
+    assert torch.equal(torch.rand(3), after_backward)
+
+
+def saved_bytes(model, x):
+    """Bytes of the distinct tensors autograd keeps for backward during one forward."""
+    seen = {}
+
+    def pack(t):
+        seen[(t.data_ptr(), t.dtype, tuple(t.shape))] = t.numel() * t.element_size()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        model(x)
+    return sum(seen.values())
+
+
+MEM = dict(vocab_size=16, d_model=64, n_heads=4, d_ff=128, bucket_size=16, n_hashes=2,
+           max_seq_len=8192, dropout=0.0)
+
+
+def test_reversible_layers_add_almost_nothing():
+    L = 1024
+    x = torch.randint(0, 16, (1, L))
+    by_depth = {}
+    for n in (2, 12):
+        torch.manual_seed(0)
+        by_depth[n] = saved_bytes(ReformerLM(ReformerConfig(n_layers=n, **MEM)).train(), x)
+    per_layer = (by_depth[12] - by_depth[2]) / 10
+    hidden_state = L * MEM["d_model"] * 4
+    assert per_layer < hidden_state / 4, (per_layer, hidden_state)
+    # the plain stack stores many hidden states per layer: the count is meaningful
+    torch.manual_seed(0)
+    plain = saved_bytes(ReformerLM(ReformerConfig(n_layers=12, reversible=False,
+                                                  **MEM)).train(), x)
+    assert plain > by_depth[12] + 10 * hidden_state
+
+
+@pytest.mark.parametrize("reversible", [True, False])
+@pytest.mark.parametrize("attn", ["lsh", "local"])
+def test_saved_bytes_grow_linearly_in_length(reversible, attn):
+    sizes = {}
+    for L in (1024, 4096):
+        torch.manual_seed(0)
+        m = ReformerLM(ReformerConfig(n_layers=2, reversible=reversible, attn=attn, **MEM))
+        sizes[L] = saved_bytes(m.train(), torch.randint(0, 16, (1, L)))
+    assert sizes[4096] <= 4.4 * sizes[1024], sizes
+
+
+def test_length_check_detects_quadratic_attention():
+    sizes = {}
+    for L in (1024, 4096):
+        torch.manual_seed(0)
+        m = ReformerLM(ReformerConfig(n_layers=2, attn="full", reversible=False, **MEM))
+        sizes[L] = saved_bytes(m.train(), torch.randint(0, 16, (1, L)))
+    assert sizes[4096] > 8 * sizes[1024], sizes
