@@ -92,19 +92,16 @@ class Attention(nn.Module):
 
     def _attend(self, q: torch.Tensor, v: torch.Tensor, buckets: torch.Tensor | None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        drop = self.dropout if self.training else 0.0
         if self.kind == "full":
-            return full_attention(q, v, self.causal, drop, self.training), None
+            return full_attention(q, v, self.causal), None
         if self.kind == "local":
-            return bucketed_attention(q, v, None, self.bucket_size, self.causal, drop,
-                                      self.training), None
+            return bucketed_attention(q, v, None, self.bucket_size, self.causal), None
         # drawn even when buckets are given, so a recompute consumes the RNG as the
         # forward did and its dropout masks match
         rotations = self._rotations(q)
         if buckets is None:
             buckets = hash_buckets(q.detach(), rotations, self.factors)
-        o = bucketed_attention(q, v, buckets.long(), self.bucket_size, self.causal, drop,
-                               self.training)
+        o = bucketed_attention(q, v, buckets.long(), self.bucket_size, self.causal)
         return o, buckets
 
     # -- decoding ---------------------------------------------------------------------

@@ -44,27 +44,133 @@ def bucket_order(buckets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     return perm, sorted_buckets, idx - start
 
 
-def _windows(x: torch.Tensor, block_dim: int, look_back: int, look_ahead: int, fill: float
-             ) -> torch.Tensor:
-    """For each block, concatenate blocks [k - look_back, k + look_ahead] along block_dim + 1."""
-    nb = x.shape[block_dim]
-    pad_shape = list(x.shape)
-    parts = []
-    if look_back:
-        pad_shape[block_dim] = look_back
-        parts.append(x.new_full(pad_shape, fill))
-    parts.append(x)
-    if look_ahead:
-        pad_shape[block_dim] = look_ahead
-        parts.append(x.new_full(pad_shape, fill))
-    xp = torch.cat(parts, dim=block_dim) if len(parts) > 1 else x
-    return torch.cat([xp.narrow(block_dim, look_back + o, nb)
-                      for o in range(-look_back, look_ahead + 1)], dim=block_dim + 1)
+# Queries processed together by the band kernel: enough for efficient batched matmuls,
+# few enough that a tile's scores (TILE_QUERIES x window floats) stay in cache.
+TILE_QUERIES = 2048
+
+
+def _windows(rows: torch.Tensor, k0: int, n: int, width: int) -> torch.Tensor:
+    """rows: one padded row of blocks (nb + width - 1, bs, D), contiguous. A view of n
+    overlapping windows of `width` consecutive blocks starting at block k0: (n, width*bs, D)."""
+    _, bs, D = rows.shape
+    return rows.as_strided((n, width * bs, D), (bs * D, D, 1),
+                           rows.storage_offset() + k0 * bs * D)
+
+
+class _BandAttention(torch.autograd.Function):
+    """Each sorted query block against its window of key blocks, one tile at a time.
+
+    Like FlashAttention it never holds all scores: the forward keeps the output and the
+    log-sum-exp, and the backward recomputes each tile's probabilities. Which keys a query
+    may see is encoded in one integer per sorted position, its group: groups count up by
+    1 at each chunk boundary inside a bucket and by 2 at each new bucket, so a key is in
+    the query's own or previous chunk of the same bucket iff group(q) - group(k) is 0 or 1.
+    Causality and self-masking are then fixed patterns of the window, because inside a
+    bucket sorted order is position order.
+
+    q, k, v: (G, nb, bs, D) with the softmax scale already in q; group: (G, nb, bs) int32.
+    """
+
+    @staticmethod
+    def _pad(x, look_back, look_ahead, fill_before, fill_after):
+        """Empty blocks before and after each row (blocks are dim 1)."""
+        shape = list(x.shape)
+        shape[1] = look_back
+        before = x.new_full(shape, fill_before)
+        shape[1] = look_ahead
+        return torch.cat([before, x, x.new_full(shape, fill_after)], dim=1).contiguous()
+
+    @staticmethod
+    def _setup(q, k, v, group, look_back, look_ahead, causal):
+        width = look_back + look_ahead + 1
+        bs = q.shape[2]
+        k_pad, v_pad = (_BandAttention._pad(t, look_back, look_ahead, 0.0, 0.0) for t in (k, v))
+        # padding blocks get groups no query can match
+        g_pad = _BandAttention._pad(group, look_back, look_ahead, -4, 2**30)
+        # fixed patterns over (query i, window key j): j's sorted offset from i
+        offset = (torch.arange(width * bs, device=q.device) - look_back * bs
+                  - torch.arange(bs, device=q.device).unsqueeze(-1))
+        fixed_ok = offset <= 0 if causal else torch.ones_like(offset, dtype=torch.bool)
+        return width, k_pad, v_pad, g_pad, fixed_ok, offset == 0
+
+    @staticmethod
+    def _scores(qt, kw, gq, gk, fixed_ok, is_self):
+        s = torch.matmul(qt, kw.transpose(-1, -2))
+        d = gq.unsqueeze(-1) - gk.unsqueeze(-2)
+        ok = (torch.bitwise_and(d, -2) == 0) & fixed_ok  # d in {0, 1}
+        return s.masked_fill_(~ok, float("-inf")).masked_fill_(is_self, SELF_SCORE)
+
+    @staticmethod
+    def _tiles(G, nb, blk):
+        per_tile = max(1, TILE_QUERIES // blk)
+        for g in range(G):
+            for k0 in range(0, nb, per_tile):
+                yield g, k0, min(per_tile, nb - k0)
+
+    @staticmethod
+    def forward(ctx, q, k, v, group, look_back, look_ahead, causal):  # noqa: ANN001
+        width, k_pad, v_pad, g_pad, fixed_ok, is_self = _BandAttention._setup(
+            q, k, v, group, look_back, look_ahead, causal)
+        G, nb, bs, _ = q.shape
+        out = torch.empty_like(q)
+        lse = q.new_empty(q.shape[:-1])
+        for g, k0, n in _BandAttention._tiles(G, nb, bs):
+            gk = g_pad[g, k0:k0 + n + width - 1].unfold(0, width, 1).transpose(1, 2)
+            s = _BandAttention._scores(q[g, k0:k0 + n], _windows(k_pad[g], k0, n, width),
+                                       group[g, k0:k0 + n], gk.reshape(n, width * bs),
+                                       fixed_ok, is_self)
+            m = s.amax(dim=-1, keepdim=True)
+            p = torch.exp(s.sub_(m))
+            total = p.sum(dim=-1, keepdim=True)
+            out[g, k0:k0 + n] = torch.matmul(p, _windows(v_pad[g], k0, n, width)).div_(total)
+            lse[g, k0:k0 + n] = (m + total.log()).squeeze(-1)
+        ctx.save_for_backward(q, k, v, group, out, lse)
+        ctx.args = (look_back, look_ahead, causal)
+        return out, lse
+
+    @staticmethod
+    def backward(ctx, d_out, d_lse):  # noqa: ANN001
+        q, k, v, group, out, lse = ctx.saved_tensors
+        look_back, look_ahead, causal = ctx.args
+        width, k_pad, v_pad, g_pad, fixed_ok, is_self = _BandAttention._setup(
+            q, k, v, group, look_back, look_ahead, causal)
+        G, nb, bs, _ = q.shape
+        # d lse_i / d s_ij = p_ij and d o_i / d s_ij = p_ij (v_j - o_i), so
+        # ds = p * (dp - <do, o> + dlse)
+        delta = -(d_out * out).sum(-1)
+        if d_lse is not None:
+            delta += d_lse
+        dq = torch.empty_like(q)
+        dk_pad = torch.zeros_like(k_pad)
+        dv_pad = torch.zeros_like(v_pad)
+        for g, k0, n in _BandAttention._tiles(G, nb, bs):
+            gk = g_pad[g, k0:k0 + n + width - 1].unfold(0, width, 1).transpose(1, 2)
+            qt, kw = q[g, k0:k0 + n], _windows(k_pad[g], k0, n, width)
+            s = _BandAttention._scores(qt, kw, group[g, k0:k0 + n], gk.reshape(n, width * bs),
+                                       fixed_ok, is_self)
+            p = torch.exp(s.sub_(lse[g, k0:k0 + n].unsqueeze(-1)))
+            do = d_out[g, k0:k0 + n]
+            dv_w = torch.matmul(p.transpose(-1, -2), do)
+            ds = torch.matmul(do, _windows(v_pad[g], k0, n, width).transpose(-1, -2))
+            ds.add_(delta[g, k0:k0 + n].unsqueeze(-1)).mul_(p)
+            dq[g, k0:k0 + n] = torch.matmul(ds, kw)
+            dk_w = torch.matmul(ds.transpose(-1, -2), qt)
+            for o in range(width):  # overlapping windows: add back block by block
+                dv_pad[g, k0 + o:k0 + o + n] += dv_w[:, o * bs:(o + 1) * bs]
+                dk_pad[g, k0 + o:k0 + o + n] += dk_w[:, o * bs:(o + 1) * bs]
+        dk = dk_pad[:, look_back:look_back + nb]
+        dv = dv_pad[:, look_back:look_back + nb]
+        return dq, dk, dv, None, None, None, None
+
+
+def _groups(is_start: torch.Tensor, rank: torch.Tensor, bucket_size: int) -> torch.Tensor:
+    """Group ids along the sorted order: +2 at each bucket start, +1 at each chunk start."""
+    step = torch.where(is_start, 2, (rank % bucket_size == 0).to(torch.long))
+    return step.cumsum(dim=-1).to(torch.int32)
 
 
 def bucketed_attention(q: torch.Tensor, v: torch.Tensor, buckets: torch.Tensor | None,
-                       bucket_size: int, causal: bool, dropout: float = 0.0,
-                       training: bool = False) -> torch.Tensor:
+                       bucket_size: int, causal: bool) -> torch.Tensor:
     """Shared-QK attention within buckets.
 
     q, v: (B, H, L, D); keys are the L2-normalized queries. buckets: (B, H, R, L) bucket
@@ -73,52 +179,43 @@ def bucketed_attention(q: torch.Tensor, v: torch.Tensor, buckets: torch.Tensor |
     """
     B, H, L, D = q.shape
     bs = bucket_size
-    nb = math.ceil(L / bs)
-    Lp = nb * bs
+    Lp = math.ceil(L / bs) * bs
     k = F.normalize(q, dim=-1)
+    q = q * D ** -0.5
     if Lp != L:
         q, k, v = (F.pad(t, (0, 0, 0, Lp - L)) for t in (q, k, v))
     pos = torch.arange(Lp, device=q.device)
 
-    if buckets is None:  # local attention: one bucket, already in position order
+    if buckets is None:  # local attention: one bucket in position order (+ one of padding)
         R, perm = 1, None
-        qs, ks, vs = q.unsqueeze(2), k.unsqueeze(2), v.unsqueeze(2)
-        s_pos = pos.view(1, 1, 1, Lp)
-        s_bucket = torch.zeros_like(s_pos)
-        s_chunk = s_pos // bs
-        look_back = min(1, nb - 1)
+        qs, ks, vs = q, k, v
+        is_start = (pos == 0) | (pos == L)
+        group = _groups(is_start, pos - torch.where(pos >= L, L, 0), bs).expand(B * H, Lp)
+        blk, look_back = bs, 1  # chunks are aligned blocks: own + previous
     else:
         R = buckets.shape[2]
         if Lp != L:
             buckets = F.pad(buckets, (0, Lp - L), value=_PAD_BUCKET)
         perm, s_bucket, rank = bucket_order(buckets)
-        s_pos, s_chunk = perm, rank // bs
-        idx = perm.unsqueeze(-1).expand(B, H, R, Lp, D)
-        qs, ks, vs = (t.unsqueeze(2).expand(B, H, R, Lp, D).gather(3, idx) for t in (q, k, v))
-        # the window [start of chunk c-1, self] spans at most 2*bs sorted positions
-        look_back = min(2, nb - 1)
+        group = _groups(rank == 0, rank, bs)
+        # flat row index into (B * H * Lp, D) for every (b, h, r, sorted position)
+        rows = (perm + torch.arange(B * H, device=q.device).view(B, H, 1, 1) * Lp).reshape(-1)
+        qs, ks, vs = (t.reshape(B * H * Lp, D).index_select(0, rows) for t in (q, k, v))
+        # A window [start of chunk c-1, self] spans at most 2*bs sorted positions and may
+        # start anywhere, so query blocks of bs/2 against 2*bs + bs/2 keys waste less
+        # than blocks of bs against 3*bs keys.
+        blk = bs // 2 if bs % 2 == 0 and bs >= 8 else bs
+        look_back = math.ceil((2 * bs - 1) / blk)
+    nb = Lp // blk
+    look_back = min(look_back, nb - 1)
     # non-causal: the rest of one's own chunk may lie up to bs - 1 positions ahead
-    look_ahead = 0 if causal else min(1, nb - 1)
+    look_ahead = 0 if causal else min(math.ceil((bs - 1) / blk), nb - 1)
 
-    def blocks(t: torch.Tensor) -> torch.Tensor:
-        return t.reshape(*t.shape[:3], nb, bs, *t.shape[4:])
-
-    qb = blocks(qs)
-    kw = _windows(blocks(ks), 3, look_back, look_ahead, 0.0)
-    vw = _windows(blocks(vs), 3, look_back, look_ahead, 0.0)
-    qbkt, qchunk, qpos = (blocks(t).unsqueeze(-1) for t in (s_bucket, s_chunk, s_pos))
-    kbkt, kchunk, kpos = (_windows(blocks(t), 3, look_back, look_ahead, -1).unsqueeze(-2)
-                          for t in (s_bucket, s_chunk, s_pos))
-
-    valid = (kbkt == qbkt) & (kchunk >= qchunk - 1) & (kpos < L)
-    valid &= (kpos <= qpos) if causal else (kchunk <= qchunk)
-    scores = torch.matmul(qb, kw.transpose(-1, -2)) * D ** -0.5
-    scores = scores.masked_fill(~valid, float("-inf")).masked_fill(kpos == qpos, SELF_SCORE)
-    lse = torch.logsumexp(scores, dim=-1, keepdim=True)
-    p = torch.exp(scores - lse)
-    if dropout and training:
-        p = F.dropout(p, dropout, training=True)
-    out = torch.matmul(p, vw).reshape(B, H, R, Lp, D)
+    G = B * H * R
+    out, lse = _BandAttention.apply(*(t.reshape(G, nb, blk, D) for t in (qs, ks, vs)),
+                                    group.reshape(G, nb, blk).contiguous(), look_back,
+                                    look_ahead, causal)
+    out = out.reshape(B, H, R, Lp, D)
     lse = lse.reshape(B, H, R, Lp)
 
     if perm is not None:
@@ -132,8 +229,7 @@ def bucketed_attention(q: torch.Tensor, v: torch.Tensor, buckets: torch.Tensor |
     return out[:, :, :L]
 
 
-def full_attention(q: torch.Tensor, v: torch.Tensor, causal: bool, dropout: float = 0.0,
-                   training: bool = False) -> torch.Tensor:
+def full_attention(q: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
     """Dense shared-QK attention with the same self-masking rule (the reference)."""
     L, D = q.shape[-2], q.shape[-1]
     k = F.normalize(q, dim=-1)
@@ -142,10 +238,7 @@ def full_attention(q: torch.Tensor, v: torch.Tensor, causal: bool, dropout: floa
     if causal:
         scores = scores.masked_fill(i[None, :] > i[:, None], float("-inf"))
     scores = scores.masked_fill(torch.eye(L, dtype=torch.bool, device=q.device), SELF_SCORE)
-    p = torch.softmax(scores, dim=-1)
-    if dropout and training:
-        p = F.dropout(p, dropout, training=True)
-    return torch.matmul(p, v)
+    return torch.matmul(torch.softmax(scores, dim=-1), v)
 
 
 def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor,
