@@ -68,30 +68,20 @@ class _BandAttention(torch.autograd.Function):
     Causality and self-masking are then fixed patterns of the window, because inside a
     bucket sorted order is position order.
 
-    q, k, v: (G, nb, bs, D) with the softmax scale already in q; group: (G, nb, bs) int32.
+    q: (G, nb, blk, D), softmax scale included. k, v: (G, lb + nb + la, blk, D) and
+    group: (G, lb + nb + la, blk) int32, with look_back (lb) empty blocks before each row
+    and look_ahead (la) after it. Returns the output (G, nb, blk, D) and lse (G, nb, blk).
     """
 
     @staticmethod
-    def _pad(x, look_back, look_ahead, fill_before, fill_after):
-        """Empty blocks before and after each row (blocks are dim 1)."""
-        shape = list(x.shape)
-        shape[1] = look_back
-        before = x.new_full(shape, fill_before)
-        shape[1] = look_ahead
-        return torch.cat([before, x, x.new_full(shape, fill_after)], dim=1).contiguous()
-
-    @staticmethod
-    def _setup(q, k, v, group, look_back, look_ahead, causal):
+    def _setup(q, look_back, look_ahead, causal):
         width = look_back + look_ahead + 1
-        bs = q.shape[2]
-        k_pad, v_pad = (_BandAttention._pad(t, look_back, look_ahead, 0.0, 0.0) for t in (k, v))
-        # padding blocks get groups no query can match
-        g_pad = _BandAttention._pad(group, look_back, look_ahead, -4, 2**30)
+        blk = q.shape[2]
         # fixed patterns over (query i, window key j): j's sorted offset from i
-        offset = (torch.arange(width * bs, device=q.device) - look_back * bs
-                  - torch.arange(bs, device=q.device).unsqueeze(-1))
+        offset = (torch.arange(width * blk, device=q.device) - look_back * blk
+                  - torch.arange(blk, device=q.device).unsqueeze(-1))
         fixed_ok = offset <= 0 if causal else torch.ones_like(offset, dtype=torch.bool)
-        return width, k_pad, v_pad, g_pad, fixed_ok, offset == 0
+        return width, fixed_ok, offset == 0
 
     @staticmethod
     def _scores(qt, kw, gq, gk, fixed_ok, is_self):
@@ -101,29 +91,30 @@ class _BandAttention(torch.autograd.Function):
         return s.masked_fill_(~ok, float("-inf")).masked_fill_(is_self, SELF_SCORE)
 
     @staticmethod
-    def _tiles(G, nb, blk):
+    def _tiles(q, k, group, look_back, width):
+        """(g, k0, n, q tile, key windows, query groups, key-window groups) per tile."""
+        G, nb, blk, _ = q.shape
         per_tile = max(1, TILE_QUERIES // blk)
         for g in range(G):
             for k0 in range(0, nb, per_tile):
-                yield g, k0, min(per_tile, nb - k0)
+                n = min(per_tile, nb - k0)
+                gk = group[g, k0:k0 + n + width - 1].unfold(0, width, 1).transpose(1, 2)
+                yield (g, k0, n, q[g, k0:k0 + n], _windows(k[g], k0, n, width),
+                       group[g, look_back + k0:look_back + k0 + n], gk.reshape(n, width * blk))
 
     @staticmethod
     def forward(ctx, q, k, v, group, look_back, look_ahead, causal):  # noqa: ANN001
-        width, k_pad, v_pad, g_pad, fixed_ok, is_self = _BandAttention._setup(
-            q, k, v, group, look_back, look_ahead, causal)
-        G, nb, bs, _ = q.shape
+        width, fixed_ok, is_self = _BandAttention._setup(q, look_back, look_ahead, causal)
         out = torch.empty_like(q)
         lse = q.new_empty(q.shape[:-1])
-        for g, k0, n in _BandAttention._tiles(G, nb, bs):
-            gk = g_pad[g, k0:k0 + n + width - 1].unfold(0, width, 1).transpose(1, 2)
-            s = _BandAttention._scores(q[g, k0:k0 + n], _windows(k_pad[g], k0, n, width),
-                                       group[g, k0:k0 + n], gk.reshape(n, width * bs),
-                                       fixed_ok, is_self)
-            m = s.amax(dim=-1, keepdim=True)
-            p = torch.exp(s.sub_(m))
-            total = p.sum(dim=-1, keepdim=True)
-            out[g, k0:k0 + n] = torch.matmul(p, _windows(v_pad[g], k0, n, width)).div_(total)
-            lse[g, k0:k0 + n] = (m + total.log()).squeeze(-1)
+        for g, k0, n, qt, kw, gq, gk in _BandAttention._tiles(q, k, group, look_back, width):
+            s = _BandAttention._scores(qt, kw, gq, gk, fixed_ok, is_self)
+            # softmax is one fused pass; the log-sum-exp follows from the largest score
+            # and its probability: lse = s_max - log p_max
+            m = s.amax(dim=-1)
+            p = torch.softmax(s, dim=-1)
+            out[g, k0:k0 + n] = torch.matmul(p, _windows(v[g], k0, n, width))
+            lse[g, k0:k0 + n] = m - p.amax(dim=-1).log()
         ctx.save_for_backward(q, k, v, group, out, lse)
         ctx.args = (look_back, look_ahead, causal)
         return out, lse
@@ -132,34 +123,27 @@ class _BandAttention(torch.autograd.Function):
     def backward(ctx, d_out, d_lse):  # noqa: ANN001
         q, k, v, group, out, lse = ctx.saved_tensors
         look_back, look_ahead, causal = ctx.args
-        width, k_pad, v_pad, g_pad, fixed_ok, is_self = _BandAttention._setup(
-            q, k, v, group, look_back, look_ahead, causal)
-        G, nb, bs, _ = q.shape
+        width, fixed_ok, is_self = _BandAttention._setup(q, look_back, look_ahead, causal)
+        blk = q.shape[2]
         # d lse_i / d s_ij = p_ij and d o_i / d s_ij = p_ij (v_j - o_i), so
         # ds = p * (dp - <do, o> + dlse)
         delta = -(d_out * out).sum(-1)
         if d_lse is not None:
             delta += d_lse
         dq = torch.empty_like(q)
-        dk_pad = torch.zeros_like(k_pad)
-        dv_pad = torch.zeros_like(v_pad)
-        for g, k0, n in _BandAttention._tiles(G, nb, bs):
-            gk = g_pad[g, k0:k0 + n + width - 1].unfold(0, width, 1).transpose(1, 2)
-            qt, kw = q[g, k0:k0 + n], _windows(k_pad[g], k0, n, width)
-            s = _BandAttention._scores(qt, kw, group[g, k0:k0 + n], gk.reshape(n, width * bs),
-                                       fixed_ok, is_self)
-            p = torch.exp(s.sub_(lse[g, k0:k0 + n].unsqueeze(-1)))
+        dk = torch.zeros_like(k)
+        dv = torch.zeros_like(v)
+        for g, k0, n, qt, kw, gq, gk in _BandAttention._tiles(q, k, group, look_back, width):
+            p = torch.softmax(_BandAttention._scores(qt, kw, gq, gk, fixed_ok, is_self), dim=-1)
             do = d_out[g, k0:k0 + n]
             dv_w = torch.matmul(p.transpose(-1, -2), do)
-            ds = torch.matmul(do, _windows(v_pad[g], k0, n, width).transpose(-1, -2))
+            ds = torch.matmul(do, _windows(v[g], k0, n, width).transpose(-1, -2))
             ds.add_(delta[g, k0:k0 + n].unsqueeze(-1)).mul_(p)
             dq[g, k0:k0 + n] = torch.matmul(ds, kw)
             dk_w = torch.matmul(ds.transpose(-1, -2), qt)
             for o in range(width):  # overlapping windows: add back block by block
-                dv_pad[g, k0 + o:k0 + o + n] += dv_w[:, o * bs:(o + 1) * bs]
-                dk_pad[g, k0 + o:k0 + o + n] += dk_w[:, o * bs:(o + 1) * bs]
-        dk = dk_pad[:, look_back:look_back + nb]
-        dv = dv_pad[:, look_back:look_back + nb]
+                dv[g, k0 + o:k0 + o + n] += dv_w[:, o * blk:(o + 1) * blk]
+                dk[g, k0 + o:k0 + o + n] += dk_w[:, o * blk:(o + 1) * blk]
         return dq, dk, dv, None, None, None, None
 
 
@@ -187,20 +171,17 @@ def bucketed_attention(q: torch.Tensor, v: torch.Tensor, buckets: torch.Tensor |
     pos = torch.arange(Lp, device=q.device)
 
     if buckets is None:  # local attention: one bucket in position order (+ one of padding)
-        R, perm = 1, None
-        qs, ks, vs = q, k, v
+        R = 1
+        order = pos.expand(B, H, 1, Lp)
         is_start = (pos == 0) | (pos == L)
-        group = _groups(is_start, pos - torch.where(pos >= L, L, 0), bs).expand(B * H, Lp)
+        group = _groups(is_start, pos - torch.where(pos >= L, L, 0), bs).expand(B, H, 1, Lp)
         blk, look_back = bs, 1  # chunks are aligned blocks: own + previous
     else:
         R = buckets.shape[2]
         if Lp != L:
             buckets = F.pad(buckets, (0, Lp - L), value=_PAD_BUCKET)
-        perm, s_bucket, rank = bucket_order(buckets)
+        order, _, rank = bucket_order(buckets)
         group = _groups(rank == 0, rank, bs)
-        # flat row index into (B * H * Lp, D) for every (b, h, r, sorted position)
-        rows = (perm + torch.arange(B * H, device=q.device).view(B, H, 1, 1) * Lp).reshape(-1)
-        qs, ks, vs = (t.reshape(B * H * Lp, D).index_select(0, rows) for t in (q, k, v))
         # A window [start of chunk c-1, self] spans at most 2*bs sorted positions and may
         # start anywhere, so query blocks of bs/2 against 2*bs + bs/2 keys waste less
         # than blocks of bs against 3*bs keys.
@@ -211,22 +192,29 @@ def bucketed_attention(q: torch.Tensor, v: torch.Tensor, buckets: torch.Tensor |
     # non-causal: the rest of one's own chunk may lie up to bs - 1 positions ahead
     look_ahead = 0 if causal else min(math.ceil((bs - 1) / blk), nb - 1)
 
+    # Gather rows of the flat (B * H * Lp, D) tensors in sorted order, with empty blocks
+    # around each row pointing at an appended zero row, so the kernel needs no copies.
     G = B * H * R
-    out, lse = _BandAttention.apply(*(t.reshape(G, nb, blk, D) for t in (qs, ks, vs)),
-                                    group.reshape(G, nb, blk).contiguous(), look_back,
-                                    look_ahead, causal)
-    out = out.reshape(B, H, R, Lp, D)
-    lse = lse.reshape(B, H, R, Lp)
+    rows = (order + torch.arange(B * H, device=q.device).view(B, H, 1, 1) * Lp).reshape(G, nb, blk)
+    rows_padded = F.pad(rows, (0, 0, look_back, look_ahead), value=B * H * Lp)
+    group = F.pad(F.pad(group.reshape(G, nb, blk), (0, 0, look_back, 0), value=-4),
+                  (0, 0, 0, look_ahead), value=2**30)  # groups no query can match
 
-    if perm is not None:
-        inv = torch.empty_like(perm).scatter_(-1, perm, pos.expand_as(perm))
-        out = out.gather(3, inv.unsqueeze(-1).expand(B, H, R, Lp, D))
-        lse = lse.gather(3, inv)
-    if R > 1:
-        out = (out * torch.softmax(lse, dim=2).unsqueeze(-1)).sum(dim=2)
-    else:
-        out = out.squeeze(2)
-    return out[:, :, :L]
+    def padded(t: torch.Tensor) -> torch.Tensor:
+        flat = torch.cat([t.reshape(-1, D), t.new_zeros(1, D)])
+        return flat.index_select(0, rows_padded.reshape(-1)).view(G, -1, blk, D)
+
+    qs = q.reshape(-1, D).index_select(0, rows.reshape(-1)).view(G, nb, blk, D)
+    out, lse = _BandAttention.apply(qs, padded(k), padded(v), group.contiguous(), look_back,
+                                    look_ahead, causal)
+    # combine the rounds in original order: weights softmax_r(lse), summed by index_add
+    lse = lse.reshape(B, H, R, Lp)
+    order_r = order.expand(B, H, R, Lp)
+    inv = torch.empty_like(order_r).scatter_(-1, order_r, pos.expand_as(order_r))
+    weights = torch.softmax(lse.gather(-1, inv), dim=2).gather(-1, order_r)
+    out = out.reshape(B, H, R, Lp, D) * weights.unsqueeze(-1)
+    combined = q.new_zeros(B * H * Lp, D).index_add(0, rows.reshape(-1), out.reshape(-1, D))
+    return combined.view(B, H, Lp, D)[:, :, :L]
 
 
 def full_attention(q: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:
