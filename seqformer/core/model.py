@@ -69,9 +69,17 @@ class ReformerLM(nn.Module):
     def _final(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         return self.norm((x1 + x2) * 0.5)
 
-    def hidden_states(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (B, L) -> final normalized hidden states (B, L, d_model)."""
+    def hidden_states(self, tokens: torch.Tensor, layer: int = -1) -> torch.Tensor:
+        """tokens (B, L) -> hidden states (B, L, d_model): by default (layer=-1) the final
+        normalized ones; layer=i (0-based) gives the mean of the two residual streams
+        after layer i, for embeddings from inside the stack."""
+        n = len(self.layers)
+        if not -1 <= layer < n:
+            raise ValueError(f"layer must be in -1..{n - 1}, got {layer}")
         x = self._embed(tokens)
+        if layer >= 0:
+            x1, x2 = plain_stack(self.layers[:layer + 1], x, x)
+            return (x1 + x2) * 0.5
         run_reversible = self.cfg.reversible and torch.is_grad_enabled()
         stack = reversible_stack if run_reversible else plain_stack
         return self._final(*stack(self.layers, x, x))

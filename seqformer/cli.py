@@ -1,0 +1,430 @@
+"""The `seqformer` command. Thin: every command is a call into seqformer.pipeline."""
+
+from __future__ import annotations
+
+import functools
+import shutil
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from . import __version__
+from .core import ConfigError
+from .errors import InputError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True,
+                  help="Reformer models for very long sequences: genomes and music.")
+train_app = typer.Typer(no_args_is_help=True, help="Train a model on FASTA or MIDI files.")
+sample_app = typer.Typer(no_args_is_help=True, help="Generate from a trained model.")
+score_app = typer.Typer(no_args_is_help=True, help="Log-likelihood of sequences.")
+embed_app = typer.Typer(no_args_is_help=True, help="Per-position embeddings to HDF5.")
+for name, sub in (("train", train_app), ("sample", sample_app), ("score", score_app),
+                  ("embed", embed_app)):
+    app.add_typer(sub, name=name)
+
+out = Console()
+err = Console(stderr=True)
+REPO = Path(__file__).resolve().parents[1]
+
+
+def clean_errors(fn):
+    """Bad input ends with one line naming the file and the problem, exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (InputError, ConfigError) as e:
+            err.print(f"[red]error:[/red] {e}", highlight=False)
+            raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            err.print("[yellow]interrupted[/yellow]")
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn(
+        "{task.completed:,}/{task.total:,}"), TimeElapsedColumn(), console=err,
+        disable=not err.is_terminal)
+
+
+# -- shared options ---------------------------------------------------------------------
+ConfigOpt = Annotated[str | None, typer.Option(
+    "--config", help="YAML preset: a path, or a name under configs/ (e.g. dna-100k)")]
+OutRun = Annotated[Path | None, typer.Option(
+    "--out", help="run directory (default runs/<domain>-<config>)")]
+MaxSteps = Annotated[int | None, typer.Option("--max-steps")]
+SeqLen = Annotated[int | None, typer.Option(
+    "--seq-len", help="training window (tokens)")]
+BatchSize = Annotated[int | None, typer.Option("--batch-size")]
+Resume = Annotated[bool, typer.Option("--resume", help="continue from checkpoints/last.ckpt")]
+Force = Annotated[bool, typer.Option("--force", help="overwrite existing outputs")]
+Devices = Annotated[str | None, typer.Option("--devices")]
+NumNodes = Annotated[int | None, typer.Option("--num-nodes")]
+Strategy = Annotated[str | None, typer.Option("--strategy")]
+Overrides = Annotated[list[str] | None, typer.Argument(
+    help="config overrides, e.g. model.n_hashes=8 train.lr=3e-4")]
+ModelOpt = Annotated[Path, typer.Option("--model", help="trained model directory")]
+
+
+def _preset(domain: str, config: str | None) -> Path:
+    name = config or f"{domain}-tiny"
+    path = Path(name)
+    if path.suffix in (".yaml", ".yml") or path.exists():
+        return path
+    return REPO / "configs" / f"{name}.yaml"
+
+
+def _inputs(paths: list[Path] | None, default: Path, what: str) -> list[Path]:
+    if paths:
+        for p in paths:
+            if not p.exists():
+                raise InputError(f"{p}: no such file or directory")
+        return list(paths)
+    if not default.exists():
+        raise InputError(f"no {what} given and no bundled sample at {default}")
+    return [default]
+
+
+def _train(domain_name: str, inputs: list[Path], config: str | None, out_dir: Path | None,
+           max_steps, seq_len, batch_size, resume, force, devices, num_nodes, strategy,
+           overrides, options: dict) -> None:
+    from .domains import get_domain
+    from .pipeline import run_config
+    from .pipeline.run_dir import read_config
+    from .pipeline.training import train
+
+    preset = _preset(domain_name, config)
+    cli = {"train": {}, "data": {}}
+    for key, value in (("max_steps", max_steps), ("batch_size", batch_size),
+                       ("num_nodes", num_nodes), ("strategy", strategy)):
+        if value is not None:
+            cli["train"][key] = value
+    if devices is not None:
+        cli["train"]["devices"] = int(devices) if devices.isdigit() else devices
+    if seq_len is not None:
+        cli["data"]["seq_len"] = seq_len
+    if options:
+        cli["data"]["options"] = options
+    run = out_dir or Path("runs") / f"{domain_name}-{preset.stem}"
+    if resume:
+        cfg = read_config(run)
+    else:
+        probe = get_domain(domain_name, **options)
+        cfg = run_config.resolve(domain_name, probe.vocab_size, preset, cli, overrides or [])
+        if force and run.exists():
+            shutil.rmtree(run)
+    summary = train(cfg, inputs, run, resume=resume)
+    if summary:
+        out.print(f"[green]trained[/green] {summary['steps']} steps on {summary['tokens']:,} "
+                  f"tokens ({summary['records']} records); validation "
+                  f"{summary['val_bits']:.4f} bits/token -> {summary['run']}")
+
+
+@train_app.command("dna")
+@clean_errors
+def train_dna(fasta: Annotated[list[Path] | None, typer.Option(
+                  "--fasta", help="FASTA files (plain or gzip); default: bundled lambda")] = None,
+              config: ConfigOpt = None, out_dir: OutRun = None, max_steps: MaxSteps = None,
+              seq_len: SeqLen = None, batch_size: BatchSize = None, resume: Resume = False,
+              force: Force = False, devices: Devices = None, num_nodes: NumNodes = None,
+              strategy: Strategy = None,
+              softmask: Annotated[str, typer.Option(
+                  "--softmask", help="upper: fold lowercase; keep: lowercase tokens")] = "upper",
+              overrides: Overrides = None) -> None:
+    """Train on FASTA genomes."""
+    inputs = _inputs(fasta, REPO / "data" / "dna" / "lambda_phage.fa.gz", "--fasta")
+    _train("dna", inputs, config, out_dir, max_steps, seq_len, batch_size, resume, force,
+           devices, num_nodes, strategy, overrides, {"softmask": softmask})
+
+
+@train_app.command("midi")
+@clean_errors
+def train_midi(midi: Annotated[list[Path] | None, typer.Option(
+                   "--midi", help="MIDI files or directories; default: bundled pieces")] = None,
+               config: ConfigOpt = None, out_dir: OutRun = None, max_steps: MaxSteps = None,
+               seq_len: SeqLen = None, batch_size: BatchSize = None, resume: Resume = False,
+               force: Force = False, devices: Devices = None, num_nodes: NumNodes = None,
+               strategy: Strategy = None, overrides: Overrides = None) -> None:
+    """Train on MIDI files (directories are searched recursively)."""
+    inputs = _inputs(midi, REPO / "data" / "midi", "--midi")
+    _train("midi", inputs, config, out_dir, max_steps, seq_len, batch_size, resume, force,
+           devices, num_nodes, strategy, overrides, {})
+
+
+# -- sample ------------------------------------------------------------------------------
+Length = Annotated[int, typer.Option("--length", help="tokens to generate")]
+Temperature = Annotated[float, typer.Option("--temperature", help="0 = greedy")]
+TopK = Annotated[int | None, typer.Option("--top-k")]
+TopP = Annotated[float | None, typer.Option("--top-p")]
+Seed = Annotated[int | None, typer.Option("--seed")]
+
+
+def _sample(domain_name: str, model_dir: Path, prompt_tokens_fn, length: int, temperature,
+            top_k, top_p, seed):
+    import numpy as np
+
+    from .pipeline.inference import sample_tokens
+    from .pipeline.run_dir import load_run
+
+    if length < 1:
+        raise InputError(f"--length {length}: must be at least 1")
+    model, domain, cfg = load_run(model_dir, domain_name)
+    prompt = np.concatenate([[domain.sep_id], prompt_tokens_fn(domain)]).astype(np.int64)
+    with _progress() as bar:
+        task = bar.add_task("sampling", total=length)
+        new, rate = sample_tokens(model, prompt, length, temperature, top_k, top_p, seed,
+                                  on_token=lambda n: bar.advance(task, n))
+    err.print(f"{length:,} tokens at {rate:,.0f} tokens/s")
+    return domain, prompt[1:], new
+
+
+@sample_app.command("dna")
+@clean_errors
+def sample_dna(model: ModelOpt, length: Length,
+               out_path: Annotated[Path, typer.Option("--out", help="FASTA to write")],
+               prompt: Annotated[str, typer.Option("--prompt", help="bases to continue")] = "",
+               temperature: Temperature = 1.0, top_k: TopK = None, top_p: TopP = None,
+               seed: Seed = None, force: Force = False) -> None:
+    """Generate bases; the FASTA holds the prompt followed by the new bases."""
+    from .domains import Record
+    from .files import check_output
+
+    check_output(out_path, force)
+
+    def prompt_tokens(domain):
+        try:
+            return domain.encode(prompt) if prompt else []
+        except InputError as e:
+            raise InputError(f"--prompt: {e}") from None
+
+    domain, p, new = _sample("dna", model, prompt_tokens, length, temperature, top_k, top_p,
+                             seed)
+    import numpy as np
+
+    tokens = np.concatenate([p, new])
+    domain.write([Record(f"sample_{model.name}_{len(tokens)}bp", tokens)], out_path)
+    out.print(f"wrote {out_path} ({len(p):,} prompt + {len(new):,} generated bases)")
+
+
+@sample_app.command("midi")
+@clean_errors
+def sample_midi(model: ModelOpt, length: Length,
+                out_path: Annotated[Path, typer.Option("--out", help=".mid to write")],
+                primer: Annotated[Path | None, typer.Option(
+                    "--primer", help="MIDI file to continue")] = None,
+                temperature: Temperature = 1.0, top_k: TopK = None, top_p: TopP = None,
+                seed: Seed = None, force: Force = False,
+                audio: Annotated[Path | None, typer.Option(
+                    "--audio", help="also render to WAV (needs FluidSynth)")] = None) -> None:
+    """Generate music; writes the .mid (primer + continuation) and a piano-roll PNG."""
+    from .files import check_output
+
+    check_output(out_path, force)
+    png = out_path.with_suffix(".png")
+    check_output(png, force)
+    if audio is not None:
+        check_output(audio, force)
+
+    def primer_tokens(domain):
+        import numpy as np
+
+        if primer is None:
+            return np.zeros(0, dtype=np.int64)
+        records = list(domain.read(primer))
+        return records[0].tokens
+
+    domain, p, new = _sample("midi", model, primer_tokens, length, temperature, top_k, top_p,
+                             seed)
+    import numpy as np
+
+    pm, repairs = domain.decode(np.concatenate([p, new]))
+    domain.write_midi(pm, out_path)
+    domain.piano_roll_png(pm, png, title=out_path.name)
+    stats = domain.stats(pm)
+    out.print(f"wrote {out_path} and {png}")
+    out.print(", ".join(f"{k}: {v}" for k, v in stats.items()))
+    fixed = {k: v for k, v in repairs.items() if v}
+    out.print(f"repaired: {fixed}" if fixed else "no repairs needed")
+    if audio is not None:
+        domain.render_audio(pm, audio)
+        out.print(f"wrote {audio}")
+
+
+# -- score ------------------------------------------------------------------------------
+def _score(domain_name: str, model_dir: Path, inputs: list[Path], out_path: Path | None,
+           force: bool, per_base: Path | None = None, both_strands: bool = False) -> None:
+    import numpy as np
+
+    from .files import atomic_path, check_output
+    from .pipeline.inference import RecordScore, token_log_likelihoods
+    from .pipeline.run_dir import load_run
+
+    for p in (out_path, per_base):
+        if p is not None:
+            check_output(p, force)
+    model, domain, cfg = load_run(model_dir, domain_name)
+    window = int(cfg["data"]["seq_len"])
+    records = [r for path in inputs for r in domain.read(path)]
+    scores, per_position = [], []
+    with _progress() as bar:
+        task = bar.add_task("scoring", total=sum(len(r.tokens) for r in records))
+        for rec in records:
+            ll = token_log_likelihoods(model, rec.tokens, domain.sep_id, window)
+            if both_strands:
+                rc = domain.reverse_complement(rec.tokens)
+                ll = 0.5 * (ll + token_log_likelihoods(model, rc, domain.sep_id, window)[::-1])
+            scores.append(RecordScore(rec.id, len(rec.tokens), float(ll.sum())))
+            if per_base is not None:
+                per_position.append((rec.id, ll))
+            bar.advance(task, len(rec.tokens))
+    unit = "base" if domain_name == "dna" else "token"
+    table = Table(title=f"{model_dir.name}: log-likelihood")
+    for col in ("record", "length", "total ll (nats)", "mean ll", f"bits/{unit}", "perplexity"):
+        table.add_column(col, justify="right" if col != "record" else "left")
+    rows = []
+    for s, rec in zip(scores, records):
+        row = [s.id, s.length, f"{s.total_ll:.4f}", f"{s.mean_ll:.6f}",
+               f"{s.bits_per_token:.6f}", f"{s.perplexity:.4f}"]
+        duration = rec.meta.get("duration")
+        if duration:
+            row.append(f"{-s.total_ll / duration:.4f}")
+        rows.append(row)
+        table.add_row(*map(str, row))
+    out.print(table)
+    if out_path is not None:
+        header = ["id", "length", "total_ll_nats", "mean_ll_nats", f"bits_per_{unit}",
+                  "perplexity"]
+        if any(len(r) > 6 for r in rows):
+            header.append("nll_nats_per_second")
+        with atomic_path(out_path) as tmp:
+            tmp.write_text("\t".join(header) + "\n"
+                           + "".join("\t".join(map(str, r)) + "\n" for r in rows))
+        out.print(f"wrote {out_path}")
+    if per_base is not None:
+        with atomic_path(per_base) as tmp, open(tmp, "w") as f:
+            f.write(f'track type=bedGraph name="{model_dir.name}" description="log-likelihood '
+                    'per base (nats)"\n')
+            for rid, ll in per_position:
+                for i in range(0, len(ll), 1 << 16):
+                    part = ll[i:i + (1 << 16)]
+                    starts = np.arange(i, i + len(part))
+                    f.writelines(f"{rid}\t{s}\t{s + 1}\t{v:.5f}\n" for s, v in zip(starts, part))
+        out.print(f"wrote {per_base}")
+
+
+@score_app.command("dna")
+@clean_errors
+def score_dna(model: ModelOpt, fasta: Annotated[list[Path], typer.Option("--fasta")],
+              out_path: Annotated[Path | None, typer.Option("--out")] = None,
+              per_base: Annotated[Path | None, typer.Option(
+                  "--per-base", help="bedGraph of per-base log-likelihood")] = None,
+              both_strands: Annotated[bool, typer.Option(
+                  "--both-strands", help="average with the reverse complement")] = False,
+              force: Force = False) -> None:
+    """Log-likelihood, bits per base and perplexity of each FASTA record."""
+    _score("dna", model, fasta, out_path, force, per_base, both_strands)
+
+
+@score_app.command("midi")
+@clean_errors
+def score_midi(model: ModelOpt, midi: Annotated[list[Path], typer.Option("--midi")],
+               out_path: Annotated[Path | None, typer.Option("--out")] = None,
+               force: Force = False) -> None:
+    """Negative log-likelihood per token and per second of each piece."""
+    _score("midi", model, midi, out_path, force)
+
+
+# -- embed ------------------------------------------------------------------------------
+def _embed(domain_name: str, model_dir: Path, inputs: list[Path], out_path: Path, pool,
+           layer: int, force: bool) -> None:
+    from .files import check_output
+    from .pipeline.inference import embed_records
+    from .pipeline.run_dir import load_run
+
+    check_output(out_path, force)
+    model, domain, cfg = load_run(model_dir, domain_name)
+    if not -1 <= layer < model.cfg.n_layers:
+        raise InputError(f"--layer {layer}: the model has layers 0..{model.cfg.n_layers - 1} "
+                         "(-1 = final)")
+    records = [r for path in inputs for r in domain.read(path)]
+    with _progress() as bar:
+        task = bar.add_task("embedding", total=sum(len(r.tokens) for r in records))
+        n = embed_records(model, records, domain.sep_id, int(cfg["data"]["seq_len"]), out_path,
+                          layer=layer, pool=pool, attrs={"domain": domain_name,
+                                                          "model_dir": str(model_dir)},
+                          on_window=lambda k: bar.advance(task, k))
+    out.print(f"wrote {out_path} ({n} records, d_model {model.cfg.d_model})")
+
+
+Pool = Annotated[str | None, typer.Option(
+    "--pool", help="also store a pooled vector per record: mean")]
+Layer = Annotated[int, typer.Option("--layer", help="-1 = final normalized states")]
+
+
+@embed_app.command("dna")
+@clean_errors
+def embed_dna(model: ModelOpt, fasta: Annotated[list[Path], typer.Option("--fasta")],
+              out_path: Annotated[Path, typer.Option("--out")], pool: Pool = None,
+              layer: Layer = -1, force: Force = False) -> None:
+    """Per-base embeddings of each FASTA record into HDF5."""
+    _embed("dna", model, fasta, out_path, pool, layer, force)
+
+
+@embed_app.command("midi")
+@clean_errors
+def embed_midi(model: ModelOpt, midi: Annotated[list[Path], typer.Option("--midi")],
+               out_path: Annotated[Path, typer.Option("--out")], pool: Pool = None,
+               layer: Layer = -1, force: Force = False) -> None:
+    """Per-token embeddings of each piece into HDF5."""
+    _embed("midi", model, midi, out_path, pool, layer, force)
+
+
+# -- info ------------------------------------------------------------------------------
+@app.command("info")
+@clean_errors
+def info(run: Annotated[Path, typer.Argument(help="model directory")]) -> None:
+    """What a model directory holds: domain, model size, training, validation."""
+    from .pipeline.run_dir import read_config
+    from .pipeline.training import read_metrics
+
+    cfg = read_config(run)
+    m = cfg["model"]
+    table = Table(title=str(run), show_header=False)
+    table.add_column("key")
+    table.add_column("value")
+    table.add_row("domain", cfg["domain"])
+    table.add_row("model", f"{m['n_layers']} layers, d_model {m['d_model']}, {m['n_heads']} "
+                  f"heads, d_ff {m['d_ff']}, attn {m['attn']}, bucket {m['bucket_size']}, "
+                  f"{m['n_hashes']} hashes, {m['n_buckets']} buckets")
+    table.add_row("context", f"max_seq_len {m['max_seq_len']:,}, trained on windows of "
+                  f"{cfg['data']['seq_len']:,}")
+    table.add_row("weights", "model.safetensors" if (run / "model.safetensors").exists()
+                  else "none yet (training unfinished)")
+    train, val = read_metrics(run)
+    if train:
+        table.add_row("trained steps", f"{train[-1][0] + 1} (train {train[-1][1]:.4f} "
+                      "bits/token)")
+    if val:
+        best = min(v for _, v in val)
+        table.add_row("validation", f"{val[-1][1]:.4f} bits/token at step {val[-1][0] + 1} "
+                      f"(best {best:.4f})")
+    out.print(table)
+
+
+@app.callback(invoke_without_command=True)
+def main(version: Annotated[bool, typer.Option("--version")] = False) -> None:
+    if version:
+        out.print(f"seqformer {__version__}")
+        raise typer.Exit()
+
+
+if __name__ == "__main__":
+    sys.exit(app())

@@ -1,0 +1,1 @@
+"""Datasets over token stores, Lightning training, model directories, inference."""

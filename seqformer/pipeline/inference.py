@@ -1,0 +1,180 @@
+"""score / embed / sample over records of any length with a trained model.
+
+A record is read as [sep] + tokens, the same way training streams present it. Records
+longer than the window are covered by overlapping windows (stride = window / 2), and
+each position takes its output from the earliest window that covers it: the one where
+it has the most left context (at least window - stride tokens, or all of them). Because
+the model is exactly causal and prefix consistent, a position whose record fits in one
+window gets exactly what a single forward over the whole record gives.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .. import __version__
+from ..core import ReformerLM
+from ..errors import InputError
+from ..files import atomic_path
+
+
+def stitched_windows(length: int, window: int, stride: int) -> Iterator[tuple[int, int, int]]:
+    """(start, keep_from, keep_to) in absolute positions for a sequence of `length`
+    positions: run the model on [start, start + window) and keep [keep_from, keep_to)."""
+    if not 0 < stride <= window:
+        raise ValueError("need 0 < stride <= window")
+    start, kept = 0, 0
+    while kept < length:
+        end = min(start + window, length)
+        yield start, kept, end
+        kept = end
+        start += stride
+
+
+def _windows_of(model: ReformerLM, seq: torch.Tensor, window: int, stride: int,
+                fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[tuple[int, torch.Tensor]]:
+    """Apply fn to each window's tokens (1, w) and yield (keep_from, kept outputs)."""
+    for start, keep_from, keep_to in stitched_windows(seq.numel(), window, stride):
+        out = fn(seq[start:start + window].unsqueeze(0))[0]
+        yield keep_from, out[keep_from - start:keep_to - start]
+
+
+@torch.no_grad()
+def token_log_likelihoods(model: ReformerLM, tokens: np.ndarray, sep_id: int, window: int,
+                          stride: int | None = None, device: str | torch.device = "cpu"
+                          ) -> np.ndarray:
+    """log P(token_i | [sep] + tokens[:i]) in nats for every token, float64 (n,)."""
+    n = len(tokens)
+    seq = torch.from_numpy(np.concatenate([[sep_id], tokens]).astype(np.int64)).to(device)
+    targets = seq[1:]
+    out = np.empty(n, dtype=np.float64)
+
+    def logp(x: torch.Tensor) -> torch.Tensor:
+        return F.log_softmax(model(x).float(), dim=-1)
+
+    # inputs are positions 0..n-1 of seq; position i predicts token i
+    for keep_from, lp in _windows_of(model, seq[:n], window, stride or window // 2, logp):
+        idx = targets[keep_from:keep_from + lp.shape[0]]
+        out[keep_from:keep_from + lp.shape[0]] = lp.gather(-1, idx.unsqueeze(-1)).squeeze(-1
+                                                                                    ).cpu().numpy()
+    return out
+
+
+@dataclass
+class RecordScore:
+    id: str
+    length: int
+    total_ll: float  # nats
+
+    @property
+    def mean_ll(self) -> float:
+        return self.total_ll / max(1, self.length)
+
+    @property
+    def bits_per_token(self) -> float:
+        return -self.mean_ll / np.log(2)
+
+    @property
+    def perplexity(self) -> float:
+        return float(np.exp(-self.mean_ll))
+
+
+@torch.no_grad()
+def embed_records(model: ReformerLM, records, sep_id: int, window: int, out: Path,
+                  layer: int = -1, pool: str | None = None, dtype: str = "float16",
+                  attrs: dict | None = None, on_window: Callable[[int], None] | None = None,
+                  device: str | torch.device = "cpu") -> int:
+    """Write one (length, d_model) dataset per record to an HDF5 file, window by window.
+
+    Layout: /embeddings/<n> datasets (attrs: id, length), /ids (utf-8, record order),
+    /pooled (n_records, d_model) float32 when pool == "mean"; file attributes:
+    seqformer_version, domain, layer, pool, window, model_config (JSON)."""
+    if pool not in (None, "mean"):
+        raise InputError(f"--pool {pool}: only 'mean' is supported")
+    d = model.cfg.d_model
+    stride = window // 2
+    ids, pooled = [], []
+    with atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
+        h5.attrs.update({"seqformer_version": __version__, "layer": layer, "pool": pool or "",
+                         "window": window, "model_config": json.dumps(model.cfg.to_dict())})
+        for key, value in (attrs or {}).items():
+            h5.attrs[key] = value
+        group = h5.create_group("embeddings")
+        for n, rec in enumerate(records):
+            length = len(rec.tokens)
+            ds = group.create_dataset(str(n), shape=(length, d), dtype=dtype,
+                                      chunks=(min(length, 4096), d), compression="gzip",
+                                      compression_opts=1, shuffle=True)
+            ds.attrs["id"] = rec.id
+            ds.attrs["length"] = length
+            seq = torch.from_numpy(np.concatenate([[sep_id], rec.tokens]).astype(np.int64))
+            seq = seq.to(device)
+            total = torch.zeros(d, dtype=torch.float64, device=device)
+            # input position i + 1 holds token i: drop the leading separator's output
+            for keep_from, h in _windows_of(model, seq, window, stride,
+                                            lambda x: model.hidden_states(x, layer=layer)):
+                if keep_from == 0:
+                    h = h[1:]
+                    keep_from = 1
+                ds[keep_from - 1:keep_from - 1 + h.shape[0]] = h.float().cpu().numpy()
+                total += h.double().sum(0)
+                if on_window:
+                    on_window(h.shape[0])
+            ids.append(rec.id)
+            pooled.append((total / max(1, length)).float().cpu().numpy())
+        h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
+        if pool == "mean":
+            h5.create_dataset("pooled", data=np.stack(pooled) if pooled else np.zeros((0, d)))
+    return len(ids)
+
+
+@torch.no_grad()
+def sample_tokens(model: ReformerLM, prompt: np.ndarray, n_tokens: int, temperature: float = 1.0,
+                  top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
+                  on_token: Callable[[int], None] | None = None,
+                  device: str | torch.device = "cpu") -> tuple[np.ndarray, float]:
+    """Continue `prompt` (token ids, starting with the separator) by n_tokens with the
+    decoding cache. Returns the new tokens and the tokens per second.
+
+    Past the model's max_seq_len the cache cannot grow (positions are absolute), so the
+    context restarts from the last half window: exact within a context, approximate
+    across the restart."""
+    from ..core.sampling import sample_next
+
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    ctx = model.cfg.max_seq_len
+    seq = list(int(t) for t in prompt)
+    if len(seq) >= ctx:
+        seq_ctx = seq[-(ctx // 2):]
+    else:
+        seq_ctx = seq
+    t0 = time.perf_counter()
+    new: list[int] = []
+    logits, cache = model.prefill(torch.tensor([seq_ctx], device=device),
+                                  capacity=min(ctx, len(seq_ctx) + n_tokens))
+    nxt = logits[:, -1]
+    while len(new) < n_tokens:
+        tok = sample_next(nxt, temperature, top_k, top_p, gen)
+        new.append(int(tok))
+        if on_token:
+            on_token(1)
+        if len(new) == n_tokens:
+            break
+        if cache.length >= cache.capacity:  # context full: restart from the last half
+            recent = (seq + new)[-(ctx // 2):]
+            logits, cache = model.prefill(torch.tensor([recent], device=device),
+                                          capacity=min(ctx, len(recent) + n_tokens - len(new)))
+            nxt = logits[:, -1]
+        else:
+            nxt = model.step(tok.to(device), cache)
+    rate = len(new) / max(1e-9, time.perf_counter() - t0)
+    return np.array(new, dtype=np.int64), rate

@@ -1,0 +1,88 @@
+"""Lightning wrapper: next-token loss, bits per token, AdamW with warmup + cosine decay,
+and a guard that stops training on a non-finite loss before it reaches the weights."""
+
+from __future__ import annotations
+
+import math
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from ..core import ReformerConfig, ReformerLM
+
+LN2 = math.log(2.0)
+
+
+def token_nll(logits: torch.Tensor, targets: torch.Tensor, ignore: tuple[int, ...]
+              ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Summed negative log-likelihood (nats) over targets not in `ignore`, and their count."""
+    keep = torch.ones_like(targets, dtype=torch.bool)
+    for t in ignore:
+        keep &= targets != t
+    nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
+    keep = keep.flatten()
+    return (nll * keep).sum(), keep.sum()
+
+
+class LMTask(pl.LightningModule):
+    def __init__(self, model: dict, train: dict, pad_id: int, sep_id: int):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = ReformerLM(ReformerConfig.from_dict(
+            {**model, "axial_shape": tuple(model["axial_shape"]) if model.get("axial_shape")
+             else None}))
+        self.train_cfg = train
+        self.pad_id, self.sep_id = pad_id, sep_id
+        self.stopped_on_nonfinite = False
+        self._val = []
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
+        x, y = batch[:, :-1], batch[:, 1:]
+        nll, n = token_nll(self.model(x), y, ignore=(self.pad_id,))
+        loss = nll / n.clamp_min(1)
+        if not torch.isfinite(loss):
+            # returning None skips backward and the optimizer step: the weights (and the
+            # checkpoints saved from them) stay those of the last good step
+            self.stopped_on_nonfinite = True
+            self.trainer.should_stop = True
+            self.print(f"error: non-finite loss ({loss.item()}) at step {self.global_step}; "
+                       "stopping, the last good checkpoint is kept")
+            return None
+        self.log("loss", loss, prog_bar=True)
+        self.log("bits", loss / LN2, prog_bar=True)
+        return loss
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        x, y = batch[:, :-1], batch[:, 1:]
+        nll, n = token_nll(self.model(x), y, ignore=(self.pad_id, self.sep_id))
+        self._val.append(torch.stack([nll.double(), n.double()]))
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val:
+            return
+        nll, n = torch.stack(self._val).sum(0)
+        self._val.clear()
+        if self.trainer.world_size > 1:
+            nll, n = self.all_gather(torch.stack([nll, n])).reshape(-1, 2).sum(0)
+        loss = (nll / n.clamp_min(1)).float()
+        self.log("val_loss", loss, prog_bar=False, sync_dist=False)
+        self.log("val_bits", loss / LN2, prog_bar=True, sync_dist=False)
+
+    def configure_optimizers(self):
+        cfg = self.train_cfg
+        decay = [p for n, p in self.named_parameters() if p.ndim >= 2]
+        no_decay = [p for n, p in self.named_parameters() if p.ndim < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=cfg["lr"], betas=(0.9, 0.98))
+        warmup, total = max(1, cfg["warmup_steps"]), max(1, cfg["max_steps"])
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = min(1.0, (step - warmup) / max(1, total - warmup))
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

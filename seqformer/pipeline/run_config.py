@@ -1,0 +1,136 @@
+"""A run's configuration: defaults < YAML preset < CLI options < `section.key=value`.
+
+Four sections: `model` (ReformerConfig fields), `data` (windows, split, tokenization
+options), `train` (optimizer, schedule, hardware) and the top-level `domain`. Every key
+is checked, so a typo is an error naming the field, not a silently ignored setting.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ..core import ConfigError, ReformerConfig
+from ..errors import InputError
+
+DEFAULTS: dict[str, Any] = {
+    "domain": None,
+    "model": {},  # ReformerConfig defaults, vocab_size set from the domain
+    "data": {
+        "seq_len": 4096,  # training window; <= model.max_seq_len
+        "holdout": 0.1,  # fraction held out for validation
+        "split": "tail",  # "tail": last fraction of each record; "records": whole records
+        "rc_augment": True,  # DNA: reverse-complement half the windows
+        "options": {},  # domain tokenization options, e.g. {softmask: keep}
+        "val_windows": 8,  # validation windows per evaluation
+    },
+    "train": {
+        "max_steps": 200,
+        "batch_size": 4,
+        "accumulate": 1,
+        "lr": 1.0e-3,
+        "weight_decay": 0.01,
+        "warmup_steps": 50,
+        "grad_clip": 1.0,
+        "precision": "auto",  # bf16-mixed on GPU, 32-true on CPU
+        "seed": 0,
+        "val_every": 100,
+        "log_every": 10,
+        "devices": 1,
+        "num_nodes": 1,
+        "strategy": "auto",
+        "accelerator": "auto",
+        "num_workers": 0,
+    },
+}
+
+
+def _merge(base: dict, extra: dict, where: str) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in extra.items():
+        name = f"{where}.{key}" if where else key
+        if where == "model" or (where == "data" and key == "options"):
+            out[key] = value  # checked by ReformerConfig / the domain
+        elif key not in base:
+            raise InputError(f"{name}: unknown config field")
+        elif isinstance(base[key], dict):
+            if not isinstance(value, dict):
+                raise InputError(f"{name}: expected a mapping, got {value!r}")
+            out[key] = _merge(base[key], value, name)
+        else:
+            out[key] = value
+    return out
+
+
+def parse_override(text: str) -> dict:
+    """'model.n_hashes=8' -> {'model': {'n_hashes': 8}} (value parsed as YAML)."""
+    if "=" not in text:
+        raise InputError(f"override {text!r}: expected section.key=value")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError as e:
+        raise InputError(f"override {text!r}: cannot parse value: {e}") from None
+    out: dict = {}
+    node = out
+    parts = key.strip().split(".")
+    for part in parts[:-1]:
+        node = node.setdefault(part, {})
+    node[parts[-1]] = value
+    return out
+
+
+def load_yaml(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as e:
+        raise InputError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a mapping of config sections")
+    return data
+
+
+def resolve(domain: str, vocab_size: int, preset: str | Path | None = None,
+            options: dict | None = None, overrides: list[str] = ()) -> dict:
+    """The full, checked configuration of a training run."""
+    cfg = copy.deepcopy(DEFAULTS)
+    if preset is not None:
+        cfg = _merge(cfg, load_yaml(preset), "")
+    for layer in [options or {}] + [parse_override(o) for o in overrides]:
+        cfg = _merge(cfg, layer, "")
+    if cfg["domain"] not in (None, domain):
+        raise InputError(f"domain: the config is for {cfg['domain']!r}, not {domain!r}")
+    cfg["domain"] = domain
+    cfg["model"]["vocab_size"] = vocab_size
+    model = model_config(cfg)
+    cfg["model"] = model.to_dict()
+    data, train = cfg["data"], cfg["train"]
+    if not 0 < int(data["seq_len"]) <= model.max_seq_len:
+        raise InputError(f"data.seq_len: {data['seq_len']} must be in 1..model.max_seq_len "
+                         f"({model.max_seq_len})")
+    if not 0.0 <= float(data["holdout"]) < 1.0:
+        raise InputError(f"data.holdout: {data['holdout']} must be in [0, 1)")
+    if data["split"] not in ("tail", "records"):
+        raise InputError(f"data.split: {data['split']!r} must be 'tail' or 'records'")
+    for key in ("max_steps", "batch_size", "accumulate", "val_every", "log_every"):
+        if not isinstance(train[key], int) or train[key] < 1:
+            raise InputError(f"train.{key}: must be a positive integer, got {train[key]!r}")
+    return cfg
+
+
+def model_config(cfg: dict) -> ReformerConfig:
+    model = dict(cfg["model"])
+    if "axial_shape" in model and model["axial_shape"] is not None:
+        model["axial_shape"] = tuple(model["axial_shape"])
+    try:
+        return ReformerConfig.from_dict(model)
+    except ConfigError as e:
+        raise InputError(f"model.{e}") from None
+    except TypeError as e:
+        raise InputError(f"model: {e}") from None

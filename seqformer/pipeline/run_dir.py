@@ -1,0 +1,74 @@
+"""A model directory: everything sample/score/embed need, and nothing else they read.
+
+    runs/NAME/
+      config.yaml          resolved config (domain, model, data, train)
+      vocab.json           the domain's vocabulary and tokenization options
+      model.safetensors    weights (written at the end of training)
+      checkpoints/         Lightning checkpoints: last.ckpt, best.ckpt (for --resume)
+      logs/version_N/      metrics.csv of each training session (a resume adds one)
+      loss.png             loss curve
+      data/                token store of the training inputs
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+import yaml
+from safetensors.torch import load_model, save_model
+
+from ..core import ReformerLM
+from ..domains import Domain, get_domain
+from ..errors import InputError
+from ..files import atomic_path
+from .run_config import model_config
+
+
+def write_config(run: Path, cfg: dict, domain: Domain) -> None:
+    run.mkdir(parents=True, exist_ok=True)
+    with atomic_path(run / "config.yaml") as tmp:
+        tmp.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    with atomic_path(run / "vocab.json") as tmp:
+        tmp.write_text(json.dumps(domain.vocabulary(), indent=1))
+
+
+def export_weights(run: Path, model: ReformerLM) -> None:
+    with atomic_path(run / "model.safetensors") as tmp:
+        save_model(model, str(tmp))
+
+
+def read_config(run: str | Path) -> dict:
+    run = Path(run)
+    if not run.exists():
+        raise InputError(f"{run}: model directory not found")
+    if not (run / "config.yaml").is_file():
+        raise InputError(f"{run}: not a seqformer model directory (no config.yaml)")
+    try:
+        cfg = yaml.safe_load((run / "config.yaml").read_text())
+        assert isinstance(cfg, dict) and "model" in cfg and "domain" in cfg
+    except Exception:
+        raise InputError(f"{run}/config.yaml: unreadable or not a seqformer config") from None
+    return cfg
+
+
+def load_run(run: str | Path, domain: str | None = None, device: str | torch.device = "cpu"
+             ) -> tuple[ReformerLM, Domain, dict]:
+    """The trained model (eval mode), its domain (with the training tokenization options)
+    and its config. `domain` checks that the directory holds a model of that domain."""
+    run = Path(run)
+    cfg = read_config(run)
+    if domain is not None and cfg["domain"] != domain:
+        raise InputError(f"{run}: is a {cfg['domain']} model, not a {domain} model")
+    weights = run / "model.safetensors"
+    if not weights.is_file():
+        raise InputError(f"{run}: no model.safetensors (training not finished? "
+                         "resume it with `seqformer train ... --resume`)")
+    dom = get_domain(cfg["domain"], **cfg["data"].get("options", {}))
+    model = ReformerLM(model_config(cfg))
+    try:
+        load_model(model, str(weights), device=str(device))
+    except Exception as e:
+        raise InputError(f"{weights}: cannot load weights: {e}") from None
+    return model.to(device).eval(), dom, cfg

@@ -1,0 +1,98 @@
+"""Records tokenized once into a flat memory-mapped file, so a genome of any size trains
+with bounded RAM, and reused while the inputs are unchanged.
+
+Layout of a store directory: `tokens.bin` (all records back to back, uint8 or uint16)
+and `index.json` (fingerprint of the inputs, dtype, and each record's id, offset and
+length). Both are written to temporary names and renamed, index last.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..domains import Domain
+from ..errors import InputError
+from ..files import atomic_path
+
+
+@dataclass
+class StoredRecord:
+    id: str
+    offset: int
+    length: int
+
+
+def fingerprint(inputs: Iterable[Path], domain: Domain) -> str:
+    """Changes when any input file (path, size, mtime) or the tokenization changes."""
+    h = hashlib.sha256(json.dumps(domain.vocabulary(), sort_keys=True).encode())
+    for p in inputs:
+        st = Path(p).stat()
+        h.update(f"{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()
+
+
+class TokenStore:
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        index = json.loads((self.directory / "index.json").read_text())
+        self.fingerprint: str = index["fingerprint"]
+        self.records = [StoredRecord(**r) for r in index["records"]]
+        self.tokens = np.memmap(self.directory / "tokens.bin", dtype=index["dtype"], mode="r",
+                                shape=(index["total"],))
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    @property
+    def total(self) -> int:
+        return int(self.tokens.shape[0])
+
+    def record_tokens(self, i: int) -> np.ndarray:
+        r = self.records[i]
+        return self.tokens[r.offset:r.offset + r.length]
+
+    @classmethod
+    def build(cls, directory: str | Path, domain: Domain, inputs: list[Path],
+              on_record: Callable[[str, int], None] | None = None) -> TokenStore:
+        """Tokenize `inputs` with `domain` into `directory`, unless an up-to-date store is
+        already there. `on_record(id, n_tokens)` reports progress."""
+        directory = Path(directory)
+        key = fingerprint(inputs, domain)
+        if (directory / "index.json").exists():
+            try:
+                store = cls(directory)
+                if store.fingerprint == key:
+                    return store
+            except (OSError, ValueError, KeyError):
+                pass  # unreadable or partial: rebuild
+        directory.mkdir(parents=True, exist_ok=True)
+        dtype = np.uint8 if domain.vocab_size <= 256 else np.uint16
+        records, offset, seen = [], 0, {}
+        with atomic_path(directory / "tokens.bin") as tmp, open(tmp, "wb") as f:
+            for path in inputs:
+                for rec in domain.read(path):
+                    if rec.id in seen:
+                        raise InputError(f"{path}: record id {rec.id!r} also appears in "
+                                         f"{seen[rec.id]}")
+                    seen[rec.id] = path
+                    f.write(np.asarray(rec.tokens, dtype=dtype).tobytes())
+                    records.append({"id": rec.id, "offset": offset, "length": len(rec.tokens)})
+                    offset += len(rec.tokens)
+                    if on_record:
+                        on_record(rec.id, len(rec.tokens))
+            f.flush()
+            os.fsync(f.fileno())
+        if offset == 0:
+            raise InputError(f"{', '.join(map(str, inputs))}: no tokens in the input")
+        index = {"fingerprint": key, "dtype": np.dtype(dtype).name, "total": offset,
+                 "records": records}
+        with atomic_path(directory / "index.json") as tmp:
+            tmp.write_text(json.dumps(index))
+        return cls(directory)

@@ -1,0 +1,160 @@
+"""`train`: inputs -> token store -> Lightning fit -> an exported model directory."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
+from pytorch_lightning.loggers import CSVLogger
+from torch.utils.data import DataLoader
+
+from ..domains import get_domain
+from ..errors import InputError
+from ..files import atomic_path
+from .lightning_module import LMTask
+from .run_dir import export_weights, write_config
+from .token_store import TokenStore
+from .windows import TrainWindows, ValWindows, split_streams
+
+
+class WindowData(pl.LightningDataModule):
+    def __init__(self, store: TokenStore, cfg: dict, pad_id: int, sep_id: int, augment=None):
+        super().__init__()
+        data = cfg["data"]
+        self.train_stream, self.val_stream = split_streams(store, data["holdout"],
+                                                           data["split"], sep_id)
+        self.cfg, self.pad_id, self.augment = cfg, pad_id, augment
+
+    def train_dataloader(self) -> DataLoader:
+        data, train = self.cfg["data"], self.cfg["train"]
+        per_step = train["batch_size"] * train["accumulate"]
+        world = self.trainer.world_size if self.trainer else 1
+        # start after the windows of the steps already done, so a resumed run goes on
+        # with new data instead of replaying the first windows
+        done = self.trainer.global_step * per_step * world if self.trainer else 0
+        n_items = train["max_steps"] * per_step * world
+        ds = TrainWindows(self.train_stream, data["seq_len"], n_items, train["seed"],
+                          self.augment, start=done)
+        return DataLoader(ds, batch_size=train["batch_size"], num_workers=train["num_workers"])
+
+    def val_dataloader(self) -> DataLoader:
+        data = self.cfg["data"]
+        ds = ValWindows(self.val_stream, data["seq_len"], data["val_windows"], self.pad_id)
+        return DataLoader(ds, batch_size=self.cfg["train"]["batch_size"])
+
+
+def _precision(train: dict) -> str:
+    if train["precision"] != "auto":
+        return train["precision"]
+    gpu = torch.cuda.is_available() and train["accelerator"] in ("auto", "gpu", "cuda")
+    return "bf16-mixed" if gpu else "32-true"
+
+
+def read_metrics(run: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(step, train bits) and (step, validation bits) over all sessions of a run: each
+    start or resume logs to its own logs/version_N/metrics.csv, so nothing is overwritten
+    and a resumed curve joins the earlier one."""
+    train, val = {}, {}
+    for metrics in sorted(Path(run).glob("logs/version_*/metrics.csv")):
+        with open(metrics) as f:
+            for row in csv.DictReader(f):
+                if row.get("bits"):
+                    train[int(row["step"])] = float(row["bits"])
+                if row.get("val_bits"):
+                    val[int(row["step"])] = float(row["val_bits"])
+    return sorted(train.items()), sorted(val.items())
+
+
+def plot_loss(run: Path) -> Path | None:
+    """loss.png: training and validation bits per token against step."""
+    train, val = read_metrics(run)
+    if not train and not val:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    if train:
+        ax.plot(*zip(*train), label="train", lw=1)
+    if val:
+        ax.plot(*zip(*val), "o-", label="validation")
+    ax.set_xlabel("step")
+    ax.set_ylabel("bits per token")
+    ax.set_title(run.name)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    with atomic_path(run / "loss.png") as tmp:
+        fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return run / "loss.png"
+
+
+def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
+          progress: bool = True) -> dict:
+    """Train per the resolved config; returns a summary (steps, validation bits, paths)."""
+    run = Path(run)
+    ckpt_dir = run / "checkpoints"
+    last = ckpt_dir / "last.ckpt"
+    if resume and not last.is_file():
+        raise InputError(f"{run}: nothing to resume (no checkpoints/last.ckpt)")
+    if not resume and run.exists() and any(run.iterdir()):
+        raise InputError(f"{run}: already exists (use --resume to continue it, or --force to "
+                         "start over)")
+    domain = get_domain(cfg["domain"], **cfg["data"]["options"])
+    store = TokenStore.build(run / "data", domain, inputs)
+    write_config(run, cfg, domain)
+    augment = None
+    if cfg["data"]["rc_augment"] and hasattr(domain, "reverse_complement"):
+        def augment(window: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+            # both strands of a genome are equally real: flip half the windows
+            return domain.reverse_complement(window) if rng.random() < 0.5 else window
+    data = WindowData(store, cfg, domain.pad_id, domain.sep_id, augment)
+    train_cfg = cfg["train"]
+    pl.seed_everything(train_cfg["seed"], workers=True, verbose=False)
+    task = LMTask(cfg["model"], train_cfg, domain.pad_id, domain.sep_id)
+    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_bits",
+                                 mode="min", save_last=True, save_top_k=1,
+                                 every_n_train_steps=train_cfg["val_every"])
+    has_val = len(data.val_stream) > 1 and cfg["data"]["val_windows"] > 0
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    trainer = pl.Trainer(
+        default_root_dir=run, max_steps=train_cfg["max_steps"],
+        accelerator=train_cfg["accelerator"],
+        devices=train_cfg["devices"], num_nodes=train_cfg["num_nodes"],
+        strategy=train_cfg["strategy"], precision=_precision(train_cfg),
+        accumulate_grad_batches=train_cfg["accumulate"], gradient_clip_val=train_cfg["grad_clip"],
+        val_check_interval=train_cfg["val_every"] if has_val else None,
+        check_val_every_n_epoch=None, limit_val_batches=1.0 if has_val else 0,
+        num_sanity_val_steps=0, log_every_n_steps=train_cfg["log_every"],
+        logger=CSVLogger(run, name="logs"), callbacks=[checkpoint]
+        + ([RichProgressBar(leave=True)] if progress else []),
+        enable_progress_bar=progress, enable_model_summary=False)
+    with warnings.catch_warnings():
+        # Lightning's advice that does not apply here (in-memory windows need no workers)
+        warnings.filterwarnings("ignore", message=r".*(does not have many workers|LeafSpec).*")
+        trainer.fit(task, datamodule=data, ckpt_path=str(last) if resume else None)
+    if trainer.global_rank != 0:
+        return {}
+    if task.stopped_on_nonfinite:
+        raise InputError(f"{run}: training stopped on a non-finite loss at step "
+                         f"{trainer.global_step}; checkpoints keep the last good weights")
+    export_weights(run, task.model)
+    if has_val:  # the final weights' validation score, whatever step training ended on
+        trainer.validate(task, datamodule=data, verbose=False)
+    plot_loss(run)
+    val = trainer.callback_metrics.get("val_bits")
+    return {"steps": trainer.global_step, "val_bits": float(val) if val is not None else math.nan,
+            "run": str(run), "tokens": store.total, "records": len(store)}
+
+
+def count_parameters(model: torch.nn.Module) -> int:
+    return int(sum(np.prod(p.shape) for p in {id(p): p for p in model.parameters()}.values()))
