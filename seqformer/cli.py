@@ -40,7 +40,7 @@ def clean_errors(fn):
         try:
             return fn(*args, **kwargs)
         except (InputError, ConfigError) as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False)
+            err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
             raise typer.Exit(2) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/yellow]")
@@ -116,6 +116,8 @@ def _train(domain_name: str, inputs: list[Path], config: str | None, out_dir: Pa
     run = out_dir or Path("runs") / f"{domain_name}-{preset.stem}"
     if resume:
         cfg = read_config(run)
+        if max_steps is not None:  # resuming may extend a finished run
+            cfg["train"]["max_steps"] = max_steps
     else:
         probe = get_domain(domain_name, **options)
         cfg = run_config.resolve(domain_name, probe.vocab_size, preset, cli, overrides or [])
@@ -181,6 +183,7 @@ def _sample(domain_name: str, model_dir: Path, prompt_tokens_fn, length: int, te
     with _progress() as bar:
         task = bar.add_task("sampling", total=length)
         new, rate = sample_tokens(model, prompt, length, temperature, top_k, top_p, seed,
+                                  allowed=domain.generatable(),
                                   on_token=lambda n: bar.advance(task, n))
     err.print(f"{length:,} tokens at {rate:,.0f} tokens/s")
     return domain, prompt[1:], new

@@ -45,6 +45,11 @@ class Domain:
         """Write records to `path` atomically (temporary file, then rename)."""
         raise NotImplementedError
 
+    def generatable(self) -> list[int]:
+        """Token ids a sampler may emit inside one record: by default all but pad and the
+        separator (which would end the record)."""
+        return [i for i in range(self.vocab_size) if i not in (self.pad_id, self.sep_id)]
+
     def config(self) -> dict[str, Any]:
         """Options that change tokenization; saved with a model so it reads input the same way."""
         return {}

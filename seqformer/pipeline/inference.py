@@ -140,10 +140,11 @@ def embed_records(model: ReformerLM, records, sep_id: int, window: int, out: Pat
 @torch.no_grad()
 def sample_tokens(model: ReformerLM, prompt: np.ndarray, n_tokens: int, temperature: float = 1.0,
                   top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
-                  on_token: Callable[[int], None] | None = None,
+                  allowed: list[int] | None = None, on_token: Callable[[int], None] | None = None,
                   device: str | torch.device = "cpu") -> tuple[np.ndarray, float]:
     """Continue `prompt` (token ids, starting with the separator) by n_tokens with the
-    decoding cache. Returns the new tokens and the tokens per second.
+    decoding cache, emitting only `allowed` token ids. Returns the new tokens and the
+    tokens per second.
 
     Past the model's max_seq_len the cache cannot grow (positions are absolute), so the
     context restarts from the last half window: exact within a context, approximate
@@ -151,6 +152,10 @@ def sample_tokens(model: ReformerLM, prompt: np.ndarray, n_tokens: int, temperat
     from ..core.sampling import sample_next
 
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    bias = torch.zeros(model.cfg.vocab_size, device=device)
+    if allowed is not None:
+        bias.fill_(float("-inf"))
+        bias[torch.as_tensor(allowed, device=device)] = 0.0
     ctx = model.cfg.max_seq_len
     seq = list(int(t) for t in prompt)
     if len(seq) >= ctx:
@@ -163,7 +168,7 @@ def sample_tokens(model: ReformerLM, prompt: np.ndarray, n_tokens: int, temperat
                                   capacity=min(ctx, len(seq_ctx) + n_tokens))
     nxt = logits[:, -1]
     while len(new) < n_tokens:
-        tok = sample_next(nxt, temperature, top_k, top_p, gen)
+        tok = sample_next(nxt + bias, temperature, top_k, top_p, gen)
         new.append(int(tok))
         if on_token:
             on_token(1)

@@ -1,0 +1,179 @@
+"""Every DNA command end to end on a tiny model, and the bad inputs a user will hit."""
+
+import gzip
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from seqformer.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared" / "data" / "dna"
+LAMBDA = REPO / "data" / "dna" / "lambda_phage.fa.gz"
+TINY = ["model.d_model=32", "model.n_layers=2", "model.attn=[local, lsh]", "model.n_heads=2", "model.d_ff=64",
+        "model.max_seq_len=512", "model.bucket_size=16", "data.seq_len=256",
+        "train.val_every=3", "train.log_every=1", "data.val_windows=2"]
+
+runner = CliRunner()
+
+
+def run(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "lambda"
+    code, text = run("train", "dna", "--out", out, "--max-steps", 6, "--batch-size", 2, *TINY)
+    assert code == 0, text
+    return out
+
+
+@pytest.fixture(scope="module")
+def query(tmp_path_factory):
+    """Two records: 700 bases of lambda (longer than the 256 window) and a short one."""
+    seq = "".join(gzip.open(LAMBDA, "rt").read().split("\n")[1:])[:700]
+    path = tmp_path_factory.mktemp("q") / "query.fa"
+    path.write_text(f">lam700 first bases\n{seq}\n>short\nACGTNNACGTTTGCA\n")
+    return path, seq
+
+
+def test_train_writes_a_complete_model_directory(trained):
+    for name in ("config.yaml", "vocab.json", "model.safetensors", "loss.png",
+                 "checkpoints/last.ckpt", "data/tokens.bin", "data/index.json"):
+        assert (trained / name).exists(), name
+    code, text = run("info", trained)
+    assert code == 0 and "dna" in text and "validation" in text
+
+
+def test_resume_continues_at_the_same_step(trained, tmp_path):
+    import shutil
+
+    run_dir = tmp_path / "resumed"
+    shutil.copytree(trained, run_dir)
+    code, text = run("train", "dna", "--out", run_dir, "--resume", "--max-steps", 9)
+    assert code == 0, text
+    assert "trained 9 steps" in text  # 6 done before, 3 more
+    from seqformer.pipeline.training import read_metrics
+
+    steps = [s for s, _ in read_metrics(run_dir)[0]]
+    assert steps == sorted(steps) and max(steps) == 8 and len(list(
+        run_dir.glob("logs/version_*"))) == 2
+
+
+def test_sample_writes_prompt_and_new_bases(trained, tmp_path):
+    out = tmp_path / "s.fa"
+    code, text = run("sample", "dna", "--model", trained, "--length", 300, "--prompt",
+                     "ATGAAA", "--out", out, "--seed", 3, "--top-k", 3)
+    assert code == 0, text
+    lines = out.read_text().split("\n")
+    seq = "".join(lines[1:])
+    assert lines[0].startswith(">") and seq.startswith("ATGAAA") and len(seq) == 306
+    assert set(seq) <= set("ACGTN")
+    again = tmp_path / "s2.fa"
+    run("sample", "dna", "--model", trained, "--length", 300, "--prompt", "ATGAAA", "--out",
+        again, "--seed", 3, "--top-k", 3)
+    assert again.read_text() == out.read_text()  # seeded
+
+
+def test_score_tsv_bedgraph_and_both_strands(trained, query, tmp_path):
+    path, seq = query
+    tsv, bed = tmp_path / "s.tsv", tmp_path / "s.bedgraph"
+    code, text = run("score", "dna", "--model", trained, "--fasta", path, "--out", tsv,
+                     "--per-base", bed)
+    assert code == 0, text
+    rows = [line.split("\t") for line in tsv.read_text().strip().split("\n")]
+    assert rows[0][:5] == ["id", "length", "total_ll_nats", "mean_ll_nats", "bits_per_base"]
+    assert [r[0] for r in rows[1:]] == ["lam700", "short"] and rows[1][1] == "700"
+    bed_rows = bed.read_text().strip().split("\n")
+    assert bed_rows[0].startswith("track type=bedGraph") and len(bed_rows) == 1 + 700 + 15
+    per_base = np.array([float(r.split("\t")[3]) for r in bed_rows[1:701]])
+    assert abs(per_base.sum() - float(rows[1][2])) < 1e-2
+    assert bed_rows[1].split("\t")[:3] == ["lam700", "0", "1"]
+    both = tmp_path / "both.tsv"
+    code, _ = run("score", "dna", "--model", trained, "--fasta", path, "--out", both,
+                  "--both-strands")
+    assert code == 0 and both.read_text() != tsv.read_text()
+
+
+def test_embed_hdf5_layout(trained, query, tmp_path):
+    path, _ = query
+    out = tmp_path / "e.h5"
+    code, text = run("embed", "dna", "--model", trained, "--fasta", path, "--out", out,
+                     "--pool", "mean", "--layer", "0")
+    assert code == 0, text
+    with h5py.File(out) as f:
+        assert [s.decode() for s in f["ids"]] == ["lam700", "short"]
+        emb = f["embeddings/0"]
+        assert emb.shape == (700, 32) and emb.dtype == np.float16 and emb.chunks
+        assert emb.attrs["id"] == "lam700" and f.attrs["layer"] == 0
+        assert f["pooled"].shape == (2, 32)
+        np.testing.assert_allclose(f["pooled"][0], emb[:].astype(np.float64).mean(0),
+                                   atol=2e-3)
+        assert "d_model" in f.attrs["model_config"] and f.attrs["domain"] == "dna"
+
+
+def _bad(name):
+    path = SHARED / name
+    if not path.exists():
+        pytest.skip("shared data not available")
+    return path
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda t: t / "missing.fa", "no such file"),
+    (lambda t: _bad("bad_null.fna"), "empty"),
+    (lambda t: _bad("bad_empty.fna"), "zero length|no sequence|empty"),
+    (lambda t: _bad("bad_protein.fna"), "protein"),
+    (lambda t: _bad("bad_dupid.fna"), "duplicate"),
+])
+def test_bad_fasta_is_one_clear_error(trained, tmp_path, make, message):
+    path = make(tmp_path)
+    code, text = run("score", "dna", "--model", trained, "--fasta", path)
+    assert code == 2, text
+    assert "error:" in text and "Traceback" not in text
+    assert str(path.name) in text.replace("\n", "")
+    import re
+
+    assert re.search(message, text, re.IGNORECASE), text
+
+
+def test_unknown_character_names_record_and_position(trained, tmp_path):
+    f = tmp_path / "x.fa"
+    f.write_text(">ok\nACGT\n>bad\nACGTAC@T\n")
+    code, text = run("score", "dna", "--model", trained, "--fasta", f)
+    flat = text.replace("\n", "")
+    assert code == 2 and "bad" in flat and "7" in flat and "@" in flat
+
+
+def test_existing_output_is_refused_unless_forced(trained, query, tmp_path):
+    path, _ = query
+    out = tmp_path / "exists.tsv"
+    out.write_text("keep me")
+    code, text = run("score", "dna", "--model", trained, "--fasta", path, "--out", out)
+    assert code == 2 and "already exists" in text and out.read_text() == "keep me"
+    code, _ = run("score", "dna", "--model", trained, "--fasta", path, "--out", out, "--force")
+    assert code == 0 and out.read_text().startswith("id\t")
+
+
+def test_model_directory_errors(trained, tmp_path, query):
+    path, _ = query
+    code, text = run("score", "dna", "--model", tmp_path / "nope", "--fasta", path)
+    assert code == 2 and "not found" in text
+    code, text = run("sample", "midi", "--model", trained, "--length", 5, "--out",
+                     tmp_path / "x.mid")
+    assert code == 2 and "dna model, not a midi model" in text
+    code, text = run("train", "dna", "--out", trained, "--max-steps", 1)
+    assert code == 2 and "already exists" in text
+
+
+def test_bad_prompt_and_config(trained, tmp_path):
+    code, text = run("sample", "dna", "--model", trained, "--length", 5, "--prompt", "ACGX",
+                     "--out", tmp_path / "x.fa")
+    assert code == 2 and "--prompt" in text and not (tmp_path / "x.fa").exists()
+    code, text = run("train", "dna", "--out", tmp_path / "r", "model.d_model=30")
+    assert code == 2 and "model.d_model" in text
