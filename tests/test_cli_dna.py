@@ -13,8 +13,8 @@ from seqformer.cli import app
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared" / "data" / "dna"
 LAMBDA = REPO / "data" / "dna" / "lambda_phage.fa.gz"
-TINY = ["model.d_model=32", "model.n_layers=2", "model.attn=[local, lsh]", "model.n_heads=2", "model.d_ff=64",
-        "model.max_seq_len=512", "model.bucket_size=16", "data.seq_len=256",
+TINY = ["model.d_model=32", "model.n_layers=2", "model.attn=[local, lsh]", "model.n_heads=2",
+        "model.d_ff=64", "model.max_seq_len=512", "model.bucket_size=16", "data.seq_len=256",
         "train.val_every=3", "train.log_every=1", "data.val_windows=2"]
 
 runner = CliRunner()
