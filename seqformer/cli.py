@@ -180,6 +180,10 @@ def _sample(domain_name: str, model_dir: Path, prompt_tokens_fn, length: int, te
         raise InputError(f"--length {length}: must be at least 1")
     model, domain, cfg = load_run(model_dir, domain_name)
     prompt = np.concatenate([[domain.sep_id], prompt_tokens_fn(domain)]).astype(np.int64)
+    context = model.cfg.max_seq_len
+    if len(prompt) >= context:
+        err.print(f"the prompt has {len(prompt) - 1:,} tokens, more than the model's context "
+                  f"({context:,}): continuing from its last {context // 2:,} tokens")
     with _progress() as bar:
         task = bar.add_task("sampling", total=length)
         new, rate = sample_tokens(model, prompt, length, temperature, top_k, top_p, seed,
@@ -253,12 +257,23 @@ def sample_midi(model: ModelOpt, length: Length,
     domain.piano_roll_png(pm, png, title=out_path.name)
     stats = domain.stats(pm)
     out.print(f"wrote {out_path} and {png}")
-    out.print(", ".join(f"{k}: {v}" for k, v in stats.items()))
+    out.print(", ".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}"
+                        for k, v in stats.items()))
     fixed = {k: v for k, v in repairs.items() if v}
     out.print(f"repaired: {fixed}" if fixed else "no repairs needed")
     if audio is not None:
         domain.render_audio(pm, audio)
         out.print(f"wrote {audio}")
+
+
+def _read_all(domain, inputs: list[Path]) -> list:
+    """All records of all inputs; files a domain skipped (unreadable MIDI) are listed."""
+    records = []
+    for path in inputs:
+        records.extend(domain.read(path))
+        for skipped, reason in getattr(domain, "skipped", []):
+            err.print(f"[yellow]skipped[/yellow] {skipped}: {reason}", soft_wrap=True)
+    return records
 
 
 # -- score ------------------------------------------------------------------------------
@@ -275,7 +290,7 @@ def _score(domain_name: str, model_dir: Path, inputs: list[Path], out_path: Path
             check_output(p, force)
     model, domain, cfg = load_run(model_dir, domain_name)
     window = int(cfg["data"]["seq_len"])
-    records = [r for path in inputs for r in domain.read(path)]
+    records = _read_all(domain, inputs)
     scores, per_position = [], []
     with _progress() as bar:
         task = bar.add_task("scoring", total=sum(len(r.tokens) for r in records))
@@ -357,7 +372,7 @@ def _embed(domain_name: str, model_dir: Path, inputs: list[Path], out_path: Path
     if not -1 <= layer < model.cfg.n_layers:
         raise InputError(f"--layer {layer}: the model has layers 0..{model.cfg.n_layers - 1} "
                          "(-1 = final)")
-    records = [r for path in inputs for r in domain.read(path)]
+    records = _read_all(domain, inputs)
     with _progress() as bar:
         task = bar.add_task("embedding", total=sum(len(r.tokens) for r in records))
         n = embed_records(model, records, domain.sep_id, int(cfg["data"]["seq_len"]), out_path,

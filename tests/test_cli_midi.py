@@ -1,0 +1,132 @@
+"""Every MIDI command end to end on a tiny model trained on the bundled pieces, and the
+bad inputs a user will hit."""
+
+import shutil
+from pathlib import Path
+
+import h5py
+import mido
+import numpy as np
+import pretty_midi
+import pytest
+from typer.testing import CliRunner
+
+from seqformer.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+BACH = REPO / "data" / "midi" / "bach"
+TINY = ["model.d_model=32", "model.n_layers=2", "model.attn=[local, lsh]", "model.n_heads=2",
+        "model.d_ff=64", "model.max_seq_len=512", "model.bucket_size=16", "data.seq_len=256",
+        "train.val_every=3", "train.log_every=1", "data.val_windows=2"]
+
+runner = CliRunner()
+
+
+def run(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("runs") / "bach"
+    code, text = run("train", "midi", "--midi", BACH, "--out", out, "--max-steps", 5,
+                     "--batch-size", 2, *TINY)
+    assert code == 0, text
+    return out
+
+
+@pytest.fixture(scope="module")
+def pieces(tmp_path_factory):
+    """Three bundled chorales in a folder of their own."""
+    d = tmp_path_factory.mktemp("pieces")
+    for f in sorted(BACH.glob("*.mid"))[:3]:
+        shutil.copy(f, d / f.name)
+    return d
+
+
+def test_train_and_info(trained):
+    assert (trained / "model.safetensors").exists() and (trained / "loss.png").exists()
+    code, text = run("info", trained)
+    assert code == 0 and "midi" in text
+
+
+def test_sample_with_primer_writes_midi_png_and_stats(trained, pieces, tmp_path):
+    primer = sorted(pieces.glob("*.mid"))[0]
+    out = tmp_path / "piece.mid"
+    code, text = run("sample", "midi", "--model", trained, "--length", 200, "--primer", primer,
+                     "--out", out, "--seed", 1, "--temperature", 0.95, "--top-p", 0.95)
+    assert code == 0, text
+    assert "pitch_class_entropy" in text and "notes" in text
+    assert out.with_suffix(".png").stat().st_size > 1000
+    mid = mido.MidiFile(out)  # another parser than the one that wrote it
+    assert mid.length > 0
+    primer_notes = sum(len(i.notes) for i in pretty_midi.PrettyMIDI(str(primer)).instruments)
+    sampled = sum(len(i.notes) for i in pretty_midi.PrettyMIDI(str(out)).instruments)
+    assert sampled >= primer_notes  # the primer is kept, the continuation added
+
+
+def test_primer_longer_than_context_is_cut_with_a_message(trained, tmp_path):
+    long_piece = REPO / "data" / "midi" / "planetblupi" / "music003.mid"
+    code, text = run("sample", "midi", "--model", trained, "--length", 20, "--primer",
+                     long_piece, "--out", tmp_path / "x.mid", "--seed", 0)
+    assert code == 0, text
+    assert "more than the model's context" in text.replace("\n", " ")
+
+
+def test_score_and_embed(trained, pieces, tmp_path):
+    tsv = tmp_path / "s.tsv"
+    code, text = run("score", "midi", "--model", trained, "--midi", pieces, "--out", tsv)
+    assert code == 0, text
+    rows = [r.split("\t") for r in tsv.read_text().strip().split("\n")]
+    assert rows[0][-1] == "nll_nats_per_second" and len(rows) == 4
+    assert all(float(r[4]) > 0 and float(r[-1]) > 0 for r in rows[1:])
+    h5 = tmp_path / "e.h5"
+    code, text = run("embed", "midi", "--model", trained, "--midi", pieces, "--out", h5,
+                     "--pool", "mean")
+    assert code == 0, text
+    with h5py.File(h5) as f:
+        assert len(f["ids"]) == 3 and f["pooled"].shape == (3, 32)
+        lengths = [f[f"embeddings/{i}"].shape[0] for i in range(3)]
+        assert lengths == [int(r[1]) for r in rows[1:]]
+        assert f["embeddings/0"].dtype == np.float16
+
+
+def test_unreadable_files_are_listed_and_skipped(trained, pieces, tmp_path):
+    d = tmp_path / "mixed"
+    shutil.copytree(pieces, d)
+    (d / "notmidi.mid").write_text("this is not a MIDI file")
+    real = sorted(pieces.glob("*.mid"))[0].read_bytes()
+    (d / "truncated.mid").write_bytes(real[:60])
+    empty = pretty_midi.PrettyMIDI()
+    empty.instruments.append(pretty_midi.Instrument(0))
+    empty.write(str(d / "nonotes.mid"))
+    code, text = run("score", "midi", "--model", trained, "--midi", d)
+    flat = text.replace("\n", " ")
+    assert code == 0, text
+    for name in ("notmidi.mid", "truncated.mid", "nonotes.mid"):
+        assert "skipped" in flat and name in flat
+
+
+@pytest.mark.parametrize("case", ["missing", "empty_dir", "not_midi", "truncated", "no_notes"])
+def test_bad_midi_input_is_one_clear_error(trained, tmp_path, case):
+    path = tmp_path / f"{case}.mid"
+    if case == "empty_dir":
+        path = tmp_path / "empty"
+        path.mkdir()
+    elif case == "not_midi":
+        path.write_text("hello")
+    elif case == "truncated":
+        path.write_bytes(sorted(BACH.glob("*.mid"))[0].read_bytes()[:60])
+    elif case == "no_notes":
+        pretty_midi.PrettyMIDI().write(str(path))
+    code, text = run("score", "midi", "--model", trained, "--midi", path)
+    assert code == 2, text
+    assert "error:" in text and "Traceback" not in text and path.name in text
+
+
+def test_existing_output_refused(trained, tmp_path):
+    out = tmp_path / "x.mid"
+    out.write_bytes(b"keep")
+    code, text = run("sample", "midi", "--model", trained, "--length", 5, "--out", out)
+    assert code == 2 and "already exists" in text and out.read_bytes() == b"keep"
