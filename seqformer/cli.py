@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import shutil
 import sys
 from pathlib import Path
@@ -121,7 +122,8 @@ def _train(domain_name: str, inputs: list[Path], config: str | None, out_dir: Pa
     else:
         probe = get_domain(domain_name, **options)
         cfg = run_config.resolve(domain_name, probe.vocab_size, preset, cli, overrides or [])
-        if force and run.exists():
+        first = all(int(os.environ.get(v, "0") or 0) == 0 for v in ("RANK", "LOCAL_RANK"))
+        if force and first and run.exists():
             shutil.rmtree(run)
     summary = train(cfg, inputs, run, resume=resume)
     if summary:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import logging
 import math
+import os
 import warnings
 from pathlib import Path
 
@@ -48,6 +49,17 @@ class WindowData(pl.LightningDataModule):
         data = self.cfg["data"]
         ds = ValWindows(self.val_stream, data["seq_len"], data["val_windows"], self.pad_id)
         return DataLoader(ds, batch_size=self.cfg["train"]["batch_size"])
+
+
+def _strategy(name: str):
+    """DDP with a static graph: the reversible stack back-propagates each layer in its own
+    (reentrant) backward pass, which plain DDP rejects as parameters marked ready twice."""
+    if name in ("ddp", "ddp_spawn", "ddp_find_unused_parameters_false"):
+        from pytorch_lightning.strategies import DDPStrategy
+
+        return DDPStrategy(static_graph=True, start_method="spawn" if name == "ddp_spawn"
+                           else "popen")
+    return name
 
 
 def _precision(train: dict) -> str:
@@ -98,6 +110,10 @@ def plot_loss(run: Path) -> Path | None:
     return run / "loss.png"
 
 
+def _is_first_process() -> bool:
+    return all(int(os.environ.get(v, "0") or 0) == 0 for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
 def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
           progress: bool = True) -> dict:
     """Train per the resolved config; returns a summary (steps, validation bits, paths)."""
@@ -106,7 +122,9 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
     last = ckpt_dir / "last.ckpt"
     if resume and not last.is_file():
         raise InputError(f"{run}: nothing to resume (no checkpoints/last.ckpt)")
-    if not resume and run.exists() and any(run.iterdir()):
+    # Lightning's DDP launcher re-runs this command in child processes (and torchrun runs
+    # it once per rank): only the first process judges whether the run directory is new
+    if not resume and _is_first_process() and run.exists() and any(run.iterdir()):
         raise InputError(f"{run}: already exists (use --resume to continue it, or --force to "
                          "start over)")
     domain = get_domain(cfg["domain"], **cfg["data"]["options"])
@@ -130,7 +148,7 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
         default_root_dir=run, max_steps=train_cfg["max_steps"],
         accelerator=train_cfg["accelerator"],
         devices=train_cfg["devices"], num_nodes=train_cfg["num_nodes"],
-        strategy=train_cfg["strategy"], precision=_precision(train_cfg),
+        strategy=_strategy(train_cfg["strategy"]), precision=_precision(train_cfg),
         accumulate_grad_batches=train_cfg["accumulate"], gradient_clip_val=train_cfg["grad_clip"],
         val_check_interval=train_cfg["val_every"] if has_val else None,
         check_val_every_n_epoch=None, limit_val_batches=1.0 if has_val else 0,
@@ -142,19 +160,18 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
         # Lightning's advice that does not apply here (in-memory windows need no workers)
         warnings.filterwarnings("ignore", message=r".*(does not have many workers|LeafSpec).*")
         trainer.fit(task, datamodule=data, ckpt_path=str(last) if resume else None)
+    if has_val and not task.stopped_on_nonfinite:
+        # the final weights' validation score, whatever step training ended on (every
+        # process takes part: validation gathers across them)
+        trainer.validate(task, datamodule=data, verbose=False)
     if trainer.global_rank != 0:
         return {}
     if task.stopped_on_nonfinite:
         raise InputError(f"{run}: training stopped on a non-finite loss at step "
                          f"{trainer.global_step}; checkpoints keep the last good weights")
     export_weights(run, task.model)
-    if has_val:  # the final weights' validation score, whatever step training ended on
-        trainer.validate(task, datamodule=data, verbose=False)
     plot_loss(run)
     val = trainer.callback_metrics.get("val_bits")
     return {"steps": trainer.global_step, "val_bits": float(val) if val is not None else math.nan,
             "run": str(run), "tokens": store.total, "records": len(store)}
 
-
-def count_parameters(model: torch.nn.Module) -> int:
-    return int(sum(np.prod(p.shape) for p in {id(p): p for p in model.parameters()}.values()))
