@@ -180,6 +180,12 @@ def _sample(domain_name: str, model_dir: Path, prompt_tokens_fn, length: int, te
 
     if length < 1:
         raise InputError(f"--length {length}: must be at least 1")
+    # the decoding cache is bounded by the model's context; what grows with --length is
+    # the sample itself (8 bytes a token while generating, plus the domain's output)
+    need, have = 16 * length, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    if need > have:
+        raise InputError(f"--length {length:,}: needs about {need / 2**30:.1f} GiB, more than "
+                         f"the {have / 2**30:.1f} GiB of memory available")
     model, domain, cfg = load_run(model_dir, domain_name)
     prompt = np.concatenate([[domain.sep_id], prompt_tokens_fn(domain)]).astype(np.int64)
     context = model.cfg.max_seq_len

@@ -171,6 +171,13 @@ def test_model_directory_errors(trained, tmp_path, query):
     assert code == 2 and "already exists" in text
 
 
+def test_length_beyond_memory_is_refused(trained, tmp_path):
+    code, text = run("sample", "dna", "--model", trained, "--length", 10**13, "--out",
+                     tmp_path / "x.fa")
+    assert code == 2 and "--length" in text and "GiB" in text
+    assert not (tmp_path / "x.fa").exists()
+
+
 def test_bad_prompt_and_config(trained, tmp_path):
     code, text = run("sample", "dna", "--model", trained, "--length", 5, "--prompt", "ACGX",
                      "--out", tmp_path / "x.fa")

@@ -82,6 +82,10 @@ def test_splits_hold_out_tails_or_records(tmp_path):
     np.testing.assert_array_equal(val.slice(1, 10), recs[0].tokens[90:])
     train, val = split_streams(store, 0.1, "records", sep_id=1)
     assert len(train) == 101 and len(val) == 51
+    train, val = split_streams(store, 0.1, "tail", sep_id=1, holdout_ids=["r0"])
+    assert len(train) == 51 and len(val) == 101
+    with pytest.raises(InputError, match="holdout_ids.*'nope'"):
+        split_streams(store, 0.1, "tail", sep_id=1, holdout_ids=["nope"])
 
 
 def test_windows_are_seeded_and_cover_validation_once(tmp_path):

@@ -23,6 +23,7 @@ DEFAULTS: dict[str, Any] = {
         "seq_len": 4096,  # training window; <= model.max_seq_len
         "holdout": 0.1,  # fraction held out for validation
         "split": "tail",  # "tail": last fraction of each record; "records": whole records
+        "holdout_ids": [],  # record ids held out whole for validation (overrides split)
         "rc_augment": True,  # DNA: reverse-complement half the windows
         "options": {},  # domain tokenization options, e.g. {softmask: keep}
         "val_windows": 8,  # validation windows per evaluation

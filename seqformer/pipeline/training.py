@@ -29,8 +29,8 @@ class WindowData(pl.LightningDataModule):
     def __init__(self, store: TokenStore, cfg: dict, pad_id: int, sep_id: int, augment=None):
         super().__init__()
         data = cfg["data"]
-        self.train_stream, self.val_stream = split_streams(store, data["holdout"],
-                                                           data["split"], sep_id)
+        self.train_stream, self.val_stream = split_streams(
+            store, data["holdout"], data["split"], sep_id, data.get("holdout_ids") or [])
         self.cfg, self.pad_id, self.augment = cfg, pad_id, augment
 
     def train_dataloader(self) -> DataLoader:

@@ -48,12 +48,19 @@ class Stream:
         return out
 
 
-def split_streams(store: TokenStore, holdout: float, split: str, sep_id: int
-                  ) -> tuple[Stream, Stream]:
-    """(train, validation): the last `holdout` of each record ("tail"), or the last
-    `holdout` of the records ("records")."""
+def split_streams(store: TokenStore, holdout: float, split: str, sep_id: int,
+                  holdout_ids: list[str] = ()) -> tuple[Stream, Stream]:
+    """(train, validation): the records named in `holdout_ids`, else the last `holdout` of
+    each record ("tail") or the last `holdout` of the records ("records")."""
     train, val = [], []
-    if split == "tail":
+    if holdout_ids:
+        missing = set(holdout_ids) - {r.id for r in store.records}
+        if missing:
+            raise InputError(f"data.holdout_ids: no record named {sorted(missing)[0]!r} in "
+                             "the input")
+        for r in store.records:
+            (val if r.id in holdout_ids else train).append((r.offset, r.length))
+    elif split == "tail":
         for r in store.records:
             n_val = int(round(r.length * holdout))
             train.append((r.offset, r.length - n_val))
