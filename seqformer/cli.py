@@ -125,7 +125,8 @@ def _train(domain_name: str, inputs: list[Path], config: str | None, out_dir: Pa
         first = all(int(os.environ.get(v, "0") or 0) == 0 for v in ("RANK", "LOCAL_RANK"))
         if force and first and run.exists():
             shutil.rmtree(run)
-    summary = train(cfg, inputs, run, resume=resume)
+    summary = train(cfg, inputs, run, resume=resume, on_record=lambda rid, n: err.print(
+        f"tokenized {rid} ({n:,} tokens)", highlight=False, soft_wrap=True))
     if summary:
         out.print(f"[green]trained[/green] {summary['steps']} steps on {summary['tokens']:,} "
                   f"tokens ({summary['records']} records); validation "

@@ -2,29 +2,19 @@
 bad inputs a user will hit."""
 
 import shutil
-from pathlib import Path
 
 import h5py
 import mido
 import numpy as np
 import pretty_midi
 import pytest
-from typer.testing import CliRunner
 
-from seqformer.cli import app
+from cli_helpers import REPO
+from cli_helpers import TINY_MODEL as TINY
+from cli_helpers import run_cli as run
 
-REPO = Path(__file__).resolve().parents[1]
 BACH = REPO / "data" / "midi" / "bach"
-TINY = ["model.d_model=32", "model.n_layers=2", "model.attn=[local, lsh]", "model.n_heads=2",
-        "model.d_ff=64", "model.max_seq_len=512", "model.bucket_size=16", "data.seq_len=256",
-        "train.val_every=3", "train.log_every=1", "data.val_windows=2"]
 
-runner = CliRunner()
-
-
-def run(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    return result.exit_code, result.output
 
 
 @pytest.fixture(scope="module")

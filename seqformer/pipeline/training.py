@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -115,8 +116,9 @@ def _is_first_process() -> bool:
 
 
 def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
-          progress: bool = True) -> dict:
-    """Train per the resolved config; returns a summary (steps, validation bits, paths)."""
+          progress: bool = True, on_record: Callable[[str, int], None] | None = None) -> dict:
+    """Train per the resolved config; returns a summary (steps, validation bits, paths).
+    `on_record(id, n_tokens)` reports tokenization of each input record (first run only)."""
     run = Path(run)
     ckpt_dir = run / "checkpoints"
     last = ckpt_dir / "last.ckpt"
@@ -128,7 +130,7 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
         raise InputError(f"{run}: already exists (use --resume to continue it, or --force to "
                          "start over)")
     domain = get_domain(cfg["domain"], **cfg["data"]["options"])
-    store = TokenStore.build(run / "data", domain, inputs)
+    store = TokenStore.build(run / "data", domain, inputs, on_record)
     write_config(run, cfg, domain)
     augment = None
     if cfg["data"]["rc_augment"] and hasattr(domain, "reverse_complement"):

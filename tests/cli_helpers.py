@@ -1,0 +1,25 @@
+"""Shared helpers for the end-to-end CLI tests."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from seqformer.cli import app
+
+REPO = Path(__file__).resolve().parents[1]
+
+# a model small enough to train a few steps in seconds, with both local and LSH layers
+TINY_MODEL = ["model.d_model=32", "model.n_layers=2", "model.attn=[local, lsh]",
+              "model.n_heads=2", "model.d_ff=64", "model.max_seq_len=512",
+              "model.bucket_size=16", "data.seq_len=256", "train.val_every=3",
+              "train.log_every=1", "data.val_windows=2"]
+
+_runner = CliRunner()
+
+
+def run_cli(*args) -> tuple[int, str]:
+    """Run `seqformer ARGS...` in-process: (exit code, everything it printed)."""
+    result = _runner.invoke(app, [str(a) for a in args])
+    return result.exit_code, result.output
