@@ -47,3 +47,4 @@ def test_nonfinite_loss_stops_training_and_keeps_good_weights(tmp_path):
     for name, value in task.state_dict().items():
         assert torch.isfinite(value).all(), name
         assert torch.equal(value, snapshot[name]), name  # the NaN step changed nothing
+
