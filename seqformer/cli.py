@@ -277,11 +277,14 @@ def sample_midi(model: ModelOpt, length: Length,
 
 def _read_all(domain, inputs: list[Path]) -> list:
     """All records of all inputs; files a domain skipped (unreadable MIDI) are listed."""
-    records = []
+    records, n_skipped = [], 0
     for path in inputs:
         records.extend(domain.read(path))
         for skipped, reason in getattr(domain, "skipped", []):
             err.print(f"[yellow]skipped[/yellow] {skipped}: {reason}", soft_wrap=True)
+            n_skipped += 1
+    if n_skipped:
+        err.print(f"{len(records)} records read, {n_skipped} files skipped")
     return records
 
 

@@ -96,6 +96,7 @@ def test_unreadable_files_are_listed_and_skipped(trained, pieces, tmp_path):
     assert code == 0, text
     for name in ("notmidi.mid", "truncated.mid", "nonotes.mid"):
         assert "skipped" in flat and name in flat
+    assert "3 records read, 3 files skipped" in flat
 
 
 @pytest.mark.parametrize("case", ["missing", "empty_dir", "not_midi", "truncated", "no_notes"])
