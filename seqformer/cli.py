@@ -100,7 +100,7 @@ def _train(domain_name: str, inputs: list[Path], config: str | None, out_dir: Pa
     from .domains import get_domain
     from .pipeline import run_config
     from .pipeline.run_dir import read_config
-    from .pipeline.training import train
+    from .pipeline.training import is_first_process, train
 
     preset = _preset(domain_name, config)
     cli = {"train": {}, "data": {}}
@@ -122,8 +122,7 @@ def _train(domain_name: str, inputs: list[Path], config: str | None, out_dir: Pa
     else:
         probe = get_domain(domain_name, **options)
         cfg = run_config.resolve(domain_name, probe.vocab_size, preset, cli, overrides or [])
-        first = all(int(os.environ.get(v, "0") or 0) == 0 for v in ("RANK", "LOCAL_RANK"))
-        if force and first and run.exists():
+        if force and is_first_process() and run.exists():
             shutil.rmtree(run)
     summary = train(cfg, inputs, run, resume=resume, on_record=lambda rid, n: err.print(
         f"tokenized {rid} ({n:,} tokens)", highlight=False, soft_wrap=True))

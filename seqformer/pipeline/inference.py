@@ -157,11 +157,8 @@ def sample_tokens(model: ReformerLM, prompt: np.ndarray, n_tokens: int, temperat
         bias.fill_(float("-inf"))
         bias[torch.as_tensor(allowed, device=device)] = 0.0
     ctx = model.cfg.max_seq_len
-    seq = list(int(t) for t in prompt)
-    if len(seq) >= ctx:
-        seq_ctx = seq[-(ctx // 2):]
-    else:
-        seq_ctx = seq
+    seq = [int(t) for t in prompt]
+    seq_ctx = seq[-(ctx // 2):] if len(seq) >= ctx else seq
     t0 = time.perf_counter()
     new: list[int] = []
     logits, cache = model.prefill(torch.tensor([seq_ctx], device=device),

@@ -111,7 +111,8 @@ def plot_loss(run: Path) -> Path | None:
     return run / "loss.png"
 
 
-def _is_first_process() -> bool:
+def is_first_process() -> bool:
+    """False in the extra processes of a distributed launch (Lightning DDP, torchrun)."""
     return all(int(os.environ.get(v, "0") or 0) == 0 for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
@@ -126,7 +127,7 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
         raise InputError(f"{run}: nothing to resume (no checkpoints/last.ckpt)")
     # Lightning's DDP launcher re-runs this command in child processes (and torchrun runs
     # it once per rank): only the first process judges whether the run directory is new
-    if not resume and _is_first_process() and run.exists() and any(run.iterdir()):
+    if not resume and is_first_process() and run.exists() and any(run.iterdir()):
         raise InputError(f"{run}: already exists (use --resume to continue it, or --force to "
                          "start over)")
     domain = get_domain(cfg["domain"], **cfg["data"]["options"])
