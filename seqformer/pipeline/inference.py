@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import __version__
-from ..core import ReformerLM
+from ..core import ReformerLM, sample_next
 from ..errors import InputError
 from ..files import atomic_path
 
@@ -40,7 +40,7 @@ def stitched_windows(length: int, window: int, stride: int) -> Iterator[tuple[in
         start += stride
 
 
-def _windows_of(model: ReformerLM, seq: torch.Tensor, window: int, stride: int,
+def _windows_of(seq: torch.Tensor, window: int, stride: int,
                 fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[tuple[int, torch.Tensor]]:
     """Apply fn to each window's tokens (1, w) and yield (keep_from, kept outputs)."""
     for start, keep_from, keep_to in stitched_windows(seq.numel(), window, stride):
@@ -62,7 +62,7 @@ def token_log_likelihoods(model: ReformerLM, tokens: np.ndarray, sep_id: int, wi
         return F.log_softmax(model(x).float(), dim=-1)
 
     # inputs are positions 0..n-1 of seq; position i predicts token i
-    for keep_from, lp in _windows_of(model, seq[:n], window, stride or window // 2, logp):
+    for keep_from, lp in _windows_of(seq[:n], window, stride or window // 2, logp):
         idx = targets[keep_from:keep_from + lp.shape[0]]
         out[keep_from:keep_from + lp.shape[0]] = lp.gather(-1, idx.unsqueeze(-1)).squeeze(-1
                                                                                     ).cpu().numpy()
@@ -120,7 +120,7 @@ def embed_records(model: ReformerLM, records, sep_id: int, window: int, out: Pat
             seq = seq.to(device)
             total = torch.zeros(d, dtype=torch.float64, device=device)
             # input position i + 1 holds token i: drop the leading separator's output
-            for keep_from, h in _windows_of(model, seq, window, stride,
+            for keep_from, h in _windows_of(seq, window, stride,
                                             lambda x: model.hidden_states(x, layer=layer)):
                 if keep_from == 0:
                     h = h[1:]
@@ -149,8 +149,6 @@ def sample_tokens(model: ReformerLM, prompt: np.ndarray, n_tokens: int, temperat
     Past the model's max_seq_len the cache cannot grow (positions are absolute), so the
     context restarts from the last half window: exact within a context, approximate
     across the restart."""
-    from ..core.sampling import sample_next
-
     gen = torch.Generator().manual_seed(seed) if seed is not None else None
     bias = torch.zeros(model.cfg.vocab_size, device=device)
     if allowed is not None:
