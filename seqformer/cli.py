@@ -42,7 +42,7 @@ def clean_errors(fn):
             return fn(*args, **kwargs)
         except (InputError, ConfigError) as e:
             err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
-            raise typer.Exit(2) from None
+            raise typer.Exit(getattr(e, "exit_code", 2)) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/yellow]")
             raise typer.Exit(130) from None
@@ -100,7 +100,7 @@ def _train(domain_name: str, inputs: list[Path], config: str | None, out_dir: Pa
     from .domains import get_domain
     from .pipeline import run_config
     from .pipeline.run_dir import read_config
-    from .pipeline.training import is_first_process, train
+    from .pipeline.training import check_run_dir, is_first_process, tokenize, train
 
     preset = _preset(domain_name, config)
     cli = {"train": {}, "data": {}}
@@ -124,8 +124,15 @@ def _train(domain_name: str, inputs: list[Path], config: str | None, out_dir: Pa
         cfg = run_config.resolve(domain_name, probe.vocab_size, preset, cli, overrides or [])
         if force and is_first_process() and run.exists():
             shutil.rmtree(run)
-    summary = train(cfg, inputs, run, resume=resume, on_record=lambda rid, n: err.print(
-        f"tokenized {rid} ({n:,} tokens)", highlight=False, soft_wrap=True))
+    check_run_dir(run, resume)
+    # tokenize first, under its own progress display (Lightning's bar comes after it)
+    with Progress(TextColumn("tokenizing"), TextColumn("{task.completed:,} tokens"),
+                  TimeElapsedColumn(), console=err, disable=not err.is_terminal) as bar:
+        task = bar.add_task("tokenizing", total=None)
+        tokenize(cfg, inputs, run, on_tokens=lambda n: bar.advance(task, n),
+                 on_record=lambda rid, n: err.print(f"tokenized {rid} ({n:,} tokens)",
+                                                    highlight=False, soft_wrap=True))
+    summary = train(cfg, inputs, run, resume=resume)
     if summary:
         out.print(f"[green]trained[/green] {summary['steps']} steps on {summary['tokens']:,} "
                   f"tokens ({summary['records']} records); validation "
@@ -274,14 +281,20 @@ def sample_midi(model: ModelOpt, length: Length,
         out.print(f"wrote {audio}")
 
 
+def _report_skipped(domain) -> int:
+    """List the files a domain skipped in its last read (unreadable MIDI)."""
+    skipped = getattr(domain, "skipped", [])
+    for path, reason in skipped:
+        err.print(f"[yellow]skipped[/yellow] {path}: {reason}", soft_wrap=True)
+    return len(skipped)
+
+
 def _read_all(domain, inputs: list[Path]) -> list:
     """All records of all inputs; files a domain skipped (unreadable MIDI) are listed."""
     records, n_skipped = [], 0
     for path in inputs:
         records.extend(domain.read(path))
-        for skipped, reason in getattr(domain, "skipped", []):
-            err.print(f"[yellow]skipped[/yellow] {skipped}: {reason}", soft_wrap=True)
-            n_skipped += 1
+        n_skipped += _report_skipped(domain)
     if n_skipped:
         err.print(f"{len(records)} records read, {n_skipped} files skipped")
     return records
@@ -373,47 +386,66 @@ def score_midi(model: ModelOpt, midi: Annotated[list[Path], typer.Option("--midi
 
 # -- embed ------------------------------------------------------------------------------
 def _embed(domain_name: str, model_dir: Path, inputs: list[Path], out_path: Path, pool,
-           layer: int, force: bool) -> None:
+           layer: int, force: bool, resume: bool) -> None:
     from .files import check_output
-    from .pipeline.inference import embed_records
+    from .pipeline.inference import embed_records, partial_path
     from .pipeline.run_dir import load_run
+    from .pipeline.token_store import TokenStore
 
     check_output(out_path, force)
     model, domain, cfg = load_run(model_dir, domain_name)
     if not -1 <= layer < model.cfg.n_layers:
         raise InputError(f"--layer {layer}: the model has layers 0..{model.cfg.n_layers - 1} "
                          "(-1 = final)")
-    records = _read_all(domain, inputs)
+    if not resume and partial_path(out_path).exists():
+        err.print(f"note: starting over; {partial_path(out_path)} is an unfinished earlier "
+                  "run (--resume continues it)", soft_wrap=True)
+    # a memory-mapped token store next to the output: a chromosome is never in RAM, and
+    # an interrupted run finds it again on --resume
+    work = out_path.with_name(f".{out_path.name}.tokens")
+    with Progress(TextColumn("tokenizing"), TextColumn("{task.completed:,} tokens"),
+                  TimeElapsedColumn(), console=err, disable=not err.is_terminal) as bar:
+        task = bar.add_task("tokenizing", total=None)
+        try:
+            store = TokenStore.build(work, domain, inputs,
+                                     on_tokens=lambda n: bar.advance(task, n),
+                                     on_input=lambda _: _report_skipped(domain))
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)  # bad input: leave nothing behind
+            raise
     with _progress() as bar:
-        task = bar.add_task("embedding", total=sum(len(r.tokens) for r in records))
-        n = embed_records(model, records, domain.sep_id, int(cfg["data"]["seq_len"]), out_path,
-                          layer=layer, pool=pool, attrs={"domain": domain_name,
-                                                          "model_dir": str(model_dir)},
+        task = bar.add_task("embedding", total=store.total)
+        n = embed_records(model, store.as_records(), domain.sep_id, int(cfg["data"]["seq_len"]),
+                          out_path, layer=layer, pool=pool, resume=resume,
+                          attrs={"domain": domain_name, "model_dir": str(model_dir)},
                           on_window=lambda k: bar.advance(task, k))
+    shutil.rmtree(work, ignore_errors=True)
     out.print(f"wrote {out_path} ({n} records, d_model {model.cfg.d_model})")
 
 
 Pool = Annotated[str | None, typer.Option(
     "--pool", help="also store a pooled vector per record: mean")]
 Layer = Annotated[int, typer.Option("--layer", help="-1 = final normalized states")]
+EmbedResume = Annotated[bool, typer.Option(
+    "--resume", help="continue an interrupted run: records already in <out>.partial are kept")]
 
 
 @embed_app.command("dna")
 @clean_errors
 def embed_dna(model: ModelOpt, fasta: Annotated[list[Path], typer.Option("--fasta")],
               out_path: Annotated[Path, typer.Option("--out")], pool: Pool = None,
-              layer: Layer = -1, force: Force = False) -> None:
+              layer: Layer = -1, force: Force = False, resume: EmbedResume = False) -> None:
     """Per-base embeddings of each FASTA record into HDF5."""
-    _embed("dna", model, fasta, out_path, pool, layer, force)
+    _embed("dna", model, fasta, out_path, pool, layer, force, resume)
 
 
 @embed_app.command("midi")
 @clean_errors
 def embed_midi(model: ModelOpt, midi: Annotated[list[Path], typer.Option("--midi")],
                out_path: Annotated[Path, typer.Option("--out")], pool: Pool = None,
-               layer: Layer = -1, force: Force = False) -> None:
+               layer: Layer = -1, force: Force = False, resume: EmbedResume = False) -> None:
     """Per-token embeddings of each piece into HDF5."""
-    _embed("midi", model, midi, out_path, pool, layer, force)
+    _embed("midi", model, midi, out_path, pool, layer, force, resume)
 
 
 # -- info ------------------------------------------------------------------------------

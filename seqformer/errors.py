@@ -3,3 +3,9 @@
 
 class InputError(Exception):
     """Bad user input: the message names the file and what is wrong."""
+
+
+class Interrupted(InputError):
+    """A run stopped by Ctrl-C or SIGTERM after saving what it needs to resume."""
+
+    exit_code = 130

@@ -51,8 +51,9 @@ def test_resume_continues_at_the_same_step(trained, tmp_path):
     from seqformer.pipeline.training import read_metrics
 
     steps = [s for s, _ in read_metrics(run_dir)[0]]
-    assert steps == sorted(steps) and max(steps) == 8 and len(list(
-        run_dir.glob("logs/version_*"))) == 2
+    assert steps == sorted(steps), steps
+    assert max(steps) == 8, steps
+    assert len(list(run_dir.glob("logs/version_*"))) == 2
 
 
 def test_sample_writes_prompt_and_new_bases(trained, tmp_path):

@@ -54,3 +54,31 @@ def test_sampling_filters():
     assert set(sample_next(logits, top_p=0.7, generator=g).tolist()) == {2, 3}
     assert set(sample_next(logits, top_p=0.5, generator=g).tolist()) == {3}
     assert len(set(sample_next(logits, generator=g).tolist())) == 4
+
+
+# ---- run configs: rejected at load time, before any tokenizing or training ---------------
+
+@pytest.mark.parametrize("yaml_text, field", [
+    ("model: {d_model: 30, n_heads: 4}", "model.d_model"),
+    ("model: {attn: sparse}", "model.attn"),
+    ("model: {axial_shape: [8, 8], max_seq_len: 100}", "model.axial_shape"),
+    ("model: {kmer_embedding: 0}", "model.kmer_embedding"),
+    ("model: {max_seq_len: 1024}\ndata: {seq_len: 4096}", "data.seq_len"),
+    ("data: {seq_len: lots}", "data.seq_len"),
+    ("data: {holdout: 1.5}", "data.holdout"),
+    ("data: {rc_augment: maybe}", "data.rc_augment"),
+    ("train: {lr: -1}", "train.lr"),
+    ("train: {batch_size: 0}", "train.batch_size"),
+    ("train: {precision: fp8}", "train.precision"),
+    ("train: {checkpoint_every: 0}", "train.checkpoint_every"),
+    ("trian: {lr: 1}", "trian"),
+    ("train: {learning_rate: 1}", "train.learning_rate"),
+])
+def test_bad_run_config_is_rejected_at_load_naming_the_field(tmp_path, yaml_text, field):
+    from cli_helpers import run_cli
+
+    preset = tmp_path / "bad.yaml"
+    preset.write_text(yaml_text + "\n")
+    code, out = run_cli("train", "dna", "--config", preset, "--out", tmp_path / "run")
+    assert code == 2 and out.startswith(f"error: {field}:"), out
+    assert "Traceback" not in out and not (tmp_path / "run").exists()

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from seqformer.core import ReformerConfig, ReformerLM
-from seqformer.domains import Record
+from seqformer.domains import Domain, Record
 from seqformer.errors import InputError
 from seqformer.pipeline import run_config
 from seqformer.pipeline.inference import stitched_windows, token_log_likelihoods
@@ -14,10 +14,10 @@ from seqformer.pipeline.token_store import TokenStore
 from seqformer.pipeline.windows import Stream, TrainWindows, ValWindows, split_streams
 
 
-class ListDomain:
+class ListDomain(Domain):
     """A minimal domain over in-memory records (the store only needs read + vocabulary)."""
 
-    vocab_size, pad_id, sep_id = 10, 0, 1
+    name, tokens, pad_id, sep_id = "list", tuple(str(i) for i in range(10)), 0, 1
 
     def __init__(self, records):
         self.records = records

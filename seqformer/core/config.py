@@ -40,6 +40,10 @@ class ReformerConfig:
     dropout: float = 0.0
     tie_embeddings: bool = True
     hash_seed: int = 0  # seeds the fixed eval-mode rotations
+    # Input embedding at position t also sums per-offset embeddings of tokens t-1..t-k+1:
+    # a causal k-mer feature, so short-range statistics need no learned relative offsets
+    # (absolute axial positions make those slow to learn). 1 = the paper's plain embedding.
+    kmer_embedding: int = 1
 
     def __post_init__(self) -> None:
         if isinstance(self.attn, (list, tuple)):
@@ -59,7 +63,7 @@ class ReformerConfig:
                 raise ConfigError(f"{field}: {msg}")
 
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "bucket_size",
-                     "n_hashes", "max_seq_len"):
+                     "n_hashes", "max_seq_len", "kmer_embedding"):
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool) and v > 0, name,
                  f"must be a positive integer, got {v!r}")

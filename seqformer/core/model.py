@@ -21,6 +21,7 @@ class DecodeCache:
     layers: list[KVCache]
     length: int  # positions decoded so far
     capacity: int
+    recent: torch.Tensor | None = None  # (B, kmer_embedding - 1) last tokens, oldest first
 
 
 class ReformerLM(nn.Module):
@@ -29,6 +30,9 @@ class ReformerLM(nn.Module):
         self.cfg = cfg
         d = cfg.d_model
         self.embed = nn.Embedding(cfg.vocab_size, d)
+        # One table per offset 1..k-1, each with an extra row for "before the sequence".
+        self.embed_prev = (nn.Embedding((cfg.kmer_embedding - 1) * (cfg.vocab_size + 1), d)
+                           if cfg.kmer_embedding > 1 else None)
         self.pos = AxialPositionalEmbedding(cfg.axial_shape, d)
         self.layers = nn.ModuleList(
             ReformerLayer(Attention(cfg, i), FeedForward(d, cfg.d_ff, cfg.dropout,
@@ -57,14 +61,33 @@ class ReformerLM(nn.Module):
             layer.attn.n_hashes = n_hashes
 
     # -- forward ----------------------------------------------------------------------
-    def _embed(self, tokens: torch.Tensor, start: int = 0) -> torch.Tensor:
-        L = tokens.shape[1]
+    def _embed(self, tokens: torch.Tensor, start: int = 0,
+               before: torch.Tensor | None = None) -> torch.Tensor:
+        """before: (B, kmer_embedding - 1) tokens preceding `tokens` (decoding); None at the
+        sequence start."""
+        B, L = tokens.shape
         if start + L > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {start + L} tokens exceeds max_seq_len="
                              f"{self.cfg.max_seq_len}")
         positions = torch.arange(start, start + L, device=tokens.device)
         x = self.embed(tokens) + self.pos(positions)
+        k, V = self.cfg.kmer_embedding, self.cfg.vocab_size
+        if k > 1:
+            if before is None:
+                before = tokens.new_full((B, k - 1), V)
+            ext = torch.cat([before, tokens], dim=1)
+            for j in range(1, k):  # a loop, not a (B, L, k-1, d) gather: memory stays B*L*d
+                x = x + self.embed_prev(ext[:, k - 1 - j:k - 1 - j + L] + (j - 1) * (V + 1))
         return F.dropout(x, self.cfg.dropout, self.training)
+
+    def _recent(self, tokens: torch.Tensor, before: torch.Tensor | None) -> torch.Tensor | None:
+        """The last kmer_embedding - 1 tokens after appending `tokens`, for the next step."""
+        k = self.cfg.kmer_embedding
+        if k == 1:
+            return None
+        if before is None:
+            before = tokens.new_full((tokens.shape[0], k - 1), self.cfg.vocab_size)
+        return torch.cat([before, tokens], dim=1)[:, -(k - 1):]
 
     def _final(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         return self.norm((x1 + x2) * 0.5)
@@ -104,7 +127,8 @@ class ReformerLM(nn.Module):
             x2 = x2 + layer.ff(x1)
             caches.append(cache)
         logits = self.head(self._final(x1, x2))
-        return logits, DecodeCache(caches, prompt.shape[1], capacity)
+        return logits, DecodeCache(caches, prompt.shape[1], capacity,
+                                   self._recent(prompt, None))
 
     @torch.no_grad()
     def step(self, token: torch.Tensor, cache: DecodeCache) -> torch.Tensor:
@@ -112,11 +136,12 @@ class ReformerLM(nn.Module):
         t = cache.length
         if t >= cache.capacity:
             raise ValueError(f"decoding cache is full ({cache.capacity} positions)")
-        x1 = x2 = self._embed(token.unsqueeze(1), start=t)
+        x1 = x2 = self._embed(token.unsqueeze(1), start=t, before=cache.recent)
         for layer, c in zip(self.layers, cache.layers):
             x1 = x1 + layer.attn.step(x2, c, t)
             x2 = x2 + layer.ff(x1)
         cache.length = t + 1
+        cache.recent = self._recent(token.unsqueeze(1), cache.recent)
         return self.head(self._final(x1, x2))[:, 0]
 
     @torch.no_grad()

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["Domain", "InputError", "Record"]
+__all__ = ["Domain", "InputError", "Piece", "Record", "assemble"]
 
 
 @dataclass
@@ -22,6 +22,28 @@ class Record:
     id: str
     tokens: np.ndarray  # 1-D integer array of token ids
     meta: dict[str, Any] = field(default_factory=dict)  # e.g. source path, duration
+
+
+@dataclass
+class Piece:
+    """Consecutive tokens of one record: long records come in several pieces, in order."""
+
+    id: str
+    tokens: np.ndarray
+    first: bool  # the record's first piece
+    last: bool  # the record's last piece
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def assemble(pieces: Iterable[Piece]) -> Iterator[Record]:
+    """Records from their pieces (the inverse of Domain.read_pieces)."""
+    parts: list[np.ndarray] = []
+    for piece in pieces:
+        parts.append(piece.tokens)
+        if piece.last:
+            tokens = parts[0] if len(parts) == 1 else np.concatenate(parts)
+            yield Record(piece.id, tokens, piece.meta)
+            parts = []
 
 
 class Domain:
@@ -40,6 +62,12 @@ class Domain:
     def read(self, path: str | Path) -> Iterator[Record]:
         """Records of one file (or, where the domain allows, a directory)."""
         raise NotImplementedError
+
+    def read_pieces(self, path: str | Path) -> Iterator[Piece]:
+        """The records of one file as pieces; domains with very long records (genomes)
+        override this to stream in bounded memory."""
+        for rec in self.read(path):
+            yield Piece(rec.id, rec.tokens, first=True, last=True, meta=rec.meta)
 
     def write(self, records: Iterable[Record], path: str | Path) -> None:
         """Write records to `path` atomically (temporary file, then rename)."""

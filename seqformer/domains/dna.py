@@ -26,11 +26,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from Bio import SeqIO
 
 from ..errors import InputError
 from ..files import atomic_path
-from .base import Domain, Record
+from .base import Domain, Piece, Record
+from .base import assemble as _assemble
 
 __all__ = ["DNADomain"]
 
@@ -45,6 +45,7 @@ _PROTEIN_FRACTION = 0.1  # a record this rich in amino-acid-only letters is call
 _WHITESPACE = b" \t\n\r\v\f"
 _LINE_WIDTH = 60
 _GZIP_MAGIC = b"\x1f\x8b"
+_PIECE_BYTES = 1 << 22  # FASTA bytes per piece: memory bound while tokenizing
 
 # id -> ASCII code for decoding; pad and sep are dropped before the lookup
 _CHARS = np.frombuffer("".join(t if len(t) == 1 else "?" for t in TOKENS).encode(), np.uint8)
@@ -133,32 +134,50 @@ class DNADomain(Domain):
         """Records of one FASTA file (plain or gzipped). File-level problems (missing, a
         directory, empty) are raised here; problems inside the file while iterating."""
         path = _check_file(path)
-        return self._records(path, {})
+        return _assemble(self._pieces(path, {}))
 
     def read_many(self, paths: Iterable[str | Path]) -> Iterator[Record]:
         """Records of several FASTA files in order; record ids must be unique across all.
         Every file is checked here, so a missing one fails before any reading."""
         checked = [_check_file(p) for p in paths]
         seen: dict[str, Path] = {}
-        return (rec for path in checked for rec in self._records(path, seen))
+        return _assemble(piece for path in checked for piece in self._pieces(path, seen))
 
-    def _records(self, path: Path, seen: dict[str, Path]) -> Iterator[Record]:
+    def read_pieces(self, path: str | Path) -> Iterator[Piece]:
+        """The tokens of one FASTA file in pieces of at most ~4 MiB, so a chromosome of any
+        length is tokenized in bounded memory (the token store is built from these)."""
+        return self._pieces(_check_file(path), {})
+
+    def _pieces(self, path: Path, seen: dict[str, Path]) -> Iterator[Piece]:
         n, gzipped = 0, False
         try:
             with path.open("rb") as f:
                 gzipped = f.read(2) == _GZIP_MAGIC
-            # errors="replace": a bad byte becomes U+FFFD and is then reported as an unknown
-            # character, instead of a UnicodeDecodeError from deep inside the parser
-            opener = gzip.open if gzipped else open
-            with opener(path, "rt", encoding="utf-8", errors="replace") as handle:
-                try:
-                    parsed = SeqIO.parse(handle, "fasta")
-                except ValueError:  # Biopython: the first line is not a '>' header
-                    raise InputError(f"{path}: not a FASTA file (the first line does not "
-                                     "start with '>')") from None
-                for rec in parsed:
-                    n += 1
-                    yield self._record(path, rec, n, seen)
+            with (gzip.open if gzipped else open)(path, "rb") as handle:
+                rid, description, lines, size, done = None, "", [], 0, 0
+                for line in handle:
+                    if line.startswith(b">"):
+                        if rid is not None:
+                            yield self._piece(path, rid, description, lines, done, last=True)
+                        n += 1
+                        description = line[1:].decode("utf-8", "replace").strip()
+                        rid = description.split(None, 1)[0] if description else ""
+                        self._check_id(path, rid, n, seen)
+                        lines, size, done = [], 0, 0
+                    elif rid is None:
+                        if line.strip():
+                            raise InputError(f"{path}: not a FASTA file (the first line does "
+                                             "not start with '>')")
+                    else:
+                        lines.append(line)
+                        size += len(line)
+                        if size >= _PIECE_BYTES:
+                            piece = self._piece(path, rid, description, lines, done, last=False)
+                            done += len(piece.tokens)
+                            lines, size = [], 0
+                            yield piece
+                if rid is not None:
+                    yield self._piece(path, rid, description, lines, done, last=True)
         except (OSError, EOFError, zlib.error) as e:
             what = "corrupt or truncated gzip file" if gzipped else "cannot read"
             raise InputError(f"{path}: {what} ({e})") from None
@@ -166,29 +185,34 @@ class DNADomain(Domain):
             raise InputError(f"{path}: no FASTA records found (expected lines starting with "
                              "'>')")
 
-    def _record(self, path: Path, rec: Any, n: int, seen: dict[str, Path]) -> Record:
-        if not rec.id:
+    @staticmethod
+    def _check_id(path: Path, rid: str, n: int, seen: dict[str, Path]) -> None:
+        if not rid:
             raise InputError(f"{path}: record {n} has no id (a '>' header line with no name)")
-        if rec.id in seen:
-            where = "" if seen[rec.id] == path else f" (first seen in {seen[rec.id]})"
-            raise InputError(f"{path}: duplicate record id {rec.id!r}{where}")
-        seen[rec.id] = path
-        # bytes(), not str(): Seq decodes as ASCII and would choke on a replaced byte
-        raw = bytes(rec.seq).translate(None, _WHITESPACE)
-        if not raw:
-            raise InputError(f"{path}: record {rec.id!r} has no sequence (zero length)")
+        if rid in seen:
+            where = "" if seen[rid] == path else f" (first seen in {seen[rid]})"
+            raise InputError(f"{path}: duplicate record id {rid!r}{where}")
+        seen[rid] = path
+
+    def _piece(self, path: Path, rid: str, description: str, lines: list[bytes], done: int,
+               last: bool) -> Piece:
+        """Tokens of a record's next lines; `done` bases of it came in earlier pieces."""
+        raw = b"".join(lines).translate(None, _WHITESPACE)
+        if last and done + len(raw) == 0:
+            raise InputError(f"{path}: record {rid!r} has no sequence (zero length)")
         tokens, bad = self._tokenize(raw)
         if bad >= 0:
             amino = int(_AMINO_MASK[np.frombuffer(raw, np.uint8)].sum())
             if amino >= _PROTEIN_FRACTION * len(raw):
                 found = ", ".join(sorted(set(raw.decode("ascii", "replace").upper())
                                          & set(_AMINO_ONLY)))
-                raise InputError(f"{path}: looks like a protein FASTA (record {rec.id!r} has "
+                raise InputError(f"{path}: looks like a protein FASTA (record {rid!r} has "
                                  f"{amino} amino-acid-only letters: {found}); expected DNA")
             ch = _char_at(raw, bad)
-            raise InputError(f"{path}: record {rec.id!r}: unknown character {ch!r} at "
-                             f"position {bad + 1}{_hint(ch)}")
-        return Record(rec.id, tokens, {"path": str(path), "description": rec.description})
+            raise InputError(f"{path}: record {rid!r}: unknown character {ch!r} at "
+                             f"position {done + bad + 1}{_hint(ch)}")
+        return Piece(rid, tokens, first=done == 0, last=last,
+                     meta={"path": str(path), "description": description})
 
     def write(self, records: Iterable[Record], path: str | Path) -> None:
         """FASTA with ids as headers and 60 bases a line; gzipped if `path` ends in .gz.

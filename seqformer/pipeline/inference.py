@@ -11,6 +11,7 @@ window gets exactly what a single forward over the whole record gives.
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -24,7 +25,6 @@ import torch.nn.functional as F
 from .. import __version__
 from ..core import ReformerLM, sample_next
 from ..errors import InputError
-from ..files import atomic_path
 
 
 def stitched_windows(length: int, window: int, stride: int) -> Iterator[tuple[int, int, int]]:
@@ -40,11 +40,22 @@ def stitched_windows(length: int, window: int, stride: int) -> Iterator[tuple[in
         start += stride
 
 
-def _windows_of(seq: torch.Tensor, window: int, stride: int,
-                fn: Callable[[torch.Tensor], torch.Tensor]) -> Iterator[tuple[int, torch.Tensor]]:
-    """Apply fn to each window's tokens (1, w) and yield (keep_from, kept outputs)."""
-    for start, keep_from, keep_to in stitched_windows(seq.numel(), window, stride):
-        out = fn(seq[start:start + window].unsqueeze(0))[0]
+def _with_sep(tokens: np.ndarray, sep_id: int, start: int, end: int) -> np.ndarray:
+    """Positions [start, end) of the sequence [sep] + tokens, copied out of `tokens`
+    (which may be a memory map: only one window is ever in RAM)."""
+    if start == 0:
+        return np.concatenate([[sep_id], tokens[:end - 1]])
+    return np.asarray(tokens[start - 1:end - 1])
+
+
+def _windows_of(tokens: np.ndarray, sep_id: int, length: int, window: int, stride: int,
+                fn: Callable[[torch.Tensor], torch.Tensor], device: str | torch.device
+                ) -> Iterator[tuple[int, torch.Tensor]]:
+    """Apply fn to each window (1, w) of the first `length` positions of [sep] + tokens
+    and yield (keep_from, kept outputs)."""
+    for start, keep_from, keep_to in stitched_windows(length, window, stride):
+        x = _with_sep(tokens, sep_id, start, min(start + window, length)).astype(np.int64)
+        out = fn(torch.from_numpy(x).to(device).unsqueeze(0))[0]
         yield keep_from, out[keep_from - start:keep_to - start]
 
 
@@ -54,18 +65,18 @@ def token_log_likelihoods(model: ReformerLM, tokens: np.ndarray, sep_id: int, wi
                           ) -> np.ndarray:
     """log P(token_i | [sep] + tokens[:i]) in nats for every token, float64 (n,)."""
     n = len(tokens)
-    seq = torch.from_numpy(np.concatenate([[sep_id], tokens]).astype(np.int64)).to(device)
-    targets = seq[1:]
     out = np.empty(n, dtype=np.float64)
 
     def logp(x: torch.Tensor) -> torch.Tensor:
         return F.log_softmax(model(x).float(), dim=-1)
 
-    # inputs are positions 0..n-1 of seq; position i predicts token i
-    for keep_from, lp in _windows_of(seq[:n], window, stride or window // 2, logp):
-        idx = targets[keep_from:keep_from + lp.shape[0]]
-        out[keep_from:keep_from + lp.shape[0]] = lp.gather(-1, idx.unsqueeze(-1)).squeeze(-1
-                                                                                    ).cpu().numpy()
+    # input position i holds [sep] + tokens at i and predicts token i
+    for keep_from, lp in _windows_of(tokens, sep_id, n, window, stride or window // 2, logp,
+                                     device):
+        k = lp.shape[0]
+        idx = torch.from_numpy(np.asarray(tokens[keep_from:keep_from + k]).astype(np.int64))
+        out[keep_from:keep_from + k] = lp.gather(-1, idx.to(lp.device).unsqueeze(-1)
+                                                 ).squeeze(-1).cpu().numpy()
     return out
 
 
@@ -88,40 +99,59 @@ class RecordScore:
         return float(np.exp(-self.mean_ll))
 
 
+def partial_path(out: Path) -> Path:
+    """Where embed_records writes until it finishes: kept when interrupted, for resume."""
+    return out.with_name(out.name + ".partial")
+
+
 @torch.no_grad()
 def embed_records(model: ReformerLM, records, sep_id: int, window: int, out: Path,
                   layer: int = -1, pool: str | None = None, dtype: str = "float16",
                   attrs: dict | None = None, on_window: Callable[[int], None] | None = None,
-                  device: str | torch.device = "cpu") -> int:
+                  device: str | torch.device = "cpu", resume: bool = False) -> int:
     """Write one (length, d_model) dataset per record to an HDF5 file, window by window.
 
     Layout: /embeddings/<n> datasets (attrs: id, length), /ids (utf-8, record order),
     /pooled (n_records, d_model) float32 when pool == "mean"; file attributes:
-    seqformer_version, domain, layer, pool, window, model_config (JSON)."""
+    seqformer_version, domain, layer, pool, window, model_config (JSON).
+
+    The file is built as `<out>.partial` and renamed onto `out` at the end. A record's
+    dataset is marked complete (and the file flushed) as soon as it is written, so with
+    resume=True an interrupted run skips the complete records and redoes the rest."""
     if pool not in (None, "mean"):
         raise InputError(f"--pool {pool}: only 'mean' is supported")
     d = model.cfg.d_model
     stride = window // 2
+    settings = {"seqformer_version": __version__, "layer": layer, "pool": pool or "",
+                "window": window, "model_config": json.dumps(model.cfg.to_dict()),
+                "dtype": dtype, **(attrs or {})}
+    partial = partial_path(Path(out))
+    h5 = _open_partial(partial, settings, resume)
     ids, pooled = [], []
-    with atomic_path(out) as tmp, h5py.File(tmp, "w") as h5:
-        h5.attrs.update({"seqformer_version": __version__, "layer": layer, "pool": pool or "",
-                         "window": window, "model_config": json.dumps(model.cfg.to_dict())})
-        for key, value in (attrs or {}).items():
-            h5.attrs[key] = value
-        group = h5.create_group("embeddings")
+    try:
+        group = h5.require_group("embeddings")
         for n, rec in enumerate(records):
             length = len(rec.tokens)
+            ds = group.get(str(n))
+            if ds is not None and ds.attrs.get("complete") and ds.attrs["id"] == rec.id \
+                    and ds.shape == (length, d):
+                ids.append(rec.id)
+                pooled.append(np.asarray(ds.attrs["mean"], dtype=np.float32))
+                if on_window:
+                    on_window(length)
+                continue
+            if ds is not None:  # partly written, or another record: redo it
+                del group[str(n)]
             ds = group.create_dataset(str(n), shape=(length, d), dtype=dtype,
                                       chunks=(min(length, 4096), d), compression="gzip",
                                       compression_opts=1, shuffle=True)
             ds.attrs["id"] = rec.id
             ds.attrs["length"] = length
-            seq = torch.from_numpy(np.concatenate([[sep_id], rec.tokens]).astype(np.int64))
-            seq = seq.to(device)
             total = torch.zeros(d, dtype=torch.float64, device=device)
             # input position i + 1 holds token i: drop the leading separator's output
-            for keep_from, h in _windows_of(seq, window, stride,
-                                            lambda x: model.hidden_states(x, layer=layer)):
+            for keep_from, h in _windows_of(rec.tokens, sep_id, length + 1, window, stride,
+                                            lambda x: model.hidden_states(x, layer=layer),
+                                            device):
                 if keep_from == 0:
                     h = h[1:]
                     keep_from = 1
@@ -129,12 +159,44 @@ def embed_records(model: ReformerLM, records, sep_id: int, window: int, out: Pat
                 total += h.double().sum(0)
                 if on_window:
                     on_window(h.shape[0])
+            mean = (total / max(1, length)).float().cpu().numpy()
+            ds.attrs["mean"] = mean
+            ds.attrs["complete"] = True
+            h5.flush()
             ids.append(rec.id)
-            pooled.append((total / max(1, length)).float().cpu().numpy())
+            pooled.append(mean)
+        for stale in [k for k in group if int(k) >= len(ids)]:
+            del group[stale]
+        for name in ("ids", "pooled"):
+            if name in h5:
+                del h5[name]
         h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
         if pool == "mean":
             h5.create_dataset("pooled", data=np.stack(pooled) if pooled else np.zeros((0, d)))
+    finally:
+        h5.close()
+    os.replace(partial, out)
     return len(ids)
+
+
+def _open_partial(partial: Path, settings: dict, resume: bool) -> h5py.File:
+    """The partial HDF5 file: reopened when resuming with the same settings, else new."""
+    if resume and partial.exists():
+        try:
+            h5 = h5py.File(partial, "a")
+        except OSError:  # killed while its metadata was being written: start over
+            partial.unlink()
+        else:
+            same = all(h5.attrs.get(k) == v for k, v in settings.items())
+            if same:
+                return h5
+            h5.close()
+            raise InputError(f"{partial}: written with another model or other options; "
+                             "run without --resume to start over")
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    h5 = h5py.File(partial, "w")
+    h5.attrs.update(settings)
+    return h5
 
 
 @torch.no_grad()

@@ -16,6 +16,8 @@ import yaml
 from ..core import ConfigError, ReformerConfig
 from ..errors import InputError
 
+PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
+
 DEFAULTS: dict[str, Any] = {
     "domain": None,
     "model": {},  # ReformerConfig defaults, vocab_size set from the domain
@@ -39,6 +41,7 @@ DEFAULTS: dict[str, Any] = {
         "precision": "auto",  # bf16-mixed on GPU, 32-true on CPU
         "seed": 0,
         "val_every": 100,
+        "checkpoint_every": None,  # steps between checkpoints/last.ckpt; None = val_every
         "log_every": 10,
         "devices": 1,
         "num_nodes": 1,
@@ -112,16 +115,44 @@ def resolve(domain: str, vocab_size: int, preset: str | Path | None = None,
     model = model_config(cfg)
     cfg["model"] = model.to_dict()
     data, train = cfg["data"], cfg["train"]
-    if not 0 < int(data["seq_len"]) <= model.max_seq_len:
-        raise InputError(f"data.seq_len: {data['seq_len']} must be in 1..model.max_seq_len "
-                         f"({model.max_seq_len})")
-    if not 0.0 <= float(data["holdout"]) < 1.0:
-        raise InputError(f"data.holdout: {data['holdout']} must be in [0, 1)")
-    if data["split"] not in ("tail", "records"):
-        raise InputError(f"data.split: {data['split']!r} must be 'tail' or 'records'")
+
+    def need(ok: bool, name: str, what: str, value: Any) -> None:
+        if not ok:
+            raise InputError(f"{name}: {what}, got {value!r}")
+
+    def integer(v: Any, low: int) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+    def number(v: Any, low: float) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and v >= low
+
+    need(integer(data["seq_len"], 1) and data["seq_len"] <= model.max_seq_len, "data.seq_len",
+         f"must be an integer in 1..model.max_seq_len ({model.max_seq_len})", data["seq_len"])
+    need(number(data["holdout"], 0.0) and data["holdout"] < 1.0, "data.holdout",
+         "must be a number in [0, 1)", data["holdout"])
+    need(data["split"] in ("tail", "records"), "data.split", "must be 'tail' or 'records'",
+         data["split"])
+    need(isinstance(data["rc_augment"], bool), "data.rc_augment", "must be true or false",
+         data["rc_augment"])
+    need(integer(data["val_windows"], 0), "data.val_windows", "must be an integer >= 0",
+         data["val_windows"])
+    need(isinstance(data["holdout_ids"], list), "data.holdout_ids", "must be a list of ids",
+         data["holdout_ids"])
     for key in ("max_steps", "batch_size", "accumulate", "val_every", "log_every"):
-        if not isinstance(train[key], int) or train[key] < 1:
-            raise InputError(f"train.{key}: must be a positive integer, got {train[key]!r}")
+        need(integer(train[key], 1), f"train.{key}", "must be a positive integer", train[key])
+    for key in ("warmup_steps", "seed", "num_workers"):
+        need(integer(train[key], 0), f"train.{key}", "must be an integer >= 0", train[key])
+    need(train["checkpoint_every"] is None or integer(train["checkpoint_every"], 1),
+         "train.checkpoint_every", "must be a positive integer or null",
+         train["checkpoint_every"])
+    need(number(train["lr"], 0.0) and train["lr"] > 0, "train.lr", "must be a positive number",
+         train["lr"])
+    need(number(train["weight_decay"], 0.0), "train.weight_decay", "must be a number >= 0",
+         train["weight_decay"])
+    need(train["grad_clip"] is None or number(train["grad_clip"], 0.0), "train.grad_clip",
+         "must be a number >= 0 or null", train["grad_clip"])
+    need(train["precision"] in PRECISIONS, "train.precision", f"must be one of {PRECISIONS}",
+         train["precision"])
     return cfg
 
 

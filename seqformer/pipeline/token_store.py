@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..domains import Domain
+from ..domains import Domain, Record
 from ..errors import InputError
 from ..files import atomic_path
 
@@ -58,11 +58,19 @@ class TokenStore:
         r = self.records[i]
         return self.tokens[r.offset:r.offset + r.length]
 
+    def as_records(self) -> list[Record]:
+        """Every record, its tokens a view of the memory map (nothing read yet)."""
+        return [Record(r.id, self.record_tokens(i)) for i, r in enumerate(self.records)]
+
     @classmethod
     def build(cls, directory: str | Path, domain: Domain, inputs: list[Path],
-              on_record: Callable[[str, int], None] | None = None) -> TokenStore:
+              on_record: Callable[[str, int], None] | None = None,
+              on_tokens: Callable[[int], None] | None = None,
+              on_input: Callable[[Path], None] | None = None) -> TokenStore:
         """Tokenize `inputs` with `domain` into `directory`, unless an up-to-date store is
-        already there. `on_record(id, n_tokens)` reports progress."""
+        already there. Records stream in pieces (Domain.read_pieces), so memory stays
+        bounded whatever a record's length. `on_record(id, n_tokens)` reports each finished
+        record, `on_tokens(n)` each piece, `on_input(path)` each input file read."""
         directory = Path(directory)
         key = fingerprint(inputs, domain)
         if (directory / "index.json").exists():
@@ -74,19 +82,27 @@ class TokenStore:
                 pass  # unreadable or partial: rebuild
         directory.mkdir(parents=True, exist_ok=True)
         dtype = np.uint8 if domain.vocab_size <= 256 else np.uint16
-        records, offset, seen = [], 0, {}
+        records, offset, start, seen = [], 0, 0, {}
         with atomic_path(directory / "tokens.bin") as tmp, open(tmp, "wb") as f:
             for path in inputs:
-                for rec in domain.read(path):
-                    if rec.id in seen:
-                        raise InputError(f"{path}: record id {rec.id!r} also appears in "
-                                         f"{seen[rec.id]}")
-                    seen[rec.id] = path
-                    f.write(np.asarray(rec.tokens, dtype=dtype).tobytes())
-                    records.append({"id": rec.id, "offset": offset, "length": len(rec.tokens)})
-                    offset += len(rec.tokens)
-                    if on_record:
-                        on_record(rec.id, len(rec.tokens))
+                for piece in domain.read_pieces(path):
+                    if piece.first:
+                        if piece.id in seen:
+                            raise InputError(f"{path}: record id {piece.id!r} also appears "
+                                             f"in {seen[piece.id]}")
+                        seen[piece.id] = path
+                        start = offset
+                    f.write(np.asarray(piece.tokens, dtype=dtype).tobytes())
+                    offset += len(piece.tokens)
+                    if on_tokens:
+                        on_tokens(len(piece.tokens))
+                    if piece.last:
+                        records.append({"id": piece.id, "offset": start,
+                                        "length": offset - start})
+                        if on_record:
+                            on_record(piece.id, offset - start)
+                if on_input:
+                    on_input(path)
             f.flush()
             os.fsync(f.fileno())
         if offset == 0:

@@ -6,6 +6,8 @@ import csv
 import logging
 import math
 import os
+import signal
+import threading
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -13,12 +15,14 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import ModelCheckpoint, RichProgressBar
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.plugins.io import TorchCheckpointIO
+from pytorch_lightning.utilities.exceptions import SIGTERMException
 from torch.utils.data import DataLoader
 
 from ..domains import get_domain
-from ..errors import InputError
+from ..errors import InputError, Interrupted
 from ..files import atomic_path
 from .lightning_module import LMTask
 from .run_dir import export_weights, write_config
@@ -52,6 +56,49 @@ class WindowData(pl.LightningDataModule):
         return DataLoader(ds, batch_size=self.cfg["train"]["batch_size"])
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Checkpoints are written to a temporary file, synced and renamed, so a kill at any
+    moment leaves the previous checkpoint whole."""
+
+    def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            torch.save(checkpoint, f)
+            f.flush()
+            os.fsync(f.fileno())
+
+
+class StopOnSignal(Callback):
+    """Ctrl-C or SIGTERM: finish the current step, save checkpoints/last.ckpt, stop. Also
+    saves last.ckpt at the final step, whether or not it falls on checkpoint_every.
+    A second Ctrl-C interrupts at once (the checkpoint on disk is then the previous one)."""
+
+    def __init__(self, last: Path):
+        self.last = last
+        self.interrupted_at: int | None = None
+        self._sigint = False
+        self._previous = None
+
+    def _on_sigint(self, signum, frame) -> None:
+        self._sigint = True
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._on_sigint)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGINT, self._previous)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if (self._sigint or trainer.received_sigterm) and self.interrupted_at is None:
+            trainer.save_checkpoint(self.last)
+            self.interrupted_at = trainer.global_step
+            trainer.should_stop = True
+        elif trainer.global_step >= trainer.max_steps:
+            trainer.save_checkpoint(self.last)  # the end, so --resume --max-steps extends it
+
+
 def _strategy(name: str):
     """DDP with a static graph: the reversible stack back-propagates each layer in its own
     (reentrant) backward pass, which plain DDP rejects as parameters marked ready twice."""
@@ -78,10 +125,13 @@ def read_metrics(run: Path) -> tuple[list[tuple[int, float]], list[tuple[int, fl
     for metrics in sorted(Path(run).glob("logs/version_*/metrics.csv")):
         with open(metrics) as f:
             for row in csv.DictReader(f):
-                if row.get("bits"):
-                    train[int(row["step"])] = float(row["bits"])
-                if row.get("val_bits"):
-                    val[int(row["step"])] = float(row["val_bits"])
+                try:  # a process killed mid-write can leave a truncated last row
+                    if row.get("bits"):
+                        train[int(row["step"])] = float(row["bits"])
+                    if row.get("val_bits"):
+                        val[int(row["step"])] = float(row["val_bits"])
+                except (TypeError, ValueError):
+                    continue
     return sorted(train.items()), sorted(val.items())
 
 
@@ -116,6 +166,27 @@ def is_first_process() -> bool:
     return all(int(os.environ.get(v, "0") or 0) == 0 for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
 
 
+def check_run_dir(run: Path, resume: bool) -> None:
+    """A new run needs a new (or token-store-only) directory; a resumed one a checkpoint."""
+    if resume:
+        if not (run / "checkpoints" / "last.ckpt").is_file():
+            raise InputError(f"{run}: nothing to resume (no checkpoints/last.ckpt)")
+        return
+    # Lightning's DDP launcher re-runs this command in child processes (and torchrun runs
+    # it once per rank): only the first process judges whether the run directory is new
+    if is_first_process() and run.exists() and any(p.name != "data" for p in run.iterdir()):
+        raise InputError(f"{run}: already exists (use --resume to continue it, or --force to "
+                         "start over)")
+
+
+def tokenize(cfg: dict, inputs: list[Path], run: Path,
+             on_record: Callable[[str, int], None] | None = None,
+             on_tokens: Callable[[int], None] | None = None) -> TokenStore:
+    """The run's token store (run/data), built from `inputs` unless up to date."""
+    domain = get_domain(cfg["domain"], **cfg["data"]["options"])
+    return TokenStore.build(Path(run) / "data", domain, inputs, on_record, on_tokens)
+
+
 def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
           progress: bool = True, on_record: Callable[[str, int], None] | None = None) -> dict:
     """Train per the resolved config; returns a summary (steps, validation bits, paths).
@@ -123,15 +194,11 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
     run = Path(run)
     ckpt_dir = run / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    if resume and not last.is_file():
-        raise InputError(f"{run}: nothing to resume (no checkpoints/last.ckpt)")
-    # Lightning's DDP launcher re-runs this command in child processes (and torchrun runs
-    # it once per rank): only the first process judges whether the run directory is new
-    if not resume and is_first_process() and run.exists() and any(run.iterdir()):
-        raise InputError(f"{run}: already exists (use --resume to continue it, or --force to "
-                         "start over)")
+    check_run_dir(run, resume)
+    for stale in ckpt_dir.glob(".*.tmp"):  # a checkpoint write cut short by a kill
+        stale.unlink()
     domain = get_domain(cfg["domain"], **cfg["data"]["options"])
-    store = TokenStore.build(run / "data", domain, inputs, on_record)
+    store = tokenize(cfg, inputs, run, on_record)
     write_config(run, cfg, domain)
     augment = None
     if cfg["data"]["rc_augment"] and hasattr(domain, "reverse_complement"):
@@ -142,9 +209,13 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
     train_cfg = cfg["train"]
     pl.seed_everything(train_cfg["seed"], workers=True, verbose=False)
     task = LMTask(cfg["model"], train_cfg, domain.pad_id, domain.sep_id)
-    checkpoint = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_bits",
-                                 mode="min", save_last=True, save_top_k=1,
-                                 every_n_train_steps=train_cfg["val_every"])
+    # "best" is judged at validation; "last" is kept every checkpoint_every steps
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_bits", mode="min",
+                           save_top_k=1, every_n_train_steps=train_cfg["val_every"])
+    latest = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
+                             every_n_train_steps=train_cfg.get("checkpoint_every")
+                             or train_cfg["val_every"])
+    stop = StopOnSignal(last)
     has_val = len(data.val_stream) > 1 and cfg["data"]["val_windows"] > 0
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     trainer = pl.Trainer(
@@ -156,13 +227,29 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
         val_check_interval=train_cfg["val_every"] if has_val else None,
         check_val_every_n_epoch=None, limit_val_batches=1.0 if has_val else 0,
         num_sanity_val_steps=0, log_every_n_steps=train_cfg["log_every"],
-        logger=CSVLogger(run, name="logs"), callbacks=[checkpoint]
+        # metrics reach disk every log_every steps, so a killed run's curve is kept
+        logger=CSVLogger(run, name="logs", flush_logs_every_n_steps=train_cfg["log_every"]),
+        callbacks=[best, latest, stop]
         + ([RichProgressBar(leave=True)] if progress else []),
+        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=progress, enable_model_summary=False)
     with warnings.catch_warnings():
         # Lightning's advice that does not apply here (in-memory windows need no workers)
         warnings.filterwarnings("ignore", message=r".*(does not have many workers|LeafSpec).*")
-        trainer.fit(task, datamodule=data, ckpt_path=str(last) if resume else None)
+        # a resumed run's windows do go on where they stopped (WindowData), and the
+        # checkpoint directory of a resumed run is of course not empty
+        warnings.filterwarnings("ignore", message=r".*(dataloader is not resumable|exists and "
+                                r"is not empty).*")
+        try:
+            trainer.fit(task, datamodule=data, ckpt_path=str(last) if resume else None)
+        except SIGTERMException:
+            pass  # StopOnSignal has saved the step it stopped at
+    if stop.interrupted_at is not None or trainer.received_sigterm:
+        plot_loss(run)
+        at = stop.interrupted_at if stop.interrupted_at is not None else "?"
+        raise Interrupted(f"{run}: interrupted at step {at}, saved in checkpoints/last.ckpt; "
+                          f"continue with `seqformer train ... --out {run} --resume` (add "
+                          "--max-steps N to change where it ends)")
     if has_val and not task.stopped_on_nonfinite:
         # the final weights' validation score, whatever step training ended on (every
         # process takes part: validation gathers across them)
