@@ -72,3 +72,12 @@ def test_ddp_step_equals_single_process_step(tmp_path):
                                    atol=0.01 * TRAIN["lr"])
     init = LMTask(MODEL, TRAIN, pad_id=0, sep_id=1).state_dict()  # the step did change them
     assert any(not torch.equal(init[k], weights1[k]) for k in init)
+
+
+def test_fsdp_without_a_gpu_is_a_clean_error(tmp_path):
+    from cli_helpers import TINY_MODEL, run_cli
+
+    code, out = run_cli("train", "dna", "--out", tmp_path / "run", "--max-steps", 1,
+                        "--devices", 2, "--strategy", "fsdp", "train.accelerator=cpu",
+                        *TINY_MODEL)
+    assert code == 2 and "requires a GPU" in out and "Traceback" not in out

@@ -25,9 +25,9 @@ def tokens(L, B=2, seed=0, vocab=11):
     return torch.randint(0, vocab, (B, L), generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS + ["kmer"])
 def test_prefix_consistency(kind):
-    m = model(attn=kind)
+    m = model(attn="lsh", kmer_embedding=4) if kind == "kmer" else model(attn=kind)
     x = tokens(83)
     with torch.no_grad():
         full = m(x)
@@ -35,9 +35,10 @@ def test_prefix_consistency(kind):
             torch.testing.assert_close(m(x[:, :t]), full[:, :t], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", KINDS + ["kmer"])
 def test_model_exactly_causal(kind):
-    m = model(attn=kind, n_buckets=16)
+    m = model(attn="lsh" if kind == "kmer" else kind, n_buckets=16,
+              kmer_embedding=6 if kind == "kmer" else 1)
     x = tokens(75)
     with torch.no_grad():
         base = m(x)
@@ -66,6 +67,7 @@ DECODE_CASES = [
     dict(attn="local", bucket_size=4),
     dict(attn="full"),
     dict(attn=["local", "lsh"], reversible=False, ff_chunk_size=5),
+    dict(attn=["local", "lsh"], kmer_embedding=20),  # history longer than the prompt
 ]
 
 
@@ -159,6 +161,18 @@ def test_hidden_states_and_tied_head():
     assert m.head.weight is m.embed.weight
     untied = ReformerLM(tiny(tie_embeddings=False))
     assert untied.head.weight is not untied.embed.weight
+
+
+def test_kmer_embedding_sees_exactly_the_last_k_tokens():
+    """With kmer_embedding=k the input at t depends on tokens t-k+1..t; a zero-layer-like
+    check: change token t-j and see which input embeddings move."""
+    m = model(kmer_embedding=3)
+    x = tokens(20, B=1)
+    base = m._embed(x)
+    x2 = x.clone()
+    x2[0, 10] = (x2[0, 10] + 1) % 11
+    moved = (m._embed(x2) - base).abs().amax(-1)[0] > 0
+    assert moved.nonzero().flatten().tolist() == [10, 11, 12]
 
 
 def test_too_long_input_is_rejected():

@@ -42,6 +42,25 @@ def test_reversible_equals_plain_in_training(kw):
     assert not torch.allclose(out_other, out_p)
 
 
+def test_reversible_under_bf16_autocast_recomputes_in_bf16():
+    """Autocast runs the sublayers in bf16 while the two streams stay float32; the
+    backward recompute must use the forward's autocast, or its reconstructed inputs and
+    gradients drift from the plain stack's by bf16 rounding."""
+    torch.manual_seed(0)
+    rev = ReformerLM(cfg(reversible=True, dropout=0.0, attn=["lsh", "local"], n_layers=2))
+    plain = ReformerLM(cfg(reversible=False, dropout=0.0, attn=["lsh", "local"], n_layers=2))
+    plain.load_state_dict(rev.state_dict())
+    x = torch.randint(0, 13, (2, 61), generator=torch.Generator().manual_seed(1))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out_r, grads_r = run(rev.train(), x, seed=5)
+        out_p, grads_p = run(plain.train(), x, seed=5)
+    assert out_r.dtype == torch.bfloat16  # the head ran in bf16 ...
+    torch.testing.assert_close(out_r, out_p, atol=0, rtol=0)  # same forward computation
+    for name, g in grads_p.items():  # float32 recompute instead: ~1e-2 relative
+        scale = g.abs().max().item()
+        torch.testing.assert_close(grads_r[name], g, atol=1e-5 * scale, rtol=1e-4, msg=name)
+
+
 def test_backward_leaves_global_rng_untouched():
     torch.manual_seed(0)
     m = ReformerLM(cfg()).train()

@@ -44,6 +44,7 @@ class Attention(nn.Module):
         self.causal = cfg.causal
         self.n_heads = cfg.n_heads
         self.bucket_size = cfg.bucket_size
+        self.backend = cfg.attn_backend
         self.n_buckets = cfg.n_buckets
         self.factors = cfg.bucket_factors
         self.n_hashes = cfg.n_hashes  # may be changed for evaluation
@@ -95,13 +96,15 @@ class Attention(nn.Module):
         if self.kind == "full":
             return full_attention(q, v, self.causal), None
         if self.kind == "local":
-            return bucketed_attention(q, v, None, self.bucket_size, self.causal), None
+            return bucketed_attention(q, v, None, self.bucket_size, self.causal,
+                                      self.backend), None
         # drawn even when buckets are given, so a recompute consumes the RNG as the
         # forward did and its dropout masks match
         rotations = self._rotations(q)
         if buckets is None:
             buckets = hash_buckets(q.detach(), rotations, self.factors)
-        o = bucketed_attention(q, v, buckets.long(), self.bucket_size, self.causal)
+        o = bucketed_attention(q, v, buckets.long(), self.bucket_size, self.causal,
+                               self.backend)
         return o, buckets
 
     # -- decoding ---------------------------------------------------------------------

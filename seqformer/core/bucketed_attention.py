@@ -153,14 +153,36 @@ def _groups(is_start: torch.Tensor, rank: torch.Tensor, bucket_size: int) -> tor
     return step.cumsum(dim=-1).to(torch.int32)
 
 
+BACKENDS = ("auto", "torch", "flex")
+
+
+def resolve_backend(backend: str, q: torch.Tensor) -> str:
+    """'auto' is the PyTorch kernel everywhere: FlexAttention stays opt-in until it has
+    been measured and tested against it on a GPU (docs/benchmarks.md)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown attention backend {backend!r} (use one of {BACKENDS})")
+    if backend == "flex":
+        from . import flex_attention
+
+        if not flex_attention.available():
+            raise RuntimeError("attn_backend='flex' needs torch.nn.attention.flex_attention")
+        if not q.is_cuda and q.requires_grad and torch.is_grad_enabled():
+            raise RuntimeError("attn_backend='flex' has no backward on CPU (torch runs it "
+                               "eagerly there); use attn_backend='torch' to train on CPU")
+        return "flex"
+    return "torch"
+
+
 def bucketed_attention(q: torch.Tensor, v: torch.Tensor, buckets: torch.Tensor | None,
-                       bucket_size: int, causal: bool) -> torch.Tensor:
+                       bucket_size: int, causal: bool, backend: str = "auto") -> torch.Tensor:
     """Shared-QK attention within buckets.
 
     q, v: (B, H, L, D); keys are the L2-normalized queries. buckets: (B, H, R, L) bucket
     ids per hashing round, or None for local attention (chunk + previous chunk in position
     order). Rounds are combined with their log-sum-exp weights. Returns (B, H, L, D).
+    backend: "torch" (the band kernel below), "flex" (FlexAttention) or "auto".
     """
+    backend = resolve_backend(backend, q)
     B, H, L, D = q.shape
     bs = bucket_size
     Lp = math.ceil(L / bs) * bs
@@ -197,6 +219,7 @@ def bucketed_attention(q: torch.Tensor, v: torch.Tensor, buckets: torch.Tensor |
     G = B * H * R
     rows = (order + torch.arange(B * H, device=q.device).view(B, H, 1, 1) * Lp).reshape(G, nb, blk)
     rows_padded = F.pad(rows, (0, 0, look_back, look_ahead), value=B * H * Lp)
+    group_flat = group.reshape(G, Lp).to(torch.int32)
     group = F.pad(F.pad(group.reshape(G, nb, blk), (0, 0, look_back, 0), value=-4),
                   (0, 0, 0, look_ahead), value=2**30)  # groups no query can match
 
@@ -205,8 +228,17 @@ def bucketed_attention(q: torch.Tensor, v: torch.Tensor, buckets: torch.Tensor |
         return flat.index_select(0, rows_padded.reshape(-1)).view(G, -1, blk, D)
 
     qs = q.reshape(-1, D).index_select(0, rows.reshape(-1)).view(G, nb, blk, D)
-    out, lse = _BandAttention.apply(qs, padded(k), padded(v), group.contiguous(), look_back,
-                                    look_ahead, causal)
+    if backend == "flex":
+        from .flex_attention import flex_band_attention
+
+        def sorted_rows(t: torch.Tensor) -> torch.Tensor:
+            return t.reshape(-1, D).index_select(0, rows.reshape(-1)).view(G, Lp, D)
+
+        out, lse = flex_band_attention(qs.view(G, Lp, D), sorted_rows(k), sorted_rows(v),
+                                       group_flat, bs, causal)
+    else:
+        out, lse = _BandAttention.apply(qs, padded(k), padded(v), group.contiguous(),
+                                        look_back, look_ahead, causal)
     # combine the rounds in original order: weights softmax_r(lse), summed by index_add
     lse = lse.reshape(B, H, R, Lp)
     order_r = order.expand(B, H, R, Lp)

@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 ATTN_KINDS = ("lsh", "local", "full")
+ATTN_BACKENDS = ("auto", "torch", "flex")
 
 # Above this many buckets, hashing uses two factors (n1 * n2 buckets from n1/2 + n2/2
 # rotation columns) so the rotation matmul stays cheap at 1M tokens, as in trax/HF.
@@ -44,6 +45,9 @@ class ReformerConfig:
     # a causal k-mer feature, so short-range statistics need no learned relative offsets
     # (absolute axial positions make those slow to learn). 1 = the paper's plain embedding.
     kmer_embedding: int = 1
+    # "torch": the band kernel (CPU and GPU); "flex": FlexAttention (CUDA; CPU forward only,
+    # for tests); "auto": torch until flex is validated on a GPU. Results are the same.
+    attn_backend: str = "auto"
 
     def __post_init__(self) -> None:
         if isinstance(self.attn, (list, tuple)):
@@ -72,6 +76,8 @@ class ReformerConfig:
         kinds = self.attn if isinstance(self.attn, list) else [self.attn]
         for k in kinds:
             need(k in ATTN_KINDS, "attn", f"unknown attention kind {k!r} (use one of {ATTN_KINDS})")
+        need(self.attn_backend in ATTN_BACKENDS, "attn_backend",
+             f"unknown backend {self.attn_backend!r} (use one of {ATTN_BACKENDS})")
         if isinstance(self.attn, list):
             need(len(self.attn) == self.n_layers, "attn",
                  f"has {len(self.attn)} entries but n_layers={self.n_layers}")

@@ -77,6 +77,10 @@ class _ReversibleStack(torch.autograd.Function):
             buckets.append(None if b is None else _compact(b, layer.attn.n_buckets))
         ctx.layers = layers
         ctx.rng = rng
+        # the recompute must run under the forward's autocast (bf16 sublayers, float32
+        # streams), which backward does not inherit
+        kind = device.type
+        ctx.autocast = (kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
         ctx.has_buckets = [b is not None for b in buckets]
         ctx.save_for_backward(x1, x2, *[b for b in buckets if b is not None])
         return x1, x2
@@ -87,13 +91,14 @@ class _ReversibleStack(torch.autograd.Function):
         stored = iter(stored)
         buckets = [next(stored) if has else None for has in ctx.has_buckets]
         device = y1.device
+        kind, enabled, dtype = ctx.autocast
         for layer, (s_attn, s_ff), b in reversed(list(zip(ctx.layers, ctx.rng, buckets))):
             # FF: recompute and back-propagate piece by piece (ff_chunk_size)
             outs, grads = [], []
             with _replay(s_ff, device):
                 for y_c, d_c in zip(layer.ff.chunks(y1), layer.ff.chunks(dy2)):
                     y_c = y_c.detach().requires_grad_()
-                    with torch.enable_grad():
+                    with torch.enable_grad(), torch.autocast(kind, dtype, enabled):
                         g_c = layer.ff.block(y_c)
                     torch.autograd.backward(g_c, d_c)
                     outs.append(g_c.detach())
@@ -103,7 +108,8 @@ class _ReversibleStack(torch.autograd.Function):
             del outs, grads
 
             x2_ = x2.detach().requires_grad_()
-            with _replay(s_attn, device), torch.enable_grad():
+            with _replay(s_attn, device), torch.enable_grad(), torch.autocast(kind, dtype,
+                                                                              enabled):
                 f, _ = layer.attn(x2_, buckets=b)
             torch.autograd.backward(f, dy1)
             x1 = y1 - f.detach()

@@ -18,7 +18,7 @@ import torch
 from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressBar
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
-from pytorch_lightning.utilities.exceptions import SIGTERMException
+from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 from torch.utils.data import DataLoader
 
 from ..domains import get_domain
@@ -218,21 +218,25 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
     stop = StopOnSignal(last)
     has_val = len(data.val_stream) > 1 and cfg["data"]["val_windows"] > 0
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
-    trainer = pl.Trainer(
-        default_root_dir=run, max_steps=train_cfg["max_steps"],
-        accelerator=train_cfg["accelerator"],
-        devices=train_cfg["devices"], num_nodes=train_cfg["num_nodes"],
-        strategy=_strategy(train_cfg["strategy"]), precision=_precision(train_cfg),
-        accumulate_grad_batches=train_cfg["accumulate"], gradient_clip_val=train_cfg["grad_clip"],
-        val_check_interval=train_cfg["val_every"] if has_val else None,
-        check_val_every_n_epoch=None, limit_val_batches=1.0 if has_val else 0,
-        num_sanity_val_steps=0, log_every_n_steps=train_cfg["log_every"],
-        # metrics reach disk every log_every steps, so a killed run's curve is kept
-        logger=CSVLogger(run, name="logs", flush_logs_every_n_steps=train_cfg["log_every"]),
-        callbacks=[best, latest, stop]
-        + ([RichProgressBar(leave=True)] if progress else []),
-        plugins=[AtomicCheckpointIO()],
-        enable_progress_bar=progress, enable_model_summary=False)
+    try:
+        trainer = pl.Trainer(
+            default_root_dir=run, max_steps=train_cfg["max_steps"],
+            accelerator=train_cfg["accelerator"],
+            devices=train_cfg["devices"], num_nodes=train_cfg["num_nodes"],
+            strategy=_strategy(train_cfg["strategy"]), precision=_precision(train_cfg),
+            accumulate_grad_batches=train_cfg["accumulate"],
+            gradient_clip_val=train_cfg["grad_clip"],
+            val_check_interval=train_cfg["val_every"] if has_val else None,
+            check_val_every_n_epoch=None, limit_val_batches=1.0 if has_val else 0,
+            num_sanity_val_steps=0, log_every_n_steps=train_cfg["log_every"],
+            # metrics reach disk every log_every steps, so a killed run's curve is kept
+            logger=CSVLogger(run, name="logs", flush_logs_every_n_steps=train_cfg["log_every"]),
+            callbacks=[best, latest, stop]
+            + ([RichProgressBar(leave=True)] if progress else []),
+            plugins=[AtomicCheckpointIO()],
+            enable_progress_bar=progress, enable_model_summary=False)
+    except (ValueError, MisconfigurationException) as e:  # e.g. fsdp without a GPU
+        raise InputError(f"train (devices/strategy/accelerator): {e}") from None
     with warnings.catch_warnings():
         # Lightning's advice that does not apply here (in-memory windows need no workers)
         warnings.filterwarnings("ignore", message=r".*(does not have many workers|LeafSpec).*")
