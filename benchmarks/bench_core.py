@@ -77,6 +77,27 @@ def hf_num_buckets(length: int) -> int | list[int]:
     return 2**pow2
 
 
+def configure(d_model: int, n_layers: int, n_hashes: int, backend: str) -> None:
+    """Set the shared configuration (--d-model, --layers, --hashes, --backend)."""
+    global D_MODEL, N_LAYERS, N_HASHES, HEAD_DIM, D_FF, BACKEND
+    D_MODEL, N_LAYERS, N_HASHES, BACKEND = d_model, n_layers, n_hashes, backend
+    HEAD_DIM, D_FF = d_model // N_HEADS, 4 * d_model
+
+
+BACKEND = "torch"
+
+
+def model_flops_per_step(length: int) -> float:
+    """Training FLOPs of one step, the usual MFU count (no recompute): 6 x non-embedding
+    parameters x tokens for the dense layers, plus attention: per layer, hash round and
+    token, a query meets at most 2 x bucket keys, 4 FLOPs per (query, key, dim) for
+    QK^T and PV, x3 for forward + backward."""
+    per_layer = 3 * D_MODEL * D_MODEL + 2 * D_MODEL * D_FF  # qk, v, out; two FF matrices
+    dense = 6 * N_LAYERS * per_layer * length
+    attention = 3 * 4 * N_LAYERS * N_HASHES * length * 2 * BUCKET * D_MODEL
+    return float(dense + attention)
+
+
 def build_seqformer(length: int):
     try:
         from seqformer.core import ReformerConfig, ReformerLM
@@ -85,7 +106,7 @@ def build_seqformer(length: int):
     cfg = ReformerConfig(
         vocab_size=VOCAB, d_model=D_MODEL, n_layers=N_LAYERS, n_heads=N_HEADS, d_ff=D_FF,
         attn="lsh", bucket_size=BUCKET, n_hashes=N_HASHES, causal=True, reversible=True,
-        ff_chunk_size=None, max_seq_len=length, dropout=0.0,
+        ff_chunk_size=None, max_seq_len=length, dropout=0.0, attn_backend=BACKEND,
     )  # fmt: skip
     model = ReformerLM(cfg)
     return model, model
@@ -169,7 +190,10 @@ BUILDERS: dict[str, Callable] = {
 # --------------------------------------------------------------------------- worker side
 
 
-def measure(impl: str, length: int, device: str, repeats: int, warmup: bool, seed: int) -> dict:
+def measure(impl: str, length: int, device: str, repeats: int, warmup: bool, seed: int,
+            bf16: bool = False, optimizer: bool = False) -> dict:
+    import contextlib
+
     import torch
     import torch.nn.functional as F
 
@@ -178,6 +202,7 @@ def measure(impl: str, length: int, device: str, repeats: int, warmup: bool, see
     model, forward = BUILDERS[impl](length)
     model.to(dev).train()
     tokens = torch.randint(0, VOCAB, (1, length), device=dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4) if optimizer else None
 
     def sync() -> None:
         if dev.type == "cuda":
@@ -185,9 +210,14 @@ def measure(impl: str, length: int, device: str, repeats: int, warmup: bool, see
 
     def step() -> float:
         model.zero_grad(set_to_none=True)
-        logits = forward(tokens)
+        amp = (torch.autocast(dev.type, dtype=torch.bfloat16) if bf16
+               else contextlib.nullcontext())
+        with amp:
+            logits = forward(tokens)
         loss = F.cross_entropy(logits[:, :-1].reshape(-1, VOCAB).float(), tokens[:, 1:].reshape(-1))
         loss.backward()
+        if opt is not None:
+            opt.step()
         sync()
         return loss.item()
 
@@ -215,6 +245,7 @@ def measure(impl: str, length: int, device: str, repeats: int, warmup: bool, see
         "peak_mib": peak_mib,
         "loss": loss,
         "threads": torch.get_num_threads(),
+        "flops": model_flops_per_step(length) if impl == OURS else None,
     }
 
 
@@ -222,11 +253,13 @@ def worker_main(args: argparse.Namespace) -> None:
     import torch
 
     impl, length = args.worker[0], int(args.worker[1])
+    configure(args.d_model, args.layers, args.hashes, args.backend)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
         result = measure(
-            impl, length, args.device, args.repeats, length <= args.warmup_max_len, args.seed
+            impl, length, args.device, args.repeats, length <= args.warmup_max_len, args.seed,
+            args.bf16, args.optimizer,
         )
     except NotAvailable as exc:
         result = {"status": f"not available ({exc})"}
@@ -246,6 +279,7 @@ class Result:
     status: str
     seconds: float | None = None
     peak_mib: float | None = None
+    flops: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -257,7 +291,9 @@ def run_one(impl: str, length: int, args: argparse.Namespace) -> Result:
         sys.executable, str(Path(__file__).resolve()), "--worker", impl, str(length),
         "--device", args.device, "--repeats", str(args.repeats), "--seed", str(args.seed),
         "--warmup-max-len", str(args.warmup_max_len), "--threads", str(args.threads or 0),
-    ]  # fmt: skip
+        "--d-model", str(args.d_model), "--layers", str(args.layers), "--hashes", str(args.hashes),
+        "--backend", args.backend,
+    ] + (["--bf16"] if args.bf16 else []) + (["--optimizer"] if args.optimizer else [])  # fmt: skip
     env = dict(os.environ)
     # seqformer imports from the checkout even when it is not pip-installed.
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
@@ -273,7 +309,8 @@ def run_one(impl: str, length: int, args: argparse.Namespace) -> Result:
             data = json.loads(line[len(RESULT_TAG) :])
             if data["status"].startswith("error"):
                 sys.stderr.write(proc.stderr[-3000:])
-            return Result(impl, length, data["status"], data.get("seconds"), data.get("peak_mib"))
+            return Result(impl, length, data["status"], data.get("seconds"), data.get("peak_mib"),
+                          data.get("flops"))
     # No result line: the worker died hard (SIGKILL from the OOM killer, segfault, ...).
     sys.stderr.write(proc.stderr[-3000:])
     if proc.returncode < 0:
@@ -285,17 +322,20 @@ def fmt(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
-def render(results: list[Result], impls: list[str], lengths: list[int], device: str) -> str:
+def render(results: list[Result], impls: list[str], lengths: list[int], device: str,
+           peak_tflops: float = 989.0) -> str:
     mem_label = "peak CUDA alloc MiB" if device == "cuda" else "peak RSS MiB"
     lines = [
-        f"| implementation | L | s/step | tokens/s | {mem_label} | status |",
-        "|---|---:|---:|---:|---:|---|",
+        f"| implementation | L | s/step | tokens/s | {mem_label} | MFU | status |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         tps = r.length / r.seconds if r.seconds else None
+        mfu = (r.flops / r.seconds / (peak_tflops * 1e12) if r.flops and r.seconds
+               and device == "cuda" else None)
         lines.append(
             f"| {r.impl} | {r.length} | {fmt(r.seconds, '.3f')} | {fmt(tps, ',.0f')} "
-            f"| {fmt(r.peak_mib, ',.0f')} | {r.status} |"
+            f"| {fmt(r.peak_mib, ',.0f')} | {fmt(mfu and 100 * mfu, '.1f')} | {r.status} |"
         )
 
     by_key = {(r.impl, r.length): r for r in results if r.ok}
@@ -357,7 +397,13 @@ def environment_lines(args: argparse.Namespace) -> list[str]:
         f"- device: {args.device}"
         + (f" ({torch.cuda.get_device_name()})" if args.device == "cuda" else ""),
         f"- config: vocab {VOCAB}, d_model {D_MODEL}, {N_LAYERS} layers, {N_HEADS} heads, "
-        f"d_ff {D_FF}, bucket/chunk {BUCKET}, {N_HASHES} hashes, batch 1",
+        f"d_ff {D_FF}, bucket/chunk {BUCKET}, {N_HASHES} hashes, batch 1"
+        + (", bf16 autocast" if args.bf16 else ", float32")
+        + (", AdamW step included" if args.optimizer else ", forward + backward")
+        + f", seqformer attention backend: {args.backend}",
+        "- MFU (seqformer only, CUDA): model FLOPs / time / peak, model FLOPs = 6 x "
+        "non-embedding dense parameters x L + 12 x layers x hashes x L x 2 x bucket x "
+        f"d_model (attention), peak {args.peak_tflops:g} TFLOP/s",
         f"- {args.repeats} timed step(s), median reported; 1 warm-up step when "
         f"L <= {args.warmup_max_len}",
     ]
@@ -378,10 +424,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )  # fmt: skip
     p.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--d-model", type=int, default=D_MODEL, help="width (d_ff = 4 x d_model)")
+    p.add_argument("--layers", type=int, default=N_LAYERS)
+    p.add_argument("--hashes", type=int, default=N_HASHES)
+    p.add_argument("--backend", choices=("torch", "flex"), default="torch",
+                   help="seqformer's attention backend")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast (every implementation)")
+    p.add_argument("--optimizer", action="store_true", help="include an AdamW step")
+    p.add_argument("--peak-tflops", type=float, default=989.0,
+                   help="the device's dense bf16 peak, for MFU (H100 SXM: 989)")
     p.add_argument("--out", type=Path, help="append the results as Markdown to this file")
     p.add_argument("--worker", nargs=2, metavar=("IMPL", "L"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
+    configure(args.d_model, args.layers, args.hashes, args.backend)
     args.impls = [i.strip() for i in args.impls.split(",") if i.strip()]
     unknown = set(args.impls) - set(IMPLS)
     if unknown:
@@ -416,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[bench]   {result.status} {fmt(result.seconds, '.3f')} s", file=sys.stderr)
             results.append(result)
 
-    table = render(results, args.impls, args.lengths, args.device)
+    table = render(results, args.impls, args.lengths, args.device, args.peak_tflops)
     print(table)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -81,7 +81,7 @@ def test_model_gives_the_same_logits_with_either_backend():
 
 
 @pytest.mark.skipif(not (CUDA and available()), reason="needs CUDA")
-@pytest.mark.parametrize("dtype, tol", [(torch.float32, 2e-3), (torch.bfloat16, 3e-2)])
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 2e-3), (torch.bfloat16, 6e-2)])
 def test_flex_on_gpu_matches_the_kernel_with_gradients(dtype, tol):
     q, v, buckets = _inputs(4096, 2, 64, device="cuda")
     q, v = q.to(dtype).requires_grad_(), v.to(dtype).requires_grad_()

@@ -45,8 +45,10 @@ def bucket_order(buckets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
 
 
 # Queries processed together by the band kernel: enough for efficient batched matmuls,
-# few enough that a tile's scores (TILE_QUERIES x window floats) stay in cache.
+# few enough that a tile's scores (TILE_QUERIES x window floats) stay in cache. A GPU is
+# launch-bound with small tiles: there a tile is up to 128K queries (~100 MB of scores).
 TILE_QUERIES = 2048
+TILE_QUERIES_CUDA = 1 << 17
 
 
 def _windows(rows: torch.Tensor, k0: int, n: int, width: int) -> torch.Tensor:
@@ -85,7 +87,9 @@ class _BandAttention(torch.autograd.Function):
 
     @staticmethod
     def _scores(qt, kw, gq, gk, fixed_ok, is_self):
+        # matmuls in the inputs' dtype (bf16 under autocast), softmax in float32 or wider
         s = torch.matmul(qt, kw.transpose(-1, -2))
+        s = s.to(torch.promote_types(s.dtype, torch.float32))
         d = gq.unsqueeze(-1) - gk.unsqueeze(-2)
         ok = (torch.bitwise_and(d, -2) == 0) & fixed_ok  # d in {0, 1}
         return s.masked_fill_(~ok, float("-inf")).masked_fill_(is_self, SELF_SCORE)
@@ -94,7 +98,7 @@ class _BandAttention(torch.autograd.Function):
     def _tiles(q, k, group, look_back, width):
         """(g, k0, n, q tile, key windows, query groups, key-window groups) per tile."""
         G, nb, blk, _ = q.shape
-        per_tile = max(1, TILE_QUERIES // blk)
+        per_tile = max(1, (TILE_QUERIES_CUDA if q.is_cuda else TILE_QUERIES) // blk)
         for g in range(G):
             for k0 in range(0, nb, per_tile):
                 n = min(per_tile, nb - k0)
@@ -104,16 +108,22 @@ class _BandAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, group, look_back, look_ahead, causal):  # noqa: ANN001
+        with torch.autocast(q.device.type, enabled=False):  # explicit dtypes, as in backward
+            return _BandAttention._forward(ctx, q, k, v, group, look_back, look_ahead, causal)
+
+    @staticmethod
+    def _forward(ctx, q, k, v, group, look_back, look_ahead, causal):  # noqa: ANN001
         width, fixed_ok, is_self = _BandAttention._setup(q, look_back, look_ahead, causal)
         out = torch.empty_like(q)
-        lse = q.new_empty(q.shape[:-1])
+        # at least float32: bf16 would blur the weights of the hashing rounds
+        lse = q.new_empty(q.shape[:-1], dtype=torch.promote_types(q.dtype, torch.float32))
         for g, k0, n, qt, kw, gq, gk in _BandAttention._tiles(q, k, group, look_back, width):
             s = _BandAttention._scores(qt, kw, gq, gk, fixed_ok, is_self)
             # softmax is one fused pass; the log-sum-exp follows from the largest score
             # and its probability: lse = s_max - log p_max
             m = s.amax(dim=-1)
             p = torch.softmax(s, dim=-1)
-            out[g, k0:k0 + n] = torch.matmul(p, _windows(v[g], k0, n, width))
+            out[g, k0:k0 + n] = torch.matmul(p.to(v.dtype), _windows(v[g], k0, n, width))
             lse[g, k0:k0 + n] = m - p.amax(dim=-1).log()
         ctx.save_for_backward(q, k, v, group, out, lse)
         ctx.args = (look_back, look_ahead, causal)
@@ -127,7 +137,7 @@ class _BandAttention(torch.autograd.Function):
         blk = q.shape[2]
         # d lse_i / d s_ij = p_ij and d o_i / d s_ij = p_ij (v_j - o_i), so
         # ds = p * (dp - <do, o> + dlse)
-        delta = -(d_out * out).sum(-1)
+        delta = -(d_out * out).sum(-1, dtype=lse.dtype)
         if d_lse is not None:
             delta += d_lse
         dq = torch.empty_like(q)
@@ -136,9 +146,10 @@ class _BandAttention(torch.autograd.Function):
         for g, k0, n, qt, kw, gq, gk in _BandAttention._tiles(q, k, group, look_back, width):
             p = torch.softmax(_BandAttention._scores(qt, kw, gq, gk, fixed_ok, is_self), dim=-1)
             do = d_out[g, k0:k0 + n]
-            dv_w = torch.matmul(p.transpose(-1, -2), do)
-            ds = torch.matmul(do, _windows(v[g], k0, n, width).transpose(-1, -2))
+            dv_w = torch.matmul(p.to(do.dtype).transpose(-1, -2), do)
+            ds = torch.matmul(do, _windows(v[g], k0, n, width).transpose(-1, -2)).to(p.dtype)
             ds.add_(delta[g, k0:k0 + n].unsqueeze(-1)).mul_(p)
+            ds = ds.to(q.dtype)
             dq[g, k0:k0 + n] = torch.matmul(ds, kw)
             dk_w = torch.matmul(ds.transpose(-1, -2), qt)
             for o in range(width):  # overlapping windows: add back block by block
@@ -186,7 +197,7 @@ def bucketed_attention(q: torch.Tensor, v: torch.Tensor, buckets: torch.Tensor |
     B, H, L, D = q.shape
     bs = bucket_size
     Lp = math.ceil(L / bs) * bs
-    k = F.normalize(q, dim=-1)
+    k = F.normalize(q, dim=-1).to(q.dtype)  # autocast computes norms in float32
     q = q * D ** -0.5
     if Lp != L:
         q, k, v = (F.pad(t, (0, 0, 0, Lp - L)) for t in (q, k, v))
@@ -244,7 +255,8 @@ def bucketed_attention(q: torch.Tensor, v: torch.Tensor, buckets: torch.Tensor |
     order_r = order.expand(B, H, R, Lp)
     inv = torch.empty_like(order_r).scatter_(-1, order_r, pos.expand_as(order_r))
     weights = torch.softmax(lse.gather(-1, inv), dim=2).gather(-1, order_r)
-    out = out.reshape(B, H, R, Lp, D) * weights.unsqueeze(-1)
+    # (weights are float32 under autocast; the sum stays in the activations' dtype)
+    out = (out.reshape(B, H, R, Lp, D) * weights.unsqueeze(-1)).to(q.dtype)
     combined = q.new_zeros(B * H * Lp, D).index_add(0, rows.reshape(-1), out.reshape(-1, D))
     return combined.view(B, H, Lp, D)[:, :, :L]
 

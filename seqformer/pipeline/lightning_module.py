@@ -4,6 +4,7 @@ and a guard that stops training on a non-finite loss before it reaches the weigh
 from __future__ import annotations
 
 import math
+import time
 
 import pytorch_lightning as pl
 import torch
@@ -77,12 +78,16 @@ class LMTask(pl.LightningModule):
                                  {"params": no_decay, "weight_decay": 0.0}],
                                 lr=cfg["lr"], betas=(0.9, 0.98))
         warmup, total = max(1, cfg["warmup_steps"]), max(1, cfg["max_steps"])
+        budget = 60.0 * cfg["max_minutes"] if cfg.get("max_minutes") else None
+        started = time.monotonic()
 
         def schedule(step: int) -> float:
             if step < warmup:
                 return (step + 1) / warmup
-            progress = min(1.0, (step - warmup) / max(1, total - warmup))
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+            progress = (step - warmup) / max(1, total - warmup)
+            if budget:  # a time-limited run anneals by the clock if that ends first
+                progress = max(progress, (time.monotonic() - started) / budget)
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
         sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -32,6 +32,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "train": {
         "max_steps": 200,
+        "max_minutes": None,  # also stop (and validate, export) after this much training time
         "batch_size": 4,
         "accumulate": 1,
         "lr": 1.0e-3,
@@ -145,6 +146,9 @@ def resolve(domain: str, vocab_size: int, preset: str | Path | None = None,
     need(train["checkpoint_every"] is None or integer(train["checkpoint_every"], 1),
          "train.checkpoint_every", "must be a positive integer or null",
          train["checkpoint_every"])
+    need(train["max_minutes"] is None or (number(train["max_minutes"], 0.0)
+                                          and train["max_minutes"] > 0),
+         "train.max_minutes", "must be a positive number or null", train["max_minutes"])
     need(number(train["lr"], 0.0) and train["lr"] > 0, "train.lr", "must be a positive number",
          train["lr"])
     need(number(train["weight_decay"], 0.0), "train.weight_decay", "must be a number >= 0",

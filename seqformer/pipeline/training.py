@@ -221,6 +221,8 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
     try:
         trainer = pl.Trainer(
             default_root_dir=run, max_steps=train_cfg["max_steps"],
+            max_time=({"minutes": train_cfg["max_minutes"]} if train_cfg.get("max_minutes")
+                      else None),
             accelerator=train_cfg["accelerator"],
             devices=train_cfg["devices"], num_nodes=train_cfg["num_nodes"],
             strategy=_strategy(train_cfg["strategy"]), precision=_precision(train_cfg),
