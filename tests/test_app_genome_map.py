@@ -10,7 +10,7 @@ import pytest
 from seqformer.domains import Record, get_domain
 from seqformer.errors import InputError
 
-from cli_helpers import REPO, TINY_MODEL, run_cli
+from cli_helpers import REPO, run_cli
 
 sys.path.insert(0, str(REPO / "apps" / "genome_map"))
 import genome_map as gm  # noqa: E402
@@ -20,12 +20,8 @@ DNA = get_domain("dna")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    code, text = run_cli("train", "dna", "--out", out, "--max-steps", 2, "--batch-size", 2,
-                         *TINY_MODEL)
-    assert code == 0, text
-    return out
+def trained(tiny_dna_run):
+    return tiny_dna_run
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from seqformer.errors import InputError
 from seqformer.pipeline.inference import token_log_likelihoods
 from seqformer.pipeline.run_dir import load_run
 
-from cli_helpers import REPO, TINY_MODEL, run_cli
+from cli_helpers import REPO
 
 sys.path.insert(0, str(REPO / "apps" / "variant_effect"))
 import variant_effect as ve  # noqa: E402
@@ -26,12 +26,8 @@ REFERENCE = {"chr1": DNA.encode("ACGTTGCAACGGTACCATGA"), "chr2": DNA.encode("TTT
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "tiny"
-    code, text = run_cli("train", "dna", "--out", out, "--max-steps", 2, "--batch-size", 2,
-                         *TINY_MODEL)
-    assert code == 0, text
-    return out
+def trained(tiny_dna_run):
+    return tiny_dna_run
 
 
 @pytest.fixture(scope="module")

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from seqformer.domains import InputError, get_domain
 
-from cli_helpers import TINY_MODEL, run_cli
+from cli_helpers import run_cli
 
 REPO = Path(__file__).resolve().parents[1]
 MIDI_FILES = sorted((REPO / "data" / "midi").rglob("*.mid"))[:6]
@@ -82,11 +82,8 @@ def test_token_decoders_take_any_ids_or_refuse_cleanly(ids):
 
 
 @pytest.fixture(scope="module")
-def tiny_run(tmp_path_factory):
-    run = tmp_path_factory.mktemp("fuzz") / "run"
-    code, out = run_cli("train", "dna", "--out", run, "--max-steps", 1, *TINY_MODEL)
-    assert code == 0, out
-    return run
+def tiny_run(tiny_dna_run):
+    return tiny_dna_run
 
 
 def _fasta_like() -> st.SearchStrategy[bytes]:

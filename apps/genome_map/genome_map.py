@@ -29,7 +29,7 @@ import torch
 
 from seqformer.core import ReformerLM
 from seqformer.domains import Domain, Record
-from seqformer.errors import InputError
+from seqformer.errors import InputError, report_errors
 from seqformer.files import atomic_path, check_output
 from seqformer.pipeline.inference import embed_records
 from seqformer.pipeline.run_dir import load_run
@@ -176,13 +176,7 @@ def main(argv: list[str] | None = None) -> int:
                    "to see what the map owes to training")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--force", action="store_true", help="overwrite existing outputs")
-    args = p.parse_args(argv)
-    try:
-        run(args)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    return 0
+    return report_errors(run, p.parse_args(argv))
 
 
 def run(args: argparse.Namespace) -> None:

@@ -30,7 +30,7 @@ import numpy as np
 import pretty_midi
 
 from seqformer.domains import midi
-from seqformer.errors import InputError
+from seqformer.errors import InputError, report_errors
 from seqformer.files import atomic_path, check_output
 
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
@@ -430,16 +430,7 @@ def report(result: Continuation, args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        run(args)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return report_errors(run, parse_args(argv))
 
 
 if __name__ == "__main__":

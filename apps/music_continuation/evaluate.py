@@ -33,7 +33,7 @@ from continue_piece import (
 )
 
 from seqformer.domains import midi
-from seqformer.errors import InputError
+from seqformer.errors import InputError, report_errors
 from seqformer.files import atomic_path, check_output
 
 CONDITIONS = ("model", "unprimed", "other", "primer")
@@ -202,16 +202,7 @@ def report(rows: list[dict], args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    try:
-        run(args)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
-    return 0
+    return report_errors(run, parse_args(argv))
 
 
 if __name__ == "__main__":
