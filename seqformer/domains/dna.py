@@ -12,6 +12,11 @@ Options:
   N (as n for a lowercase code under ``softmask="keep"``); ``iupac="error"`` rejects them
   as unknown characters.
 
+FASTA is read by a small streaming parser rather than Biopython, whose parsers hold each
+record as one string: here a record arrives in pieces of about 4 MiB (`read_pieces`), so
+a chromosome is tokenized in bounded memory. Headers follow Biopython's rule (the id is
+the first word after '>').
+
 U (RNA) is not accepted: it is an unknown character like any other letter outside
 A C G T N and the IUPAC codes. Whitespace inside a sequence is ignored; positions in error
 messages count bases only (1-based).
