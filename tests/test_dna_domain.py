@@ -275,3 +275,28 @@ def test_random_bytes_give_records_or_input_error(tmp_path, data, how):
     back = list(DNADomain().read(copy))
     assert [r.id for r in back] == [r.id for r in records]
     assert all(np.array_equal(a.tokens, b.tokens) for a, b in zip(back, records))
+
+
+# ---- streaming: a long record arrives in pieces --------------------------------------------
+
+def test_long_records_stream_in_pieces_and_positions_count_across_them(tmp_path, monkeypatch):
+    import seqformer.domains.dna as dna_module
+
+    monkeypatch.setattr(dna_module, "_PIECE_BYTES", 64)  # a piece every ~64 bytes of lines
+    rng = np.random.default_rng(0)
+    seq = "".join(rng.choice(list("ACGT"), size=1000))
+    path = tmp_path / "long.fa"
+    path.write_text(">long\n" + "\n".join(seq[i:i + 60] for i in range(0, 1000, 60))
+                    + "\n>short\nACGT\n")
+    pieces = list(DNADomain().read_pieces(path))
+    assert len(pieces) > 10 and pieces[0].first and not pieces[0].last
+    assert [p.id for p in pieces if p.last] == ["long", "short"]
+    records = list(DNADomain().read(path))
+    assert DNADomain().decode(records[0].tokens) == seq
+    assert np.array_equal(np.concatenate([p.tokens for p in pieces if p.id == "long"]),
+                          records[0].tokens)
+
+    bad = seq[:777] + "X" + seq[778:]  # far into the record: many pieces before it
+    path.write_text(">long\n" + "\n".join(bad[i:i + 60] for i in range(0, 1000, 60)) + "\n")
+    with pytest.raises(InputError, match="unknown character 'X' at position 778"):
+        list(DNADomain().read(path))
