@@ -71,12 +71,13 @@ def test_sigkill_keeps_the_last_checkpoint_and_resume_goes_on(tmp_path):
     load_run(run, "dna")  # the exported model loads
 
 
-def test_sigterm_saves_the_current_step_and_exits_cleanly(tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_sigterm_or_ctrl_c_saves_the_current_step_and_exits_cleanly(tmp_path, sig):
     run = tmp_path / "run"
     last = run / "checkpoints" / "last.ckpt"
     proc = _start(run, 100000)
     _wait_for_checkpoints(proc, last, 2)
-    proc.send_signal(signal.SIGTERM)
+    proc.send_signal(sig)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err
     assert "Traceback" not in err
