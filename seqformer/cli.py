@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated
 
@@ -54,6 +56,15 @@ def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn(
         "{task.completed:,}/{task.total:,}"), TimeElapsedColumn(), console=err,
         disable=not err.is_terminal)
+
+
+@contextlib.contextmanager
+def _tokenizing() -> Iterator[Callable[[int], None]]:
+    """A running count of tokens written to a token store; yields its advance(n)."""
+    with Progress(TextColumn("tokenizing"), TextColumn("{task.completed:,} tokens"),
+                  TimeElapsedColumn(), console=err, disable=not err.is_terminal) as bar:
+        task = bar.add_task("tokenizing", total=None)
+        yield lambda n: bar.advance(task, n)
 
 
 # -- shared options ---------------------------------------------------------------------
@@ -126,10 +137,8 @@ def _train(domain_name: str, inputs: list[Path], config: str | None, out_dir: Pa
             shutil.rmtree(run)
     check_run_dir(run, resume)
     # tokenize first, under its own progress display (Lightning's bar comes after it)
-    with Progress(TextColumn("tokenizing"), TextColumn("{task.completed:,} tokens"),
-                  TimeElapsedColumn(), console=err, disable=not err.is_terminal) as bar:
-        task = bar.add_task("tokenizing", total=None)
-        tokenize(cfg, inputs, run, on_tokens=lambda n: bar.advance(task, n),
+    with _tokenizing() as advance:
+        tokenize(cfg, inputs, run, on_tokens=advance,
                  on_record=lambda rid, n: err.print(f"tokenized {rid} ({n:,} tokens)",
                                                     highlight=False, soft_wrap=True))
     summary = train(cfg, inputs, run, resume=resume)
@@ -403,12 +412,9 @@ def _embed(domain_name: str, model_dir: Path, inputs: list[Path], out_path: Path
     # a memory-mapped token store next to the output: a chromosome is never in RAM, and
     # an interrupted run finds it again on --resume
     work = out_path.with_name(f".{out_path.name}.tokens")
-    with Progress(TextColumn("tokenizing"), TextColumn("{task.completed:,} tokens"),
-                  TimeElapsedColumn(), console=err, disable=not err.is_terminal) as bar:
-        task = bar.add_task("tokenizing", total=None)
+    with _tokenizing() as advance:
         try:
-            store = TokenStore.build(work, domain, inputs,
-                                     on_tokens=lambda n: bar.advance(task, n),
+            store = TokenStore.build(work, domain, inputs, on_tokens=advance,
                                      on_input=lambda _: _report_skipped(domain))
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)  # bad input: leave nothing behind

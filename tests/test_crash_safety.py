@@ -42,7 +42,8 @@ def _wait_for_checkpoints(proc: subprocess.Popen, last: Path, n: int) -> None:
     seen, deadline = set(), time.time() + 240
     while len(seen) < n:
         assert proc.poll() is None, proc.communicate()
-        assert time.time() < deadline, "no checkpoints in time"
+        if time.time() > deadline:  # a hang guard, not a speed check
+            pytest.fail(f"training wrote {len(seen)} of {n} checkpoints in 240 s")
         if last.exists():
             seen.add(last.stat().st_mtime_ns)
         time.sleep(0.05)
