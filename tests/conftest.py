@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import pytest
 
-from cli_helpers import TINY_MODEL, run_cli
+from cli_helpers import REPO, TINY_MODEL, run_cli
+
+
+def _train_tiny(out, domain: str, *inputs: str) -> None:
+    code, text = run_cli("train", domain, *inputs, "--out", out, "--max-steps", 2,
+                         "--batch-size", 2, *TINY_MODEL)
+    assert code == 0, text
 
 
 @pytest.fixture(scope="session")
@@ -12,7 +18,13 @@ def tiny_dna_run(tmp_path_factory):
     """A DNA model directory trained for 2 steps on the bundled lambda genome (read-only:
     tests that change a run copy it)."""
     out = tmp_path_factory.mktemp("runs") / "tiny-dna"
-    code, text = run_cli("train", "dna", "--out", out, "--max-steps", 2, "--batch-size", 2,
-                         *TINY_MODEL)
-    assert code == 0, text
+    _train_tiny(out, "dna")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_midi_run(tmp_path_factory):
+    """A MIDI model directory trained for 2 steps on the bundled Bach pieces (read-only)."""
+    out = tmp_path_factory.mktemp("runs") / "tiny-midi"
+    _train_tiny(out, "midi", "--midi", str(REPO / "data" / "midi" / "bach"))
     return out

@@ -15,7 +15,7 @@ import yaml
 from seqformer.domains import midi
 from seqformer.pipeline.run_dir import load_run
 
-from cli_helpers import REPO, TINY_MODEL, run_cli
+from cli_helpers import REPO
 
 APP = REPO / "apps" / "music_continuation"
 BACH = REPO / "data" / "midi" / "bach"
@@ -35,12 +35,8 @@ ev = _load("evaluate", "music_continuation_evaluate")
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("runs") / "bach"
-    code, text = run_cli("train", "midi", "--midi", BACH, "--out", out, "--max-steps", 2,
-                         "--batch-size", 2, *TINY_MODEL)
-    assert code == 0, text
-    return out
+def trained(tiny_midi_run):
+    return tiny_midi_run
 
 
 def _pitched(pm):
