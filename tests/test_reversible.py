@@ -117,12 +117,3 @@ def test_saved_bytes_grow_linearly_in_length(reversible, attn):
         m = ReformerLM(ReformerConfig(n_layers=2, reversible=reversible, attn=attn, **MEM))
         sizes[L] = saved_bytes(m.train(), torch.randint(0, 16, (1, L)))
     assert sizes[4096] <= 4.4 * sizes[1024], sizes
-
-
-def test_length_check_detects_quadratic_attention():
-    sizes = {}
-    for L in (1024, 4096):
-        torch.manual_seed(0)
-        m = ReformerLM(ReformerConfig(n_layers=2, attn="full", reversible=False, **MEM))
-        sizes[L] = saved_bytes(m.train(), torch.randint(0, 16, (1, L)))
-    assert sizes[4096] > 8 * sizes[1024], sizes

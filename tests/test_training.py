@@ -6,14 +6,17 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader
 
-from seqformer.core import ReformerConfig
+from seqformer.core import ReformerConfig, ReformerLM
 from seqformer.pipeline.lightning_module import LMTask, token_nll
 
 
 def test_token_nll_ignores_padding_and_separators():
-    logits = torch.zeros(1, 4, 5)
-    targets = torch.tensor([[0, 1, 2, 3]])
-    nll, n = token_nll(logits, targets, ignore=(0, 1))
+    model = ReformerLM(ReformerConfig(vocab_size=5, d_model=16, n_layers=1, n_heads=2,
+                                      d_ff=32, bucket_size=8, max_seq_len=64))
+    with torch.no_grad():
+        model.head.weight.zero_()  # uniform predictions: log 5 nats per token
+    batch = torch.tensor([[4, 0, 1, 2, 3]])
+    nll, n = token_nll(model, batch, ignore=(0, 1))
     assert n == 2 and math.isclose(nll.item(), 2 * math.log(5), rel_tol=1e-6)
 
 
@@ -22,15 +25,15 @@ def test_nonfinite_loss_stops_training_and_keeps_good_weights(tmp_path):
                          bucket_size=8, max_seq_len=64)
     train = {"lr": 1e-3, "weight_decay": 0.0, "warmup_steps": 1, "max_steps": 10}
     task = LMTask(cfg.to_dict(), train, pad_id=0, sep_id=1)
-    forward = task.model.forward
+    loss = task.model.loss
     calls = {"n": 0}
 
-    def poisoned(tokens):  # the third step's loss is NaN
+    def poisoned(tokens, reduction="mean"):  # the third step's loss is NaN
         calls["n"] += 1
-        out = forward(tokens)
+        out = loss(tokens, reduction)
         return out * float("nan") if calls["n"] == 3 else out
 
-    task.model.forward = poisoned
+    task.model.loss = poisoned
     snapshot = {}
 
     class Snapshot(pl.Callback):

@@ -13,7 +13,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .bucketed_attention import attend_one, bucket_order, bucketed_attention, full_attention
+from .bucketed_attention import (
+    attend_one,
+    attention_backward,
+    attention_forward,
+    bucket_order,
+    resolve_backend,
+)
 from .config import ReformerConfig
 from .hashing import fixed_rotations, hash_buckets, random_rotations
 
@@ -36,13 +42,42 @@ class LSHCache(KVCache):
     ring: torch.Tensor  # (B, H, R, n_buckets * 2 * bucket_size + 1)
 
 
+# Rows (positions x batch) of the layer norm and projections computed at once: working
+# memory that does not grow with the sequence. A GPU wants fewer, larger launches.
+ROW_CHUNK = 4096
+ROW_CHUNK_CUDA = 65536
+
+
+def compact_buckets(n_buckets: int) -> torch.dtype:
+    """Bucket ids are kept between forward and backward in the smallest integer type."""
+    return torch.int16 if n_buckets < 2**15 else torch.int32
+
+
+def _rows(x: torch.Tensor) -> list[slice]:
+    """Blocks of the rows of x (B, L, d) flattened to (B * L, d)."""
+    n = x.shape[0] * x.shape[1]
+    step = ROW_CHUNK_CUDA if x.is_cuda else ROW_CHUNK
+    return [slice(i, min(i + step, n)) for i in range(0, n, step)]
+
+
 class Attention(nn.Module):
+    """LayerNorm -> shared-QK projection -> LSH / local / full attention -> output projection.
+
+    The sublayer runs one group of `head_group_size` heads at a time, with each group's
+    slices of the projection weights, and one hashing round at a time inside a group: the
+    full (L, d_model) queries and values never exist, nor any hashing round's sorted copies
+    beyond its own step. The backward (`_AttentionFunction`, and `reverse` for the
+    reversible stack) recomputes a group from the layer's input and back-propagates it at
+    once, from the combined output and log-sum-exp of all rounds.
+    """
+
     def __init__(self, cfg: ReformerConfig, layer_idx: int):
         super().__init__()
         d = cfg.d_model
         self.kind = cfg.layer_attn(layer_idx)
         self.causal = cfg.causal
         self.n_heads = cfg.n_heads
+        self.head_group_size = min(cfg.head_group_size, cfg.n_heads)
         self.bucket_size = cfg.bucket_size
         self.backend = cfg.attn_backend
         self.n_buckets = cfg.n_buckets
@@ -57,6 +92,10 @@ class Attention(nn.Module):
         self._eval_rotations: dict[tuple, torch.Tensor] = {}
 
     # -- helpers ----------------------------------------------------------------------
+    def _params(self) -> list[nn.Parameter]:
+        return [self.norm.weight, self.norm.bias, self.to_qk.weight, self.to_v.weight,
+                self.to_out.weight, self.to_out.bias]
+
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         B, L, d = x.shape
         return x.view(B, L, self.n_heads, d // self.n_heads).transpose(1, 2)
@@ -65,55 +104,210 @@ class Attention(nn.Module):
         B, H, L, D = x.shape
         return x.transpose(1, 2).reshape(B, L, H * D)
 
-    def _rotations(self, q: torch.Tensor) -> torch.Tensor:
-        H, D = self.n_heads, q.shape[-1]
+    def _head_groups(self) -> list[slice]:
+        k = self.head_group_size
+        return [slice(h, min(h + k, self.n_heads)) for h in range(0, self.n_heads, k)]
+
+    def _columns(self, heads: slice) -> slice:
+        D = self.to_qk.weight.shape[0] // self.n_heads
+        return slice(heads.start * D, heads.stop * D)
+
+    def _rotations(self, device: torch.device) -> torch.Tensor | None:
+        """Training draws fresh rotations from the global RNG; eval uses seeded ones."""
+        if self.kind != "lsh":
+            return None
+        H, D = self.n_heads, self.to_qk.weight.shape[0] // self.n_heads
         if self.training:
-            return random_rotations(H, D, self.n_hashes, self.factors, q.device, q.dtype)
-        key = (self.n_hashes, q.device, q.dtype)
+            return random_rotations(H, D, self.n_hashes, self.factors, device)
+        key = (self.n_hashes, device)
         if key not in self._eval_rotations:
             rot = fixed_rotations(H, D, self.n_hashes, self.factors, self.seed)
-            self._eval_rotations[key] = rot.to(device=q.device, dtype=q.dtype)
+            self._eval_rotations[key] = rot.to(device)
         return self._eval_rotations[key]
 
+    def _dropout_mask(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The output dropout as an explicit mask (scaled by 1 / (1 - p)), so the backward
+        draws the very same one from the replayed RNG."""
+        if not self.training or self.dropout == 0:
+            return None
+        keep = 1.0 - self.dropout
+        return torch.empty(x.shape, device=x.device).bernoulli_(keep).div_(keep)
+
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.norm(x)
+        """All heads' queries and values at once (decoding)."""
+        h = self.norm(x.to(self.norm.weight.dtype))
         return self._heads(self.to_qk(h)), self._heads(self.to_v(h))
 
-    def _output(self, o: torch.Tensor) -> torch.Tensor:
-        return F.dropout(self.to_out(self._merge(o)), self.dropout, self.training)
+    def _group_qv(self, x: torch.Tensor, heads: slice) -> tuple[torch.Tensor, torch.Tensor]:
+        """One head group's queries and values (B, h, L, D), a block of rows at a time."""
+        B, L, d = x.shape
+        cols = self._columns(heads)
+        rows = x.reshape(B * L, d)
+        q = v = None
+        for r in _rows(x):
+            h = self.norm(rows[r].to(self.norm.weight.dtype))
+            q_r, v_r = F.linear(h, self.to_qk.weight[cols]), F.linear(h, self.to_v.weight[cols])
+            if q is None:
+                q = q_r.new_empty(B * L, q_r.shape[-1])
+                v = v_r.new_empty(B * L, v_r.shape[-1])
+            q[r], v[r] = q_r, v_r
+        n = heads.stop - heads.start
+        return tuple(t.view(B, L, n, -1).transpose(1, 2) for t in (q, v))
+
+    def _group_buckets(self, q: torch.Tensor, heads: slice, rotations: torch.Tensor | None,
+                       buckets: torch.Tensor) -> torch.Tensor | None:
+        """Hash the group's queries round by round into `buckets` (B, H, R, L), unless the
+        rotations are None (the buckets were given); returns the group's ids."""
+        if self.kind != "lsh":
+            return None
+        if rotations is not None:
+            for r in range(rotations.shape[2]):
+                b = hash_buckets(q, rotations[heads, :, r:r + 1], self.factors)
+                buckets[:, heads, r:r + 1] = b.to(buckets.dtype)
+        return buckets[:, heads]
+
+    def _add_output(self, y: torch.Tensor, o: torch.Tensor, heads: slice, sign: float) -> None:
+        """y (B, L, d) += sign * the group's share of the output projection of o (B, h, L, D)."""
+        B, L, d = y.shape
+        o_rows = o.transpose(1, 2).reshape(B * L, -1)
+        w = self.to_out.weight[:, self._columns(heads)]
+        y_rows = y.view(B * L, d)
+        for r in _rows(y):
+            y_rows[r].add_(F.linear(o_rows[r], w), alpha=sign)
+
+    # -- the sublayer, without autograd -----------------------------------------------
+    @torch.no_grad()
+    def _forward_into(self, x: torch.Tensor, y: torch.Tensor, rotations: torch.Tensor | None,
+                      buckets: torch.Tensor | None) -> torch.Tensor | None:
+        """y += the sublayer's output before dropout. Returns the bucket ids (B, H, R, L),
+        hashed here unless given."""
+        B, L, _ = x.shape
+        if self.kind == "lsh" and buckets is None:
+            buckets = torch.empty(B, self.n_heads, self.n_hashes, L, device=x.device,
+                                  dtype=compact_buckets(self.n_buckets))
+        else:
+            rotations = None
+        for heads in self._head_groups():
+            q, v = self._group_qv(x, heads)
+            b = self._group_buckets(q.detach(), heads, rotations, buckets)
+            o, _ = attention_forward(q, v, self.kind, b, self.bucket_size, self.causal,
+                                     self.backend)
+            self._add_output(y, o[:, :, :L], heads, 1.0)
+        y.add_(self.to_out.bias)
+        return buckets
+
+    @torch.no_grad()
+    def _backward(self, x: torch.Tensor, d_f: torch.Tensor, buckets: torch.Tensor | None,
+                  dx: torch.Tensor, minus_f: torch.Tensor | None = None) -> list[torch.Tensor]:
+        """Back-propagate d_f (the gradient of the output before dropout), one head group
+        at a time: dx += the input's gradient; returns the gradients of `_params()`. With
+        minus_f, the recomputed output is also subtracted from it (the reversible stack's
+        reconstruction of its other stream)."""
+        B, L, d = x.shape
+        params = self._params()
+        grads = [torch.zeros_like(p) for p in params]
+        g_norm_w, g_norm_b, g_qk, g_v, g_out, g_out_b = grads
+        # in the parameters' dtype: a float64 stream's gradient would take the backward
+        # matmuls out of autocast
+        df_rows = d_f.reshape(B * L, d).to(self.norm.weight.dtype)
+        g_out_b += df_rows.sum(0)
+        x_rows, dx_rows = x.reshape(B * L, d), dx.view(B * L, d)
+        n_w, n_b = (p.detach().requires_grad_() for p in (self.norm.weight, self.norm.bias))
+        for heads in self._head_groups():
+            cols = self._columns(heads)
+            q, v = self._group_qv(x, heads)
+            b = buckets[:, heads] if self.kind == "lsh" else None
+            o, lse = attention_forward(q, v, self.kind, b, self.bucket_size, self.causal,
+                                       self.backend)
+            if minus_f is not None:
+                self._add_output(minus_f, o[:, :, :L], heads, -1.0)
+            o_rows = o[:, :, :L].transpose(1, 2).reshape(B * L, -1)
+            del o
+            w_out = self.to_out.weight[:, cols]
+            g_out[:, cols] += torch.matmul(df_rows.t(), o_rows.to(df_rows.dtype))
+            do = torch.matmul(df_rows, w_out.to(df_rows.dtype))
+            n = heads.stop - heads.start
+            # <d out, out> per query and head, for the softmax's gradient
+            delta = (do.to(o_rows.dtype) * o_rows).view(B, L, n, -1).sum(-1).transpose(1, 2)
+            del o_rows
+            dq, dv = attention_backward(q, v, self.kind, b, self.bucket_size, self.causal,
+                                        lse, delta, do.view(B, L, n, -1).transpose(1, 2),
+                                        self.backend)
+            del lse, do, delta
+            dq, dv = (t.transpose(1, 2).reshape(B * L, -1) for t in (dq, dv))
+            w_qk, w_v = (w[cols].detach().requires_grad_()
+                         for w in (self.to_qk.weight, self.to_v.weight))
+            for r in _rows(x):  # layer norm and projections, a block of rows at a time
+                x_r = x_rows[r].detach().to(n_w.dtype).requires_grad_()
+                with torch.enable_grad():
+                    h = F.layer_norm(x_r, (d,), n_w, n_b, self.norm.eps)
+                    q_r, v_r = F.linear(h, w_qk), F.linear(h, w_v)
+                gx, gw, gb, gq, gv = torch.autograd.grad(
+                    [q_r, v_r], [x_r, n_w, n_b, w_qk, w_v],
+                    [dq[r].to(q_r.dtype), dv[r].to(v_r.dtype)])
+                dx_rows[r] += gx
+                g_norm_w += gw
+                g_norm_b += gb
+                g_qk[cols] += gq
+                g_v[cols] += gv
+        return grads
 
     # -- full sequences ---------------------------------------------------------------
     def forward(self, x: torch.Tensor, buckets: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """x: (B, L, d_model). Returns the sublayer output and, for LSH, the bucket ids
-        used (B, H, R, L); pass them back in to recompute with identical hashing."""
-        q, v = self._project(x)
-        o, buckets = self._attend(q, v, buckets)
-        return self._output(o), buckets
-
-    def _attend(self, q: torch.Tensor, v: torch.Tensor, buckets: torch.Tensor | None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        if self.kind == "full":
-            return full_attention(q, v, self.causal), None
-        if self.kind == "local":
-            return bucketed_attention(q, v, None, self.bucket_size, self.causal,
-                                      self.backend), None
+        """x: (B, L, d_model). Returns the sublayer output (x's dtype) and, for LSH, the
+        bucket ids used (B, H, R, L); pass them back in to recompute with identical hashing."""
         # drawn even when buckets are given, so a recompute consumes the RNG as the
         # forward did and its dropout masks match
-        rotations = self._rotations(q)
-        if buckets is None:
-            buckets = hash_buckets(q.detach(), rotations, self.factors)
-        o = bucketed_attention(q, v, buckets.long(), self.bucket_size, self.causal,
-                               self.backend)
-        return o, buckets
+        rotations = self._rotations(x.device)
+        mask = self._dropout_mask(x)
+        params = self._params()
+        needs_grad = torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad
+                                                                         for p in params))
+        resolve_backend(self.backend, x, needs_grad)  # a clear error for flex on CPU
+        if needs_grad:
+            return _AttentionFunction.apply(x, self, rotations, buckets, mask, *params)
+        y = torch.zeros_like(x)
+        buckets = self._forward_into(x, y, rotations, buckets)
+        return (y if mask is None else y.mul_(mask)), buckets
+
+    @torch.no_grad()
+    def add_to(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+        """y += the sublayer's output for x, in place (the reversible forward). Returns the
+        bucket ids used."""
+        rotations = self._rotations(x.device)
+        mask = self._dropout_mask(x)
+        if mask is None:
+            return self._forward_into(x, y, rotations, None)
+        f = torch.zeros_like(y)
+        buckets = self._forward_into(x, f, rotations, None)
+        y.add_(f.mul_(mask))
+        return buckets
+
+    @torch.no_grad()
+    def reverse(self, y: torch.Tensor, x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor,
+                buckets: torch.Tensor | None) -> None:
+        """The reversible backward of y = x_other + Attn(x), in place: y becomes x_other,
+        dx += the gradient through Attn of dy, and the parameters' gradients accumulate
+        (through autograd, so DDP's hooks see them). Run under the forward's RNG state."""
+        self._rotations(x.device)
+        mask = self._dropout_mask(x)
+        if mask is None:
+            grads = self._backward(x, dy, buckets, dx, minus_f=y)
+        else:
+            minus_f = torch.zeros_like(y)
+            grads = self._backward(x, dy * mask, buckets, dx, minus_f=minus_f)
+            y.add_(minus_f.mul_(mask))
+        trainable = [(p, g) for p, g in zip(self._params(), grads) if p.requires_grad]
+        if trainable:
+            torch.autograd.backward(*zip(*trainable))
 
     # -- decoding ---------------------------------------------------------------------
     def prefill(self, x: torch.Tensor, capacity: int) -> tuple[torch.Tensor, KVCache]:
         """Full forward over a prompt (B, P, d_model) that also builds the decoding cache."""
         assert not self.training, "decoding runs in eval mode"
+        out, buckets = self(x)
         q, v = self._project(x)
-        o, buckets = self._attend(q, v, None)
-        out = self._output(o)
         B, H, P, D = q.shape
         k_all = q.new_zeros(B, H, capacity, D)
         v_all = q.new_zeros(B, H, capacity, D)
@@ -122,6 +316,7 @@ class Attention(nn.Module):
         if self.kind != "lsh":
             return out, KVCache(k_all, v_all)
         W = 2 * self.bucket_size
+        buckets = buckets.long()
         R = buckets.shape[2]
         perm, s_bucket, rank = bucket_order(buckets)
         counts = torch.zeros(B, H, R, self.n_buckets, dtype=torch.long, device=q.device)
@@ -148,13 +343,13 @@ class Attention(nn.Module):
             o, _ = attend_one(q, kw, vw, valid, v)
         cache.k[:, :, t] = k
         cache.v[:, :, t] = v
-        return self._output(o.unsqueeze(2))
+        return self.to_out(self._merge(o.unsqueeze(2)))
 
     def _lsh_step(self, q: torch.Tensor, v: torch.Tensor, cache: LSHCache, t: int
                   ) -> torch.Tensor:
         B, H, D = q.shape
         W, bs = 2 * self.bucket_size, self.bucket_size
-        bucket = hash_buckets(q.unsqueeze(2), self._rotations(q), self.factors)[..., 0]
+        bucket = hash_buckets(q.unsqueeze(2), self._rotations(q.device), self.factors)[..., 0]
         R = bucket.shape[-1]
         rank = cache.counts.gather(-1, bucket.unsqueeze(-1)).squeeze(-1)  # (B, H, R)
         slots = bucket.unsqueeze(-1) * W + torch.arange(W, device=q.device)
@@ -174,3 +369,31 @@ class Attention(nn.Module):
                             torch.full_like(rank, t).unsqueeze(-1))
         cache.counts.scatter_add_(-1, bucket.unsqueeze(-1), torch.ones_like(bucket).unsqueeze(-1))
         return o
+
+
+class _AttentionFunction(torch.autograd.Function):
+    """The sublayer under autograd: saves only its input (and the bucket ids and dropout
+    mask) and recomputes each head group in the backward."""
+
+    @staticmethod
+    def forward(ctx, x, attn, rotations, buckets, mask, *params):  # noqa: ANN001
+        y = torch.zeros_like(x)
+        buckets = attn._forward_into(x, y, rotations, buckets)
+        if mask is not None:
+            y.mul_(mask)
+        ctx.attn = attn
+        kind = x.device.type
+        ctx.autocast = (kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
+        ctx.save_for_backward(x, buckets, mask)
+        if buckets is not None:
+            ctx.mark_non_differentiable(buckets)
+        return y, buckets
+
+    @staticmethod
+    def backward(ctx, dy, _):  # noqa: ANN001
+        x, buckets, mask = ctx.saved_tensors
+        kind, enabled, dtype = ctx.autocast
+        dx = torch.zeros_like(x)
+        with torch.autocast(kind, dtype, enabled):
+            grads = ctx.attn._backward(x, dy if mask is None else dy * mask, buckets, dx)
+        return (dx, None, None, None, None, *grads)

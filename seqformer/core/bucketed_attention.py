@@ -16,6 +16,7 @@ Local attention is the special case of one bucket in position order (key blocks 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -59,103 +60,112 @@ def _windows(rows: torch.Tensor, k0: int, n: int, width: int) -> torch.Tensor:
                            rows.storage_offset() + k0 * bs * D)
 
 
-class _BandAttention(torch.autograd.Function):
+def _setup(blk: int, look_back: int, look_ahead: int, causal: bool, device: torch.device):
+    """The window width in blocks and the masks that are the same for every tile: a key's
+    sorted offset from the query decides causality (within a bucket sorted order is
+    position order) and which key is the query itself."""
+    width = look_back + look_ahead + 1
+    offset = (torch.arange(width * blk, device=device) - look_back * blk
+              - torch.arange(blk, device=device).unsqueeze(-1))
+    fixed_ok = offset <= 0 if causal else torch.ones_like(offset, dtype=torch.bool)
+    return width, fixed_ok, offset == 0
+
+
+def _scores(qt, kw, gq, gk, fixed_ok, is_self):  # noqa: ANN001, ANN202
+    # matmuls in the inputs' dtype (bf16 under autocast), softmax in float32 or wider
+    s = torch.matmul(qt, kw.transpose(-1, -2))
+    s = s.to(torch.promote_types(s.dtype, torch.float32))
+    d = gq.unsqueeze(-1) - gk.unsqueeze(-2)
+    ok = (torch.bitwise_and(d, -2) == 0) & fixed_ok  # d in {0, 1}
+    return s.masked_fill_(~ok, float("-inf")).masked_fill_(is_self, SELF_SCORE)
+
+
+def _tiles(q, k, group, look_back, width):  # noqa: ANN001, ANN202
+    """(g, k0, n, q tile, key windows, query groups, key-window groups) per tile."""
+    G, nb, blk, _ = q.shape
+    per_tile = max(1, (TILE_QUERIES_CUDA if q.is_cuda else TILE_QUERIES) // blk)
+    for g in range(G):
+        for k0 in range(0, nb, per_tile):
+            n = min(per_tile, nb - k0)
+            gk = group[g, k0:k0 + n + width - 1].unfold(0, width, 1).transpose(1, 2)
+            yield (g, k0, n, q[g, k0:k0 + n], _windows(k[g], k0, n, width),
+                   group[g, look_back + k0:look_back + k0 + n], gk.reshape(n, width * blk))
+
+
+def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Softmax statistics, outputs and gradients are accumulated in float32 or wider: bf16
+    would blur the weights of the hashing rounds."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def band_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: torch.Tensor,
+                 look_back: int, look_ahead: int, causal: bool
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Each sorted query block against its window of key blocks, one tile at a time.
 
-    Like FlashAttention it never holds all scores: the forward keeps the output and the
-    log-sum-exp, and the backward recomputes each tile's probabilities. Which keys a query
-    may see is encoded in one integer per sorted position, its group: groups count up by
-    1 at each chunk boundary inside a bucket and by 2 at each new bucket, so a key is in
-    the query's own or previous chunk of the same bucket iff group(q) - group(k) is 0 or 1.
-    Causality and self-masking are then fixed patterns of the window, because inside a
-    bucket sorted order is position order.
+    Like FlashAttention it never holds all scores. Which keys a query may see is encoded in
+    one integer per sorted position, its group: groups count up by 1 at each chunk boundary
+    inside a bucket and by 2 at each new bucket, so a key is in the query's own or previous
+    chunk of the same bucket iff group(q) - group(k) is 0 or 1. Causality and self-masking
+    are then fixed patterns of the window, because inside a bucket sorted order is position
+    order.
 
     q: (G, nb, blk, D), softmax scale included. k, v: (G, lb + nb + la, blk, D) and
     group: (G, lb + nb + la, blk) int32, with look_back (lb) empty blocks before each row
-    and look_ahead (la) after it. Returns the output (G, nb, blk, D) and lse (G, nb, blk).
+    and look_ahead (la) after it. Returns the output (G, nb, blk, D) and the log-sum-exp
+    (G, nb, blk), both float32 or wider.
     """
+    width, fixed_ok, is_self = _setup(q.shape[2], look_back, look_ahead, causal, q.device)
+    acc = _acc_dtype(q.dtype)
+    out = q.new_empty(q.shape, dtype=acc)
+    lse = q.new_empty(q.shape[:-1], dtype=acc)
+    for g, k0, n, qt, kw, gq, gk in _tiles(q, k, group, look_back, width):
+        s = _scores(qt, kw, gq, gk, fixed_ok, is_self)
+        # softmax is one fused pass; the log-sum-exp follows from the largest score and its
+        # probability: lse = s_max - log p_max
+        m = s.amax(dim=-1)
+        p = torch.softmax(s, dim=-1)
+        out[g, k0:k0 + n] = torch.matmul(p.to(v.dtype), _windows(v[g], k0, n, width))
+        lse[g, k0:k0 + n] = m - p.amax(dim=-1).log()
+    return out, lse
 
-    @staticmethod
-    def _setup(q, look_back, look_ahead, causal):
-        width = look_back + look_ahead + 1
-        blk = q.shape[2]
-        # fixed patterns over (query i, window key j): j's sorted offset from i
-        offset = (torch.arange(width * blk, device=q.device) - look_back * blk
-                  - torch.arange(blk, device=q.device).unsqueeze(-1))
-        fixed_ok = offset <= 0 if causal else torch.ones_like(offset, dtype=torch.bool)
-        return width, fixed_ok, offset == 0
 
-    @staticmethod
-    def _scores(qt, kw, gq, gk, fixed_ok, is_self):
-        # matmuls in the inputs' dtype (bf16 under autocast), softmax in float32 or wider
-        s = torch.matmul(qt, kw.transpose(-1, -2))
-        s = s.to(torch.promote_types(s.dtype, torch.float32))
-        d = gq.unsqueeze(-1) - gk.unsqueeze(-2)
-        ok = (torch.bitwise_and(d, -2) == 0) & fixed_ok  # d in {0, 1}
-        return s.masked_fill_(~ok, float("-inf")).masked_fill_(is_self, SELF_SCORE)
+def band_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: torch.Tensor,
+                  look_back: int, look_ahead: int, causal: bool, lse: torch.Tensor,
+                  delta: torch.Tensor, d_out: torch.Tensor
+                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradient of sum(d_out * out) for out_i = sum_j exp(s_ij - lse_i) v_j.
 
-    @staticmethod
-    def _tiles(q, k, group, look_back, width):
-        """(g, k0, n, q tile, key windows, query groups, key-window groups) per tile."""
-        G, nb, blk, _ = q.shape
-        per_tile = max(1, (TILE_QUERIES_CUDA if q.is_cuda else TILE_QUERIES) // blk)
-        for g in range(G):
-            for k0 in range(0, nb, per_tile):
-                n = min(per_tile, nb - k0)
-                gk = group[g, k0:k0 + n + width - 1].unfold(0, width, 1).transpose(1, 2)
-                yield (g, k0, n, q[g, k0:k0 + n], _windows(k[g], k0, n, width),
-                       group[g, look_back + k0:look_back + k0 + n], gk.reshape(n, width * blk))
-
-    @staticmethod
-    def forward(ctx, q, k, v, group, look_back, look_ahead, causal):  # noqa: ANN001
-        with torch.autocast(q.device.type, enabled=False):  # explicit dtypes, as in backward
-            return _BandAttention._forward(ctx, q, k, v, group, look_back, look_ahead, causal)
-
-    @staticmethod
-    def _forward(ctx, q, k, v, group, look_back, look_ahead, causal):  # noqa: ANN001
-        width, fixed_ok, is_self = _BandAttention._setup(q, look_back, look_ahead, causal)
-        out = torch.empty_like(q)
-        # at least float32: bf16 would blur the weights of the hashing rounds
-        lse = q.new_empty(q.shape[:-1], dtype=torch.promote_types(q.dtype, torch.float32))
-        for g, k0, n, qt, kw, gq, gk in _BandAttention._tiles(q, k, group, look_back, width):
-            s = _BandAttention._scores(qt, kw, gq, gk, fixed_ok, is_self)
-            # softmax is one fused pass; the log-sum-exp follows from the largest score
-            # and its probability: lse = s_max - log p_max
-            m = s.amax(dim=-1)
-            p = torch.softmax(s, dim=-1)
-            out[g, k0:k0 + n] = torch.matmul(p.to(v.dtype), _windows(v[g], k0, n, width))
-            lse[g, k0:k0 + n] = m - p.amax(dim=-1).log()
-        ctx.save_for_backward(q, k, v, group, out, lse)
-        ctx.args = (look_back, look_ahead, causal)
-        return out, lse
-
-    @staticmethod
-    def backward(ctx, d_out, d_lse):  # noqa: ANN001
-        q, k, v, group, out, lse = ctx.saved_tensors
-        look_back, look_ahead, causal = ctx.args
-        width, fixed_ok, is_self = _BandAttention._setup(q, look_back, look_ahead, causal)
-        blk = q.shape[2]
-        # d lse_i / d s_ij = p_ij and d o_i / d s_ij = p_ij (v_j - o_i), so
-        # ds = p * (dp - <do, o> + dlse)
-        delta = -(d_out * out).sum(-1, dtype=lse.dtype)
-        if d_lse is not None:
-            delta += d_lse
-        dq = torch.empty_like(q)
-        dk = torch.zeros_like(k)
-        dv = torch.zeros_like(v)
-        for g, k0, n, qt, kw, gq, gk in _BandAttention._tiles(q, k, group, look_back, width):
-            p = torch.softmax(_BandAttention._scores(qt, kw, gq, gk, fixed_ok, is_self), dim=-1)
-            do = d_out[g, k0:k0 + n]
-            dv_w = torch.matmul(p.to(do.dtype).transpose(-1, -2), do)
-            ds = torch.matmul(do, _windows(v[g], k0, n, width).transpose(-1, -2)).to(p.dtype)
-            ds.add_(delta[g, k0:k0 + n].unsqueeze(-1)).mul_(p)
-            ds = ds.to(q.dtype)
-            dq[g, k0:k0 + n] = torch.matmul(ds, kw)
-            dk_w = torch.matmul(ds.transpose(-1, -2), qt)
-            for o in range(width):  # overlapping windows: add back block by block
-                dv[g, k0 + o:k0 + o + n] += dv_w[:, o * blk:(o + 1) * blk]
-                dk[g, k0 + o:k0 + o + n] += dk_w[:, o * blk:(o + 1) * blk]
-        return dq, dk, dv, None, None, None, None
+    lse (G, nb, blk, 2) as (m, log_norm) with lse = m + log_norm, and delta =
+    <d_out_i, out_i>, are those of the *combined* output of all
+    hashing rounds, so the probabilities are the query's weights in the one softmax over
+    the union of its rounds' windows, and the result is this round's exact share of the
+    gradient (as FlashAttention's backward, and ring attention's per block). Inputs as in
+    `band_forward`; d_out (G, nb, blk, D). Returns dq (like q), dk and dv (like k and v),
+    float32 or wider.
+    """
+    width, fixed_ok, is_self = _setup(q.shape[2], look_back, look_ahead, causal, q.device)
+    blk = q.shape[2]
+    acc = _acc_dtype(q.dtype)
+    dq = q.new_empty(q.shape, dtype=acc)
+    dk = k.new_zeros(k.shape, dtype=acc)
+    dv = v.new_zeros(v.shape, dtype=acc)
+    d_out = d_out.to(q.dtype)
+    for g, k0, n, qt, kw, gq, gk in _tiles(q, k, group, look_back, width):
+        stats = lse[g, k0:k0 + n].unsqueeze(-2)
+        p = _scores(qt, kw, gq, gk, fixed_ok, is_self).sub_(stats[..., 0]).sub_(stats[..., 1])
+        p = p.exp_()
+        do = d_out[g, k0:k0 + n]
+        dv_w = torch.matmul(p.to(do.dtype).transpose(-1, -2), do)
+        # d out_i / d s_ij = p_ij (v_j - out_i): ds = p * (<do, v_j> - delta_i)
+        ds = torch.matmul(do, _windows(v[g], k0, n, width).transpose(-1, -2)).to(p.dtype)
+        ds = ds.sub_(delta[g, k0:k0 + n].unsqueeze(-1)).mul_(p).to(q.dtype)
+        dq[g, k0:k0 + n] = torch.matmul(ds, kw)
+        dk_w = torch.matmul(ds.transpose(-1, -2), qt)
+        for o in range(width):  # overlapping windows: add back block by block
+            dv[g, k0 + o:k0 + o + n] += dv_w[:, o * blk:(o + 1) * blk]
+            dk[g, k0 + o:k0 + o + n] += dk_w[:, o * blk:(o + 1) * blk]
+    return dq, dk, dv
 
 
 def _groups(is_start: torch.Tensor, rank: torch.Tensor, bucket_size: int) -> torch.Tensor:
@@ -165,53 +175,48 @@ def _groups(is_start: torch.Tensor, rank: torch.Tensor, bucket_size: int) -> tor
 
 
 BACKENDS = ("auto", "torch", "flex")
+KINDS = ("lsh", "local", "full")
 
 
-def resolve_backend(backend: str, q: torch.Tensor) -> str:
+def resolve_backend(backend: str, q: torch.Tensor, needs_grad: bool | None = None) -> str:
     """'auto' is the PyTorch kernel everywhere: FlexAttention stays opt-in until it has
     been measured and tested against it on a GPU (docs/benchmarks.md)."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r} (use one of {BACKENDS})")
+    if needs_grad is None:
+        needs_grad = q.requires_grad and torch.is_grad_enabled()
     if backend == "flex":
         from . import flex_attention
 
         if not flex_attention.available():
             raise RuntimeError("attn_backend='flex' needs torch.nn.attention.flex_attention")
-        if not q.is_cuda and q.requires_grad and torch.is_grad_enabled():
+        if not q.is_cuda and needs_grad:
             raise RuntimeError("attn_backend='flex' has no backward on CPU (torch runs it "
                                "eagerly there); use attn_backend='torch' to train on CPU")
         return "flex"
     return "torch"
 
 
-def bucketed_attention(q: torch.Tensor, v: torch.Tensor, buckets: torch.Tensor | None,
-                       bucket_size: int, causal: bool, backend: str = "auto") -> torch.Tensor:
-    """Shared-QK attention within buckets.
+@dataclass
+class _Round:
+    """Where one hashing round puts each position: the sorted order as rows of the flat
+    original-order (G * Lp, D) tensors, in blocks, with empty blocks around each row that
+    point at an appended zero row, and each sorted position's group id."""
 
-    q, v: (B, H, L, D); keys are the L2-normalized queries. buckets: (B, H, R, L) bucket
-    ids per hashing round, or None for local attention (chunk + previous chunk in position
-    order). Rounds are combined with their log-sum-exp weights. Returns (B, H, L, D).
-    backend: "torch" (the band kernel below), "flex" (FlexAttention) or "auto".
-    """
-    backend = resolve_backend(backend, q)
-    B, H, L, D = q.shape
-    bs = bucket_size
-    Lp = math.ceil(L / bs) * bs
-    k = F.normalize(q, dim=-1).to(q.dtype)  # autocast computes norms in float32
-    q = q * D ** -0.5
-    if Lp != L:
-        q, k, v = (F.pad(t, (0, 0, 0, Lp - L)) for t in (q, k, v))
-    pos = torch.arange(Lp, device=q.device)
+    rows: torch.Tensor  # (G, nb, blk)
+    rows_padded: torch.Tensor  # (G, look_back + nb + look_ahead, blk)
+    group: torch.Tensor  # (G, look_back + nb + look_ahead, blk) int32
+    group_flat: torch.Tensor  # (G, Lp) int32, for FlexAttention
+    look_back: int
+    look_ahead: int
 
-    if buckets is None:  # local attention: one bucket in position order (+ one of padding)
-        R = 1
-        order = pos.expand(B, H, 1, Lp)
-        is_start = (pos == 0) | (pos == L)
-        group = _groups(is_start, pos - torch.where(pos >= L, L, 0), bs).expand(B, H, 1, Lp)
-        blk, look_back = bs, 1  # chunks are aligned blocks: own + previous
-    else:
-        R = buckets.shape[2]
-        if Lp != L:
+
+def _round(kind: str, buckets: torch.Tensor | None, G: int, L: int, Lp: int, bs: int,
+           causal: bool, device: torch.device) -> _Round:
+    """buckets: (G, L) bucket ids of one round (lsh); local and full need none."""
+    pos = torch.arange(Lp, device=device)
+    if kind == "lsh":
+        if Lp != L:  # padding positions form their own bucket, sorted last
             buckets = F.pad(buckets, (0, Lp - L), value=_PAD_BUCKET)
         order, _, rank = bucket_order(buckets)
         group = _groups(rank == 0, rank, bs)
@@ -220,45 +225,209 @@ def bucketed_attention(q: torch.Tensor, v: torch.Tensor, buckets: torch.Tensor |
         # than blocks of bs against 3*bs keys.
         blk = bs // 2 if bs % 2 == 0 and bs >= 8 else bs
         look_back = math.ceil((2 * bs - 1) / blk)
+    else:  # one bucket in position order (+ one of padding)
+        order = pos.expand(G, Lp)
+        is_start = (pos == 0) | (pos == L)
+        if kind == "local":  # chunks are aligned blocks: own + previous
+            group = _groups(is_start, pos - torch.where(pos >= L, L, 0), bs).expand(G, Lp)
+            blk, look_back = bs, 1
+        else:  # full: a single chunk, one block
+            group = torch.where(is_start, 2, 0).cumsum(0).to(torch.int32).expand(G, Lp)
+            blk, look_back = Lp, 0
     nb = Lp // blk
     look_back = min(look_back, nb - 1)
     # non-causal: the rest of one's own chunk may lie up to bs - 1 positions ahead
-    look_ahead = 0 if causal else min(math.ceil((bs - 1) / blk), nb - 1)
-
-    # Gather rows of the flat (B * H * Lp, D) tensors in sorted order, with empty blocks
-    # around each row pointing at an appended zero row, so the kernel needs no copies.
-    G = B * H * R
-    rows = (order + torch.arange(B * H, device=q.device).view(B, H, 1, 1) * Lp).reshape(G, nb, blk)
-    rows_padded = F.pad(rows, (0, 0, look_back, look_ahead), value=B * H * Lp)
+    look_ahead = 0 if causal or kind == "full" else min(math.ceil((bs - 1) / blk), nb - 1)
+    rows = (order + torch.arange(G, device=device).unsqueeze(-1) * Lp).reshape(G, nb, blk)
+    rows_padded = F.pad(rows, (0, 0, look_back, look_ahead), value=G * Lp)
     group_flat = group.reshape(G, Lp).to(torch.int32)
-    group = F.pad(F.pad(group.reshape(G, nb, blk), (0, 0, look_back, 0), value=-4),
+    group = F.pad(F.pad(group_flat.view(G, nb, blk), (0, 0, look_back, 0), value=-4),
                   (0, 0, 0, look_ahead), value=2**30)  # groups no query can match
+    return _Round(rows, rows_padded, group.contiguous(), group_flat, look_back, look_ahead)
 
-    def padded(t: torch.Tensor) -> torch.Tensor:
-        flat = torch.cat([t.reshape(-1, D), t.new_zeros(1, D)])
-        return flat.index_select(0, rows_padded.reshape(-1)).view(G, -1, blk, D)
 
-    qs = q.reshape(-1, D).index_select(0, rows.reshape(-1)).view(G, nb, blk, D)
+def _flat_inputs(q: torch.Tensor, v: torch.Tensor, Lp: int
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Scaled queries (G * Lp, D), and keys (the normalized queries) and values with one
+    zero row appended (G * Lp + 1, D), padded to Lp positions."""
+    B, H, L, D = q.shape
+    k = F.normalize(q, dim=-1).to(q.dtype)  # autocast computes norms in float32
+    q = q * D ** -0.5
+
+    def flat(t: torch.Tensor, zero_row: bool) -> torch.Tensor:
+        t = F.pad(t, (0, 0, 0, Lp - L)).reshape(-1, D)
+        return torch.cat([t, t.new_zeros(1, D)]) if zero_row else t
+
+    return flat(q, False), flat(k, True), flat(v, True)
+
+
+def _gather(flat: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    return flat.index_select(0, rows.reshape(-1)).view(*rows.shape, flat.shape[-1])
+
+
+def _round_forward(qf, kf, vf, rd: _Round, bs, causal, backend):  # noqa: ANN001, ANN202
+    """One round's output and log-sum-exp in sorted order: (G * Lp, D), (G * Lp)."""
+    D = qf.shape[-1]
     if backend == "flex":
         from .flex_attention import flex_band_attention
 
-        def sorted_rows(t: torch.Tensor) -> torch.Tensor:
-            return t.reshape(-1, D).index_select(0, rows.reshape(-1)).view(G, Lp, D)
-
-        out, lse = flex_band_attention(qs.view(G, Lp, D), sorted_rows(k), sorted_rows(v),
-                                       group_flat, bs, causal)
+        G, Lp = rd.group_flat.shape
+        out, lse = flex_band_attention(*(_gather(t, rd.rows).view(G, Lp, D)
+                                         for t in (qf, kf, vf)), rd.group_flat, bs, causal)
     else:
-        out, lse = _BandAttention.apply(qs, padded(k), padded(v), group.contiguous(),
-                                        look_back, look_ahead, causal)
-    # combine the rounds in original order: weights softmax_r(lse), summed by index_add
-    lse = lse.reshape(B, H, R, Lp)
-    order_r = order.expand(B, H, R, Lp)
-    inv = torch.empty_like(order_r).scatter_(-1, order_r, pos.expand_as(order_r))
-    weights = torch.softmax(lse.gather(-1, inv), dim=2).gather(-1, order_r)
-    # (weights are float32 under autocast; the sum stays in the activations' dtype)
-    out = (out.reshape(B, H, R, Lp, D) * weights.unsqueeze(-1)).to(q.dtype)
-    combined = q.new_zeros(B * H * Lp, D).index_add(0, rows.reshape(-1), out.reshape(-1, D))
-    return combined.view(B, H, Lp, D)[:, :, :L]
+        out, lse = band_forward(_gather(qf, rd.rows), _gather(kf, rd.rows_padded),
+                                _gather(vf, rd.rows_padded), rd.group, rd.look_back,
+                                rd.look_ahead, causal)
+    return out.reshape(-1, D), lse.reshape(-1)
+
+
+def _rounds(kind: str, buckets: torch.Tensor | None, q: torch.Tensor, bs: int, causal: bool):
+    """The layout of each hashing round (one for local and full attention)."""
+    B, H, L, _ = q.shape
+    Lp = math.ceil(L / bs) * bs
+    n = buckets.shape[2] if kind == "lsh" else 1
+    for r in range(n):
+        b = buckets[:, :, r].reshape(B * H, L).long() if kind == "lsh" else None
+        yield _round(kind, b, B * H, L, Lp, bs, causal, q.device)
+
+
+def attention_forward(q: torch.Tensor, v: torch.Tensor, kind: str, buckets: torch.Tensor | None,
+                      bucket_size: int, causal: bool, backend: str = "torch"
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shared-QK attention, one hashing round at a time.
+
+    The output over several rounds is one softmax over the union of the rounds' windows,
+    so merging each round into a running output and log-sum-exp (in original order, in
+    float32 or wider) is exact, and nothing of a round outlives it: within a round the sort
+    is a permutation, so its output lands in original order by one index_copy.
+
+    q, v: (B, H, L, D); kind "lsh" (buckets (B, H, R, L)), "local" or "full". Returns the
+    output (B, H, Lp, D), Lp = L padded to a multiple of bucket_size, and its log-sum-exp
+    as (B, H, Lp, 2): the largest round's log-sum-exp m and log(sum_r exp(lse_r - m)).
+    Kept apart because a lone token's score is SELF_SCORE: at -1e5 a float32 sum of the
+    two would round its probabilities by ~1%.
+    """
+    B, H, L, D = q.shape
+    Lp = math.ceil(L / bucket_size) * bucket_size
+    qf, kf, vf = _flat_inputs(q, v, Lp)
+    acc = _acc_dtype(q.dtype)
+    out = m = norm = None
+    for rd in _rounds(kind, buckets, q, bucket_size, causal):
+        o_s, lse_s = _round_forward(qf, kf, vf, rd, bucket_size, causal, backend)
+        rows = rd.rows.reshape(-1)
+        o_r = qf.new_empty(o_s.shape, dtype=acc).index_copy_(0, rows, o_s.to(acc))
+        lse_r = qf.new_empty(lse_s.shape, dtype=acc).index_copy_(0, rows, lse_s.to(acc))
+        if out is None:  # online softmax over rounds: running max, sum and weighted output
+            out, m, norm = o_r, lse_r, torch.ones_like(lse_r)
+            continue
+        m_new = torch.maximum(m, lse_r)
+        old, new = torch.exp(m - m_new), torch.exp(lse_r - m_new)
+        out.mul_(old.unsqueeze(-1)).add_(o_r.mul_(new.unsqueeze(-1)))
+        norm.mul_(old).add_(new)
+        m = m_new
+    out.div_(norm.unsqueeze(-1))
+    return out.view(B, H, Lp, D), torch.stack([m, norm.log()], dim=-1).view(B, H, Lp, 2)
+
+
+def attention_backward(q: torch.Tensor, v: torch.Tensor, kind: str,
+                       buckets: torch.Tensor | None, bucket_size: int, causal: bool,
+                       lse: torch.Tensor, delta: torch.Tensor, d_out: torch.Tensor,
+                       backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
+    """dq, dv (float32 or wider, like q and v), one round at a time, from the combined
+    log-sum-exp of `attention_forward` (B, H, Lp, 2), delta = <d_out, out> (B, H, L or Lp)
+    and d_out (B, H, L or Lp, D): the probability of key j for query i is
+    exp((s_ij - m_i) - log_norm_i)."""
+    B, H, L, D = q.shape
+    Lp = lse.shape[2]
+    acc = _acc_dtype(q.dtype)
+    qf, kf, vf = _flat_inputs(q, v, Lp)
+    do = F.pad(d_out.to(acc), (0, 0, 0, Lp - d_out.shape[2])).reshape(-1, D)
+    delta = F.pad(delta.to(acc), (0, Lp - delta.shape[2])).reshape(-1)
+    lse = lse.reshape(-1, 2)
+    dqf = qf.new_zeros(qf.shape, dtype=acc)
+    dkf = kf.new_zeros(kf.shape, dtype=acc)
+    dvf = vf.new_zeros(vf.shape, dtype=acc)
+    for rd in _rounds(kind, buckets, q, bucket_size, causal):
+        if backend == "flex":
+            _flex_round_backward(qf, kf, vf, rd, bucket_size, causal, lse, delta, do,
+                                 (dqf, dkf, dvf))
+            continue
+        dq_s, dk_s, dv_s = band_backward(
+            _gather(qf, rd.rows), _gather(kf, rd.rows_padded), _gather(vf, rd.rows_padded),
+            rd.group, rd.look_back, rd.look_ahead, causal, _gather(lse, rd.rows),
+            _gather(delta.unsqueeze(-1), rd.rows).squeeze(-1), _gather(do, rd.rows))
+        dqf.index_add_(0, rd.rows.reshape(-1), dq_s.reshape(-1, D))
+        dkf.index_add_(0, rd.rows_padded.reshape(-1), dk_s.reshape(-1, D))
+        dvf.index_add_(0, rd.rows_padded.reshape(-1), dv_s.reshape(-1, D))
+        del dq_s, dk_s, dv_s
+    del qf, kf, vf, do, delta
+    # keys are the normalized queries k = q / |q|: dq += (dk - k <k, dk>) / |q|
+    dk = dkf[:-1].view(B, H, Lp, D)[:, :, :L]
+    norm = q.to(acc).norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    k = q.to(acc) / norm
+    dk = dk.sub_(k.mul_((k * dk).sum(-1, keepdim=True))).div_(norm)
+    dq = dqf.view(B, H, Lp, D)[:, :, :L].mul_(D ** -0.5).add_(dk)
+    return dq, dvf[:-1].view(B, H, Lp, D)[:, :, :L]
+
+
+def _flex_round_backward(qf, kf, vf, rd, bs, causal, lse, delta, do, grads):  # noqa: ANN001
+    """FlexAttention has its own backward but no way to take an outside log-sum-exp, so the
+    round is recomputed under autograd and its output and log-sum-exp get the merge's
+    gradients: with w_r = exp(lse_r - lse), d o_r = w_r do and d lse_r = w_r (<do, o_r> -
+    delta)."""
+    from .flex_attention import flex_band_attention
+
+    G, Lp = rd.group_flat.shape
+    D = qf.shape[-1]
+    rows = rd.rows.reshape(-1)
+    ins = [_gather(t, rd.rows).view(G, Lp, D).detach().requires_grad_() for t in (qf, kf, vf)]
+    with torch.enable_grad():
+        o_r, lse_r = flex_band_attention(*ins, rd.group_flat, bs, causal)
+    do_s = do.index_select(0, rows).view(G, Lp, D)
+    stats = lse.index_select(0, rows).view(G, Lp, 2)
+    w = torch.exp(lse_r.detach() - stats[..., 0] - stats[..., 1])
+    d_lse = w * ((do_s * o_r.detach()).sum(-1) - delta.index_select(0, rows).view(G, Lp))
+    torch.autograd.backward([o_r, lse_r], [(w.unsqueeze(-1) * do_s).to(o_r.dtype), d_lse])
+    for total, t in zip(grads, ins):
+        total.index_add_(0, rows, t.grad.reshape(-1, D).to(total.dtype))
+
+
+class _BucketedAttention(torch.autograd.Function):
+    """attention_forward / attention_backward as an autograd function: saves q, v, the
+    buckets and the combined output and log-sum-exp."""
+
+    @staticmethod
+    def forward(ctx, q, v, kind, buckets, bucket_size, causal, backend):  # noqa: ANN001
+        with torch.autocast(q.device.type, enabled=False):  # explicit dtypes, as in backward
+            out, lse = attention_forward(q, v, kind, buckets, bucket_size, causal, backend)
+        ctx.save_for_backward(q, v, buckets, out, lse)
+        ctx.args = (kind, bucket_size, causal, backend)
+        return out[:, :, :q.shape[2]].to(q.dtype)
+
+    @staticmethod
+    def backward(ctx, d_out):  # noqa: ANN001
+        q, v, buckets, out, lse = ctx.saved_tensors
+        kind, bucket_size, causal, backend = ctx.args
+        L = q.shape[2]
+        delta = (d_out.to(out.dtype) * out[:, :, :L]).sum(-1)
+        with torch.autocast(q.device.type, enabled=False):
+            dq, dv = attention_backward(q, v, kind, buckets, bucket_size, causal, lse, delta,
+                                        d_out, backend)
+        return dq.to(q.dtype), dv.to(v.dtype), None, None, None, None, None
+
+
+def bucketed_attention(q: torch.Tensor, v: torch.Tensor, buckets: torch.Tensor | None,
+                       bucket_size: int, causal: bool, backend: str = "auto") -> torch.Tensor:
+    """Shared-QK attention within buckets, with autograd.
+
+    q, v: (B, H, L, D); keys are the L2-normalized queries. buckets: (B, H, R, L) bucket
+    ids per hashing round, or None for local attention (chunk + previous chunk in position
+    order). Rounds are combined with their log-sum-exp weights. Returns (B, H, L, D).
+    backend: "torch" (the band kernel), "flex" (FlexAttention) or "auto".
+    """
+    backend = resolve_backend(backend, q)
+    kind = "local" if buckets is None else "lsh"
+    return _BucketedAttention.apply(q, v, kind, buckets, bucket_size, causal, backend)
 
 
 def full_attention(q: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tensor:

@@ -48,6 +48,15 @@ class ReformerConfig:
     # "torch": the band kernel (CPU and GPU); "flex": FlexAttention (CUDA; CPU forward only,
     # for tests); "auto": torch until flex is validated on a GPU. Results are the same.
     attn_backend: str = "auto"
+    # Attention runs this many heads at a time (and one hashing round at a time): the
+    # working memory of a layer is one group's. More heads at once = fewer, larger kernel
+    # launches (GPU); results do not depend on it.
+    head_group_size: int = 1
+    # Under bf16/fp16 autocast, keep the two residual streams in float64: every 16-bit
+    # sublayer output then adds exactly, so the reversible backward reconstructs each
+    # layer's inputs bit for bit instead of drifting (~6e-4 per layer with float32
+    # streams). Costs 2 x d_model x 4 bytes per token; no effect without autocast.
+    exact_streams: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.attn, (list, tuple)):
@@ -67,7 +76,7 @@ class ReformerConfig:
                 raise ConfigError(f"{field}: {msg}")
 
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "bucket_size",
-                     "n_hashes", "max_seq_len", "kmer_embedding"):
+                     "n_hashes", "max_seq_len", "kmer_embedding", "head_group_size"):
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool) and v > 0, name,
                  f"must be a positive integer, got {v!r}")

@@ -24,6 +24,7 @@ class FeedForward(nn.Module):
         self.chunk_size = chunk_size
 
     def block(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self.norm.weight.dtype)  # a float64 residual stream enters in float32
         h = F.dropout(F.gelu(self.w1(self.norm(x))), self.dropout, self.training)
         return F.dropout(self.w2(h), self.dropout, self.training)
 
@@ -36,3 +37,24 @@ class FeedForward(nn.Module):
         if len(pieces) == 1:
             return self.block(x)
         return torch.cat([self.block(p) for p in pieces], dim=-2)
+
+    @torch.no_grad()
+    def add_to(self, y: torch.Tensor, x: torch.Tensor) -> None:
+        """y += FF(x), in place, one chunk at a time (the reversible forward)."""
+        for x_c, y_c in zip(self.chunks(x), self.chunks(y)):
+            y_c.add_(self.block(x_c))
+
+    def reverse(self, x: torch.Tensor, y: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor
+                ) -> None:
+        """The reversible backward of y = y_other + FF(x), in place and one chunk at a time,
+        so only one chunk's activations are ever alive: y becomes y_other, dx += the
+        gradient through FF of dy, and the parameters' gradients accumulate. Run under the
+        forward's RNG state, so the dropout masks are the forward's."""
+        for x_c, y_c, dy_c, dx_c in zip(*(self.chunks(t) for t in (x, y, dy, dx))):
+            x_c = x_c.detach().requires_grad_()
+            with torch.enable_grad():
+                g_c = self.block(x_c)
+            torch.autograd.backward(g_c, dy_c.to(g_c.dtype))
+            with torch.no_grad():
+                y_c.sub_(g_c)
+                dx_c.add_(x_c.grad)

@@ -10,9 +10,10 @@ import torch.nn.functional as F
 
 from .attention import Attention, KVCache
 from .axial_positions import AxialPositionalEmbedding
+from .chunked_loss import next_token_nll
 from .config import ReformerConfig
 from .feedforward import FeedForward
-from .reversible import ReformerLayer, plain_stack, reversible_stack
+from .reversible import ReformerLayer, plain_stack, reversible_stack, stream_dtype
 from .sampling import sample_next
 
 
@@ -89,8 +90,8 @@ class ReformerLM(nn.Module):
             before = tokens.new_full((tokens.shape[0], k - 1), self.cfg.vocab_size)
         return torch.cat([before, tokens], dim=1)[:, -(k - 1):]
 
-    def _final(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
-        return self.norm((x1 + x2) * 0.5)
+    def _streams(self, x: torch.Tensor) -> torch.dtype:
+        return stream_dtype(x, self.cfg.exact_streams)
 
     def hidden_states(self, tokens: torch.Tensor, layer: int = -1) -> torch.Tensor:
         """tokens (B, L) -> hidden states (B, L, d_model): by default (layer=-1) the final
@@ -101,15 +102,27 @@ class ReformerLM(nn.Module):
             raise ValueError(f"layer must be in -1..{n - 1}, got {layer}")
         x = self._embed(tokens)
         if layer >= 0:
-            x1, x2 = plain_stack(self.layers[:layer + 1], x, x)
-            return (x1 + x2) * 0.5
+            return plain_stack(self.layers[:layer + 1], x, self._streams(x))
         run_reversible = self.cfg.reversible and torch.is_grad_enabled()
         stack = reversible_stack if run_reversible else plain_stack
-        return self._final(*stack(self.layers, x, x))
+        return self.norm(stack(self.layers, x, self._streams(x)))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, L) -> logits (B, L, vocab_size)."""
         return self.head(self.hidden_states(tokens))
+
+    def loss(self, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+        """Next-token cross-entropy in nats of tokens[:, 1:] given what precedes them.
+
+        reduction "mean" (a scalar), "sum" or "none" ((B, L - 1)). The head runs a block of
+        rows at a time: the (L, vocab_size) logits and their gradient never exist at once."""
+        if reduction not in ("mean", "sum", "none"):
+            raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+        if tokens.ndim != 2 or tokens.shape[1] < 2:
+            raise ValueError("loss needs tokens of shape (batch, length) with length >= 2")
+        nll = next_token_nll(self.hidden_states(tokens[:, :-1]), self.head.weight,
+                             tokens[:, 1:])
+        return nll.mean() if reduction == "mean" else nll.sum() if reduction == "sum" else nll
 
     # -- decoding ---------------------------------------------------------------------
     @torch.no_grad()
@@ -119,14 +132,15 @@ class ReformerLM(nn.Module):
             raise ValueError("decoding needs a causal model (causal=True)")
         if capacity > self.cfg.max_seq_len:
             raise ValueError(f"{capacity} positions exceed max_seq_len={self.cfg.max_seq_len}")
-        x1 = x2 = self._embed(prompt)
+        x = self._embed(prompt)
+        x1 = x2 = x.to(self._streams(x))
         caches = []
         for layer in self.layers:
             a, cache = layer.attn.prefill(x2, capacity)
             x1 = x1 + a
             x2 = x2 + layer.ff(x1)
             caches.append(cache)
-        logits = self.head(self._final(x1, x2))
+        logits = self.head(self.norm(((x1 + x2) * 0.5).to(x.dtype)))
         return logits, DecodeCache(caches, prompt.shape[1], capacity,
                                    self._recent(prompt, None))
 
@@ -136,13 +150,14 @@ class ReformerLM(nn.Module):
         t = cache.length
         if t >= cache.capacity:
             raise ValueError(f"decoding cache is full ({cache.capacity} positions)")
-        x1 = x2 = self._embed(token.unsqueeze(1), start=t, before=cache.recent)
+        x = self._embed(token.unsqueeze(1), start=t, before=cache.recent)
+        x1 = x2 = x.to(self._streams(x))
         for layer, c in zip(self.layers, cache.layers):
             x1 = x1 + layer.attn.step(x2, c, t)
             x2 = x2 + layer.ff(x1)
         cache.length = t + 1
         cache.recent = self._recent(token.unsqueeze(1), cache.recent)
-        return self.head(self._final(x1, x2))[:, 0]
+        return self.head(self.norm(((x1 + x2) * 0.5).to(x.dtype)))[:, 0]
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, n_tokens: int, temperature: float = 1.0,

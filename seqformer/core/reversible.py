@@ -1,13 +1,16 @@
 """The two-stream residual stack: y1 = x1 + Attn(x2), y2 = x2 + FF(y1) (RevNet coupling).
 
+Both stacks start from x1 = x2 = the embeddings and return the mean of the two streams.
 `plain_stack` runs it with ordinary autograd (activations of every layer stored).
 `reversible_stack` stores only the final pair: the backward pass reconstructs each
-layer's inputs from its outputs (x2 = y2 - FF(y1), x1 = y1 - Attn(x2)) and recomputes the
-sublayers with grad enabled. For the recompute to be the forward's computation exactly,
-each sublayer runs again from the RNG state it started with (fork_rng + set_rng_state,
-the global generator is never reseeded), and LSH layers reuse the bucket ids of the
+layer's inputs from its outputs (x2 = y2 - FF(y1), x1 = y1 - Attn(x2)) and recomputes and
+back-propagates the sublayers piece by piece (feed-forward chunks, attention head
+groups). For the recompute to be the forward's computation exactly, each sublayer runs
+again from the RNG state it started with (fork_rng + set_rng_state, the global generator
+is never reseeded), and LSH layers reuse the bucket ids of the
 forward (stored as int16/int32: a reconstructed input differs from the original by
-rounding, enough to flip a near-tie in the hash argmax).
+rounding, enough to flip a near-tie in the hash argmax). Under 16-bit autocast the streams
+are float64 (`stream_dtype`), which makes the reconstruction exact.
 """
 
 from __future__ import annotations
@@ -49,76 +52,82 @@ def _replay(state: RNGState | None, device: torch.device) -> Iterator[None]:
         yield
 
 
-def _compact(buckets: torch.Tensor, n_buckets: int) -> torch.Tensor:
-    return buckets.to(torch.int16 if n_buckets < 2**15 else torch.int32)
+def stream_dtype(x: torch.Tensor, exact: bool) -> torch.dtype:
+    """float64 under 16-bit autocast when `exact` (ReformerConfig.exact_streams): each
+    sublayer output then has at most 8 (bf16) or 11 (fp16) significant bits and adds to a
+    53-bit stream exactly, so y - F(x) gives back x bit for bit."""
+    kind = x.device.type
+    low = (torch.is_autocast_enabled(kind)
+           and torch.get_autocast_dtype(kind) in (torch.bfloat16, torch.float16))
+    return torch.float64 if exact and low and x.dtype == torch.float32 else x.dtype
 
 
-def plain_stack(layers: nn.ModuleList, x1: torch.Tensor, x2: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+def plain_stack(layers: nn.ModuleList, x: torch.Tensor, dtype: torch.dtype | None = None
+                ) -> torch.Tensor:
+    """The mean of the two streams after `layers`, with ordinary autograd."""
+    x1 = x2 = x.to(dtype or x.dtype)
     for layer in layers:
         x1 = x1 + layer.attn(x2)[0]
         x2 = x2 + layer.ff(x1)
-    return x1, x2
+    return ((x1 + x2) * 0.5).to(x.dtype)
 
 
 class _ReversibleStack(torch.autograd.Function):
+    """Keeps only the final pair of streams (and each LSH layer's bucket ids). The forward
+    updates the streams in place; the backward walks down the layers, turning the final
+    pair back into each layer's inputs in place while the two gradient streams accumulate
+    in place, so the working memory is the four streams plus one sublayer's (one feed-
+    forward chunk, one attention head group and hashing round)."""
+
     @staticmethod
-    def forward(ctx, x1, x2, layers, *params):  # noqa: ANN001 - autograd signature
-        device = x1.device
-        rng = []
-        buckets = []
+    def forward(ctx, x, layers, dtype, *params):  # noqa: ANN001 - autograd signature
+        device = x.device
+        x1 = x.to(dtype, copy=True)
+        x2 = x1.clone()
+        rng, buckets = [], []
         for layer in layers:
             s_attn = _rng_state(device) if layer.training else None
-            a, b = layer.attn(x2)
-            x1 = x1 + a
+            buckets.append(layer.attn.add_to(x1, x2))
             s_ff = _rng_state(device) if layer.training else None
-            x2 = x2 + layer.ff(x1)
+            layer.ff.add_to(x2, x1)
             rng.append((s_attn, s_ff))
-            buckets.append(None if b is None else _compact(b, layer.attn.n_buckets))
         ctx.layers = layers
         ctx.rng = rng
-        # the recompute must run under the forward's autocast (bf16 sublayers, float32
-        # streams), which backward does not inherit
+        # the recompute must run under the forward's autocast (bf16 sublayers), which
+        # backward does not inherit
         kind = device.type
         ctx.autocast = (kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
         ctx.has_buckets = [b is not None for b in buckets]
         ctx.save_for_backward(x1, x2, *[b for b in buckets if b is not None])
-        return x1, x2
+        ctx.used = False
+        return ((x1 + x2) * 0.5).to(x.dtype)
 
     @staticmethod
-    def backward(ctx, dy1, dy2):  # noqa: ANN001
+    def backward(ctx, d_mean):  # noqa: ANN001
+        if ctx.used:
+            raise RuntimeError("the reversible stack's backward overwrites its saved streams "
+                               "and runs once (no retain_graph)")
+        ctx.used = True
         y1, y2, *stored = ctx.saved_tensors
         stored = iter(stored)
         buckets = [next(stored) if has else None for has in ctx.has_buckets]
         device = y1.device
         kind, enabled, dtype = ctx.autocast
+        # the incoming gradient is the final norm's, ours alone: it becomes one of the two
+        # gradient streams in place, as autograd keeps it alive through this call anyway
+        dy1 = d_mean.mul_(0.5)
+        dy2 = dy1.clone()
         for layer, (s_attn, s_ff), b in reversed(list(zip(ctx.layers, ctx.rng, buckets))):
-            # FF: recompute and back-propagate piece by piece (ff_chunk_size)
-            outs, grads = [], []
-            with _replay(s_ff, device):
-                for y_c, d_c in zip(layer.ff.chunks(y1), layer.ff.chunks(dy2)):
-                    y_c = y_c.detach().requires_grad_()
-                    with torch.enable_grad(), torch.autocast(kind, dtype, enabled):
-                        g_c = layer.ff.block(y_c)
-                    torch.autograd.backward(g_c, d_c)
-                    outs.append(g_c.detach())
-                    grads.append(y_c.grad)
-            x2 = y2 - torch.cat(outs, dim=-2)
-            dy1 = dy1 + torch.cat(grads, dim=-2)
-            del outs, grads
-
-            x2_ = x2.detach().requires_grad_()
-            with _replay(s_attn, device), torch.enable_grad(), torch.autocast(kind, dtype,
-                                                                              enabled):
-                f, _ = layer.attn(x2_, buckets=b)
-            torch.autograd.backward(f, dy1)
-            x1 = y1 - f.detach()
-            dy2 = dy2 + x2_.grad
-            y1, y2 = x1, x2
-        return (dy1, dy2, None) + (None,) * (len(ctx.needs_input_grad) - 3)
+            with _replay(s_ff, device), torch.autocast(kind, dtype, enabled):
+                layer.ff.reverse(y1, y2, dy2, dy1)  # y2 := x2, dy1 += FF'(y1) dy2
+            with _replay(s_attn, device), torch.autocast(kind, dtype, enabled):
+                layer.attn.reverse(y1, y2, dy1, dy2, b)  # y1 := x1, dy2 += Attn'(x2) dy1
+        return (dy1.add_(dy2), None, None) + (None,) * (len(ctx.needs_input_grad) - 3)
 
 
-def reversible_stack(layers: nn.ModuleList, x1: torch.Tensor, x2: torch.Tensor
-                     ) -> tuple[torch.Tensor, torch.Tensor]:
+def reversible_stack(layers: nn.ModuleList, x: torch.Tensor, dtype: torch.dtype | None = None
+                     ) -> torch.Tensor:
+    """The mean of the two streams after `layers`, storing only the final pair; dtype is
+    the streams' (x's by default)."""
     params = [p for p in layers.parameters() if p.requires_grad]
-    return _ReversibleStack.apply(x1, x2, layers, *params)
+    return _ReversibleStack.apply(x, layers, dtype or x.dtype, *params)

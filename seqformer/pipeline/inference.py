@@ -20,7 +20,6 @@ from pathlib import Path
 import h5py
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from .. import __version__
 from ..core import ReformerLM, sample_next
@@ -49,12 +48,14 @@ def _with_sep(tokens: np.ndarray, sep_id: int, start: int, end: int) -> np.ndarr
 
 
 def _windows_of(tokens: np.ndarray, sep_id: int, length: int, window: int, stride: int,
-                fn: Callable[[torch.Tensor], torch.Tensor], device: str | torch.device
-                ) -> Iterator[tuple[int, torch.Tensor]]:
+                fn: Callable[[torch.Tensor], torch.Tensor], device: str | torch.device,
+                lookahead: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
     """Apply fn to each window (1, w) of the first `length` positions of [sep] + tokens
-    and yield (keep_from, kept outputs)."""
+    (plus `lookahead` more positions, for next-token targets) and yield (keep_from, kept
+    outputs)."""
     for start, keep_from, keep_to in stitched_windows(length, window, stride):
-        x = _with_sep(tokens, sep_id, start, min(start + window, length)).astype(np.int64)
+        end = min(start + window, length) + lookahead
+        x = _with_sep(tokens, sep_id, start, end).astype(np.int64)
         out = fn(torch.from_numpy(x).to(device).unsqueeze(0))[0]
         yield keep_from, out[keep_from - start:keep_to - start]
 
@@ -67,16 +68,13 @@ def token_log_likelihoods(model: ReformerLM, tokens: np.ndarray, sep_id: int, wi
     n = len(tokens)
     out = np.empty(n, dtype=np.float64)
 
-    def logp(x: torch.Tensor) -> torch.Tensor:
-        return F.log_softmax(model(x).float(), dim=-1)
+    def logp(x: torch.Tensor) -> torch.Tensor:  # the window plus its last position's target
+        return -model.loss(x, reduction="none")
 
     # input position i holds [sep] + tokens at i and predicts token i
     for keep_from, lp in _windows_of(tokens, sep_id, n, window, stride or window // 2, logp,
-                                     device):
-        k = lp.shape[0]
-        idx = torch.from_numpy(np.asarray(tokens[keep_from:keep_from + k]).astype(np.int64))
-        out[keep_from:keep_from + k] = lp.gather(-1, idx.to(lp.device).unsqueeze(-1)
-                                                 ).squeeze(-1).cpu().numpy()
+                                     device, lookahead=1):
+        out[keep_from:keep_from + lp.shape[0]] = lp.double().cpu().numpy()
     return out
 
 

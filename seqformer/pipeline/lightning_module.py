@@ -8,21 +8,21 @@ import time
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 
 from ..core import ReformerConfig, ReformerLM
 
 LN2 = math.log(2.0)
 
 
-def token_nll(logits: torch.Tensor, targets: torch.Tensor, ignore: tuple[int, ...]
+def token_nll(model: ReformerLM, batch: torch.Tensor, ignore: tuple[int, ...]
               ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Summed negative log-likelihood (nats) over targets not in `ignore`, and their count."""
+    """Summed next-token negative log-likelihood (nats) of batch[:, 1:] over targets not in
+    `ignore`, and their count. The loss is the model's chunked one: no (L, vocab) logits."""
+    targets = batch[:, 1:]
     keep = torch.ones_like(targets, dtype=torch.bool)
     for t in ignore:
         keep &= targets != t
-    nll = F.cross_entropy(logits.float().flatten(0, 1), targets.flatten(), reduction="none")
-    keep = keep.flatten()
+    nll = model.loss(batch, reduction="none")
     return (nll * keep).sum(), keep.sum()
 
 
@@ -39,8 +39,7 @@ class LMTask(pl.LightningModule):
         self._val = []
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
-        x, y = batch[:, :-1], batch[:, 1:]
-        nll, n = token_nll(self.model(x), y, ignore=(self.pad_id,))
+        nll, n = token_nll(self.model, batch, ignore=(self.pad_id,))
         loss = nll / n.clamp_min(1)
         if not torch.isfinite(loss):
             # returning None skips backward and the optimizer step: the weights (and the
@@ -55,8 +54,7 @@ class LMTask(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        x, y = batch[:, :-1], batch[:, 1:]
-        nll, n = token_nll(self.model(x), y, ignore=(self.pad_id, self.sep_id))
+        nll, n = token_nll(self.model, batch, ignore=(self.pad_id, self.sep_id))
         self._val.append(torch.stack([nll.double(), n.double()]))
 
     def on_validation_epoch_end(self) -> None:
