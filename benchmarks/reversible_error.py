@@ -1,7 +1,8 @@
 """How far the reversible stack's reconstructed activations drift from the forward's, by
-depth, in float32 and under bf16 autocast (the residual streams stay float32 either way).
+depth: float32, bf16 autocast with float32 residual streams, and bf16 autocast with the
+float64 streams of `exact_streams=True` (the default).
 
-    python benchmarks/reversible_error.py --length 4096 --layers 12 --device cpu
+    python benchmarks/reversible_error.py --length 4096 --layers 24 --device cpu
 
 Runs the layers forward keeping every (x1, x2), then walks back from the top the way the
 backward pass does (x2 = y2 - FF(y1), x1 = y1 - Attn(x2), LSH with the forward's buckets)
@@ -16,14 +17,16 @@ import contextlib
 import torch
 
 from seqformer.core import ReformerConfig, ReformerLM
+from seqformer.core.reversible import stream_dtype
 
 
 @torch.no_grad()
-def drift(model: ReformerLM, tokens: torch.Tensor, bf16: bool) -> list[float]:
+def drift(model: ReformerLM, tokens: torch.Tensor, bf16: bool, exact: bool) -> list[float]:
     amp = (torch.autocast(tokens.device.type, dtype=torch.bfloat16) if bf16
            else contextlib.nullcontext())
     with amp:
-        x1 = x2 = model._embed(tokens)
+        x = model._embed(tokens)
+        x1 = x2 = x.to(stream_dtype(x, exact))
         states, buckets = [(x1, x2)], []
         for layer in model.layers:
             a, b = layer.attn(x2)
@@ -57,10 +60,12 @@ def main() -> None:
                          max_seq_len=args.length)
     model = ReformerLM(cfg).to(args.device).train()  # training mode: fresh rotations
     tokens = torch.randint(0, 16, (1, args.length), device=args.device)
-    f32, b16 = drift(model, tokens, False), drift(model, tokens, True)
-    print("| layers reconstructed | float32 | bf16 autocast |\n|---:|---:|---:|")
-    for k, (a, b) in enumerate(zip(f32, b16), 1):
-        print(f"| {k} | {a:.2e} | {b:.2e} |")
+    columns = [drift(model, tokens, False, True), drift(model, tokens, True, False),
+               drift(model, tokens, True, True)]
+    print("| layers reconstructed | float32 | bf16, float32 streams | bf16, float64 streams |\n"
+          "|---:|---:|---:|---:|")
+    for k, row in enumerate(zip(*columns), 1):
+        print(f"| {k} | " + " | ".join(f"{e:.2e}" for e in row) + " |")
 
 
 if __name__ == "__main__":

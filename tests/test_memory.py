@@ -14,8 +14,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from seqformer.core import ReformerConfig, ReformerLM, attention, bucketed_attention
-from seqformer.core import chunked_loss
+from seqformer.core import ReformerConfig, ReformerLM, attention, bucketed_attention, chunked_loss
 
 
 class LiveBytes(TorchDispatchMode):

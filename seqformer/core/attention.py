@@ -250,6 +250,8 @@ class Attention(nn.Module):
                 g_norm_b += gb
                 g_qk[cols] += gq
                 g_v[cols] += gv
+        if minus_f is not None:
+            minus_f.sub_(self.to_out.bias)
         return grads
 
     # -- full sequences ---------------------------------------------------------------

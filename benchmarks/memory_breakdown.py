@@ -1,0 +1,671 @@
+"""Working memory of one ReformerLM training step, split by component, in bytes per token.
+
+One training step = forward, next-token loss, backward and an AdamW step, at batch 1 on
+random tokens with max_seq_len = L (the same step as benchmarks/memory.py). Instead of the
+process RSS this counts tensor storages: a TorchDispatchMode registers every storage an
+operator creates (its bytes count until the storage is freed) and files it under the
+component whose code allocated it, so the bytes live at the step's peak come out split by
+component. Parameters exist before the step and are not counted; gradients and the AdamW
+moments are created in the step and are (both are constant in L and cancel in the slope).
+Each length runs in its own fresh subprocess, one at a time; the per-token slope between
+the first and last length closes the report, by component and in total.
+
+    python benchmarks/memory_breakdown.py [--lengths 4096 8192] [--device cpu|cuda] [--bf16]
+        [--d-model 512] [--layers 6] [--heads 8] [--d-ff 2048] [--hashes 4] [--vocab 16]
+        [--bucket-size 64] [--attn lsh|local|full] [--ff-chunk-size 4096] [--threads N]
+        [--src DIR] [--extra KEY=VALUE ...] [--timeout S] [--json OUT]
+
+`--src DIR` measures another checkout (e.g. a `git worktree` of an earlier commit): the
+worker imports seqformer from DIR; without `model.loss` there the loss is the full-logit
+F.cross_entropy(model(tokens)). Counting every operator with a stack walk is slow: try
+`--lengths 256 512 --d-model 64 --heads 2 --d-ff 128 --layers 2` first.
+
+Which component a storage belongs to: the innermost frame of the Python stack at its
+allocation whose file is inside the seqformer package decides (table CATEGORY_OF_FILE,
+and model.py by function, MODEL_FUNCTIONS). An operator of autograd's backward that runs
+with no seqformer frame on the stack (the backward of ordinary autograd ops) is filed by
+the stack that created its autograd node in the forward (anomaly mode records it,
+check_nan off). Outside seqformer: torch/optim on the stack -> optimizer; the benchmark's
+own loss line -> head and loss; anything else -> other. Storages that are a parameter's
+.grad at the end of the step (and were allocated before the peak) are moved to
+"parameter gradients". A per-frame table (file:function) shows the raw attribution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shlex
+import subprocess
+import sys
+import time
+import traceback
+import weakref
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+THIS_FILE = os.path.realpath(__file__)
+DEFAULT_LENGTHS = (4096, 8192)
+# Workers print one line with this prefix; anything else on stdout is ignored.
+RESULT_TAG = "BREAKDOWN_RESULT "
+
+STREAMS = "streams"
+ATTENTION = "attention"
+FEED_FORWARD = "feed-forward"
+HEAD = "head and loss"
+EMBEDDINGS = "embeddings"
+GRADS = "parameter gradients"
+OPTIMIZER = "optimizer (AdamW)"
+OTHER = "other"
+CATEGORIES = (STREAMS, ATTENTION, FEED_FORWARD, HEAD, EMBEDDINGS, GRADS, OPTIMIZER, OTHER)
+
+# Path inside the seqformer package -> component.
+CATEGORY_OF_FILE = {
+    "core/attention.py": ATTENTION,
+    "core/bucketed_attention.py": ATTENTION,
+    "core/hashing.py": ATTENTION,
+    "core/flex_attention.py": ATTENTION,
+    "core/feedforward.py": FEED_FORWARD,
+    "core/reversible.py": STREAMS,
+    "core/chunked_loss.py": HEAD,
+    "core/axial_positions.py": EMBEDDINGS,
+}
+# core/model.py by function name (the final norm runs in hidden_states / _final).
+MODEL_FUNCTIONS = {
+    "_embed": EMBEDDINGS,
+    "forward": HEAD,
+    "loss": HEAD,
+    "hidden_states": STREAMS,
+    "_final": STREAMS,
+    "_streams": STREAMS,
+}
+PHASES = ("forward+loss", "backward", "optimizer")
+_TRACEBACK_LINE = re.compile(r'File "([^"]+)", line \d+, in (\S+)')
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def parse_value(text: str) -> Any:
+    """'none' -> None, 'true'/'false' -> bool, ints, floats; 'a,b' -> a list of those."""
+    if "," in text:
+        return [parse_value(t) for t in text.split(",") if t]
+    low = text.lower()
+    if low in ("none", "null"):
+        return None
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def parse_extra(items: list[str]) -> dict[str, Any]:
+    extra = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--extra wants KEY=VALUE, got {item!r}")
+        extra[key.strip()] = parse_value(value.strip())
+    return extra
+
+
+def model_kwargs(args: argparse.Namespace, length: int) -> dict[str, Any]:
+    """The ReformerConfig of one measurement (--extra overrides everything)."""
+    kwargs: dict[str, Any] = {
+        "vocab_size": args.vocab, "d_model": args.d_model, "n_layers": args.layers,
+        "n_heads": args.heads, "d_ff": args.d_ff, "attn": args.attn,
+        "bucket_size": args.bucket_size, "n_hashes": args.hashes, "causal": True,
+        "reversible": True, "dropout": 0.0, "max_seq_len": length,
+        "ff_chunk_size": args.ff_chunk_size or None,
+    }  # fmt: skip
+    kwargs.update(parse_extra(args.extra))
+    return kwargs
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def git_describe(path: Path) -> str:
+    """Short commit of the checkout at `path`, '+dirty' when it has uncommitted changes."""
+
+    def git(*cmd: str) -> str:
+        proc = subprocess.run(["git", "-C", str(path), *cmd], capture_output=True, text=True,
+                              check=False)
+        return proc.stdout.strip() if proc.returncode == 0 else ""
+
+    commit = git("rev-parse", "--short", "HEAD")
+    if not commit:
+        return "not a git checkout"
+    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
+
+
+# --------------------------------------------------------------------------- the counter
+
+
+def _live_frames(frame: Any) -> Iterator[tuple[str, str]]:
+    """(filename, function) of `frame` and its callers, innermost first."""
+    while frame is not None:
+        yield frame.f_code.co_filename, frame.f_code.co_name
+        frame = frame.f_back
+
+
+def _traceback_frames(lines: Iterable[str]) -> Iterator[tuple[str, str]]:
+    """(filename, function) of a traceback.format_stack() list, innermost first."""
+    for line in reversed(list(lines)):
+        match = _TRACEBACK_LINE.search(line)
+        if match:
+            yield match.group(1), match.group(2)
+
+
+def _make_counter(package_dir: str) -> Any:
+    """A LiveBytes dispatch mode (as in tests/test_memory.py) that also files every storage
+    under a component and keeps, per phase of the step, the split at that phase's peak."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    torch_dir = os.path.realpath(os.path.dirname(torch.__file__)) + os.sep
+    optim_dir = torch_dir + "optim" + os.sep
+    package_dir = os.path.realpath(package_dir) + os.sep
+
+    class BreakdownBytes(TorchDispatchMode):
+        """The bytes held by tensors created under this mode, now and at each phase's
+        peak, split by component and by allocating frame."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.live: dict[int, tuple[int, str, str, int]] = {}  # nbytes, cat, raw, seq
+            self.now = 0
+            self.seq = 0
+            self.by_category: dict[str, int] = {}
+            self.by_frame: dict[str, int] = {}
+            self.frame_category: dict[str, str] = {}
+            self.phase = PHASES[0]
+            # phase -> (bytes, seq, by_category, by_frame) at that phase's peak
+            self.peaks: dict[str, tuple[int, int, dict[str, int], dict[str, int]]] = {}
+            self._where_cache: dict[str, tuple[str, str]] = {}
+
+        # -- attribution ------------------------------------------------------------
+        def _where(self, filename: str) -> tuple[str, str]:
+            """(tag, short name) of a source file: tag is seqformer, optim, bench, torch
+            or other."""
+            hit = self._where_cache.get(filename)
+            if hit is None:
+                real = os.path.realpath(filename) if filename.startswith(os.sep) else filename
+                if real.startswith(package_dir):
+                    hit = ("seqformer", real[len(package_dir):].replace(os.sep, "/"))
+                elif real.startswith(optim_dir):
+                    hit = ("optim", "torch/" + real[len(torch_dir):].replace(os.sep, "/"))
+                elif real == THIS_FILE:
+                    hit = ("bench", "benchmark")
+                elif real.startswith(torch_dir):
+                    hit = ("torch", "torch/" + real[len(torch_dir):].replace(os.sep, "/"))
+                else:
+                    hit = ("other", os.path.basename(real))
+                self._where_cache[filename] = hit
+            return hit
+
+        def _classify(self, frames: Iterable[tuple[str, str]]
+                      ) -> tuple[str | None, str | None]:
+            """(component or None, raw label) from frames given innermost first."""
+            optim = loss_line = False
+            innermost = first = None
+            for filename, func in frames:
+                tag, short = self._where(filename)
+                if tag == "seqformer":
+                    if short == "core/model.py":
+                        return MODEL_FUNCTIONS.get(func, OTHER), f"{short}:{func}"
+                    return CATEGORY_OF_FILE.get(short, OTHER), f"{short}:{func}"
+                if tag == "optim":
+                    optim = True
+                elif tag == "bench" and func == "loss_fn":
+                    loss_line = True
+                label = f"{short}:{func}"
+                first = first or label
+                if innermost is None and tag not in ("torch", "optim"):
+                    innermost = label
+            if optim:
+                return OPTIMIZER, "torch/optim (outside seqformer)"
+            if loss_line:
+                return HEAD, "benchmark loss_fn (outside seqformer)"
+            return None, innermost or first
+
+        def _attribute(self, caller: Any) -> tuple[str, str]:
+            category, raw = self._classify(_live_frames(caller))
+            if category is not None:
+                return category, raw
+            node = torch._C._current_autograd_node()  # ordinary autograd backward
+            made_at = node.metadata.get("traceback_") if node is not None else None
+            if made_at:
+                category, node_raw = self._classify(_traceback_frames(made_at))
+                if category is not None:
+                    return category, f"{node_raw} [autograd backward]"
+                raw = f"{raw} [backward of {node_raw}]"
+            return OTHER, f"other: {raw}"
+
+        # -- bookkeeping ------------------------------------------------------------
+        def _free(self, key: int) -> None:
+            nbytes, category, raw, _ = self.live.pop(key)
+            self.now -= nbytes
+            self.by_category[category] -= nbytes
+            self.by_frame[raw] -= nbytes
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001
+            out = func(*args, **(kwargs or {}))
+            attributed = None
+            for t in tree_flatten(out)[0]:
+                if not isinstance(t, torch.Tensor):
+                    continue
+                storage = t.untyped_storage()
+                key = storage._cdata
+                if key in self.live:  # a view shares its base's storage
+                    continue
+                if attributed is None:
+                    attributed = self._attribute(sys._getframe(1))
+                category, raw = attributed
+                nbytes = storage.nbytes()
+                self.seq += 1
+                self.live[key] = (nbytes, category, raw, self.seq)
+                self.now += nbytes
+                self.by_category[category] = self.by_category.get(category, 0) + nbytes
+                self.by_frame[raw] = self.by_frame.get(raw, 0) + nbytes
+                self.frame_category[raw] = category
+                weakref.finalize(storage, self._free, key)
+                peak = self.peaks.get(self.phase)
+                if peak is None or self.now > peak[0]:
+                    self.peaks[self.phase] = (self.now, self.seq, dict(self.by_category),
+                                              dict(self.by_frame))
+            return out
+
+        def grads_to_own_category(self, params: Iterable[torch.Tensor]) -> None:
+            """Files the storages that are parameters' .grad now under GRADS, in every
+            phase peak they were live at (allocated before it; alive now, so alive then)."""
+            seen = set()
+            for p in params:
+                if p.grad is None:
+                    continue
+                key = p.grad.untyped_storage()._cdata
+                if key in seen or key not in self.live:
+                    continue
+                seen.add(key)
+                nbytes, category, raw, seq = self.live[key]
+                for _, peak_seq, by_category, by_frame in self.peaks.values():
+                    if seq <= peak_seq:
+                        by_category[category] -= nbytes
+                        by_category[GRADS] = by_category.get(GRADS, 0) + nbytes
+                        by_frame[raw] -= nbytes
+                        by_frame["(parameter .grad)"] = (by_frame.get("(parameter .grad)", 0)
+                                                         + nbytes)
+                self.frame_category["(parameter .grad)"] = GRADS
+
+    return BreakdownBytes()
+
+
+# --------------------------------------------------------------------------- worker side
+
+
+def measure(args: argparse.Namespace, length: int) -> dict[str, Any]:
+    import contextlib
+    import gc
+
+    import torch
+    import torch.nn.functional as F
+
+    import seqformer
+    from seqformer.core import ReformerConfig, ReformerLM
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    dev = torch.device(args.device)
+    cfg = ReformerConfig(**model_kwargs(args, length))
+    model = ReformerLM(cfg).to(dev).train()
+    tokens = torch.randint(0, args.vocab, (1, length), device=dev)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)  # moments: lazily, in the step
+    n_params = sum(p.numel() for p in model.parameters())  # tied weights counted once
+    has_loss = callable(getattr(model, "loss", None))
+
+    def loss_fn() -> torch.Tensor:
+        if has_loss:  # mean next-token cross-entropy over tokens[:, 1:], chunked
+            return model.loss(tokens)
+        logits = model(tokens)
+        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
+
+    package_dir = str(Path(seqformer.__file__).resolve().parent)
+    counter = _make_counter(package_dir)
+    amp = torch.autocast(dev.type, dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
+    model.zero_grad(set_to_none=True)
+    gc.collect()
+    start = time.perf_counter()
+    # anomaly mode records the forward stack of every autograd node (no NaN checks: those
+    # would allocate), which files the backward of ordinary autograd ops
+    with torch.autograd.set_detect_anomaly(True, check_nan=False), counter:
+        counter.phase = "forward+loss"
+        with amp:
+            loss = loss_fn()
+        counter.phase = "backward"
+        loss.backward()
+        counter.phase = "optimizer"
+        opt.step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    seconds = time.perf_counter() - start
+    loss_value = float(loss.item())
+    counter.grads_to_own_category(model.parameters())
+
+    def split(phases: tuple[str, ...]) -> dict[str, Any]:
+        phase = max((p for p in phases if p in counter.peaks),
+                    key=lambda p: counter.peaks[p][0])
+        total, _, by_category, by_frame = counter.peaks[phase]
+        return {
+            "phase": phase,
+            "bytes": total,
+            "by_category": {c: by_category.get(c, 0) for c in CATEGORIES},
+            "by_frame": {k: v for k, v in by_frame.items() if v},
+        }
+
+    status = "ok"
+    if loss_value != loss_value or abs(loss_value) == float("inf"):
+        status = f"non-finite loss {loss_value}"
+    return {
+        "status": status,
+        "length": length,
+        "step_peak": split(PHASES),
+        "fwd_bwd_peak": split(PHASES[:2]),
+        "phase_peaks": {p: v[0] for p, v in counter.peaks.items()},
+        "frame_category": counter.frame_category,
+        "live_after_step_bytes": counter.now,
+        "seconds": seconds,
+        "loss": loss_value,
+        "loss_method": "model.loss" if has_loss else "F.cross_entropy(model(tokens))",
+        "n_params": n_params,
+        "n_buckets": getattr(cfg, "n_buckets", None),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model(),
+        "seqformer_file": str(Path(seqformer.__file__).resolve()),
+    }
+
+
+def worker_main(args: argparse.Namespace) -> None:
+    if args.src:
+        sys.path.insert(0, str(Path(args.src).resolve()))
+    try:
+        result = measure(args, args.worker)
+    except Exception as exc:  # report it; the parent carries on with the next length
+        traceback.print_exc()
+        result = {"status": f"error: {type(exc).__name__}: {exc}", "length": args.worker}
+    print(RESULT_TAG + json.dumps(result), flush=True)
+
+
+# --------------------------------------------------------------------------- parent side
+
+
+def worker_command(args: argparse.Namespace, length: int) -> list[str]:
+    cmd = [
+        sys.executable, str(Path(__file__).resolve()), "--worker", str(length),
+        "--device", args.device, "--d-model", str(args.d_model), "--layers", str(args.layers),
+        "--heads", str(args.heads), "--d-ff", str(args.d_ff), "--hashes", str(args.hashes),
+        "--vocab", str(args.vocab), "--attn", args.attn, "--bucket-size", str(args.bucket_size),
+        "--ff-chunk-size", str(args.ff_chunk_size), "--threads", str(args.threads),
+        "--seed", str(args.seed),
+    ]  # fmt: skip
+    if args.bf16:
+        cmd.append("--bf16")
+    if args.src:
+        cmd += ["--src", str(args.src.resolve())]
+    if args.extra:
+        cmd += ["--extra", *args.extra]
+    return cmd
+
+
+def run_one(args: argparse.Namespace, length: int) -> dict[str, Any]:
+    env = dict(os.environ)
+    source = str(args.src.resolve()) if args.src else str(REPO_ROOT)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
+    start = time.perf_counter()
+    try:
+        proc = subprocess.run(worker_command(args, length), capture_output=True, text=True,
+                              env=env, timeout=args.timeout, check=False)
+    except subprocess.TimeoutExpired:
+        return {"status": f"timeout (>{args.timeout:g} s)", "length": length}
+    wall = time.perf_counter() - start
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(RESULT_TAG):
+            result = json.loads(line[len(RESULT_TAG):])
+            result["worker_seconds"] = wall
+            if not result["status"].startswith("ok"):
+                sys.stderr.write(proc.stderr[-3000:])
+            return result
+    sys.stderr.write(proc.stderr[-3000:])  # died without a result: OOM kill, segfault, ...
+    if proc.returncode < 0:
+        return {"status": f"killed by signal {-proc.returncode} (OOM?)", "length": length}
+    return {"status": f"crashed (exit {proc.returncode})", "length": length}
+
+
+def mib(n: float | None) -> str:
+    return "—" if n is None else f"{n / 2**20:,.1f}"
+
+
+def slope(first: float, last: float, span: int) -> float:
+    return (last - first) / span
+
+
+def split_table(ok: list[dict[str, Any]], which: str, d_model: int) -> list[str]:
+    """Rows: components; columns: MiB live at the peak per length, then the slope."""
+    lengths = [r["length"] for r in ok]
+    two = len(ok) >= 2 and lengths[-1] != lengths[0]
+    span = lengths[-1] - lengths[0] if two else 1
+    width = 4 * d_model  # one float32 row of d_model
+    head = "| component | " + " | ".join(f"L={n} MiB" for n in lengths)
+    rule = "|---|" + "---:|" * len(lengths)
+    if two:
+        head += f" | slope bytes/token | slope in fp32 d_model rows ({width} B)"
+        rule += "---:|---:|"
+    lines = [head + " |", rule]
+
+    def row(name: str, values: list[int]) -> str:
+        text = f"| {name} | " + " | ".join(mib(v) for v in values)
+        if two:
+            s = slope(values[0], values[-1], span)
+            text += f" | {s:,.0f} | {s / width:,.2f}"
+        return text + " |"
+
+    for category in CATEGORIES:
+        values = [r[which]["by_category"].get(category, 0) for r in ok]
+        if any(values):
+            lines.append(row(category, values))
+    lines.append(row("**total**", [r[which]["bytes"] for r in ok]))
+    lines.append("| phase of the peak | " + " | ".join(r[which]["phase"] for r in ok)
+                 + (" | | |" if two else " |"))
+    return lines
+
+
+def frame_table(ok: list[dict[str, Any]], which: str) -> list[str]:
+    """The raw attribution: allocating frame (file:function) -> component, MiB at the peak."""
+    lengths = [r["length"] for r in ok]
+    two = len(ok) >= 2 and lengths[-1] != lengths[0]
+    span = lengths[-1] - lengths[0] if two else 1
+    frames: dict[str, str] = {}
+    for r in ok:
+        for raw in r[which]["by_frame"]:
+            frames.setdefault(raw, r["frame_category"].get(raw, OTHER))
+    order = sorted(frames, key=lambda f: (CATEGORIES.index(frames[f]), f))
+    head = "| allocating frame | component | " + " | ".join(f"L={n} MiB" for n in lengths)
+    rule = "|---|---|" + "---:|" * len(lengths)
+    if two:
+        head += " | slope bytes/token"
+        rule += "---:|"
+    lines = [head + " |", rule]
+    for raw in order:
+        values = [r[which]["by_frame"].get(raw, 0) for r in ok]
+        text = f"| `{raw}` | {frames[raw]} | " + " | ".join(mib(v) for v in values)
+        if two:
+            text += f" | {slope(values[0], values[-1], span):,.0f}"
+        lines.append(text + " |")
+    return lines
+
+
+def same_peak(ok: list[dict[str, Any]]) -> bool:
+    return all(r["step_peak"]["phase"] != "optimizer" for r in ok)
+
+
+def render(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
+    ok = [r for r in results if r["status"].startswith("ok")]
+    info = ok[0] if ok else {}
+    source = Path(args.src).resolve() if args.src else REPO_ROOT
+    threads = info.get("threads", "?")
+    lines = [
+        f"- command: `python {shlex.join(sys.argv)}`",
+        f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
+        f"- torch {info.get('torch', '?')}, python {platform.python_version()}",
+        f"- device: {args.device}, {info.get('device_name') or cpu_model()}"
+        + ("" if args.device == "cuda" else f" ({os.cpu_count()} logical cores, torch "
+                                            f"threads {threads})"),
+        f"- seqformer: {info.get('seqformer_file', source)} ({git_describe(source)}), "
+        f"loss via {info.get('loss_method', '?')}",
+        f"- config: vocab {args.vocab}, d_model {args.d_model}, {args.layers} layers, "
+        f"{args.heads} heads, d_ff {args.d_ff}, attn {args.attn}, bucket {args.bucket_size}, "
+        f"{args.hashes} hashes, causal, reversible, dropout 0, batch 1, max_seq_len = L, "
+        f"ff_chunk_size {args.ff_chunk_size or None}"
+        + (", bf16 autocast" if args.bf16 else ", float32")
+        + (f", extra {parse_extra(args.extra)}" if args.extra else ""),
+        "- one step = forward + loss + backward + AdamW step; bytes = live tensor storages "
+        "created in the step (parameters excluded; grads and AdamW moments included)",
+    ]
+    if info:
+        lines.append(f"- {info['n_params']:,} parameters (fp32 grads = "
+                     f"{mib(4 * info['n_params'])} MiB, AdamW moments = "
+                     f"{mib(8 * info['n_params'])} MiB)")
+    lines += [f"- L={r['length']}: {r['status']}"
+              + (f", n_buckets {r.get('n_buckets')}, step {r['seconds']:.1f} s under the "
+                 f"counter, worker {r['worker_seconds']:.1f} s, loss {r['loss']:.4f}, "
+                 "phase peaks MiB: " + ", ".join(f"{p} {mib(b)}"
+                                                 for p, b in r["phase_peaks"].items())
+                 if r["status"].startswith("ok") else "")
+              for r in results]
+    if not ok:
+        return "\n".join(lines)
+    lines += ["", "### Live at the step's peak, by component", ""]
+    lines += split_table(ok, "step_peak", args.d_model)
+    if not same_peak(ok):
+        lines += ["", "The step's peak falls in the optimizer step at some length (activations "
+                  "are freed by then), so its slope is not the activation memory per token. "
+                  "The peak of forward + backward alone:", "",
+                  "### Live at the forward + backward peak, by component", ""]
+        lines += split_table(ok, "fwd_bwd_peak", args.d_model)
+    lines += ["", "### Raw attribution at the step's peak (innermost seqformer frame)", ""]
+    lines += frame_table(ok, "step_peak")
+    if not same_peak(ok):
+        lines += ["", "### Raw attribution at the forward + backward peak", ""]
+        lines += frame_table(ok, "fwd_bwd_peak")
+    lines += [
+        "",
+        "Components: streams = core/reversible.py and model.py hidden_states (the residual "
+        "streams, their gradients, the final norm); attention = core/{attention, "
+        "bucketed_attention, hashing, flex_attention}.py; feed-forward = "
+        "core/feedforward.py; head and loss = core/chunked_loss.py, model.py loss/forward "
+        "and the benchmark's F.cross_entropy; embeddings = model.py _embed and "
+        "core/axial_positions.py; parameter gradients = storages that are a parameter's "
+        ".grad after the step; optimizer = allocated under torch/optim. `[autograd "
+        "backward]` = a backward op filed by the forward stack of its autograd node. Slope "
+        f"= (bytes at L={ok[-1]['length']} - bytes at L={ok[0]['length']}) / "
+        f"({ok[-1]['length']} - {ok[0]['length']}).",
+    ]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--lengths", type=int, nargs="+", default=list(DEFAULT_LENGTHS),
+                   help="sequence lengths, each measured in its own subprocess")
+    p.add_argument("--d-model", type=int, default=512)
+    p.add_argument("--layers", type=int, default=6)
+    p.add_argument("--heads", type=int, default=8)
+    p.add_argument("--d-ff", type=int, default=2048)
+    p.add_argument("--hashes", type=int, default=4)
+    p.add_argument("--vocab", type=int, default=16)
+    p.add_argument("--bucket-size", type=int, default=64)
+    p.add_argument("--attn", choices=("lsh", "local", "full"), default="lsh",
+                   help="attention kind of every layer")
+    p.add_argument("--ff-chunk-size", type=int, default=4096,
+                   help="feed-forward chunk in tokens (0 = None, unchunked)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast around forward + loss")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch.set_num_threads in the worker (0 = torch default)")
+    p.add_argument("--src", type=Path,
+                   help="checkout to import seqformer from (default: this repo)")
+    p.add_argument("--extra", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="more ReformerConfig kwargs (ints, floats, true/false, none, a,b lists)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--timeout", type=float, default=3600.0, help="seconds per worker")
+    p.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON here")
+    p.add_argument("--worker", type=int, metavar="L", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    try:
+        parse_extra(args.extra)
+    except ValueError as exc:
+        p.error(str(exc))
+    if args.src and not (args.src / "seqformer").is_dir():
+        p.error(f"--src {args.src}: no seqformer/ package there")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    if args.worker is not None:
+        worker_main(args)
+        return
+    results = []
+    for length in args.lengths:  # one worker at a time
+        print(f"[breakdown] L={length} ...", file=sys.stderr, flush=True)
+        result = run_one(args, length)
+        peak = result.get("step_peak", {}).get("bytes")
+        print(f"[breakdown]   {result['status']}, step peak {mib(peak)} MiB, "
+              f"{result.get('worker_seconds', 0):.0f} s", file=sys.stderr, flush=True)
+        results.append(result)
+    report = render(args, results)
+    print(report)
+    if args.json:
+        ok = [r for r in results if r["status"].startswith("ok")]
+        slopes: dict[str, Any] = {}
+        if len(ok) >= 2 and ok[-1]["length"] != ok[0]["length"]:
+            span = ok[-1]["length"] - ok[0]["length"]
+            for which in ("step_peak", "fwd_bwd_peak"):
+                first, last = ok[0][which], ok[-1][which]
+                slopes[which] = {
+                    "total": slope(first["bytes"], last["bytes"], span),
+                    "by_category": {c: slope(first["by_category"][c], last["by_category"][c],
+                                             span) for c in CATEGORIES},
+                }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({
+            "command": sys.argv,
+            "args": {k: str(v) if isinstance(v, Path) else v
+                     for k, v in vars(args).items() if k != "worker"},
+            "results": results,
+            "slopes_bytes_per_token": slopes,
+            "report": report,
+        }, indent=2) + "\n")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
