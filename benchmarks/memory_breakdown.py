@@ -22,13 +22,14 @@ F.cross_entropy(model(tokens)). Counting every operator with a stack walk is slo
 
 Which component a storage belongs to: the innermost frame of the Python stack at its
 allocation whose file is inside the seqformer package decides (table CATEGORY_OF_FILE,
-and model.py by function, MODEL_FUNCTIONS). An operator of autograd's backward that runs
-with no seqformer frame on the stack (the backward of ordinary autograd ops) is filed by
-the stack that created its autograd node in the forward (anomaly mode records it,
-check_nan off). Outside seqformer: torch/optim on the stack -> optimizer; the benchmark's
-own loss line -> head and loss; anything else -> other. Storages that are a parameter's
-.grad at the end of the step (and were allocated before the peak) are moved to
-"parameter gradients". A per-frame table (file:function) shows the raw attribution.
+and model.py by function, MODEL_FUNCTIONS). An operator that autograd's engine runs for
+a built-in backward formula (not a custom Function's Python backward, whose own stack
+is used) is filed by the stack that created its autograd node in the forward, or in a
+recompute inside a custom backward (anomaly mode records it, with check_nan off).
+Outside seqformer: torch/optim on the stack -> optimizer; the benchmark's own loss line
+-> head and loss; anything else -> other. Storages that are a parameter's .grad at the
+end of the step (and were allocated before the peak) are moved to "parameter
+gradients". A per-frame table (file:function) shows the raw attribution.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ CATEGORY_OF_FILE = {
     "core/reversible.py": STREAMS,
     "core/chunked_loss.py": HEAD,
     "core/axial_positions.py": EMBEDDINGS,
+    "core/embeddings.py": EMBEDDINGS,
 }
 # core/model.py by function name (the final norm runs in hidden_states / _final).
 MODEL_FUNCTIONS = {
@@ -178,6 +180,7 @@ def _make_counter(package_dir: str) -> Any:
     """A LiveBytes dispatch mode (as in tests/test_memory.py) that also files every storage
     under a component and keeps, per phase of the step, the split at that phase's peak."""
     import torch
+    from torch.autograd.function import BackwardCFunction
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils._pytree import tree_flatten
 
@@ -248,16 +251,18 @@ def _make_counter(package_dir: str) -> Any:
             return None, innermost or first
 
         def _attribute(self, caller: Any) -> tuple[str, str]:
+            node = torch._C._current_autograd_node()
+            if node is not None and not isinstance(node, BackwardCFunction):
+                # a built-in backward formula (maybe nested in a custom backward's
+                # torch.autograd.backward): filed by the forward that made its node
+                made_at = node.metadata.get("traceback_")
+                if made_at:
+                    category, raw = self._classify(_traceback_frames(made_at))
+                    if category is not None:
+                        return category, f"{raw} [autograd backward]"
             category, raw = self._classify(_live_frames(caller))
             if category is not None:
                 return category, raw
-            node = torch._C._current_autograd_node()  # ordinary autograd backward
-            made_at = node.metadata.get("traceback_") if node is not None else None
-            if made_at:
-                category, node_raw = self._classify(_traceback_frames(made_at))
-                if category is not None:
-                    return category, f"{node_raw} [autograd backward]"
-                raw = f"{raw} [backward of {node_raw}]"
             return OTHER, f"other: {raw}"
 
         # -- bookkeeping ------------------------------------------------------------
@@ -585,7 +590,8 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
         "and the benchmark's F.cross_entropy; embeddings = model.py _embed and "
         "core/axial_positions.py; parameter gradients = storages that are a parameter's "
         ".grad after the step; optimizer = allocated under torch/optim. `[autograd "
-        "backward]` = a backward op filed by the forward stack of its autograd node. Slope "
+        "backward]` = an op of a built-in backward formula, filed by the stack that made its "
+        "autograd node (forward or recompute). Slope "
         f"= (bytes at L={ok[-1]['length']} - bytes at L={ok[0]['length']}) / "
         f"({ok[-1]['length']} - {ok[0]['length']}).",
     ]

@@ -181,3 +181,31 @@ def test_too_long_input_is_rejected():
         m(tokens(65))
     with pytest.raises(ValueError, match="max_seq_len"):
         m.generate(tokens(60), 10)
+
+
+def test_embeddings_in_blocks_equal_plain_lookups(monkeypatch):
+    """Token + axial + k-mer rows summed block by block (values and table gradients) equal
+    the plain sum of nn.functional.embedding lookups."""
+    from seqformer.core import embeddings
+
+    monkeypatch.setattr(embeddings, "ROWS", 7)  # several blocks, the last one short
+    torch.manual_seed(0)
+    m = ReformerLM(ReformerConfig(vocab_size=11, d_model=16, n_layers=1, n_heads=2, d_ff=32,
+                                  bucket_size=8, max_seq_len=64, kmer_embedding=3))
+    tokens = torch.randint(0, 11, (2, 30))
+    w = torch.randn(2, 30, 16)
+    (m._embed(tokens) * w).sum().backward()
+    ours = {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
+
+    m.zero_grad()
+    F = torch.nn.functional
+    pos = torch.arange(30)
+    ref = F.embedding(tokens, m.embed.weight) + m.pos(pos)
+    ext = torch.cat([torch.full((2, 2), 11), tokens], dim=1)
+    for j in (1, 2):
+        ref = ref + F.embedding(ext[:, 2 - j:32 - j] + (j - 1) * 12, m.embed_prev.weight)
+    torch.testing.assert_close(m._embed(tokens), ref)
+    (ref * w).sum().backward()
+    assert set(ours) == {"embed.weight", "embed_prev.weight", "pos.axes.0", "pos.axes.1"}
+    for n, g in ours.items():
+        torch.testing.assert_close(g, dict(m.named_parameters())[n].grad, msg=n)

@@ -21,11 +21,15 @@ class AxialPositionalEmbedding(nn.Module):
     def max_positions(self) -> int:
         return math.prod(self.shape)
 
+    def indices(self, positions: torch.Tensor) -> list[torch.Tensor]:
+        """Each axis's row for each position: the digits of its mixed-radix number."""
+        digits = []
+        rest = positions
+        for n in reversed(self.shape):
+            digits.append(rest % n)
+            rest = torch.div(rest, n, rounding_mode="floor")
+        return digits[::-1]
+
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         """positions: LongTensor of any shape -> (*positions.shape, d_model)."""
-        out = 0
-        rest = positions
-        for n, table in zip(reversed(self.shape), reversed(self.axes)):
-            out = out + table[rest % n]
-            rest = torch.div(rest, n, rounding_mode="floor")
-        return out
+        return sum(table[i] for table, i in zip(self.axes, self.indices(positions)))

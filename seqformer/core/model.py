@@ -12,6 +12,7 @@ from .attention import Attention, KVCache
 from .axial_positions import AxialPositionalEmbedding
 from .chunked_loss import next_token_nll
 from .config import ReformerConfig
+from .embeddings import sum_of_rows
 from .feedforward import FeedForward
 from .reversible import ReformerLayer, plain_stack, reversible_stack, stream_dtype
 from .sampling import sample_next
@@ -71,14 +72,17 @@ class ReformerLM(nn.Module):
             raise ValueError(f"sequence of {start + L} tokens exceeds max_seq_len="
                              f"{self.cfg.max_seq_len}")
         positions = torch.arange(start, start + L, device=tokens.device)
-        x = self.embed(tokens) + self.pos(positions)
+        ids = [tokens, *self.pos.indices(positions)]
+        tables = [self.embed.weight, *self.pos.axes]
         k, V = self.cfg.kmer_embedding, self.cfg.vocab_size
         if k > 1:
             if before is None:
                 before = tokens.new_full((B, k - 1), V)
             ext = torch.cat([before, tokens], dim=1)
-            for j in range(1, k):  # a loop, not a (B, L, k-1, d) gather: memory stays B*L*d
-                x = x + self.embed_prev(ext[:, k - 1 - j:k - 1 - j + L] + (j - 1) * (V + 1))
+            for j in range(1, k):  # the token j back, from table j (rows offset by j - 1)
+                ids.append(ext[:, k - 1 - j:k - 1 - j + L] + (j - 1) * (V + 1))
+                tables.append(self.embed_prev.weight)
+        x = sum_of_rows(ids, tables)
         return F.dropout(x, self.cfg.dropout, self.training)
 
     def _recent(self, tokens: torch.Tensor, before: torch.Tensor | None) -> torch.Tensor | None:
