@@ -97,7 +97,7 @@ def test_working_memory_per_token_is_the_streams_plus_one_head(small_tiles, attn
     token. The design before (every head and round at once, commit de0688c) measured 161
     head-widths above the streams here with LSH and 74 with local attention; any
     (L, d_model) activation kept per layer adds 4 head-widths per layer."""
-    per_token = step_bytes_per_token(attn=attn)
+    per_token = step_bytes_per_token(attn=attn, head_group_size=1)
     assert per_token >= STREAMS
     assert (per_token - STREAMS) / HEAD <= 24, (per_token - STREAMS) / HEAD
 
@@ -112,6 +112,6 @@ def test_head_groups_trade_memory_for_launches(small_tiles):
 
 def test_counter_catches_quadratic_full_attention(small_tiles):
     """The same count sees full attention's (L, L) scores in the backward."""
-    linear = step_bytes_per_token(attn="local")
-    quadratic = step_bytes_per_token(attn="full")
+    linear = step_bytes_per_token(attn="local", head_group_size=1)
+    quadratic = step_bytes_per_token(attn="full", head_group_size=1)
     assert quadratic > 5 * linear, (linear, quadratic)

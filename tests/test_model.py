@@ -209,3 +209,23 @@ def test_embeddings_in_blocks_equal_plain_lookups(monkeypatch):
     assert set(ours) == {"embed.weight", "embed_prev.weight", "pos.axes.0", "pos.axes.1"}
     for n, g in ours.items():
         torch.testing.assert_close(g, dict(m.named_parameters())[n].grad, msg=n)
+
+
+@pytest.mark.parametrize("attn", ["lsh", "local", "full"])
+def test_head_groups_do_not_change_results(attn):
+    """One head at a time, two, or all heads at once: same logits and gradients."""
+    x = torch.randint(0, 16, (2, 45), generator=torch.Generator().manual_seed(0))
+    results = []
+    for group in (1, 2, None):
+        torch.manual_seed(0)
+        m = ReformerLM(ReformerConfig(vocab_size=16, d_model=32, n_layers=2, n_heads=4,
+                                      d_ff=64, attn=attn, bucket_size=8, n_hashes=3,
+                                      max_seq_len=64, head_group_size=group)).train()
+        torch.manual_seed(1)
+        loss = m.loss(x)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in m.named_parameters()}))
+    for loss, grads in results[1:]:
+        torch.testing.assert_close(loss, results[0][0], atol=1e-6, rtol=1e-6)
+        for n, g in grads.items():
+            torch.testing.assert_close(g, results[0][1][n], atol=1e-6, rtol=1e-5, msg=n)

@@ -46,6 +46,8 @@ class LSHCache(KVCache):
 # memory that does not grow with the sequence. A GPU wants fewer, larger launches.
 ROW_CHUNK = 4096
 ROW_CHUNK_CUDA = 65536
+# head_group_size=None: a group holds at most this many (batch x position x head) rows
+GROUP_ROWS = 65536
 
 
 def compact_buckets(n_buckets: int) -> torch.dtype:
@@ -77,7 +79,7 @@ class Attention(nn.Module):
         self.kind = cfg.layer_attn(layer_idx)
         self.causal = cfg.causal
         self.n_heads = cfg.n_heads
-        self.head_group_size = min(cfg.head_group_size, cfg.n_heads)
+        self.head_group_size = cfg.head_group_size
         self.bucket_size = cfg.bucket_size
         self.backend = cfg.attn_backend
         self.n_buckets = cfg.n_buckets
@@ -104,8 +106,8 @@ class Attention(nn.Module):
         B, H, L, D = x.shape
         return x.transpose(1, 2).reshape(B, L, H * D)
 
-    def _head_groups(self) -> list[slice]:
-        k = self.head_group_size
+    def _head_groups(self, x: torch.Tensor) -> list[slice]:
+        k = self.head_group_size or max(1, GROUP_ROWS // (x.shape[0] * x.shape[1]))
         return [slice(h, min(h + k, self.n_heads)) for h in range(0, self.n_heads, k)]
 
     def _columns(self, heads: slice) -> slice:
@@ -187,7 +189,7 @@ class Attention(nn.Module):
                                   dtype=compact_buckets(self.n_buckets))
         else:
             rotations = None
-        for heads in self._head_groups():
+        for heads in self._head_groups(x):
             q, v = self._group_qv(x, heads)
             b = self._group_buckets(q.detach(), heads, rotations, buckets)
             o, _ = attention_forward(q, v, self.kind, b, self.bucket_size, self.causal,
@@ -213,7 +215,7 @@ class Attention(nn.Module):
         g_out_b += df_rows.sum(0)
         x_rows, dx_rows = x.reshape(B * L, d), dx.view(B * L, d)
         n_w, n_b = (p.detach().requires_grad_() for p in (self.norm.weight, self.norm.bias))
-        for heads in self._head_groups():
+        for heads in self._head_groups(x):
             cols = self._columns(heads)
             q, v = self._group_qv(x, heads)
             b = buckets[:, heads] if self.kind == "lsh" else None

@@ -50,8 +50,10 @@ class ReformerConfig:
     attn_backend: str = "auto"
     # Attention runs this many heads at a time (and one hashing round at a time): the
     # working memory of a layer is one group's. More heads at once = fewer, larger kernel
-    # launches (GPU); results do not depend on it.
-    head_group_size: int = 1
+    # launches; results do not depend on it. None: as many heads as keep a group within
+    # 65,536 (batch x position) rows, so short sequences run all heads at once and from
+    # 64K tokens on one head at a time.
+    head_group_size: int | None = None
     # Under bf16/fp16 autocast, keep the two residual streams in float64: every 16-bit
     # sublayer output then adds exactly, so the reversible backward reconstructs each
     # layer's inputs bit for bit instead of drifting (~6e-4 per layer with float32
@@ -76,7 +78,7 @@ class ReformerConfig:
                 raise ConfigError(f"{field}: {msg}")
 
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff", "bucket_size",
-                     "n_hashes", "max_seq_len", "kmer_embedding", "head_group_size"):
+                     "n_hashes", "max_seq_len", "kmer_embedding"):
             v = getattr(self, name)
             need(isinstance(v, int) and not isinstance(v, bool) and v > 0, name,
                  f"must be a positive integer, got {v!r}")
@@ -95,6 +97,10 @@ class ReformerConfig:
                  and (self.n_buckets == 1 or (self.n_buckets >= 2 and self.n_buckets % 2 == 0)),
                  "n_buckets", f"must be 1 or an even integer (angular LSH takes the argmax over "
                  f"[xR, -xR]), got {self.n_buckets!r}")
+        if self.head_group_size is not None:
+            need(isinstance(self.head_group_size, int) and self.head_group_size > 0,
+                 "head_group_size",
+                 f"must be None or a positive integer, got {self.head_group_size!r}")
         if self.ff_chunk_size is not None:
             need(isinstance(self.ff_chunk_size, int) and self.ff_chunk_size > 0,
                  "ff_chunk_size", f"must be None or a positive integer, got {self.ff_chunk_size!r}")
