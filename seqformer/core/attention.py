@@ -237,21 +237,20 @@ class Attention(nn.Module):
                                         self.backend)
             del lse, do, delta
             dq, dv = (t.transpose(1, 2).reshape(B * L, -1) for t in (dq, dv))
-            w_qk, w_v = (w[cols].detach().requires_grad_()
-                         for w in (self.to_qk.weight, self.to_v.weight))
+            w_qk, w_v = self.to_qk.weight[cols], self.to_v.weight[cols]
             for r in _rows(x):  # layer norm and projections, a block of rows at a time
                 x_r = x_rows[r].detach().to(n_w.dtype).requires_grad_()
                 with torch.enable_grad():
                     h = F.layer_norm(x_r, (d,), n_w, n_b, self.norm.eps)
-                    q_r, v_r = F.linear(h, w_qk), F.linear(h, w_v)
-                gx, gw, gb, gq, gv = torch.autograd.grad(
-                    [q_r, v_r], [x_r, n_w, n_b, w_qk, w_v],
-                    [dq[r].to(q_r.dtype), dv[r].to(v_r.dtype)])
+                # q = h w_qk^T and v = h w_v^T (matmuls under the caller's autocast)
+                dq_r, dv_r = dq[r].to(h.dtype), dv[r].to(h.dtype)
+                dh = torch.matmul(dq_r, w_qk) + torch.matmul(dv_r, w_v)
+                g_qk[cols] += torch.matmul(dq_r.t(), h.detach())
+                g_v[cols] += torch.matmul(dv_r.t(), h.detach())
+                gx, gw, gb = torch.autograd.grad(h, [x_r, n_w, n_b], dh.to(h.dtype))
                 dx_rows[r] += gx
                 g_norm_w += gw
                 g_norm_b += gb
-                g_qk[cols] += gq
-                g_v[cols] += gv
         if minus_f is not None:
             minus_f.sub_(self.to_out.bias)
         return grads
