@@ -115,3 +115,12 @@ def test_counter_catches_quadratic_full_attention(small_tiles):
     linear = step_bytes_per_token(attn="local", head_group_size=1)
     quadratic = step_bytes_per_token(attn="full", head_group_size=1)
     assert quadratic > 5 * linear, (linear, quadratic)
+
+
+def test_loss_memory_does_not_grow_with_the_vocabulary(small_tiles):
+    """The loss never holds (L, vocab) logits: a 519-token vocabulary (MIDI) costs per
+    token what a 16-token one does; full float32 logits and their gradient would add
+    2 x 519 x 4 = 4,152 bytes per token."""
+    small = step_bytes_per_token(head_group_size=1)
+    large = step_bytes_per_token(head_group_size=1, vocab_size=519)
+    assert large - small < 400, (small, large)

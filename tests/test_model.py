@@ -229,3 +229,35 @@ def test_head_groups_do_not_change_results(attn):
         torch.testing.assert_close(loss, results[0][0], atol=1e-6, rtol=1e-6)
         for n, g in grads.items():
             torch.testing.assert_close(g, results[0][1][n], atol=1e-6, rtol=1e-5, msg=n)
+
+
+@pytest.mark.parametrize("reduction", ["mean", "sum", "none"])
+def test_chunked_loss_equals_cross_entropy_over_full_logits(monkeypatch, reduction):
+    """model.loss applies the head a block of rows at a time; values and every gradient
+    equal F.cross_entropy over the full logits (a MIDI-sized vocabulary, tied weights)."""
+    from seqformer.core import chunked_loss
+
+    monkeypatch.setattr(chunked_loss, "ROWS", 16)  # several blocks, the last one short
+    torch.manual_seed(0)
+    m = ReformerLM(ReformerConfig(vocab_size=519, d_model=32, n_layers=2, n_heads=2, d_ff=64,
+                                  bucket_size=8, n_hashes=2, max_seq_len=64)).double()
+    tokens = torch.randint(0, 519, (2, 41), generator=torch.Generator().manual_seed(1))
+    weights = torch.rand(2, 40, dtype=torch.float64)
+
+    def scalar(nll):
+        return (nll * weights).sum() if reduction == "none" else nll
+
+    torch.manual_seed(2)
+    ours = m.loss(tokens, reduction=reduction)
+    scalar(ours).backward()
+    grads = {n: p.grad.clone() for n, p in m.named_parameters()}
+    m.zero_grad()
+    torch.manual_seed(2)
+    logits = m(tokens[:, :-1])
+    ref = torch.nn.functional.cross_entropy(logits.flatten(0, 1), tokens[:, 1:].flatten(),
+                                            reduction=reduction)
+    ref = ref.view(2, 40) if reduction == "none" else ref
+    torch.testing.assert_close(ours, ref.to(ours.dtype), atol=1e-10, rtol=1e-10)
+    scalar(ref).backward()
+    for n, p in m.named_parameters():
+        torch.testing.assert_close(grads[n], p.grad, atol=1e-10, rtol=1e-8, msg=n)

@@ -14,14 +14,18 @@ import torch.nn.functional as F
 ROWS = 4096
 
 
+def _float32_or_wider(t: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(t.dtype, torch.float32)
+
+
 class _ChunkedNLL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets):  # noqa: ANN001 - autograd signature
         n = hidden.shape[0]
-        nll = hidden.new_empty(n, dtype=torch.float32)
+        nll = hidden.new_empty(n, dtype=_float32_or_wider(hidden))
         lse = torch.empty_like(nll)
         for r in range(0, n, ROWS):
-            logits = F.linear(hidden[r:r + ROWS], weight).float()
+            logits = F.linear(hidden[r:r + ROWS], weight).to(nll.dtype)
             lse[r:r + ROWS] = torch.logsumexp(logits, dim=-1)
             target = logits.gather(-1, targets[r:r + ROWS].unsqueeze(-1)).squeeze(-1)
             nll[r:r + ROWS] = lse[r:r + ROWS] - target
@@ -35,12 +39,12 @@ class _ChunkedNLL(torch.autograd.Function):
         hidden, weight, targets, lse = ctx.saved_tensors
         kind, enabled, dtype = ctx.autocast
         d_hidden = torch.empty_like(hidden)
-        d_weight = torch.zeros_like(weight, dtype=torch.float32)
+        d_weight = torch.zeros_like(weight, dtype=lse.dtype)
         with torch.autocast(kind, dtype, enabled):
             for r in range(0, hidden.shape[0], ROWS):
                 h = hidden[r:r + ROWS]
                 # d nll / d logits = softmax - one_hot(target)
-                g = torch.exp(F.linear(h, weight).float() - lse[r:r + ROWS].unsqueeze(-1))
+                g = torch.exp(F.linear(h, weight).to(lse.dtype) - lse[r:r + ROWS].unsqueeze(-1))
                 g.scatter_add_(-1, targets[r:r + ROWS].unsqueeze(-1),
                                g.new_full((g.shape[0], 1), -1.0))
                 g.mul_(d_nll[r:r + ROWS].unsqueeze(-1))
@@ -51,7 +55,7 @@ class _ChunkedNLL(torch.autograd.Function):
 
 def next_token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
                    ) -> torch.Tensor:
-    """-log softmax(hidden @ weight.T)[target] in nats, float32, computed in row blocks.
+    """-log softmax(hidden @ weight.T)[target] in nats (float32 or wider), in row blocks.
 
     hidden: (..., d), weight: (vocab, d), targets: (...) ids. Returns (...)."""
     shape = targets.shape
