@@ -14,7 +14,13 @@ from .chunked_loss import next_token_nll
 from .config import ReformerConfig
 from .embeddings import sum_of_rows
 from .feedforward import FeedForward
-from .reversible import ReformerLayer, plain_stack, reversible_stack, stream_dtype
+from .reversible import (
+    ReformerLayer,
+    plain_stack,
+    reversible_stack,
+    stack_in_place,
+    stream_dtype,
+)
 from .sampling import sample_next
 
 
@@ -107,8 +113,10 @@ class ReformerLM(nn.Module):
         x = self._embed(tokens)
         if layer >= 0:
             return plain_stack(self.layers[:layer + 1], x, self._streams(x))
-        run_reversible = self.cfg.reversible and torch.is_grad_enabled()
-        stack = reversible_stack if run_reversible else plain_stack
+        if not torch.is_grad_enabled():  # inference: the streams updated in place
+            x1, x2 = stack_in_place(self.layers, x, self._streams(x))
+            return self.norm(((x1.add_(x2)).mul_(0.5)).to(x.dtype))
+        stack = reversible_stack if self.cfg.reversible else plain_stack
         return self.norm(stack(self.layers, x, self._streams(x)))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:

@@ -72,6 +72,28 @@ def plain_stack(layers: nn.ModuleList, x: torch.Tensor, dtype: torch.dtype | Non
     return ((x1 + x2) * 0.5).to(x.dtype)
 
 
+@torch.no_grad()
+def stack_in_place(layers: nn.ModuleList, x: torch.Tensor, dtype: torch.dtype | None = None,
+                   rng: list | None = None, buckets: list | None = None
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two streams after `layers`, updated in place without autograd: the memory of
+    inference (and of the reversible forward) is the two streams plus one sublayer piece.
+    With lists given, records each sublayer's starting RNG state (training) and each
+    layer's bucket ids, for the reversible backward."""
+    x1 = x.to(dtype or x.dtype, copy=True)
+    x2 = x1.clone()
+    for layer in layers:
+        s_attn = _rng_state(x.device) if rng is not None and layer.training else None
+        b = layer.attn.add_to(x1, x2)
+        s_ff = _rng_state(x.device) if rng is not None and layer.training else None
+        layer.ff.add_to(x2, x1)
+        if rng is not None:
+            rng.append((s_attn, s_ff))
+        if buckets is not None:
+            buckets.append(b)
+    return x1, x2
+
+
 class _ReversibleStack(torch.autograd.Function):
     """Keeps only the final pair of streams (and each LSH layer's bucket ids). The forward
     updates the streams in place; the backward walks down the layers, turning the final
@@ -82,15 +104,8 @@ class _ReversibleStack(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, layers, dtype, *params):  # noqa: ANN001 - autograd signature
         device = x.device
-        x1 = x.to(dtype, copy=True)
-        x2 = x1.clone()
         rng, buckets = [], []
-        for layer in layers:
-            s_attn = _rng_state(device) if layer.training else None
-            buckets.append(layer.attn.add_to(x1, x2))
-            s_ff = _rng_state(device) if layer.training else None
-            layer.ff.add_to(x2, x1)
-            rng.append((s_attn, s_ff))
+        x1, x2 = stack_in_place(layers, x, dtype, rng, buckets)
         ctx.layers = layers
         ctx.rng = rng
         # the recompute must run under the forward's autocast (bf16 sublayers), which
