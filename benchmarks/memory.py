@@ -30,6 +30,8 @@ import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -104,13 +106,11 @@ def max_rss() -> int:
 
 
 def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    """bench_core.cpu_model, imported when first needed: a worker measures its RSS before
+    and during the step without bench_core's imports in it."""
+    from bench_core import cpu_model as model_name  # benchmarks/ is sys.path[0] here
+
+    return model_name()
 
 
 def git_describe(path: Path) -> str:
@@ -129,10 +129,35 @@ def git_describe(path: Path) -> str:
 # --------------------------------------------------------------------------- worker side
 
 
-def measure(args: argparse.Namespace, length: int) -> dict[str, Any]:
-    import contextlib
-    import gc
+@dataclass
+class Step:
+    """What one measured training step runs on, built by `setup_step` (nothing run yet)."""
 
+    device: Any  # torch.device
+    cfg: Any  # ReformerConfig
+    model: Any  # ReformerLM
+    opt: Any  # AdamW; its two moment buffers are allocated lazily, inside the step
+    n_params: int  # tied weights counted once
+    has_loss: bool
+    loss_fn: Callable[[], Any]  # mean next-token cross-entropy over tokens[:, 1:]
+    seqformer_file: str
+
+    @property
+    def loss_method(self) -> str:
+        return "model.loss" if self.has_loss else "F.cross_entropy(model(tokens))"
+
+    def autocast(self, bf16: bool) -> Any:
+        import contextlib
+
+        import torch
+
+        if bf16:
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def setup_step(args: argparse.Namespace, length: int) -> Step:
+    """Seeded model, random tokens, optimizer and loss of the step at length `length`."""
     import torch
     import torch.nn.functional as F
 
@@ -143,13 +168,10 @@ def measure(args: argparse.Namespace, length: int) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     dev = torch.device(args.device)
-    cuda = dev.type == "cuda"
     cfg = ReformerConfig(**model_kwargs(args, length))
     model = ReformerLM(cfg).to(dev).train()
     tokens = torch.randint(0, args.vocab, (1, length), device=dev)
-    # AdamW allocates its two moment buffers lazily, inside the measured step.
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    n_params = sum(p.numel() for p in model.parameters())  # tied weights counted once
     has_loss = callable(getattr(model, "loss", None))
 
     def loss_fn() -> torch.Tensor:
@@ -158,6 +180,25 @@ def measure(args: argparse.Namespace, length: int) -> dict[str, Any]:
         logits = model(tokens)
         return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
 
+    return Step(dev, cfg, model, opt, sum(p.numel() for p in model.parameters()), has_loss,
+                loss_fn, str(Path(seqformer.__file__).resolve()))
+
+
+def loss_status(loss_value: float) -> str:
+    """'ok', or why the step's loss is not a finite number."""
+    if loss_value != loss_value or abs(loss_value) == float("inf"):
+        return f"non-finite loss {loss_value}"
+    return "ok"
+
+
+def measure(args: argparse.Namespace, length: int) -> dict[str, Any]:
+    import gc
+
+    import torch
+
+    step = setup_step(args, length)
+    dev, model = step.device, step.model
+    cuda = dev.type == "cuda"
     gc.collect()
     if cuda:
         torch.cuda.synchronize(dev)
@@ -169,11 +210,10 @@ def measure(args: argparse.Namespace, length: int) -> dict[str, Any]:
 
     start = time.perf_counter()
     model.zero_grad(set_to_none=True)
-    amp = torch.autocast(dev.type, dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
-    with amp:
-        loss = loss_fn()
+    with step.autocast(args.bf16):
+        loss = step.loss_fn()
     loss.backward()
-    opt.step()
+    step.opt.step()
     if cuda:
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - start
@@ -186,10 +226,8 @@ def measure(args: argparse.Namespace, length: int) -> dict[str, Any]:
     else:
         peak, reserved, device_name = max_rss(), None, cpu_model()
 
-    status = "ok"
-    if loss_value != loss_value or abs(loss_value) == float("inf"):
-        status = f"non-finite loss {loss_value}"
-    elif not cuda and peak <= peak_before:
+    status = loss_status(loss_value)
+    if status == "ok" and not cuda and peak <= peak_before:
         status = "ok (RSS peak set before the step)"
     return {
         "status": status,
@@ -200,19 +238,23 @@ def measure(args: argparse.Namespace, length: int) -> dict[str, Any]:
         "max_reserved_bytes": reserved,
         "seconds": seconds,
         "loss": loss_value,
-        "loss_method": "model.loss" if has_loss else "F.cross_entropy(model(tokens))",
-        "n_params": n_params,
-        "param_state_bytes": 4 * n_params * 4,  # params + grads + exp_avg + exp_avg_sq, fp32
-        "n_buckets": getattr(cfg, "n_buckets", None),
-        "axial_shape": list(getattr(cfg, "axial_shape", None) or []),
+        "loss_method": step.loss_method,
+        "n_params": step.n_params,
+        "param_state_bytes": 4 * step.n_params * 4,  # params + grads + AdamW moments, fp32
+        "n_buckets": getattr(step.cfg, "n_buckets", None),
+        "axial_shape": list(getattr(step.cfg, "axial_shape", None) or []),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "device_name": device_name,
-        "seqformer_file": str(Path(seqformer.__file__).resolve()),
+        "seqformer_file": step.seqformer_file,
     }
 
 
-def worker_main(args: argparse.Namespace) -> None:
+def worker_main(args: argparse.Namespace,
+                measure: Callable[[argparse.Namespace, int], dict[str, Any]] = measure,
+                tag: str = RESULT_TAG) -> None:
+    """Measures length args.worker (seqformer from --src when given) and prints the result
+    as one `tag` line."""
     if args.src:
         sys.path.insert(0, str(Path(args.src).resolve()))
     try:
@@ -220,15 +262,15 @@ def worker_main(args: argparse.Namespace) -> None:
     except Exception as exc:  # report it; the parent carries on with the next length
         traceback.print_exc()
         result = {"status": f"error: {type(exc).__name__}: {exc}", "length": args.worker}
-    print(RESULT_TAG + json.dumps(result), flush=True)
+    print(tag + json.dumps(result), flush=True)
 
 
 # --------------------------------------------------------------------------- parent side
 
 
-def worker_command(args: argparse.Namespace, length: int) -> list[str]:
+def worker_command(args: argparse.Namespace, length: int, script: str = __file__) -> list[str]:
     cmd = [
-        sys.executable, str(Path(__file__).resolve()), "--worker", str(length),
+        sys.executable, str(Path(script).resolve()), "--worker", str(length),
         "--device", args.device, "--d-model", str(args.d_model), "--layers", str(args.layers),
         "--heads", str(args.heads), "--d-ff", str(args.d_ff), "--hashes", str(args.hashes),
         "--vocab", str(args.vocab), "--attn", args.attn, "--bucket-size", str(args.bucket_size),
@@ -244,18 +286,27 @@ def worker_command(args: argparse.Namespace, length: int) -> list[str]:
     return cmd
 
 
-def run_one(args: argparse.Namespace, length: int) -> dict[str, Any]:
-    env = dict(os.environ, **CHILD_ENV)
+def run_one(args: argparse.Namespace, length: int, *, script: str = __file__,
+            tag: str = RESULT_TAG, child_env: dict[str, str] | None = CHILD_ENV,
+            timed: bool = False) -> dict[str, Any]:
+    """Runs `script --worker length` in a fresh subprocess and returns its `tag` result, or
+    a status saying how it failed; `timed` adds the subprocess's wall time as
+    worker_seconds to a result that came back."""
+    env = dict(os.environ, **(child_env or {}))
     source = str(args.src.resolve()) if args.src else str(REPO_ROOT)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
+    start = time.perf_counter()
     try:
-        proc = subprocess.run(worker_command(args, length), capture_output=True, text=True,
-                              env=env, timeout=args.timeout, check=False)
+        proc = subprocess.run(worker_command(args, length, script), capture_output=True,
+                              text=True, env=env, timeout=args.timeout, check=False)
     except subprocess.TimeoutExpired:
         return {"status": f"timeout (>{args.timeout:g} s)", "length": length}
+    wall = time.perf_counter() - start
     for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT_TAG):
-            result = json.loads(line[len(RESULT_TAG) :])
+        if line.startswith(tag):
+            result = json.loads(line[len(tag) :])
+            if timed:
+                result["worker_seconds"] = wall
             if not result["status"].startswith("ok"):
                 sys.stderr.write(proc.stderr[-3000:])
             return result
@@ -280,20 +331,18 @@ def slope_and_forecast(results: list[dict[str, Any]]) -> tuple[float, float] | N
     return slope, first["peak_bytes"] + slope * (MILLION - first["length"])
 
 
-def render(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
-    ok = [r for r in results if r["status"].startswith("ok")]
-    info = ok[0] if ok else {}
-    cuda = args.device == "cuda"
-    before_label = "allocated before step MiB" if cuda else "RSS before step MiB"
-    peak_label = "peak CUDA alloc MiB" if cuda else "peak RSS MiB"
+def header_lines(args: argparse.Namespace, info: dict[str, Any]) -> list[str]:
+    """The report's first lines: command, date, versions, device, source and config; `info`
+    is the first successful result ({} when none)."""
     source = Path(args.src).resolve() if args.src else REPO_ROOT
     threads = info.get("threads", "?")
-    lines = [
+    return [
         f"- command: `python {shlex.join(sys.argv)}`",
         f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
         f"- torch {info.get('torch', '?')}, python {platform.python_version()}",
         f"- device: {args.device}, {info.get('device_name') or cpu_model()}"
-        + ("" if cuda else f" ({os.cpu_count()} logical cores, torch threads {threads})"),
+        + ("" if args.device == "cuda"
+           else f" ({os.cpu_count()} logical cores, torch threads {threads})"),
         f"- seqformer: {info.get('seqformer_file', source)} ({git_describe(source)}), "
         f"loss via {info.get('loss_method', '?')}",
         f"- config: vocab {args.vocab}, d_model {args.d_model}, {args.layers} layers, "
@@ -303,6 +352,15 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
         + (", bf16 autocast" if args.bf16 else ", float32")
         + (f", extra {parse_extra(args.extra)}" if args.extra else ""),
     ]
+
+
+def render(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
+    ok = [r for r in results if r["status"].startswith("ok")]
+    info = ok[0] if ok else {}
+    cuda = args.device == "cuda"
+    before_label = "allocated before step MiB" if cuda else "RSS before step MiB"
+    peak_label = "peak CUDA alloc MiB" if cuda else "peak RSS MiB"
+    lines = header_lines(args, info)
     if info:
         lines.append(
             f"- {info['n_params']:,} parameters; params + grads + AdamW moments (fp32) = "
@@ -344,8 +402,10 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(argv: list[str] | None = None, *, doc: str = __doc__,
+               timeout: float = 1800.0) -> argparse.Namespace:
+    """The options of this script and of memory_breakdown.py (its `doc` and `timeout`)."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--lengths", type=int, nargs="+", default=list(DEFAULT_LENGTHS),
                    help="sequence lengths, each measured in its own subprocess")
     p.add_argument("--d-model", type=int, default=512)
@@ -368,7 +428,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--extra", nargs="+", default=[], metavar="KEY=VALUE",
                    help="more ReformerConfig kwargs (ints, floats, true/false, none, a,b lists)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=float, default=1800.0, help="seconds per worker")
+    p.add_argument("--timeout", type=float, default=timeout, help="seconds per worker")
     p.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON here")
     p.add_argument("--worker", type=int, metavar="L", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -397,16 +457,22 @@ def main(argv: list[str] | None = None) -> None:
     print(report)
     if args.json:
         fit = slope_and_forecast(results)
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "command": sys.argv,
-            "args": {k: str(v) if isinstance(v, Path) else v
-                     for k, v in vars(args).items() if k != "worker"},
-            "results": results,
-            "slope_bytes_per_token": fit and fit[0],
-            "predicted_bytes_1m_tokens": fit and fit[1],
-            "report": report,
-        }, indent=2) + "\n")  # fmt: skip
+        write_json(args, results, report, {"slope_bytes_per_token": fit and fit[0],
+                                           "predicted_bytes_1m_tokens": fit and fit[1]})
+
+
+def write_json(args: argparse.Namespace, results: list[dict[str, Any]], report: str,
+               summary: dict[str, Any]) -> None:
+    """--json OUT: the command, the options, the results, `summary` and the report."""
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({
+        "command": sys.argv,
+        "args": {k: str(v) if isinstance(v, Path) else v
+                 for k, v in vars(args).items() if k != "worker"},
+        "results": results,
+        **summary,
+        "report": report,
+    }, indent=2) + "\n")  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -35,24 +35,19 @@ gradients". A per-frame table (file:function) shows the raw attribution.
 from __future__ import annotations
 
 import argparse
-import datetime
-import json
 import os
-import platform
 import re
-import shlex
-import subprocess
 import sys
 import time
-import traceback
 import weakref
 from collections.abc import Iterable, Iterator
-from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-THIS_FILE = os.path.realpath(__file__)
-DEFAULT_LENGTHS = (4096, 8192)
+import memory  # benchmarks/memory.py: benchmarks/ is sys.path[0] when this file is run
+from memory import header_lines, mib, parse_args, run_one, setup_step, worker_main, write_json
+
+# Frames in these files are the benchmark's own (memory.py builds the step and its loss_fn).
+BENCH_FILES = frozenset(os.path.realpath(f) for f in (__file__, memory.__file__))
 # Workers print one line with this prefix; anything else on stdout is ignored.
 RESULT_TAG = "BREAKDOWN_RESULT "
 
@@ -89,73 +84,6 @@ MODEL_FUNCTIONS = {
 }
 PHASES = ("forward+loss", "backward", "optimizer")
 _TRACEBACK_LINE = re.compile(r'File "([^"]+)", line \d+, in (\S+)')
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def parse_value(text: str) -> Any:
-    """'none' -> None, 'true'/'false' -> bool, ints, floats; 'a,b' -> a list of those."""
-    if "," in text:
-        return [parse_value(t) for t in text.split(",") if t]
-    low = text.lower()
-    if low in ("none", "null"):
-        return None
-    if low in ("true", "false"):
-        return low == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
-def parse_extra(items: list[str]) -> dict[str, Any]:
-    extra = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--extra wants KEY=VALUE, got {item!r}")
-        extra[key.strip()] = parse_value(value.strip())
-    return extra
-
-
-def model_kwargs(args: argparse.Namespace, length: int) -> dict[str, Any]:
-    """The ReformerConfig of one measurement (--extra overrides everything)."""
-    kwargs: dict[str, Any] = {
-        "vocab_size": args.vocab, "d_model": args.d_model, "n_layers": args.layers,
-        "n_heads": args.heads, "d_ff": args.d_ff, "attn": args.attn,
-        "bucket_size": args.bucket_size, "n_hashes": args.hashes, "causal": True,
-        "reversible": True, "dropout": 0.0, "max_seq_len": length,
-        "ff_chunk_size": args.ff_chunk_size or None,
-    }  # fmt: skip
-    kwargs.update(parse_extra(args.extra))
-    return kwargs
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
-def git_describe(path: Path) -> str:
-    """Short commit of the checkout at `path`, '+dirty' when it has uncommitted changes."""
-
-    def git(*cmd: str) -> str:
-        proc = subprocess.run(["git", "-C", str(path), *cmd], capture_output=True, text=True,
-                              check=False)
-        return proc.stdout.strip() if proc.returncode == 0 else ""
-
-    commit = git("rev-parse", "--short", "HEAD")
-    if not commit:
-        return "not a git checkout"
-    return commit + ("+dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
 
 
 # --------------------------------------------------------------------------- the counter
@@ -216,7 +144,7 @@ def _make_counter(package_dir: str) -> Any:
                     hit = ("seqformer", real[len(package_dir):].replace(os.sep, "/"))
                 elif real.startswith(optim_dir):
                     hit = ("optim", "torch/" + real[len(torch_dir):].replace(os.sep, "/"))
-                elif real == THIS_FILE:
+                elif real in BENCH_FILES:
                     hit = ("bench", "benchmark")
                 elif real.startswith(torch_dir):
                     hit = ("torch", "torch/" + real[len(torch_dir):].replace(os.sep, "/"))
@@ -327,35 +255,14 @@ def _make_counter(package_dir: str) -> Any:
 
 
 def measure(args: argparse.Namespace, length: int) -> dict[str, Any]:
-    import contextlib
     import gc
 
     import torch
-    import torch.nn.functional as F
 
-    import seqformer
-    from seqformer.core import ReformerConfig, ReformerLM
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(args.seed)
-    dev = torch.device(args.device)
-    cfg = ReformerConfig(**model_kwargs(args, length))
-    model = ReformerLM(cfg).to(dev).train()
-    tokens = torch.randint(0, args.vocab, (1, length), device=dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)  # moments: lazily, in the step
-    n_params = sum(p.numel() for p in model.parameters())  # tied weights counted once
-    has_loss = callable(getattr(model, "loss", None))
-
-    def loss_fn() -> torch.Tensor:
-        if has_loss:  # mean next-token cross-entropy over tokens[:, 1:], chunked
-            return model.loss(tokens)
-        logits = model(tokens)
-        return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), tokens[:, 1:].flatten())
-
-    package_dir = str(Path(seqformer.__file__).resolve().parent)
-    counter = _make_counter(package_dir)
-    amp = torch.autocast(dev.type, dtype=torch.bfloat16) if args.bf16 else contextlib.nullcontext()
+    step = setup_step(args, length)
+    dev, model = step.device, step.model
+    counter = _make_counter(os.path.dirname(step.seqformer_file))
+    amp = step.autocast(args.bf16)
     model.zero_grad(set_to_none=True)
     gc.collect()
     start = time.perf_counter()
@@ -364,11 +271,11 @@ def measure(args: argparse.Namespace, length: int) -> dict[str, Any]:
     with torch.autograd.set_detect_anomaly(True, check_nan=False), counter:
         counter.phase = "forward+loss"
         with amp:
-            loss = loss_fn()
+            loss = step.loss_fn()
         counter.phase = "backward"
         loss.backward()
         counter.phase = "optimizer"
-        opt.step()
+        step.opt.step()
     if dev.type == "cuda":
         torch.cuda.synchronize(dev)
     seconds = time.perf_counter() - start
@@ -386,11 +293,8 @@ def measure(args: argparse.Namespace, length: int) -> dict[str, Any]:
             "by_frame": {k: v for k, v in by_frame.items() if v},
         }
 
-    status = "ok"
-    if loss_value != loss_value or abs(loss_value) == float("inf"):
-        status = f"non-finite loss {loss_value}"
     return {
-        "status": status,
+        "status": memory.loss_status(loss_value),
         "length": length,
         "step_peak": split(PHASES),
         "fwd_bwd_peak": split(PHASES[:2]),
@@ -399,74 +303,15 @@ def measure(args: argparse.Namespace, length: int) -> dict[str, Any]:
         "live_after_step_bytes": counter.now,
         "seconds": seconds,
         "loss": loss_value,
-        "loss_method": "model.loss" if has_loss else "F.cross_entropy(model(tokens))",
-        "n_params": n_params,
-        "n_buckets": getattr(cfg, "n_buckets", None),
+        "loss_method": step.loss_method,
+        "n_params": step.n_params,
+        "n_buckets": getattr(step.cfg, "n_buckets", None),
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
-        "device_name": torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model(),
-        "seqformer_file": str(Path(seqformer.__file__).resolve()),
+        "device_name": (torch.cuda.get_device_name(dev) if dev.type == "cuda"
+                        else memory.cpu_model()),
+        "seqformer_file": step.seqformer_file,
     }
-
-
-def worker_main(args: argparse.Namespace) -> None:
-    if args.src:
-        sys.path.insert(0, str(Path(args.src).resolve()))
-    try:
-        result = measure(args, args.worker)
-    except Exception as exc:  # report it; the parent carries on with the next length
-        traceback.print_exc()
-        result = {"status": f"error: {type(exc).__name__}: {exc}", "length": args.worker}
-    print(RESULT_TAG + json.dumps(result), flush=True)
-
-
-# --------------------------------------------------------------------------- parent side
-
-
-def worker_command(args: argparse.Namespace, length: int) -> list[str]:
-    cmd = [
-        sys.executable, str(Path(__file__).resolve()), "--worker", str(length),
-        "--device", args.device, "--d-model", str(args.d_model), "--layers", str(args.layers),
-        "--heads", str(args.heads), "--d-ff", str(args.d_ff), "--hashes", str(args.hashes),
-        "--vocab", str(args.vocab), "--attn", args.attn, "--bucket-size", str(args.bucket_size),
-        "--ff-chunk-size", str(args.ff_chunk_size), "--threads", str(args.threads),
-        "--seed", str(args.seed),
-    ]  # fmt: skip
-    if args.bf16:
-        cmd.append("--bf16")
-    if args.src:
-        cmd += ["--src", str(args.src.resolve())]
-    if args.extra:
-        cmd += ["--extra", *args.extra]
-    return cmd
-
-
-def run_one(args: argparse.Namespace, length: int) -> dict[str, Any]:
-    env = dict(os.environ)
-    source = str(args.src.resolve()) if args.src else str(REPO_ROOT)
-    env["PYTHONPATH"] = os.pathsep.join(filter(None, [source, env.get("PYTHONPATH")]))
-    start = time.perf_counter()
-    try:
-        proc = subprocess.run(worker_command(args, length), capture_output=True, text=True,
-                              env=env, timeout=args.timeout, check=False)
-    except subprocess.TimeoutExpired:
-        return {"status": f"timeout (>{args.timeout:g} s)", "length": length}
-    wall = time.perf_counter() - start
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith(RESULT_TAG):
-            result = json.loads(line[len(RESULT_TAG):])
-            result["worker_seconds"] = wall
-            if not result["status"].startswith("ok"):
-                sys.stderr.write(proc.stderr[-3000:])
-            return result
-    sys.stderr.write(proc.stderr[-3000:])  # died without a result: OOM kill, segfault, ...
-    if proc.returncode < 0:
-        return {"status": f"killed by signal {-proc.returncode} (OOM?)", "length": length}
-    return {"status": f"crashed (exit {proc.returncode})", "length": length}
-
-
-def mib(n: float | None) -> str:
-    return "—" if n is None else f"{n / 2**20:,.1f}"
 
 
 def slope(first: float, last: float, span: int) -> float:
@@ -535,23 +380,7 @@ def same_peak(ok: list[dict[str, Any]]) -> bool:
 def render(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
     ok = [r for r in results if r["status"].startswith("ok")]
     info = ok[0] if ok else {}
-    source = Path(args.src).resolve() if args.src else REPO_ROOT
-    threads = info.get("threads", "?")
-    lines = [
-        f"- command: `python {shlex.join(sys.argv)}`",
-        f"- date: {datetime.datetime.now().astimezone().isoformat(timespec='seconds')}",
-        f"- torch {info.get('torch', '?')}, python {platform.python_version()}",
-        f"- device: {args.device}, {info.get('device_name') or cpu_model()}"
-        + ("" if args.device == "cuda" else f" ({os.cpu_count()} logical cores, torch "
-                                            f"threads {threads})"),
-        f"- seqformer: {info.get('seqformer_file', source)} ({git_describe(source)}), "
-        f"loss via {info.get('loss_method', '?')}",
-        f"- config: vocab {args.vocab}, d_model {args.d_model}, {args.layers} layers, "
-        f"{args.heads} heads, d_ff {args.d_ff}, attn {args.attn}, bucket {args.bucket_size}, "
-        f"{args.hashes} hashes, causal, reversible, dropout 0, batch 1, max_seq_len = L, "
-        f"ff_chunk_size {args.ff_chunk_size or None}"
-        + (", bf16 autocast" if args.bf16 else ", float32")
-        + (f", extra {parse_extra(args.extra)}" if args.extra else ""),
+    lines = header_lines(args, info) + [
         "- one step = forward + loss + backward + AdamW step; bytes = live tensor storages "
         "created in the step (parameters excluded; grads and AdamW moments included)",
     ]
@@ -598,52 +427,16 @@ def render(args: argparse.Namespace, results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--lengths", type=int, nargs="+", default=list(DEFAULT_LENGTHS),
-                   help="sequence lengths, each measured in its own subprocess")
-    p.add_argument("--d-model", type=int, default=512)
-    p.add_argument("--layers", type=int, default=6)
-    p.add_argument("--heads", type=int, default=8)
-    p.add_argument("--d-ff", type=int, default=2048)
-    p.add_argument("--hashes", type=int, default=4)
-    p.add_argument("--vocab", type=int, default=16)
-    p.add_argument("--bucket-size", type=int, default=64)
-    p.add_argument("--attn", choices=("lsh", "local", "full"), default="lsh",
-                   help="attention kind of every layer")
-    p.add_argument("--ff-chunk-size", type=int, default=4096,
-                   help="feed-forward chunk in tokens (0 = None, unchunked)")
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast around forward + loss")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch.set_num_threads in the worker (0 = torch default)")
-    p.add_argument("--src", type=Path,
-                   help="checkout to import seqformer from (default: this repo)")
-    p.add_argument("--extra", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="more ReformerConfig kwargs (ints, floats, true/false, none, a,b lists)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--timeout", type=float, default=3600.0, help="seconds per worker")
-    p.add_argument("--json", type=Path, metavar="OUT", help="write the results as JSON here")
-    p.add_argument("--worker", type=int, metavar="L", help=argparse.SUPPRESS)
-    args = p.parse_args(argv)
-    try:
-        parse_extra(args.extra)
-    except ValueError as exc:
-        p.error(str(exc))
-    if args.src and not (args.src / "seqformer").is_dir():
-        p.error(f"--src {args.src}: no seqformer/ package there")
-    return args
-
-
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
+    args = parse_args(argv, doc=__doc__, timeout=3600.0)
     if args.worker is not None:
-        worker_main(args)
+        worker_main(args, measure, RESULT_TAG)
         return
     results = []
     for length in args.lengths:  # one worker at a time
         print(f"[breakdown] L={length} ...", file=sys.stderr, flush=True)
-        result = run_one(args, length)
+        result = run_one(args, length, script=__file__, tag=RESULT_TAG, child_env=None,
+                         timed=True)
         peak = result.get("step_peak", {}).get("bytes")
         print(f"[breakdown]   {result['status']}, step peak {mib(peak)} MiB, "
               f"{result.get('worker_seconds', 0):.0f} s", file=sys.stderr, flush=True)
@@ -662,15 +455,7 @@ def main(argv: list[str] | None = None) -> None:
                     "by_category": {c: slope(first["by_category"][c], last["by_category"][c],
                                              span) for c in CATEGORIES},
                 }
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({
-            "command": sys.argv,
-            "args": {k: str(v) if isinstance(v, Path) else v
-                     for k, v in vars(args).items() if k != "worker"},
-            "results": results,
-            "slopes_bytes_per_token": slopes,
-            "report": report,
-        }, indent=2) + "\n")  # fmt: skip
+        write_json(args, results, report, {"slopes_bytes_per_token": slopes})
 
 
 if __name__ == "__main__":
