@@ -22,6 +22,7 @@ from .bucketed_attention import (
 )
 from .config import ReformerConfig
 from .hashing import fixed_rotations, hash_buckets, random_rotations
+from .precision import autocast_state
 
 
 @dataclass
@@ -198,6 +199,14 @@ class Attention(nn.Module):
         y.add_(self.to_out.bias)
         return buckets
 
+    def _output(self, x: torch.Tensor, rotations: torch.Tensor | None,
+                buckets: torch.Tensor | None, mask: torch.Tensor | None
+                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The sublayer's output (after dropout) in a new tensor, and the bucket ids."""
+        y = torch.zeros_like(x)
+        buckets = self._forward_into(x, y, rotations, buckets)
+        return (y if mask is None else y.mul_(mask)), buckets
+
     @torch.no_grad()
     def _backward(self, x: torch.Tensor, d_f: torch.Tensor, buckets: torch.Tensor | None,
                   dx: torch.Tensor, minus_f: torch.Tensor | None = None) -> list[torch.Tensor]:
@@ -238,7 +247,10 @@ class Attention(nn.Module):
             del lse, do, delta
             dq, dv = (t.transpose(1, 2).reshape(B * L, -1) for t in (dq, dv))
             w_qk, w_v = self.to_qk.weight[cols], self.to_v.weight[cols]
-            for r in _rows(x):  # layer norm and projections, a block of rows at a time
+            # layer norm and projections a block of rows at a time, the norm recomputed per
+            # group: no (L, d_model) normalized input or its gradient is ever kept, and the
+            # norm is cheap next to the projections
+            for r in _rows(x):
                 x_r = x_rows[r].detach().to(n_w.dtype).requires_grad_()
                 with torch.enable_grad():
                     h = F.layer_norm(x_r, (d,), n_w, n_b, self.norm.eps)
@@ -270,9 +282,7 @@ class Attention(nn.Module):
         resolve_backend(self.backend, x, needs_grad)  # a clear error for flex on CPU
         if needs_grad:
             return _AttentionFunction.apply(x, self, rotations, buckets, mask, *params)
-        y = torch.zeros_like(x)
-        buckets = self._forward_into(x, y, rotations, buckets)
-        return (y if mask is None else y.mul_(mask)), buckets
+        return self._output(x, rotations, buckets, mask)
 
     @torch.no_grad()
     def add_to(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
@@ -293,7 +303,7 @@ class Attention(nn.Module):
         """The reversible backward of y = x_other + Attn(x), in place: y becomes x_other,
         dx += the gradient through Attn of dy, and the parameters' gradients accumulate
         (through autograd, so DDP's hooks see them). Run under the forward's RNG state."""
-        self._rotations(x.device)
+        self._rotations(x.device)  # drawn as in the forward, so the dropout mask is its own
         mask = self._dropout_mask(x)
         if mask is None:
             grads = self._backward(x, dy, buckets, dx, minus_f=y)
@@ -380,13 +390,9 @@ class _AttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, attn, rotations, buckets, mask, *params):  # noqa: ANN001
-        y = torch.zeros_like(x)
-        buckets = attn._forward_into(x, y, rotations, buckets)
-        if mask is not None:
-            y.mul_(mask)
+        y, buckets = attn._output(x, rotations, buckets, mask)
         ctx.attn = attn
-        kind = x.device.type
-        ctx.autocast = (kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
+        ctx.autocast = autocast_state(x.device)
         ctx.save_for_backward(x, buckets, mask)
         if buckets is not None:
             ctx.mark_non_differentiable(buckets)
@@ -395,8 +401,7 @@ class _AttentionFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dy, _):  # noqa: ANN001
         x, buckets, mask = ctx.saved_tensors
-        kind, enabled, dtype = ctx.autocast
         dx = torch.zeros_like(x)
-        with torch.autocast(kind, dtype, enabled):
+        with torch.autocast(*ctx.autocast):
             grads = ctx.attn._backward(x, dy if mask is None else dy * mask, buckets, dx)
         return (dx, None, None, None, None, *grads)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .precision import acc_dtype
+
 # A token attends to itself only when no other key is allowed (paper, section 2). A finite
 # score rather than -inf gives exactly that: exp(-1e5 - max) == 0 whenever another key is
 # present, and weight 1 when it stands alone.
@@ -92,12 +94,6 @@ def _tiles(q, k, group, look_back, width):  # noqa: ANN001, ANN202
                    group[g, look_back + k0:look_back + k0 + n], gk.reshape(n, width * blk))
 
 
-def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Softmax statistics, outputs and gradients are accumulated in float32 or wider: bf16
-    would blur the weights of the hashing rounds."""
-    return torch.promote_types(dtype, torch.float32)
-
-
 def band_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: torch.Tensor,
                  look_back: int, look_ahead: int, causal: bool
                  ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -116,7 +112,7 @@ def band_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: torch
     (G, nb, blk), both float32 or wider.
     """
     width, fixed_ok, is_self = _setup(q.shape[2], look_back, look_ahead, causal, q.device)
-    acc = _acc_dtype(q.dtype)
+    acc = acc_dtype(q.dtype)
     out = q.new_empty(q.shape, dtype=acc)
     lse = q.new_empty(q.shape[:-1], dtype=acc)
     for g, k0, n, qt, kw, gq, gk in _tiles(q, k, group, look_back, width):
@@ -146,7 +142,7 @@ def band_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: torc
     """
     width, fixed_ok, is_self = _setup(q.shape[2], look_back, look_ahead, causal, q.device)
     blk = q.shape[2]
-    acc = _acc_dtype(q.dtype)
+    acc = acc_dtype(q.dtype)
     dq = q.new_empty(q.shape, dtype=acc)
     dk = k.new_zeros(k.shape, dtype=acc)
     dv = v.new_zeros(v.shape, dtype=acc)
@@ -310,7 +306,7 @@ def attention_forward(q: torch.Tensor, v: torch.Tensor, kind: str, buckets: torc
     B, H, L, D = q.shape
     Lp = math.ceil(L / bucket_size) * bucket_size
     qf, kf, vf = _flat_inputs(q, v, Lp)
-    acc = _acc_dtype(q.dtype)
+    acc = acc_dtype(q.dtype)
     out = m = norm = None
     for rd in _rounds(kind, buckets, q, bucket_size, causal):
         o_s, lse_s = _round_forward(qf, kf, vf, rd, bucket_size, causal, backend)
@@ -339,7 +335,7 @@ def attention_backward(q: torch.Tensor, v: torch.Tensor, kind: str,
     exp((s_ij - m_i) - log_norm_i)."""
     B, H, L, D = q.shape
     Lp = lse.shape[2]
-    acc = _acc_dtype(q.dtype)
+    acc = acc_dtype(q.dtype)
     qf, kf, vf = _flat_inputs(q, v, Lp)
     do = F.pad(d_out.to(acc), (0, 0, 0, Lp - d_out.shape[2])).reshape(-1, D)
     delta = F.pad(delta.to(acc), (0, Lp - delta.shape[2])).reshape(-1)

@@ -11,36 +11,32 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .precision import acc_dtype, autocast_state
+
 ROWS = 4096
-
-
-def _float32_or_wider(t: torch.Tensor) -> torch.dtype:
-    return torch.promote_types(t.dtype, torch.float32)
 
 
 class _ChunkedNLL(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, targets):  # noqa: ANN001 - autograd signature
         n = hidden.shape[0]
-        nll = hidden.new_empty(n, dtype=_float32_or_wider(hidden))
+        nll = hidden.new_empty(n, dtype=acc_dtype(hidden.dtype))
         lse = torch.empty_like(nll)
         for r in range(0, n, ROWS):
             logits = F.linear(hidden[r:r + ROWS], weight).to(nll.dtype)
             lse[r:r + ROWS] = torch.logsumexp(logits, dim=-1)
             target = logits.gather(-1, targets[r:r + ROWS].unsqueeze(-1)).squeeze(-1)
             nll[r:r + ROWS] = lse[r:r + ROWS] - target
-        kind = hidden.device.type
-        ctx.autocast = (kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
+        ctx.autocast = autocast_state(hidden.device)
         ctx.save_for_backward(hidden, weight, targets, lse)
         return nll
 
     @staticmethod
     def backward(ctx, d_nll):  # noqa: ANN001
         hidden, weight, targets, lse = ctx.saved_tensors
-        kind, enabled, dtype = ctx.autocast
         d_hidden = torch.empty_like(hidden)
         d_weight = torch.zeros_like(weight, dtype=lse.dtype)
-        with torch.autocast(kind, dtype, enabled):
+        with torch.autocast(*ctx.autocast):
             for r in range(0, hidden.shape[0], ROWS):
                 h = hidden[r:r + ROWS]
                 # d nll / d logits = softmax - one_hot(target)

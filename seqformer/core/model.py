@@ -16,10 +16,11 @@ from .embeddings import sum_of_rows
 from .feedforward import FeedForward
 from .reversible import (
     ReformerLayer,
+    inference_stack,
     plain_stack,
     reversible_stack,
-    stack_in_place,
     stream_dtype,
+    stream_mean,
 )
 from .sampling import sample_next
 
@@ -113,10 +114,10 @@ class ReformerLM(nn.Module):
         x = self._embed(tokens)
         if layer >= 0:
             return plain_stack(self.layers[:layer + 1], x, self._streams(x))
-        if not torch.is_grad_enabled():  # inference: the streams updated in place
-            x1, x2 = stack_in_place(self.layers, x, self._streams(x))
-            return self.norm(((x1.add_(x2)).mul_(0.5)).to(x.dtype))
-        stack = reversible_stack if self.cfg.reversible else plain_stack
+        if not torch.is_grad_enabled():
+            stack = inference_stack
+        else:
+            stack = reversible_stack if self.cfg.reversible else plain_stack
         return self.norm(stack(self.layers, x, self._streams(x)))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -152,7 +153,7 @@ class ReformerLM(nn.Module):
             x1 = x1 + a
             x2 = x2 + layer.ff(x1)
             caches.append(cache)
-        logits = self.head(self.norm(((x1 + x2) * 0.5).to(x.dtype)))
+        logits = self.head(self.norm(stream_mean(x1, x2, x.dtype)))
         return logits, DecodeCache(caches, prompt.shape[1], capacity,
                                    self._recent(prompt, None))
 
@@ -169,7 +170,7 @@ class ReformerLM(nn.Module):
             x2 = x2 + layer.ff(x1)
         cache.length = t + 1
         cache.recent = self._recent(token.unsqueeze(1), cache.recent)
-        return self.head(self.norm(((x1 + x2) * 0.5).to(x.dtype)))[:, 0]
+        return self.head(self.norm(stream_mean(x1, x2, x.dtype)))[:, 0]
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, n_tokens: int, temperature: float = 1.0,

@@ -23,6 +23,7 @@ import torch.nn as nn
 
 from .attention import Attention
 from .feedforward import FeedForward
+from .precision import autocast_state
 
 
 class ReformerLayer(nn.Module):
@@ -56,10 +57,14 @@ def stream_dtype(x: torch.Tensor, exact: bool) -> torch.dtype:
     """float64 under 16-bit autocast when `exact` (ReformerConfig.exact_streams): each
     sublayer output then has at most 8 (bf16) or 11 (fp16) significant bits and adds to a
     53-bit stream exactly, so y - F(x) gives back x bit for bit."""
-    kind = x.device.type
-    low = (torch.is_autocast_enabled(kind)
-           and torch.get_autocast_dtype(kind) in (torch.bfloat16, torch.float16))
+    _, dtype, enabled = autocast_state(x.device)
+    low = enabled and dtype in (torch.bfloat16, torch.float16)
     return torch.float64 if exact and low and x.dtype == torch.float32 else x.dtype
+
+
+def stream_mean(x1: torch.Tensor, x2: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The stack's output: the mean of the two streams, in the embeddings' dtype."""
+    return ((x1 + x2) * 0.5).to(dtype)
 
 
 def plain_stack(layers: nn.ModuleList, x: torch.Tensor, dtype: torch.dtype | None = None
@@ -69,29 +74,32 @@ def plain_stack(layers: nn.ModuleList, x: torch.Tensor, dtype: torch.dtype | Non
     for layer in layers:
         x1 = x1 + layer.attn(x2)[0]
         x2 = x2 + layer.ff(x1)
-    return ((x1 + x2) * 0.5).to(x.dtype)
+    return stream_mean(x1, x2, x.dtype)
 
 
 @torch.no_grad()
-def stack_in_place(layers: nn.ModuleList, x: torch.Tensor, dtype: torch.dtype | None = None,
-                   rng: list | None = None, buckets: list | None = None
-                   ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two streams after `layers`, updated in place without autograd: the memory of
-    inference (and of the reversible forward) is the two streams plus one sublayer piece.
-    With lists given, records each sublayer's starting RNG state (training) and each
-    layer's bucket ids, for the reversible backward."""
-    x1 = x.to(dtype or x.dtype, copy=True)
+def stack_in_place(layers: nn.ModuleList, x: torch.Tensor, dtype: torch.dtype
+                   ) -> tuple[torch.Tensor, torch.Tensor, list[tuple], list]:
+    """The two streams after `layers`, updated in place without autograd (so the memory is
+    the two streams plus one sublayer piece), with what the reversible backward needs:
+    each sublayer's starting RNG state (in training) and each layer's bucket ids."""
+    x1 = x.to(dtype, copy=True)
     x2 = x1.clone()
+    rng, buckets = [], []
     for layer in layers:
-        s_attn = _rng_state(x.device) if rng is not None and layer.training else None
-        b = layer.attn.add_to(x1, x2)
-        s_ff = _rng_state(x.device) if rng is not None and layer.training else None
+        s_attn = _rng_state(x.device) if layer.training else None
+        buckets.append(layer.attn.add_to(x1, x2))
+        s_ff = _rng_state(x.device) if layer.training else None
         layer.ff.add_to(x2, x1)
-        if rng is not None:
-            rng.append((s_attn, s_ff))
-        if buckets is not None:
-            buckets.append(b)
-    return x1, x2
+        rng.append((s_attn, s_ff))
+    return x1, x2, rng, buckets
+
+
+def inference_stack(layers: nn.ModuleList, x: torch.Tensor, dtype: torch.dtype | None = None
+                    ) -> torch.Tensor:
+    """The mean of the two streams after `layers` without autograd, in place."""
+    x1, x2, _, _ = stack_in_place(layers, x, dtype or x.dtype)
+    return x1.add_(x2).mul_(0.5).to(x.dtype)
 
 
 class _ReversibleStack(torch.autograd.Function):
@@ -103,19 +111,15 @@ class _ReversibleStack(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, layers, dtype, *params):  # noqa: ANN001 - autograd signature
-        device = x.device
-        rng, buckets = [], []
-        x1, x2 = stack_in_place(layers, x, dtype, rng, buckets)
+        x1, x2, rng, buckets = stack_in_place(layers, x, dtype)
         ctx.layers = layers
         ctx.rng = rng
-        # the recompute must run under the forward's autocast (bf16 sublayers), which
-        # backward does not inherit
-        kind = device.type
-        ctx.autocast = (kind, torch.is_autocast_enabled(kind), torch.get_autocast_dtype(kind))
+        # the recompute must run under the forward's autocast (bf16 sublayers)
+        ctx.autocast = autocast_state(x.device)
         ctx.has_buckets = [b is not None for b in buckets]
         ctx.save_for_backward(x1, x2, *[b for b in buckets if b is not None])
         ctx.used = False
-        return ((x1 + x2) * 0.5).to(x.dtype)
+        return stream_mean(x1, x2, x.dtype)
 
     @staticmethod
     def backward(ctx, d_mean):  # noqa: ANN001
@@ -127,15 +131,14 @@ class _ReversibleStack(torch.autograd.Function):
         stored = iter(stored)
         buckets = [next(stored) if has else None for has in ctx.has_buckets]
         device = y1.device
-        kind, enabled, dtype = ctx.autocast
         # the incoming gradient is the final norm's, ours alone: it becomes one of the two
         # gradient streams in place, as autograd keeps it alive through this call anyway
         dy1 = d_mean.mul_(0.5)
         dy2 = dy1.clone()
         for layer, (s_attn, s_ff), b in reversed(list(zip(ctx.layers, ctx.rng, buckets))):
-            with _replay(s_ff, device), torch.autocast(kind, dtype, enabled):
+            with _replay(s_ff, device), torch.autocast(*ctx.autocast):
                 layer.ff.reverse(y1, y2, dy2, dy1)  # y2 := x2, dy1 += FF'(y1) dy2
-            with _replay(s_attn, device), torch.autocast(kind, dtype, enabled):
+            with _replay(s_attn, device), torch.autocast(*ctx.autocast):
                 layer.attn.reverse(y1, y2, dy1, dy2, b)  # y1 := x1, dy2 += Attn'(x2) dy1
         return (dy1.add_(dy2), None, None) + (None,) * (len(ctx.needs_input_grad) - 3)
 
