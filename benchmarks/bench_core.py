@@ -77,10 +77,11 @@ def hf_num_buckets(length: int) -> int | list[int]:
     return 2**pow2
 
 
-def configure(d_model: int, n_layers: int, n_hashes: int, backend: str) -> None:
-    """Set the shared configuration (--d-model, --layers, --hashes, --backend)."""
-    global D_MODEL, N_LAYERS, N_HASHES, HEAD_DIM, D_FF, BACKEND
-    D_MODEL, N_LAYERS, N_HASHES, BACKEND = d_model, n_layers, n_hashes, backend
+def configure(d_model: int, n_layers: int, n_hashes: int, backend: str, n_heads: int = 4
+              ) -> None:
+    """Set the shared configuration (--d-model, --layers, --hashes, --backend, --heads)."""
+    global D_MODEL, N_LAYERS, N_HASHES, N_HEADS, HEAD_DIM, D_FF, BACKEND
+    D_MODEL, N_LAYERS, N_HASHES, N_HEADS, BACKEND = d_model, n_layers, n_hashes, n_heads, backend
     HEAD_DIM, D_FF = d_model // N_HEADS, 4 * d_model
 
 
@@ -91,11 +92,15 @@ def model_flops_per_step(length: int) -> float:
     """Training FLOPs of one step, the usual MFU count (no recompute): 6 x non-embedding
     parameters x tokens for the dense layers, plus attention: per layer, hash round and
     token, a query meets at most 2 x bucket keys, 4 FLOPs per (query, key, dim) for
-    QK^T and PV, x3 for forward + backward."""
+    QK^T and PV, x3 for forward + backward. The reversible stack also recomputes each
+    layer's forward in the backward: with it the device does 8/6 of this (RECOMPUTE)."""
     per_layer = 3 * D_MODEL * D_MODEL + 2 * D_MODEL * D_FF  # qk, v, out; two FF matrices
     dense = 6 * N_LAYERS * per_layer * length
     attention = 3 * 4 * N_LAYERS * N_HASHES * length * 2 * BUCKET * D_MODEL
     return float(dense + attention)
+
+
+RECOMPUTE = 8 / 6  # forward 2 + recomputed forward 2 + backward 4, per 6 counted
 
 
 def build_seqformer(length: int):
@@ -253,7 +258,7 @@ def worker_main(args: argparse.Namespace) -> None:
     import torch
 
     impl, length = args.worker[0], int(args.worker[1])
-    configure(args.d_model, args.layers, args.hashes, args.backend)
+    configure(args.d_model, args.layers, args.hashes, args.backend, args.heads)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -292,7 +297,7 @@ def run_one(impl: str, length: int, args: argparse.Namespace) -> Result:
         "--device", args.device, "--repeats", str(args.repeats), "--seed", str(args.seed),
         "--warmup-max-len", str(args.warmup_max_len), "--threads", str(args.threads or 0),
         "--d-model", str(args.d_model), "--layers", str(args.layers), "--hashes", str(args.hashes),
-        "--backend", args.backend,
+        "--heads", str(args.heads), "--backend", args.backend,
     ] + (["--bf16"] if args.bf16 else []) + (["--optimizer"] if args.optimizer else [])  # fmt: skip
     env = dict(os.environ)
     # seqformer imports from the checkout even when it is not pip-installed.
@@ -326,8 +331,9 @@ def render(results: list[Result], impls: list[str], lengths: list[int], device: 
            peak_tflops: float = 989.0) -> str:
     mem_label = "peak CUDA alloc MiB" if device == "cuda" else "peak RSS MiB"
     lines = [
-        f"| implementation | L | s/step | tokens/s | {mem_label} | MFU | status |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        f"| implementation | L | s/step | tokens/s | {mem_label} | MFU | MFU + recompute "
+        "| status |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
         tps = r.length / r.seconds if r.seconds else None
@@ -335,7 +341,8 @@ def render(results: list[Result], impls: list[str], lengths: list[int], device: 
                and device == "cuda" else None)
         lines.append(
             f"| {r.impl} | {r.length} | {fmt(r.seconds, '.3f')} | {fmt(tps, ',.0f')} "
-            f"| {fmt(r.peak_mib, ',.0f')} | {fmt(mfu and 100 * mfu, '.1f')} | {r.status} |"
+            f"| {fmt(r.peak_mib, ',.0f')} | {fmt(mfu and 100 * mfu, '.1f')} "
+            f"| {fmt(mfu and 100 * mfu * RECOMPUTE, '.1f')} | {r.status} |"
         )
 
     by_key = {(r.impl, r.length): r for r in results if r.ok}
@@ -403,7 +410,8 @@ def environment_lines(args: argparse.Namespace) -> list[str]:
         + f", seqformer attention backend: {args.backend}",
         "- MFU (seqformer only, CUDA): model FLOPs / time / peak, model FLOPs = 6 x "
         "non-embedding dense parameters x L + 12 x layers x hashes x L x 2 x bucket x "
-        f"d_model (attention), peak {args.peak_tflops:g} TFLOP/s",
+        f"d_model (attention), peak {args.peak_tflops:g} TFLOP/s; MFU + recompute also "
+        "counts the reversible stack's recomputed forward (x 8/6)",
         f"- {args.repeats} timed step(s), median reported; 1 warm-up step when "
         f"L <= {args.warmup_max_len}",
     ]
@@ -427,7 +435,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--d-model", type=int, default=D_MODEL, help="width (d_ff = 4 x d_model)")
     p.add_argument("--layers", type=int, default=N_LAYERS)
     p.add_argument("--hashes", type=int, default=N_HASHES)
-    p.add_argument("--backend", choices=("torch", "flex"), default="torch",
+    p.add_argument("--heads", type=int, default=N_HEADS)
+    p.add_argument("--backend", choices=("torch", "triton", "flex", "auto"), default="torch",
                    help="seqformer's attention backend")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (every implementation)")
     p.add_argument("--optimizer", action="store_true", help="include an AdamW step")
@@ -437,7 +446,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--worker", nargs=2, metavar=("IMPL", "L"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
-    configure(args.d_model, args.layers, args.hashes, args.backend)
+    configure(args.d_model, args.layers, args.hashes, args.backend, args.heads)
     args.impls = [i.strip() for i in args.impls.split(",") if i.strip()]
     unknown = set(args.impls) - set(IMPLS)
     if unknown:

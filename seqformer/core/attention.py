@@ -19,6 +19,7 @@ from .bucketed_attention import (
     attention_forward,
     bucket_order,
     resolve_backend,
+    round_layouts,
 )
 from .config import ReformerConfig
 from .hashing import fixed_rotations, hash_buckets, random_rotations
@@ -228,8 +229,10 @@ class Attention(nn.Module):
             cols = self._columns(heads)
             q, v = self._group_qv(x, heads)
             b = buckets[:, heads] if self.kind == "lsh" else None
+            # sorted once for the recompute and the backward
+            layouts = round_layouts(self.kind, b, q, self.bucket_size, self.causal)
             o, lse = attention_forward(q, v, self.kind, b, self.bucket_size, self.causal,
-                                       self.backend)
+                                       self.backend, layouts)
             if minus_f is not None:
                 self._add_output(minus_f, o[:, :, :L], heads, -1.0)
             o_rows = o[:, :, :L].transpose(1, 2).reshape(B * L, -1)
@@ -243,8 +246,8 @@ class Attention(nn.Module):
             del o_rows
             dq, dv = attention_backward(q, v, self.kind, b, self.bucket_size, self.causal,
                                         lse, delta, do.view(B, L, n, -1).transpose(1, 2),
-                                        self.backend)
-            del lse, do, delta
+                                        self.backend, layouts)
+            del lse, do, delta, layouts
             dq, dv = (t.transpose(1, 2).reshape(B * L, -1) for t in (dq, dv))
             w_qk, w_v = self.to_qk.weight[cols], self.to_v.weight[cols]
             # layer norm and projections a block of rows at a time, the norm recomputed per

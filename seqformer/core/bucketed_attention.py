@@ -16,35 +16,37 @@ Local attention is the special case of one bucket in position order (key blocks 
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from .config import ATTN_BACKENDS
 from .precision import acc_dtype
 
 # A token attends to itself only when no other key is allowed (paper, section 2). A finite
 # score rather than -inf gives exactly that: exp(-1e5 - max) == 0 whenever another key is
 # present, and weight 1 when it stands alone.
 SELF_SCORE = -1e5
-_PAD_BUCKET = 1 << 40  # padding positions form their own bucket, sorted last
+_PAD_BUCKET = 2**31 - 1  # padding positions form their own bucket, sorted last
 
 
 def bucket_order(buckets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Sort by (bucket, position).
+    """Sort by (bucket, position): one stable sort of the (int16 or int32) bucket ids.
 
-    Returns, in sorted order: the original positions (the permutation), the bucket ids and
-    each token's rank among the earlier members of its bucket. All (..., L).
+    Returns, in sorted order: the original positions (the permutation), the bucket ids (in
+    the input's dtype) and each token's rank among the earlier members of its bucket.
+    All (..., L).
     """
     L = buckets.shape[-1]
-    pos = torch.arange(L, device=buckets.device)
-    sorted_key, perm = (buckets * L + pos).sort(dim=-1)
-    sorted_buckets = torch.div(sorted_key, L, rounding_mode="floor")
+    keys = buckets if buckets.dtype in (torch.int16, torch.int32) else buckets.to(torch.int32)
+    sorted_buckets, perm = torch.sort(keys, dim=-1, stable=True)
     is_start = torch.ones_like(sorted_buckets, dtype=torch.bool)
     is_start[..., 1:] = sorted_buckets[..., 1:] != sorted_buckets[..., :-1]
-    idx = pos.expand_as(sorted_buckets)
+    idx = torch.arange(L, device=buckets.device).expand(sorted_buckets.shape)
     start = torch.where(is_start, idx, torch.zeros_like(idx)).cummax(dim=-1).values
-    return perm, sorted_buckets, idx - start
+    return perm, sorted_buckets.to(buckets.dtype), idx - start
 
 
 # Queries processed together by the band kernel: enough for efficient batched matmuls,
@@ -170,13 +172,23 @@ def _groups(is_start: torch.Tensor, rank: torch.Tensor, bucket_size: int) -> tor
     return step.cumsum(dim=-1).to(torch.int32)
 
 
-BACKENDS = ("auto", "torch", "flex")
+BACKENDS = ATTN_BACKENDS
 KINDS = ("lsh", "local", "full")
+TRITON_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
 
 
 def resolve_backend(backend: str, q: torch.Tensor, needs_grad: bool | None = None) -> str:
-    """'auto' is the PyTorch kernel everywhere: FlexAttention stays opt-in until it has
-    been measured and tested against it on a GPU (docs/benchmarks.md)."""
+    """'auto' is the Triton kernel on a GPU once it has passed a check against the PyTorch
+    kernel on that device (`triton_validated`), and the PyTorch kernel otherwise.
+    FlexAttention stays opt-in."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r} (use one of {BACKENDS})")
     if needs_grad is None:
@@ -190,35 +202,121 @@ def resolve_backend(backend: str, q: torch.Tensor, needs_grad: bool | None = Non
             raise RuntimeError("attn_backend='flex' has no backward on CPU (torch runs it "
                                "eagerly there); use attn_backend='torch' to train on CPU")
         return "flex"
+    if backend == "triton":
+        if not triton_available():
+            raise RuntimeError("attn_backend='triton' needs Triton: pip install "
+                               "'seqformer[gpu]'")
+        from . import triton_attention
+
+        if not triton_attention.usable(q):
+            raise RuntimeError("attn_backend='triton' runs on a CUDA device (or on the CPU "
+                               "under TRITON_INTERPRET=1, for tests); use attn_backend="
+                               "'torch' here")
+        if q.dtype not in TRITON_DTYPES:
+            raise RuntimeError(f"attn_backend='triton' takes {TRITON_DTYPES}, not {q.dtype}")
+        return "triton"
+    if backend == "auto" and q.is_cuda and triton_validated(q):
+        return "triton"
     return "torch"
+
+
+_VALIDATED: dict[tuple, bool] = {}
+
+
+def triton_validated(q: torch.Tensor) -> bool:
+    """Whether the Triton kernel gives the PyTorch kernel's values and gradients on q's
+    device, for its head size and dtype: checked once per process and setting on a small
+    problem (lsh with two rounds, causal and not, a length no multiple of the tile). A
+    failure, or Triton missing, keeps 'auto' on the PyTorch kernel, with a warning when
+    Triton itself failed or disagreed."""
+    key = (q.device, q.shape[-1], q.dtype)
+    if key in _VALIDATED:
+        return _VALIDATED[key]
+    ok = False
+    if q.dtype in TRITON_DTYPES and triton_available():
+        try:
+            ok = _check_triton(*key)
+            if not ok:
+                warnings.warn("the Triton attention kernel disagrees with the PyTorch kernel "
+                              f"for {key}; attn_backend='auto' uses the PyTorch kernel",
+                              stacklevel=2)
+        except Exception as e:  # a compiler or driver failure: fall back, say why
+            warnings.warn(f"the Triton attention kernel failed for {key} ({e!s:.300}); "
+                          "attn_backend='auto' uses the PyTorch kernel", stacklevel=2)
+    _VALIDATED[key] = ok
+    return ok
+
+
+def _check_triton(device: torch.device, D: int, dtype: torch.dtype) -> bool:
+    g = torch.Generator().manual_seed(0)
+    B, H, R, L, bs = 1, 2, 2, 200, 16
+    q, v, d_out = (torch.randn(B, H, L, D, generator=g).to(device, dtype) for _ in range(3))
+    buckets = torch.randint(0, 8, (B, H, R, L), generator=g).to(device)
+    tol = 1e-4 if dtype == torch.float32 else 3e-2
+    with torch.no_grad(), torch.autocast(device.type, enabled=False):
+        for causal in (True, False):
+            got, want = (_forward_and_grads(q, v, buckets, bs, causal, d_out, backend)
+                         for backend in ("triton", "torch"))
+            if not all(torch.allclose(a.float(), b.float(), atol=tol, rtol=tol)
+                       for a, b in zip(got, want)):
+                return False
+    return True
+
+
+def _forward_and_grads(q, v, buckets, bs, causal, d_out, backend):  # noqa: ANN001, ANN202
+    layouts = round_layouts("lsh", buckets, q, bs, causal)
+    out, lse = attention_forward(q, v, "lsh", buckets, bs, causal, backend, layouts)
+    L = q.shape[2]
+    delta = (d_out.float() * out[:, :, :L].float()).sum(-1)
+    dq, dv = attention_backward(q, v, "lsh", buckets, bs, causal, lse, delta, d_out, backend,
+                                layouts)
+    return out[:, :, :L], dq, dv
 
 
 @dataclass
 class _Round:
-    """Where one hashing round puts each position: the sorted order as rows of the flat
-    original-order (G * Lp, D) tensors, in blocks, with empty blocks around each row that
-    point at an appended zero row, and each sorted position's group id."""
+    """Where one hashing round puts each position: each sorted position's row in the flat
+    original-order (G * Lp, D) tensors and its group id, and how far back and ahead (in
+    sorted positions) a query's window reaches. The band kernel's blocks are views."""
 
-    rows: torch.Tensor  # (G, nb, blk)
-    rows_padded: torch.Tensor  # (G, look_back + nb + look_ahead, blk)
-    group: torch.Tensor  # (G, look_back + nb + look_ahead, blk) int32
-    group_flat: torch.Tensor  # (G, Lp) int32, for FlexAttention
-    look_back: int
+    order: torch.Tensor  # (G, Lp) flat rows in sorted order
+    group_flat: torch.Tensor  # (G, Lp) int32
+    blk: int  # the band kernel's query block
+    look_back: int  # ... and its window, in blocks
     look_ahead: int
+    back: int  # a query at sorted position i sees keys in [i - back, i + ahead]
+    ahead: int
+
+    @property
+    def rows(self) -> torch.Tensor:  # (G, nb, blk)
+        return self.order.view(self.order.shape[0], -1, self.blk)
+
+    def rows_padded(self, zero_row: int) -> torch.Tensor:
+        """(G, look_back + nb + look_ahead, blk): empty blocks point at the zero row."""
+        return F.pad(self.rows, (0, 0, self.look_back, self.look_ahead), value=zero_row)
+
+    def group(self) -> torch.Tensor:
+        """(G, look_back + nb + look_ahead, blk) int32, empty blocks in groups no query
+        can match."""
+        g = self.group_flat.view(*self.rows.shape)
+        g = F.pad(g, (0, 0, self.look_back, 0), value=-4)
+        return F.pad(g, (0, 0, 0, self.look_ahead), value=2**30).contiguous()
 
 
 def _round(kind: str, buckets: torch.Tensor | None, G: int, L: int, Lp: int, bs: int,
            causal: bool, device: torch.device) -> _Round:
     """buckets: (G, L) bucket ids of one round (lsh); local and full need none."""
     pos = torch.arange(Lp, device=device)
+    # a window [start of chunk c-1, self] spans at most 2*bs sorted positions; non-causal,
+    # the rest of one's own chunk may lie up to bs - 1 positions ahead
+    back, ahead = 2 * bs - 1, (0 if causal else bs - 1)
     if kind == "lsh":
         if Lp != L:  # padding positions form their own bucket, sorted last
             buckets = F.pad(buckets, (0, Lp - L), value=_PAD_BUCKET)
         order, _, rank = bucket_order(buckets)
         group = _groups(rank == 0, rank, bs)
-        # A window [start of chunk c-1, self] spans at most 2*bs sorted positions and may
-        # start anywhere, so query blocks of bs/2 against 2*bs + bs/2 keys waste less
-        # than blocks of bs against 3*bs keys.
+        # A window may start anywhere, so query blocks of bs/2 against 2*bs + bs/2 keys
+        # waste less than blocks of bs against 3*bs keys.
         blk = bs // 2 if bs % 2 == 0 and bs >= 8 else bs
         look_back = math.ceil((2 * bs - 1) / blk)
     else:  # one bucket in position order (+ one of padding)
@@ -230,16 +328,13 @@ def _round(kind: str, buckets: torch.Tensor | None, G: int, L: int, Lp: int, bs:
         else:  # full: a single chunk, one block
             group = torch.where(is_start, 2, 0).cumsum(0).to(torch.int32).expand(G, Lp)
             blk, look_back = Lp, 0
+            back, ahead = Lp, (0 if causal else Lp)
     nb = Lp // blk
     look_back = min(look_back, nb - 1)
-    # non-causal: the rest of one's own chunk may lie up to bs - 1 positions ahead
     look_ahead = 0 if causal or kind == "full" else min(math.ceil((bs - 1) / blk), nb - 1)
-    rows = (order + torch.arange(G, device=device).unsqueeze(-1) * Lp).reshape(G, nb, blk)
-    rows_padded = F.pad(rows, (0, 0, look_back, look_ahead), value=G * Lp)
-    group_flat = group.reshape(G, Lp).to(torch.int32)
-    group = F.pad(F.pad(group_flat.view(G, nb, blk), (0, 0, look_back, 0), value=-4),
-                  (0, 0, 0, look_ahead), value=2**30)  # groups no query can match
-    return _Round(rows, rows_padded, group.contiguous(), group_flat, look_back, look_ahead)
+    order = order + torch.arange(G, device=device).unsqueeze(-1) * Lp
+    return _Round(order, group.reshape(G, Lp).to(torch.int32).contiguous(), blk, look_back,
+                  look_ahead, back, ahead)
 
 
 def _flat_inputs(q: torch.Tensor, v: torch.Tensor, Lp: int
@@ -267,50 +362,70 @@ def _round_forward(qf, kf, vf, rd: _Round, bs, causal, backend):  # noqa: ANN001
     if backend == "flex":
         from .flex_attention import flex_band_attention
 
-        G, Lp = rd.group_flat.shape
-        out, lse = flex_band_attention(*(_gather(t, rd.rows).view(G, Lp, D)
-                                         for t in (qf, kf, vf)), rd.group_flat, bs, causal)
+        out, lse = flex_band_attention(*(_gather(t, rd.order) for t in (qf, kf, vf)),
+                                       rd.group_flat, bs, causal)
     else:
-        out, lse = band_forward(_gather(qf, rd.rows), _gather(kf, rd.rows_padded),
-                                _gather(vf, rd.rows_padded), rd.group, rd.look_back,
-                                rd.look_ahead, causal)
+        padded = rd.rows_padded(kf.shape[0] - 1)
+        out, lse = band_forward(_gather(qf, rd.rows), _gather(kf, padded), _gather(vf, padded),
+                                rd.group(), rd.look_back, rd.look_ahead, causal)
     return out.reshape(-1, D), lse.reshape(-1)
 
 
+def round_layouts(kind: str, buckets: torch.Tensor | None, q: torch.Tensor, bucket_size: int,
+                  causal: bool) -> list[_Round]:
+    """The layout of each hashing round (one for local and full attention): computed once
+    by the caller when a forward and its backward both need them (the sorts are then not
+    redone), 12 bytes per position and round."""
+    return list(_rounds(kind, buckets, q, bucket_size, causal))
+
+
 def _rounds(kind: str, buckets: torch.Tensor | None, q: torch.Tensor, bs: int, causal: bool):
-    """The layout of each hashing round (one for local and full attention)."""
     B, H, L, _ = q.shape
     Lp = math.ceil(L / bs) * bs
     n = buckets.shape[2] if kind == "lsh" else 1
     for r in range(n):
-        b = buckets[:, :, r].reshape(B * H, L).long() if kind == "lsh" else None
+        b = buckets[:, :, r].reshape(B * H, L).to(torch.int32) if kind == "lsh" else None
         yield _round(kind, b, B * H, L, Lp, bs, causal, q.device)
 
 
 def attention_forward(q: torch.Tensor, v: torch.Tensor, kind: str, buckets: torch.Tensor | None,
-                      bucket_size: int, causal: bool, backend: str = "torch"
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                      bucket_size: int, causal: bool, backend: str = "torch",
+                      layouts: list[_Round] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Shared-QK attention, one hashing round at a time.
 
     The output over several rounds is one softmax over the union of the rounds' windows,
     so merging each round into a running output and log-sum-exp (in original order, in
     float32 or wider) is exact, and nothing of a round outlives it: within a round the sort
-    is a permutation, so its output lands in original order by one index_copy.
+    is a permutation, so its output lands in original order by one index_copy (by the
+    Triton kernel's epilogue with backend "triton").
 
-    q, v: (B, H, L, D); kind "lsh" (buckets (B, H, R, L)), "local" or "full". Returns the
-    output (B, H, Lp, D), Lp = L padded to a multiple of bucket_size, and its log-sum-exp
-    as (B, H, Lp, 2): the largest round's log-sum-exp m and log(sum_r exp(lse_r - m)).
-    Kept apart because a lone token's score is SELF_SCORE: at -1e5 a float32 sum of the
-    two would round its probabilities by ~1%.
+    q, v: (B, H, L, D); kind "lsh" (buckets (B, H, R, L)), "local" or "full"; layouts
+    from `round_layouts`, or None to lay out each round as it comes. Returns the output
+    (B, H, Lp, D), Lp = L padded to a multiple of bucket_size, and its log-sum-exp as
+    (B, H, Lp, 2): the largest round's log-sum-exp m and log(sum_r exp(lse_r - m)). Kept
+    apart because a lone token's score is SELF_SCORE: at -1e5 a float32 sum of the two
+    would round its probabilities by ~1%.
     """
     B, H, L, D = q.shape
     Lp = math.ceil(L / bucket_size) * bucket_size
+    backend = resolve_backend(backend, q, needs_grad=False)
     qf, kf, vf = _flat_inputs(q, v, Lp)
     acc = acc_dtype(q.dtype)
-    out = m = norm = None
-    for rd in _rounds(kind, buckets, q, bucket_size, causal):
+    rounds = _rounds(kind, buckets, q, bucket_size, causal) if layouts is None else layouts
+    if backend == "triton":
+        from . import triton_attention
+
+        out = qf.new_empty(qf.shape, dtype=torch.float32)
+        m, norm = (qf.new_empty(qf.shape[0], dtype=torch.float32) for _ in range(2))
+        for r, rd in enumerate(rounds):
+            triton_attention.round_forward(qf, kf, vf, rd.order, rd.group_flat, rd.back,
+                                           rd.ahead, causal, out, m, norm, first=r == 0)
+        rounds = ()
+    else:
+        out = m = norm = None
+    for rd in rounds:
         o_s, lse_s = _round_forward(qf, kf, vf, rd, bucket_size, causal, backend)
-        rows = rd.rows.reshape(-1)
+        rows = rd.order.reshape(-1)
         o_r = qf.new_empty(o_s.shape, dtype=acc).index_copy_(0, rows, o_s.to(acc))
         lse_r = qf.new_empty(lse_s.shape, dtype=acc).index_copy_(0, rows, lse_s.to(acc))
         if out is None:  # online softmax over rounds: running max, sum and weighted output
@@ -328,33 +443,44 @@ def attention_forward(q: torch.Tensor, v: torch.Tensor, kind: str, buckets: torc
 def attention_backward(q: torch.Tensor, v: torch.Tensor, kind: str,
                        buckets: torch.Tensor | None, bucket_size: int, causal: bool,
                        lse: torch.Tensor, delta: torch.Tensor, d_out: torch.Tensor,
-                       backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
+                       backend: str = "torch", layouts: list[_Round] | None = None
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
     """dq, dv (float32 or wider, like q and v), one round at a time, from the combined
     log-sum-exp of `attention_forward` (B, H, Lp, 2), delta = <d_out, out> (B, H, L or Lp)
     and d_out (B, H, L or Lp, D): the probability of key j for query i is
     exp((s_ij - m_i) - log_norm_i)."""
     B, H, L, D = q.shape
     Lp = lse.shape[2]
-    acc = acc_dtype(q.dtype)
+    backend = resolve_backend(backend, q, needs_grad=False)
+    acc = torch.float32 if backend == "triton" else acc_dtype(q.dtype)
     qf, kf, vf = _flat_inputs(q, v, Lp)
-    do = F.pad(d_out.to(acc), (0, 0, 0, Lp - d_out.shape[2])).reshape(-1, D)
+    # the Triton kernel's matmuls take d_out in the inputs' dtype, as FlashAttention's do
+    do_dtype = q.dtype if backend == "triton" else acc
+    do = F.pad(d_out.to(do_dtype), (0, 0, 0, Lp - d_out.shape[2])).reshape(-1, D)
     delta = F.pad(delta.to(acc), (0, Lp - delta.shape[2])).reshape(-1)
-    lse = lse.reshape(-1, 2)
+    lse = lse.to(acc).reshape(-1, 2)
     dqf = qf.new_zeros(qf.shape, dtype=acc)
     dkf = kf.new_zeros(kf.shape, dtype=acc)
     dvf = vf.new_zeros(vf.shape, dtype=acc)
-    for rd in _rounds(kind, buckets, q, bucket_size, causal):
+    for rd in _rounds(kind, buckets, q, bucket_size, causal) if layouts is None else layouts:
+        if backend == "triton":
+            from . import triton_attention
+
+            triton_attention.round_backward(qf, kf, vf, rd.order, rd.group_flat, rd.back,
+                                            rd.ahead, causal, lse, delta, do, dqf, dkf, dvf)
+            continue
         if backend == "flex":
             _flex_round_backward(qf, kf, vf, rd, bucket_size, causal, lse, delta, do,
                                  (dqf, dkf, dvf))
             continue
+        padded = rd.rows_padded(kf.shape[0] - 1)
         dq_s, dk_s, dv_s = band_backward(
-            _gather(qf, rd.rows), _gather(kf, rd.rows_padded), _gather(vf, rd.rows_padded),
-            rd.group, rd.look_back, rd.look_ahead, causal, _gather(lse, rd.rows),
+            _gather(qf, rd.rows), _gather(kf, padded), _gather(vf, padded), rd.group(),
+            rd.look_back, rd.look_ahead, causal, _gather(lse, rd.rows),
             _gather(delta.unsqueeze(-1), rd.rows).squeeze(-1), _gather(do, rd.rows))
-        dqf.index_add_(0, rd.rows.reshape(-1), dq_s.reshape(-1, D))
-        dkf.index_add_(0, rd.rows_padded.reshape(-1), dk_s.reshape(-1, D))
-        dvf.index_add_(0, rd.rows_padded.reshape(-1), dv_s.reshape(-1, D))
+        dqf.index_add_(0, rd.order.reshape(-1), dq_s.reshape(-1, D))
+        dkf.index_add_(0, padded.reshape(-1), dk_s.reshape(-1, D))
+        dvf.index_add_(0, padded.reshape(-1), dv_s.reshape(-1, D))
         del dq_s, dk_s, dv_s
     del qf, kf, vf, do, delta
     # keys are the normalized queries k = q / |q|: dq += (dk - k <k, dk>) / |q|
@@ -375,8 +501,8 @@ def _flex_round_backward(qf, kf, vf, rd, bs, causal, lse, delta, do, grads):  # 
 
     G, Lp = rd.group_flat.shape
     D = qf.shape[-1]
-    rows = rd.rows.reshape(-1)
-    ins = [_gather(t, rd.rows).view(G, Lp, D).detach().requires_grad_() for t in (qf, kf, vf)]
+    rows = rd.order.reshape(-1)
+    ins = [_gather(t, rd.order).detach().requires_grad_() for t in (qf, kf, vf)]
     with torch.enable_grad():
         o_r, lse_r = flex_band_attention(*ins, rd.group_flat, bs, causal)
     do_s = do.index_select(0, rows).view(G, Lp, D)
@@ -419,7 +545,8 @@ def bucketed_attention(q: torch.Tensor, v: torch.Tensor, buckets: torch.Tensor |
     q, v: (B, H, L, D); keys are the L2-normalized queries. buckets: (B, H, R, L) bucket
     ids per hashing round, or None for local attention (chunk + previous chunk in position
     order). Rounds are combined with their log-sum-exp weights. Returns (B, H, L, D).
-    backend: "torch" (the band kernel), "flex" (FlexAttention) or "auto".
+    backend: "torch" (the band kernel), "triton" (the fused kernel), "flex"
+    (FlexAttention) or "auto".
     """
     backend = resolve_backend(backend, q)
     kind = "local" if buckets is None else "lsh"

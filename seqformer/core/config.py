@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 ATTN_KINDS = ("lsh", "local", "full")
-ATTN_BACKENDS = ("auto", "torch", "flex")
+ATTN_BACKENDS = ("auto", "torch", "triton", "flex")
 
 # Above this many buckets, hashing uses two factors (n1 * n2 buckets from n1/2 + n2/2
 # rotation columns) so the rotation matmul stays cheap at 1M tokens, as in trax/HF.
@@ -45,8 +45,10 @@ class ReformerConfig:
     # a causal k-mer feature, so short-range statistics need no learned relative offsets
     # (absolute axial positions make those slow to learn). 1 = the paper's plain embedding.
     kmer_embedding: int = 1
-    # "torch": the band kernel (CPU and GPU); "flex": FlexAttention (CUDA; CPU forward only,
-    # for tests); "auto": torch until flex is validated on a GPU. Results are the same.
+    # "torch": the band kernel (CPU and GPU); "triton": the fused kernel (CUDA; CPU only
+    # under TRITON_INTERPRET=1, for tests); "flex": FlexAttention (CUDA; CPU forward only,
+    # for tests); "auto": triton on a GPU where it passes a first-use check against torch,
+    # else torch. Results are the same.
     attn_backend: str = "auto"
     # Attention runs this many heads at a time (and one hashing round at a time): the
     # working memory of a layer is one group's. More heads at once = fewer, larger kernel
