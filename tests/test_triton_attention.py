@@ -123,17 +123,30 @@ def test_the_first_use_check_passes_and_catches_a_wrong_kernel(monkeypatch):
         assert not ba.triton_validated(q)
 
 
-def test_the_triton_backend_is_refused_where_it_cannot_run(monkeypatch):
+def test_triton_where_it_cannot_run_falls_back_to_torch_with_a_warning(monkeypatch):
+    """A model saved with attn_backend="triton" on a GPU still runs on a CPU."""
     if torch.cuda.is_available():
         pytest.skip("CUDA present: triton runs")
     monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(ba, "_WARNED", set())
     q = torch.zeros(1, 1, 8, 16)
-    with pytest.raises(RuntimeError, match="runs on a CUDA device"):
-        ba.resolve_backend("triton", q)
+    with pytest.warns(UserWarning, match="runs on a CUDA device, not cpu"):
+        assert ba.resolve_backend("triton", q) == "torch"
     assert ba.resolve_backend("auto", q) == "torch"  # auto never picks it on the CPU
+    cfg = ReformerConfig(vocab_size=11, d_model=32, n_layers=1, n_heads=2, d_ff=64,
+                         bucket_size=8, n_hashes=2, max_seq_len=64)
+    torch.manual_seed(0)
+    a = ReformerLM(cfg).eval()
+    b = ReformerLM(ReformerConfig(**{**cfg.__dict__, "attn_backend": "triton"})).eval()
+    b.load_state_dict(a.state_dict())
+    x = torch.randint(0, 11, (1, 40))
+    with torch.no_grad():
+        torch.testing.assert_close(b(x), a(x))
 
 
 @needs_kernel
-def test_float64_is_refused_with_a_clear_message():
-    with pytest.raises(RuntimeError, match="attn_backend='triton' takes"):
-        ba.resolve_backend("triton", torch.zeros(1, 1, 8, 16, dtype=torch.float64))
+def test_float64_falls_back_with_a_clear_message(monkeypatch):
+    monkeypatch.setattr(ba, "_WARNED", set())
+    with pytest.warns(UserWarning, match="not torch.float64; using the PyTorch kernel"):
+        q = torch.zeros(1, 1, 8, 16, dtype=torch.float64, device=DEVICE)
+        assert ba.resolve_backend("triton", q) == "torch"

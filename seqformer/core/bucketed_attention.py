@@ -188,6 +188,7 @@ def triton_available() -> bool:
 def resolve_backend(backend: str, q: torch.Tensor, needs_grad: bool | None = None) -> str:
     """'auto' is the Triton kernel on a GPU once it has passed a check against the PyTorch
     kernel on that device (`triton_validated`), and the PyTorch kernel otherwise.
+    'triton' where it cannot run falls back to the PyTorch kernel with a warning.
     FlexAttention stays opt-in."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown attention backend {backend!r} (use one of {BACKENDS})")
@@ -203,21 +204,36 @@ def resolve_backend(backend: str, q: torch.Tensor, needs_grad: bool | None = Non
                                "eagerly there); use attn_backend='torch' to train on CPU")
         return "flex"
     if backend == "triton":
-        if not triton_available():
-            raise RuntimeError("attn_backend='triton' needs Triton: pip install "
-                               "'seqformer[gpu]'")
-        from . import triton_attention
-
-        if not triton_attention.usable(q):
-            raise RuntimeError("attn_backend='triton' runs on a CUDA device (or on the CPU "
-                               "under TRITON_INTERPRET=1, for tests); use attn_backend="
-                               "'torch' here")
-        if q.dtype not in TRITON_DTYPES:
-            raise RuntimeError(f"attn_backend='triton' takes {TRITON_DTYPES}, not {q.dtype}")
-        return "triton"
+        problem = _triton_problem(q)
+        if problem is None:
+            return "triton"
+        # results do not depend on the kernel, so a model saved with "triton" on a GPU
+        # still scores and samples on a CPU
+        if problem not in _WARNED:
+            _WARNED.add(problem)
+            warnings.warn(f"attn_backend='triton': {problem}; using the PyTorch kernel",
+                          stacklevel=2)
+        return "torch"
     if backend == "auto" and q.is_cuda and triton_validated(q):
         return "triton"
     return "torch"
+
+
+_WARNED: set[str] = set()
+
+
+def _triton_problem(q: torch.Tensor) -> str | None:
+    """Why the Triton kernel cannot run on q here, or None."""
+    if not triton_available():
+        return "Triton is not installed (pip install 'seqformer[gpu]')"
+    from . import triton_attention
+
+    if not triton_attention.usable(q):
+        return (f"it runs on a CUDA device, not {q.device.type} (there only under "
+                "TRITON_INTERPRET=1, for tests)")
+    if q.dtype not in TRITON_DTYPES:
+        return f"it takes {', '.join(str(t) for t in TRITON_DTYPES)}, not {q.dtype}"
+    return None
 
 
 _VALIDATED: dict[tuple, bool] = {}
@@ -233,7 +249,7 @@ def triton_validated(q: torch.Tensor) -> bool:
     if key in _VALIDATED:
         return _VALIDATED[key]
     ok = False
-    if q.dtype in TRITON_DTYPES and triton_available():
+    if _triton_problem(q) is None:
         try:
             ok = _check_triton(*key)
             if not ok:
