@@ -87,7 +87,7 @@ ModelOpt = Annotated[Path, typer.Option("--model", help="trained model directory
 
 
 def _preset(domain: str, config: str | None) -> Path:
-    name = config or f"{domain}-tiny"
+    name = config or f"{domain}-quick"
     path = Path(name)
     if path.suffix in (".yaml", ".yml") or path.exists():
         return path
@@ -107,14 +107,14 @@ def _inputs(paths: list[Path] | None, default: Path, what: str) -> list[Path]:
 
 def _train(domain_name: str, inputs: list[Path], config: str | None, out_dir: Path | None,
            max_steps, seq_len, batch_size, resume, force, devices, num_nodes, strategy,
-           overrides, options: dict) -> None:
+           overrides, options: dict, data: dict | None = None) -> None:
     from .domains import get_domain
     from .pipeline import run_config
     from .pipeline.run_dir import read_config
     from .pipeline.training import check_run_dir, is_first_process, tokenize, train
 
     preset = _preset(domain_name, config)
-    cli = {"train": {}, "data": {}}
+    cli = {"train": {}, "data": dict(data or {})}
     for key, value in (("max_steps", max_steps), ("batch_size", batch_size),
                        ("num_nodes", num_nodes), ("strategy", strategy)):
         if value is not None:
@@ -143,9 +143,31 @@ def _train(domain_name: str, inputs: list[Path], config: str | None, out_dir: Pa
                                                     highlight=False, soft_wrap=True))
     summary = train(cfg, inputs, run, resume=resume)
     if summary:
+        unit = _unit(domain_name)
+        limit = cfg["train"].get("max_minutes")
+        stopped = (f" (stopped by train.max_minutes={limit:g} before max_steps "
+                   f"{cfg['train']['max_steps']})"
+                   if limit and summary["steps"] < cfg["train"]["max_steps"] else "")
         out.print(f"[green]trained[/green] {summary['steps']} steps on {summary['tokens']:,} "
-                  f"tokens ({summary['records']} records); validation "
-                  f"{summary['val_bits']:.4f} bits/token -> {summary['run']}")
+                  f"tokens ({summary['records']} records){stopped} -> {summary['run']}")
+        if summary["baseline"]:
+            out.print(_against_baseline(summary["val_bits"], summary["baseline"], unit))
+        else:
+            out.print(f"validation {summary['val_bits']:.4f} bits/{unit}")
+
+
+def _unit(domain_name: str) -> str:
+    return "base" if domain_name == "dna" else "token"
+
+
+def _against_baseline(bits: float, baseline: dict, unit: str) -> str:
+    """The model's validation bits beside the Markov baseline's, on the same tokens."""
+    gap = baseline["val_bits"] - bits
+    verdict = (f"[green]model ahead by {gap:.4f}[/green]" if gap > 0
+               else f"[red]model behind by {-gap:.4f}[/red] (train longer or larger)")
+    return (f"validation: model {bits:.4f} bits/{unit}, order-{baseline['order']} Markov "
+            f"baseline {baseline['val_bits']:.4f} bits/{unit} ({baseline['val_tokens']:,} "
+            f"tokens): {verdict}")
 
 
 @train_app.command("dna")
@@ -174,9 +196,14 @@ def train_midi(midi: Annotated[list[Path] | None, typer.Option(
                force: Force = False, devices: Devices = None, num_nodes: NumNodes = None,
                strategy: Strategy = None, overrides: Overrides = None) -> None:
     """Train on MIDI files (directories are searched recursively)."""
-    inputs = _inputs(midi, REPO / "data" / "midi", "--midi")
+    bundled = REPO / "data" / "midi"
+    inputs = _inputs(midi, bundled, "--midi")
+    data = {}
+    if not midi and (bundled / "heldout.txt").is_file():  # the sample's own validation pieces
+        lines = (bundled / "heldout.txt").read_text().splitlines()
+        data["holdout_ids"] = [x.strip() for x in lines if x.strip() and not x.startswith("#")]
     _train("midi", inputs, config, out_dir, max_steps, seq_len, batch_size, resume, force,
-           devices, num_nodes, strategy, overrides, {})
+           devices, num_nodes, strategy, overrides, {}, data)
 
 
 # -- sample ------------------------------------------------------------------------------
@@ -336,25 +363,40 @@ def _score(domain_name: str, model_dir: Path, inputs: list[Path], out_path: Path
             if per_base is not None:
                 per_position.append((rec.id, ll))
             bar.advance(task, len(rec.tokens))
-    unit = "base" if domain_name == "dna" else "token"
+    unit = _unit(domain_name)
+    baseline = _read_baseline(model_dir)
+    columns = ["record", "length", "total ll (nats)", "mean ll", f"bits/{unit}", "perplexity"]
+    header = ["id", "length", "total_ll_nats", "mean_ll_nats", f"bits_per_{unit}", "perplexity"]
+    if baseline is not None:
+        columns.append(f"Markov bits/{unit}")
+        header.append(f"markov_order{baseline[1]['order']}_bits_per_{unit}")
+    per_second = any(rec.meta.get("duration") for rec in records)
+    if per_second:
+        columns.append("nll nats/s")
+        header.append("nll_nats_per_second")
     table = Table(title=f"{model_dir.name}: log-likelihood")
-    for col in ("record", "length", "total ll (nats)", "mean ll", f"bits/{unit}", "perplexity"):
+    for col in columns:
         table.add_column(col, justify="right" if col != "record" else "left")
-    rows = []
+    rows, totals = [], np.zeros(3)
     for s, rec in zip(scores, records):
         row = [s.id, s.length, f"{s.total_ll:.4f}", f"{s.mean_ll:.6f}",
                f"{s.bits_per_token:.6f}", f"{s.perplexity:.4f}"]
-        duration = rec.meta.get("duration")
-        if duration:
-            row.append(f"{-s.total_ll / duration:.4f}")
+        if baseline is not None:
+            bits, n = baseline[0].bits([rec.tokens])
+            row.append(f"{bits / max(1, n):.6f}")
+            totals += (-s.total_ll / np.log(2), bits, n)
+        if per_second:
+            duration = rec.meta.get("duration")
+            row.append(f"{-s.total_ll / duration:.4f}" if duration else "")
         rows.append(row)
         table.add_row(*map(str, row))
     out.print(table)
+    if baseline is not None and totals[2]:
+        model_bits, markov_bits = totals[0] / totals[2], totals[1] / totals[2]
+        out.print(_against_baseline(model_bits, {**baseline[1], "val_bits": markov_bits,
+                                                 "val_tokens": int(totals[2])}, unit)
+                  .replace("validation: ", "all records: "))
     if out_path is not None:
-        header = ["id", "length", "total_ll_nats", "mean_ll_nats", f"bits_per_{unit}",
-                  "perplexity"]
-        if any(len(r) > 6 for r in rows):
-            header.append("nll_nats_per_second")
         with atomic_path(out_path) as tmp:
             tmp.write_text("\t".join(header) + "\n"
                            + "".join("\t".join(map(str, r)) + "\n" for r in rows))
@@ -483,7 +525,25 @@ def info(run: Annotated[Path, typer.Argument(help="model directory")]) -> None:
         best = min(v for _, v in val)
         table.add_row("validation", f"{val[-1][1]:.4f} bits/token at step {val[-1][0] + 1} "
                       f"(best {best:.4f})")
+    baseline = _read_baseline(run)
+    if baseline is not None:
+        table.add_row("baseline", f"order-{baseline[1]['order']} Markov: "
+                      f"{baseline[1]['val_bits']:.4f} bits/token on the same validation tokens")
     out.print(table)
+
+
+def _read_baseline(run: Path):
+    """The run's Markov baseline (model, summary), or None for a run trained before it."""
+    from .pipeline.markov import MarkovModel
+    from .pipeline.training import BASELINE
+
+    path = Path(run) / BASELINE
+    if not path.is_file():
+        return None
+    try:
+        return MarkovModel.load(path)
+    except Exception as e:
+        raise InputError(f"{path}: unreadable baseline ({e})") from None
 
 
 @app.callback(invoke_without_command=True)

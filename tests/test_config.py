@@ -82,3 +82,15 @@ def test_bad_run_config_is_rejected_at_load_naming_the_field(tmp_path, yaml_text
     code, out = run_cli("train", "dna", "--config", preset, "--out", tmp_path / "run")
     assert code == 2 and out.startswith(f"error: {field}:"), out
     assert "Traceback" not in out and not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("text, value", [("train.lr=3e-3", 3e-3), ("train.lr=3.0e-3", 3e-3),
+                                         ("train.max_minutes=null", None),
+                                         ("model.attn=local", "local"),
+                                         ("model.attn=[local, lsh]", ["local", "lsh"])])
+def test_overrides_read_numbers_as_a_user_types_them(text, value):
+    """YAML 1.1 reads 3e-3 (no dot) as a string; an override means the number."""
+    from seqformer.pipeline.run_config import parse_override
+
+    section, key = text.split("=")[0].split(".")
+    assert parse_override(text) == {section: {key: value}}

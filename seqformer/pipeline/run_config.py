@@ -79,6 +79,11 @@ def parse_override(text: str) -> dict:
         value = yaml.safe_load(raw)
     except yaml.YAMLError as e:
         raise InputError(f"override {text!r}: cannot parse value: {e}") from None
+    if isinstance(value, str):  # YAML 1.1 reads 3e-3 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            pass
     out: dict = {}
     node = out
     parts = key.strip().split(".")

@@ -7,6 +7,7 @@ import logging
 import math
 import os
 import signal
+import sys
 import threading
 import warnings
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint, RichProgressBar
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
@@ -25,9 +26,11 @@ from ..domains import get_domain
 from ..errors import InputError, Interrupted
 from ..files import atomic_path
 from .lightning_module import LMTask
+from .markov import fit_baseline, split_at
+from .progress import PlainProgress, TrainingBar
 from .run_dir import export_weights, write_config
 from .token_store import TokenStore
-from .windows import TrainWindows, ValWindows, split_streams
+from .windows import Stream, TrainWindows, ValWindows, split_streams
 
 
 class WindowData(pl.LightningDataModule):
@@ -161,6 +164,26 @@ def plot_loss(run: Path) -> Path | None:
     return run / "loss.png"
 
 
+BASELINE = "baseline.npz"
+
+
+def markov_baseline(run: Path, train: Stream, val: Stream, seq_len: int, val_windows: int,
+                    ignore: tuple[int, ...]) -> dict:
+    """Fit the best fixed-order Markov model on the training stream's records and score
+    the tokens validation scores (its first val_windows * seq_len targets; context within
+    each record). Saved as run/baseline.npz; returns its summary."""
+    store = train.store
+    records = [store.tokens[o:o + n] for o, n in train.segments]
+    model, orders = fit_baseline(records)
+    scored = ValWindows(val, seq_len, val_windows, ignore[0])
+    end = min(len(val), scored.n * seq_len + 1)
+    total, n = model.bits(split_at(val.slice(0, end)[1:], ignore)) if end > 1 else (0.0, 0)
+    summary = {"kind": "markov", "order": model.order, "val_bits": total / max(1, n),
+               "val_tokens": n, "orders_on_training_split": orders}
+    model.save(run / BASELINE, summary)
+    return summary
+
+
 def is_first_process() -> bool:
     """False in the extra processes of a distributed launch (Lightning DDP, torchrun)."""
     return all(int(os.environ.get(v, "0") or 0) == 0 for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
@@ -185,6 +208,18 @@ def tokenize(cfg: dict, inputs: list[Path], run: Path,
     """The run's token store (run/data), built from `inputs` unless up to date."""
     domain = get_domain(cfg["domain"], **cfg["data"]["options"])
     return TokenStore.build(Path(run) / "data", domain, inputs, on_record, on_tokens)
+
+
+def quiet_foreign_warnings() -> None:
+    """Filter what a user of the command line cannot act on: deprecations raised inside
+    Lightning and torch, and Lightning's advice that does not apply here."""
+    for category in (DeprecationWarning, FutureWarning):
+        for module in ("pytorch_lightning", "lightning_fabric", "torch", "torchmetrics"):
+            warnings.filterwarnings("ignore", category=category, module=module)
+    # in-memory windows need no workers; a resumed run's windows do go on where they
+    # stopped (WindowData); the checkpoint directory of a resumed run is of course not empty
+    warnings.filterwarnings("ignore", message=r".*(does not have many workers|LeafSpec|"
+                            r"dataloader is not resumable|exists and is not empty).*")
 
 
 def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
@@ -217,6 +252,10 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
                              or train_cfg["val_every"])
     stop = StopOnSignal(last)
     has_val = len(data.val_stream) > 1 and cfg["data"]["val_windows"] > 0
+    # a bar where someone watches, plain lines where output goes to a file
+    bar = progress and sys.stdout.isatty()
+    shown = ([TrainingBar(leave=True)] if bar
+             else [PlainProgress(train_cfg["log_every"])] if progress else [])
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     try:
         trainer = pl.Trainer(
@@ -233,33 +272,26 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
             num_sanity_val_steps=0, log_every_n_steps=train_cfg["log_every"],
             # metrics reach disk every log_every steps, so a killed run's curve is kept
             logger=CSVLogger(run, name="logs", flush_logs_every_n_steps=train_cfg["log_every"]),
-            callbacks=[best, latest, stop]
-            + ([RichProgressBar(leave=True)] if progress else []),
-            plugins=[AtomicCheckpointIO()],
-            enable_progress_bar=progress, enable_model_summary=False)
+            callbacks=[best, latest, stop, *shown], plugins=[AtomicCheckpointIO()],
+            enable_progress_bar=bar, enable_model_summary=False)
     except (ValueError, MisconfigurationException) as e:  # e.g. fsdp without a GPU
         raise InputError(f"train (devices/strategy/accelerator): {e}") from None
     with warnings.catch_warnings():
-        # Lightning's advice that does not apply here (in-memory windows need no workers)
-        warnings.filterwarnings("ignore", message=r".*(does not have many workers|LeafSpec).*")
-        # a resumed run's windows do go on where they stopped (WindowData), and the
-        # checkpoint directory of a resumed run is of course not empty
-        warnings.filterwarnings("ignore", message=r".*(dataloader is not resumable|exists and "
-                                r"is not empty).*")
+        quiet_foreign_warnings()
         try:
             trainer.fit(task, datamodule=data, ckpt_path=str(last) if resume else None)
         except SIGTERMException:
             pass  # StopOnSignal has saved the step it stopped at
-    if stop.interrupted_at is not None or trainer.received_sigterm:
-        plot_loss(run)
-        at = stop.interrupted_at if stop.interrupted_at is not None else "?"
-        raise Interrupted(f"{run}: interrupted at step {at}, saved in checkpoints/last.ckpt; "
-                          f"continue with `seqformer train ... --out {run} --resume` (add "
-                          "--max-steps N to change where it ends)")
-    if has_val and not task.stopped_on_nonfinite:
-        # the final weights' validation score, whatever step training ended on (every
-        # process takes part: validation gathers across them)
-        trainer.validate(task, datamodule=data, verbose=False)
+        if stop.interrupted_at is not None or trainer.received_sigterm:
+            plot_loss(run)
+            at = stop.interrupted_at if stop.interrupted_at is not None else "?"
+            raise Interrupted(f"{run}: interrupted at step {at}, saved in checkpoints/last.ckpt; "
+                              f"continue with `seqformer train ... --out {run} --resume` (add "
+                              "--max-steps N to change where it ends)")
+        if has_val and not task.stopped_on_nonfinite:
+            # the final weights' validation score, whatever step training ended on (every
+            # process takes part: validation gathers across them)
+            trainer.validate(task, datamodule=data, verbose=False)
     if trainer.global_rank != 0:
         return {}
     if task.stopped_on_nonfinite:
@@ -268,6 +300,10 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
     export_weights(run, task.model)
     plot_loss(run)
     val = trainer.callback_metrics.get("val_bits")
+    baseline = (markov_baseline(run, data.train_stream, data.val_stream, cfg["data"]["seq_len"],
+                                cfg["data"]["val_windows"], (domain.pad_id, domain.sep_id))
+                if has_val else None)
     return {"steps": trainer.global_step, "val_bits": float(val) if val is not None else math.nan,
-            "run": str(run), "tokens": store.total, "records": len(store)}
+            "run": str(run), "tokens": store.total, "records": len(store),
+            "baseline": baseline}
 
