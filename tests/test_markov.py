@@ -116,3 +116,22 @@ def test_progress_is_plain_lines_without_a_terminal(trained):
     assert all("tokens/s" in s and "elapsed" in s and "train " in s for s in steps)
     assert any(line.startswith("validation at step 3: ") for line in lines)
     assert "Epoch" not in text and "LeafSpec" not in text and "Warning" not in text
+
+
+def test_bundled_midi_holds_out_its_own_validation_pieces(tmp_path):
+    """With no --midi the four pieces of data/midi/heldout.txt are validation, not the
+    last 10% of the files (the drum piece and the trecento pieces)."""
+    import yaml
+
+    out = tmp_path / "midi"
+    code, text = run("train", "midi", "--out", out, "--max-steps", 1, "--batch-size", 1,
+                     *TINY, "data.val_windows=64")
+    assert code == 0, text
+    held = yaml.safe_load((out / "config.yaml").read_text())["data"]["holdout_ids"]
+    assert held == ["bach/bach__bwv351", "palestrina/palestrina__Kyrie_02",
+                    "monteverdi/monteverdi__madrigal.4.4", "josquin/josquin__milleRegrets__0000"]
+    from seqformer.pipeline.token_store import TokenStore
+
+    lengths = {r.id: r.length for r in TokenStore(out / "data").records}
+    _, meta = MarkovModel.load(out / "baseline.npz")
+    assert meta["val_tokens"] == sum(lengths[i] for i in held)  # every held-out token scored

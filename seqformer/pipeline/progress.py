@@ -32,8 +32,10 @@ def clock(seconds: float) -> str:
 class PlainProgress(Callback):
     """One line per `every` optimizer steps and one per validation, to `stream`."""
 
-    def __init__(self, every: int, stream: TextIO | None = None):
+    def __init__(self, every: int, max_minutes: float | None = None,
+                 stream: TextIO | None = None):
         self.every = max(1, every)
+        self.limit = 60.0 * max_minutes if max_minutes else None
         self.stream = stream
         self.started = self.first_step = None
         self.tokens = 0
@@ -45,7 +47,8 @@ class PlainProgress(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self.started, self.first_step = time.monotonic(), trainer.global_step
-        self._print(f"training from step {trainer.global_step} to {trainer.max_steps}")
+        limit = f" or {self.limit / 60:g} minutes" if self.limit else ""
+        self._print(f"training from step {trainer.global_step} to {trainer.max_steps}{limit}")
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs,
                            batch, batch_idx: int) -> None:  # noqa: ANN001
@@ -56,6 +59,8 @@ class PlainProgress(Callback):
         elapsed = time.monotonic() - self.started
         done = step - self.first_step
         eta = elapsed / done * (trainer.max_steps - step) if done else float("nan")
+        if self.limit:  # training also stops at the time limit
+            eta = min(eta, max(0.0, self.limit - elapsed)) if done else self.limit - elapsed
         bits = trainer.callback_metrics.get("bits")
         parts = [f"step {step}/{trainer.max_steps}",
                  f"train {float(bits):.4f} bits" if bits is not None else "",

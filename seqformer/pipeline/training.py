@@ -255,7 +255,8 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
     # a bar where someone watches, plain lines where output goes to a file
     bar = progress and sys.stdout.isatty()
     shown = ([TrainingBar(leave=True)] if bar
-             else [PlainProgress(train_cfg["log_every"])] if progress else [])
+             else [PlainProgress(train_cfg["log_every"], train_cfg.get("max_minutes"))]
+             if progress else [])
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     try:
         trainer = pl.Trainer(
