@@ -532,7 +532,7 @@ def info(run: Annotated[Path, typer.Argument(help="model directory")]) -> None:
     out.print(table)
 
 
-def _read_baseline(run: Path):
+def _read_baseline(run: Path) -> tuple | None:
     """The run's Markov baseline (model, summary), or None for a run trained before it."""
     from .pipeline.markov import MarkovModel
     from .pipeline.training import BASELINE
