@@ -218,11 +218,16 @@ def _sample(domain_name: str, model_dir: Path, prompt_tokens_fn, length: int, te
             top_k, top_p, seed):
     import numpy as np
 
+    from .core import check_sampling
     from .pipeline.inference import sample_tokens
     from .pipeline.run_dir import load_run
 
     if length < 1:
         raise InputError(f"--length {length}: must be at least 1")
+    try:
+        check_sampling(temperature, top_k, top_p)
+    except ValueError as e:  # "top_k must be ..." -> "--top-k must be ..."
+        raise InputError("--" + str(e).replace("_", "-", 1)) from None
     # the decoding cache is bounded by the model's context; what grows with --length is
     # the sample itself (8 bytes a token while generating, plus the domain's output)
     need, have = 16 * length, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")

@@ -175,3 +175,21 @@ def test_bad_prompt_and_config(trained, tmp_path):
     assert code == 2 and "--prompt" in text and not (tmp_path / "x.fa").exists()
     code, text = run("train", "dna", "--out", tmp_path / "r", "model.d_model=30")
     assert code == 2 and "model.d_model" in text
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--temperature", -1, "--temperature must be >= 0"),
+    ("--top-p", 2, "--top-p must be in (0, 1]"),
+    ("--top-p", 0, "--top-p must be in (0, 1]"),
+    ("--top-k", 0, "--top-k must be >= 1"),
+    ("--length", 0, "--length 0: must be at least 1"),
+])
+def test_bad_sampling_options_are_one_clear_error(trained, tmp_path, option, value, message):
+    args = ["sample", "dna", "--model", trained, "--length", 5, "--out", tmp_path / "x.fa"]
+    if option == "--length":
+        args[args.index("--length") + 1] = value
+    else:
+        args += [option, value]
+    code, text = run(*args)
+    assert code == 2 and message in text and "Traceback" not in text, text
+    assert not (tmp_path / "x.fa").exists()

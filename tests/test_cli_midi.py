@@ -121,3 +121,13 @@ def test_existing_output_refused(trained, tmp_path):
     out.write_bytes(b"keep")
     code, text = run("sample", "midi", "--model", trained, "--length", 5, "--out", out)
     assert code == 2 and "already exists" in text and out.read_bytes() == b"keep"
+
+
+@pytest.mark.parametrize("option, value", [("--temperature", -0.5), ("--top-p", 1.5),
+                                           ("--top-k", -3)])
+def test_bad_sampling_options_are_one_clear_error(trained, tmp_path, option, value):
+    out = tmp_path / "x.mid"
+    code, text = run("sample", "midi", "--model", trained, "--length", 5, "--out", out,
+                     option, value)
+    assert code == 2 and text.startswith(f"error: {option} must be") and "Traceback" not in text
+    assert not out.exists()

@@ -261,3 +261,63 @@ def test_chunked_loss_equals_cross_entropy_over_full_logits(monkeypatch, reducti
     scalar(ref).backward()
     for n, p in m.named_parameters():
         torch.testing.assert_close(grads[n], p.grad, atol=1e-10, rtol=1e-8, msg=n)
+
+
+class NoRepeatOddOnly:
+    """A test constraint: never the previous token again, and at every other step only
+    odd token ids. Records what it is told."""
+
+    def __init__(self, prompt: torch.Tensor, vocab: int):
+        self.last, self.vocab, self.step = prompt[:, -1].clone(), vocab, 0
+        self.removed: list[torch.Tensor] = []
+
+    def allowed(self) -> torch.Tensor:
+        ok = torch.ones(len(self.last), self.vocab, dtype=torch.bool)
+        ok[torch.arange(len(self.last)), self.last] = False
+        if self.step % 2:
+            ok[:, 0::2] = False
+        return ok
+
+    def update(self, tokens: torch.Tensor, removed: torch.Tensor) -> None:
+        self.last, self.step = tokens.clone(), self.step + 1
+        self.removed.append(removed)
+
+
+@pytest.mark.parametrize("kind", ["lsh", "full"])
+def test_greedy_generate_under_a_constraint_equals_the_masked_argmax(kind):
+    """The mask applies before the choice; the mass it took is the model's own
+    probability of the disallowed tokens at that step, from a full forward."""
+    m = model(attn=kind, bucket_size=4, n_buckets=4)
+    prompt = tokens(5)
+    rule = NoRepeatOddOnly(prompt, 11)
+    out = m.generate(prompt, 30, temperature=0, constraint=rule)
+    reference = NoRepeatOddOnly(prompt, 11)
+    seq = prompt
+    with torch.no_grad():
+        for step in range(30):
+            logits = m(seq)[:, -1]
+            ok = reference.allowed()
+            removed = logits.softmax(-1).masked_fill(ok, 0).sum(-1)
+            torch.testing.assert_close(rule.removed[step], removed, atol=1e-5, rtol=1e-4)
+            nxt = logits.masked_fill(~ok, float("-inf")).argmax(-1)
+            reference.update(nxt, removed)
+            seq = torch.cat([seq, nxt[:, None]], dim=1)
+    assert torch.equal(out, seq)
+    new = out[:, 5:]
+    assert (new[:, 1:] != new[:, :-1]).all() and (new[:, 1::2] % 2 == 1).all()
+    # sampling too keeps to the mask
+    sampled = m.generate(prompt, 30, temperature=1.5, constraint=NoRepeatOddOnly(prompt, 11),
+                         generator=torch.Generator().manual_seed(0))[:, 5:]
+    assert (sampled[:, 1:] != sampled[:, :-1]).all() and (sampled[:, 1::2] % 2 == 1).all()
+
+
+@pytest.mark.parametrize("kw, message", [
+    (dict(temperature=-1.0), "temperature must be >= 0"),
+    (dict(temperature=float("nan")), "temperature must be >= 0"),
+    (dict(top_k=0), "top_k must be >= 1"),
+    (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+    (dict(top_p=2.0), r"top_p must be in \(0, 1\]"),
+])
+def test_sampling_options_are_checked_before_decoding(kw, message):
+    with pytest.raises(ValueError, match=message):
+        model().generate(tokens(4), 5, **kw)

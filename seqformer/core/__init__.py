@@ -2,6 +2,7 @@
 
 from .config import ConfigError, ReformerConfig
 from .model import DecodeCache, ReformerLM
-from .sampling import sample_next
+from .sampling import Constraint, check_sampling, sample_next
 
-__all__ = ["ConfigError", "DecodeCache", "ReformerConfig", "ReformerLM", "sample_next"]
+__all__ = ["ConfigError", "Constraint", "DecodeCache", "ReformerConfig", "ReformerLM",
+           "check_sampling", "sample_next"]

@@ -22,7 +22,7 @@ from .reversible import (
     stream_dtype,
     stream_mean,
 )
-from .sampling import sample_next
+from .sampling import Constraint, apply_constraint, check_sampling, sample_next
 
 
 @dataclass
@@ -175,10 +175,14 @@ class ReformerLM(nn.Module):
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, n_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """prompt (B, P), P >= 1 -> (B, P + n_tokens). temperature=0 is greedy."""
+                 generator: torch.Generator | None = None,
+                 constraint: Constraint | None = None) -> torch.Tensor:
+        """prompt (B, P), P >= 1 -> (B, P + n_tokens). temperature=0 is greedy.
+        constraint: which tokens may come next (see core/sampling.py), masked before
+        temperature, top-k and top-p."""
         if prompt.ndim != 2 or prompt.shape[1] < 1:
             raise ValueError("prompt must be (batch, length) with length >= 1")
+        check_sampling(temperature, top_k, top_p)
         was_training = self.training
         self.eval()
         try:
@@ -186,7 +190,10 @@ class ReformerLM(nn.Module):
             out = [prompt]
             next_logits = logits[:, -1]
             for i in range(n_tokens):
+                next_logits, removed = apply_constraint(next_logits, constraint)
                 token = sample_next(next_logits, temperature, top_k, top_p, generator)
+                if constraint is not None:
+                    constraint.update(token, removed)
                 out.append(token.unsqueeze(1))
                 if i + 1 < n_tokens:
                     next_logits = self.step(token, cache)

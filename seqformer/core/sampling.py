@@ -1,27 +1,61 @@
-"""Turning next-token logits into a token: temperature, top-k, top-p (nucleus)."""
+"""Turning next-token logits into a token: constraints, temperature, top-k, top-p.
+
+A constraint is any object with two methods: `allowed()` returns a (B, V) boolean mask of
+the tokens each sequence may take next, and `update(tokens, removed)` is told the (B,)
+tokens chosen and the probability mass (B,) its mask took from the model's own
+distribution at that step. Masks apply before temperature, top-k and top-p. Scores never
+use constraints: they are the model's own likelihood.
+"""
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
+
+
+class Constraint(Protocol):
+    def allowed(self) -> torch.Tensor: ...
+
+    def update(self, tokens: torch.Tensor, removed: torch.Tensor) -> None: ...
+
+
+def check_sampling(temperature: float = 1.0, top_k: int | None = None,
+                   top_p: float | None = None) -> None:
+    """ValueError naming the option that is out of range."""
+    if not temperature >= 0:  # also NaN
+        raise ValueError(f"temperature must be >= 0 (0 is greedy), got {temperature}")
+    if top_k is not None and top_k < 1:
+        raise ValueError(f"top_k must be >= 1, got {top_k}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+
+
+def apply_constraint(logits: torch.Tensor, constraint: Constraint | None
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The logits with the disallowed tokens at -inf, and the probability mass (B,) the mask
+    removed from the model's distribution (None without a constraint)."""
+    if constraint is None:
+        return logits, None
+    allowed = constraint.allowed().to(logits.device)
+    if not allowed.any(dim=-1).all():
+        raise ValueError("the constraint allows no token for some sequence")
+    removed = logits.float().softmax(dim=-1).masked_fill(allowed, 0.0).sum(dim=-1)
+    return logits.masked_fill(~allowed, float("-inf")), removed
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
                 top_p: float | None = None, generator: torch.Generator | None = None
                 ) -> torch.Tensor:
     """logits: (B, V) -> (B,) token ids. temperature == 0 is greedy."""
+    check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         return logits.argmax(dim=-1)
-    if temperature < 0:
-        raise ValueError(f"temperature must be >= 0, got {temperature}")
     logits = logits.float() / temperature
     if top_k is not None and top_k < logits.shape[-1]:
-        if top_k < 1:
-            raise ValueError(f"top_k must be >= 1, got {top_k}")
         kth = logits.topk(top_k, dim=-1).values[..., -1:]
         logits = logits.masked_fill(logits < kth, float("-inf"))
     if top_p is not None and top_p < 1.0:
-        if not 0.0 < top_p:
-            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         probs = sorted_logits.softmax(dim=-1)
         # drop a token when the tokens ranked above it already reach top_p

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from .. import __version__
-from ..core import ReformerLM, sample_next
+from ..core import Constraint, ReformerLM, sample_next
+from ..core.sampling import apply_constraint
 from ..errors import InputError
 
 
@@ -201,10 +202,11 @@ def _open_partial(partial: Path, settings: dict, resume: bool) -> h5py.File:
 def sample_tokens(model: ReformerLM, prompt: np.ndarray, n_tokens: int, temperature: float = 1.0,
                   top_k: int | None = None, top_p: float | None = None, seed: int | None = None,
                   allowed: list[int] | None = None, on_token: Callable[[int], None] | None = None,
-                  device: str | torch.device = "cpu") -> tuple[np.ndarray, float]:
+                  device: str | torch.device = "cpu", constraint: Constraint | None = None
+                  ) -> tuple[np.ndarray, float]:
     """Continue `prompt` (token ids, starting with the separator) by n_tokens with the
-    decoding cache, emitting only `allowed` token ids. Returns the new tokens and the
-    tokens per second.
+    decoding cache, emitting only `allowed` token ids and those `constraint` allows (see
+    core/sampling.py). Returns the new tokens and the tokens per second.
 
     Past the model's max_seq_len the cache cannot grow (positions are absolute), so the
     context restarts from the last half window: exact within a context, approximate
@@ -223,7 +225,10 @@ def sample_tokens(model: ReformerLM, prompt: np.ndarray, n_tokens: int, temperat
                                   capacity=min(ctx, len(seq_ctx) + n_tokens))
     nxt = logits[:, -1]
     while len(new) < n_tokens:
-        tok = sample_next(nxt + bias, temperature, top_k, top_p, gen)
+        nxt, removed = apply_constraint(nxt + bias, constraint)
+        tok = sample_next(nxt, temperature, top_k, top_p, gen)
+        if constraint is not None:
+            constraint.update(tok, removed)
         new.append(int(tok))
         if on_token:
             on_token(1)

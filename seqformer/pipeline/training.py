@@ -219,7 +219,8 @@ def quiet_foreign_warnings() -> None:
     # in-memory windows need no workers; a resumed run's windows do go on where they
     # stopped (WindowData); the checkpoint directory of a resumed run is of course not empty
     warnings.filterwarnings("ignore", message=r".*(does not have many workers|LeafSpec|"
-                            r"dataloader is not resumable|exists and is not empty).*")
+                            r"dataloader is not resumable|exists and is not empty|"
+                            r"dirpath has changed).*")
 
 
 def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
