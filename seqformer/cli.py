@@ -215,7 +215,9 @@ Seed = Annotated[int | None, typer.Option("--seed")]
 
 
 def _sample(domain_name: str, model_dir: Path, prompt_tokens_fn, length: int, temperature,
-            top_k, top_p, seed):
+            top_k, top_p, seed, grammar: bool = False):
+    """(domain, prompt, new tokens); with `grammar`, sampled under the domain's grammar
+    (limits from the model directory) and followed by the tokens it needs to close."""
     import numpy as np
 
     from .core import check_sampling
@@ -240,13 +242,39 @@ def _sample(domain_name: str, model_dir: Path, prompt_tokens_fn, length: int, te
     if len(prompt) >= context:
         err.print(f"the prompt has {len(prompt) - 1:,} tokens, more than the model's context "
                   f"({context:,}): continuing from its last {context // 2:,} tokens")
+    constraint = domain.constraint(_sampling_limits(model_dir), [prompt]) if grammar else None
     with _progress() as bar:
         task = bar.add_task("sampling", total=length)
         new, rate = sample_tokens(model, prompt, length, temperature, top_k, top_p, seed,
                                   allowed=domain.generatable(),
-                                  on_token=lambda n: bar.advance(task, n))
+                                  on_token=lambda n: bar.advance(task, n),
+                                  constraint=constraint)
     err.print(f"{length:,} tokens at {rate:,.0f} tokens/s")
+    if constraint is not None:
+        closing = constraint.closing()
+        removed = np.array(constraint.removed[0])
+        err.print(f"grammar: masked {removed.mean():.2%} of the model's probability per token "
+                  f"on average ({(removed > 0.5).sum():,} tokens where it was most of it); "
+                  f"released {len([t for t in closing if domain.is_note_off(t)]):,} notes "
+                  "still sounding at the end")
+        new = np.concatenate([new, np.asarray(closing, dtype=np.int64)])
     return domain, prompt[1:], new
+
+
+def _sampling_limits(model_dir: Path) -> dict | None:
+    import json
+
+    from .pipeline.training import SAMPLING
+
+    path = model_dir / SAMPLING
+    if not path.is_file():
+        err.print(f"{model_dir}: no {SAMPLING} (trained before sampling limits were stored): "
+                  "the grammar uses its defaults")
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: unreadable ({e})") from None
 
 
 @sample_app.command("dna")
@@ -286,7 +314,11 @@ def sample_midi(model: ModelOpt, length: Length,
                 temperature: Temperature = 1.0, top_k: TopK = None, top_p: TopP = None,
                 seed: Seed = None, force: Force = False,
                 audio: Annotated[Path | None, typer.Option(
-                    "--audio", help="also render to WAV (needs FluidSynth)")] = None) -> None:
+                    "--audio", help="also render to WAV (needs FluidSynth)")] = None,
+                grammar: Annotated[bool, typer.Option(
+                    "--grammar/--no-grammar", help="note grammar: no unmatched note-off, no "
+                    "second note-on of a sounding pitch, polyphony and note length within "
+                    "the training data's")] = True) -> None:
     """Generate music; writes the .mid (primer + continuation) and a piano-roll PNG."""
     from .files import check_output
 
@@ -305,7 +337,7 @@ def sample_midi(model: ModelOpt, length: Length,
         return records[0].tokens
 
     domain, p, new = _sample("midi", model, primer_tokens, length, temperature, top_k, top_p,
-                             seed)
+                             seed, grammar)
     import numpy as np
 
     pm, repairs = domain.decode(np.concatenate([p, new]))

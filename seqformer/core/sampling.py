@@ -1,10 +1,10 @@
 """Turning next-token logits into a token: constraints, temperature, top-k, top-p.
 
-A constraint is any object with two methods: `allowed()` returns a (B, V) boolean mask of
-the tokens each sequence may take next, and `update(tokens, removed)` is told the (B,)
-tokens chosen and the probability mass (B,) its mask took from the model's own
-distribution at that step. Masks apply before temperature, top-k and top-p. Scores never
-use constraints: they are the model's own likelihood.
+A constraint is any object with two methods: `allowed()` returns a (B, V) boolean mask (a
+tensor or numpy array) of the tokens each sequence may take next, and `update(tokens,
+removed)` is told the (B,) tokens chosen and the probability mass (B,) its mask took from
+the model's own distribution at that step (tensors). Masks apply before temperature,
+top-k and top-p. Scores never use constraints: they are the model's own likelihood.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ def apply_constraint(logits: torch.Tensor, constraint: Constraint | None
     removed from the model's distribution (None without a constraint)."""
     if constraint is None:
         return logits, None
-    allowed = constraint.allowed().to(logits.device)
+    allowed = torch.as_tensor(constraint.allowed(), device=logits.device)
     if not allowed.any(dim=-1).all():
         raise ValueError("the constraint allows no token for some sequence")
     removed = logits.float().softmax(dim=-1).masked_fill(allowed, 0.0).sum(dim=-1)

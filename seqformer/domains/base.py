@@ -78,6 +78,16 @@ class Domain:
         separator (which would end the record)."""
         return [i for i in range(self.vocab_size) if i not in (self.pad_id, self.sep_id)]
 
+    def sampling_limits(self, sequences: Iterable[np.ndarray]) -> dict[str, Any] | None:
+        """What sampling constraints learn from the training sequences (saved with a
+        model); None for a domain without a grammar."""
+        return None
+
+    def constraint(self, limits: dict[str, Any] | None, prompts: list[np.ndarray]):  # noqa: ANN201
+        """A sampling constraint (core/sampling.py) for sequences continuing `prompts`,
+        or None for a domain without a grammar."""
+        return None
+
     def config(self) -> dict[str, Any]:
         """Options that change tokenization; saved with a model so it reads input the same way."""
         return {}

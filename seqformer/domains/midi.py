@@ -442,6 +442,23 @@ class MIDIDomain(Domain):
         self.skipped: list[tuple[str, str]] = []  # (path, reason) from the last read()
         self.repairs: dict[str, int] = {}  # repair counts from the last write()
 
+    @staticmethod
+    def is_note_off(token: int) -> bool:
+        return NOTE_OFF <= token < SHIFT
+
+    def sampling_limits(self, sequences: Iterable[np.ndarray]) -> dict[str, Any]:
+        from .midi_grammar import limits_from
+
+        return limits_from(sequences).to_dict()
+
+    def constraint(self, limits: dict[str, Any] | None, prompts: list[np.ndarray]):  # noqa: ANN201
+        """The note grammar (midi_grammar.py); without stored limits, a model trained
+        before they were: at most 16 notes at once, none longer than 10 s."""
+        from .midi_grammar import GrammarLimits, MIDIGrammar
+
+        limits = GrammarLimits(**limits) if limits else GrammarLimits(16, 1000)
+        return MIDIGrammar(limits, prompts)
+
     def read(self, path: str | Path) -> Iterator[Record]:
         """One Record per piece of a .mid/.midi file, or of every such file under a directory
         (recursive, case-insensitive, sorted). Unreadable files and files without notes are

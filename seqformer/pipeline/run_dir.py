@@ -7,6 +7,8 @@
       checkpoints/         Lightning checkpoints: last.ckpt, best.ckpt (for --resume)
       logs/version_N/      metrics.csv of each training session (a resume adds one)
       loss.png             loss curve
+      baseline.npz         the Markov baseline fitted on the training split
+      sampling.json        limits of the domain's sampling grammar (MIDI), from training
       data/                token store of the training inputs
 """
 

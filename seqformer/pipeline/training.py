@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -165,6 +166,7 @@ def plot_loss(run: Path) -> Path | None:
 
 
 BASELINE = "baseline.npz"
+SAMPLING = "sampling.json"  # what the domain's sampling grammar learned from training
 
 
 def markov_baseline(run: Path, train: Stream, val: Stream, seq_len: int, val_windows: int,
@@ -182,6 +184,16 @@ def markov_baseline(run: Path, train: Stream, val: Stream, seq_len: int, val_win
                "val_tokens": n, "orders_on_training_split": orders}
     model.save(run / BASELINE, summary)
     return summary
+
+
+def store_sampling_limits(run: Path, domain, train: Stream) -> None:  # noqa: ANN001
+    """run/sampling.json: the limits the domain's sampling grammar takes from the training
+    records (MIDI: largest polyphony, longest usual note), if it has a grammar."""
+    records = (train.store.tokens[o:o + n] for o, n in train.segments)
+    limits = domain.sampling_limits(records)
+    if limits is not None:
+        with atomic_path(run / SAMPLING) as tmp:
+            tmp.write_text(json.dumps(limits, indent=1))
 
 
 def is_first_process() -> bool:
@@ -217,7 +229,8 @@ def quiet_foreign_warnings() -> None:
         for module in ("pytorch_lightning", "lightning_fabric", "torch", "torchmetrics"):
             warnings.filterwarnings("ignore", category=category, module=module)
     # in-memory windows need no workers; a resumed run's windows do go on where they
-    # stopped (WindowData); the checkpoint directory of a resumed run is of course not empty
+    # stopped (WindowData); the checkpoint directory of a resumed run is of course not empty,
+    # and a copied or moved run keeps its own checkpoints
     warnings.filterwarnings("ignore", message=r".*(does not have many workers|LeafSpec|"
                             r"dataloader is not resumable|exists and is not empty|"
                             r"dirpath has changed).*")
@@ -302,6 +315,7 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
     export_weights(run, task.model)
     plot_loss(run)
     val = trainer.callback_metrics.get("val_bits")
+    store_sampling_limits(run, domain, data.train_stream)
     baseline = (markov_baseline(run, data.train_stream, data.val_stream, cfg["data"]["seq_len"],
                                 cfg["data"]["val_windows"], (domain.pad_id, domain.sep_id))
                 if has_val else None)

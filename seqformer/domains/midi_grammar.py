@@ -1,0 +1,143 @@
+"""Grammar-aware sampling for the MIDI event vocabulary: a constraint for generation.
+
+Each sequence keeps the notes sounding per (instrument, pitch) with their onsets, the
+current instrument and the time. Then: a note-off only for a sounding note of the current
+instrument, and not in the step it started; no note-on of a sounding pitch; at most
+`max_polyphony` notes at once; time may not advance past the moment the oldest sounding
+note reaches `max_steps`, and once it has, only its release is allowed (after switching
+to its instrument if need be). At the end, `closing` gives the tokens that release
+whatever still sounds. Limits come from the training data (`limits_from`) and are stored
+with the model.
+
+Numpy only: core's sampling loop turns the masks into tensors.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict, deque
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+from .midi import DRUMS, NOTE_OFF, NOTE_ON, PROGRAM, SEP, SHIFT, VELOCITY, VOCAB_SIZE
+
+NOTE_QUANTILE = 99.5  # the longest note allowed: this percentile of the training notes
+
+
+@dataclass
+class GrammarLimits:
+    max_polyphony: int
+    max_steps: int  # a note's longest duration, in 10 ms steps
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class _Walk:
+    """The state the event tokens describe, as the decoder reads them."""
+
+    def __init__(self) -> None:
+        self.now, self.inst = 0, PROGRAM  # a note before any instrument token: program 0
+        self.sounding: dict[tuple[int, int], deque[int]] = defaultdict(deque)
+        self.count = 0
+
+    def step(self, token: int) -> int | None:
+        """Apply one token; returns the duration of a note it ended, if any."""
+        if token == SEP:
+            self.__init__()
+        elif NOTE_ON <= token < NOTE_OFF:
+            self.sounding[(self.inst, token - NOTE_ON)].append(self.now)
+            self.count += 1
+        elif NOTE_OFF <= token < SHIFT:
+            onsets = self.sounding.get((self.inst, token - NOTE_OFF))
+            if onsets:
+                self.count -= 1
+                return self.now - onsets.popleft()
+        elif SHIFT <= token < VELOCITY:
+            self.now += token - SHIFT + 1
+        elif PROGRAM <= token <= DRUMS:
+            self.inst = token
+        return None
+
+    def oldest(self) -> tuple[tuple[int, int], int] | None:
+        """The sounding note with the earliest onset, and that onset."""
+        live = [(q[0], key) for key, q in self.sounding.items() if q]
+        return (min(live)[1], min(live)[0]) if live else None
+
+
+def limits_from(sequences: Iterable[np.ndarray]) -> GrammarLimits:
+    """The largest polyphony and the NOTE_QUANTILE-th percentile of note length in the
+    training sequences."""
+    polyphony, lengths = 1, []
+    for seq in sequences:
+        walk = _Walk()
+        for token in np.asarray(seq).tolist():
+            ended = walk.step(token)
+            if ended is not None:
+                lengths.append(ended)
+            polyphony = max(polyphony, walk.count)
+    steps = int(np.ceil(np.percentile(lengths, NOTE_QUANTILE))) if lengths else 500
+    return GrammarLimits(max_polyphony=polyphony, max_steps=max(1, steps))
+
+
+class MIDIGrammar:
+    """The constraint (see core/sampling.py) for a batch of sequences that continue
+    `prompts` (each may start with <sep>)."""
+
+    def __init__(self, limits: GrammarLimits, prompts: list[np.ndarray]):
+        self.limits = limits
+        self.walks = [_Walk() for _ in prompts]
+        for walk, prompt in zip(self.walks, prompts):
+            for token in np.asarray(prompt).tolist():
+                walk.step(int(token))
+        self.removed = [[] for _ in prompts]  # per sequence, the mass masked at each step
+
+    def _allowed_one(self, walk: _Walk) -> np.ndarray:
+        ok = np.zeros(VOCAB_SIZE, dtype=bool)
+        oldest = walk.oldest()
+        if oldest is not None and walk.now - oldest[1] >= self.limits.max_steps:
+            (inst, pitch), _ = oldest
+            if inst == walk.inst:
+                ok[NOTE_OFF + pitch] = True  # held too long: release it now
+            else:
+                ok[inst] = True  # ... after switching to its instrument
+            return ok
+        ok[VELOCITY:DRUMS + 1] = True  # velocities, programs, drums
+        for (inst, pitch), onsets in walk.sounding.items():
+            # not in the step it started: the decoder would have to lengthen it
+            if onsets and inst == walk.inst and onsets[0] < walk.now:
+                ok[NOTE_OFF + pitch] = True
+        if walk.count < self.limits.max_polyphony:
+            ok[NOTE_ON:NOTE_OFF] = True
+            for (inst, pitch), onsets in walk.sounding.items():
+                if onsets and inst == walk.inst:
+                    ok[NOTE_ON + pitch] = False
+        room = (self.limits.max_steps - (walk.now - oldest[1]) if oldest is not None
+                else VELOCITY - SHIFT)
+        ok[SHIFT:SHIFT + min(room, VELOCITY - SHIFT)] = True  # shifts of 1 .. room steps
+        return ok
+
+    def allowed(self) -> np.ndarray:
+        return np.stack([self._allowed_one(w) for w in self.walks])
+
+    def update(self, tokens, removed) -> None:  # noqa: ANN001
+        for walk, log, token, mass in zip(self.walks, self.removed, tokens.tolist(),
+                                          removed.tolist()):
+            walk.step(int(token))
+            log.append(float(mass))
+
+    def closing(self, index: int = 0) -> list[int]:
+        """Tokens that release every note still sounding in sequence `index`."""
+        walk, out = self.walks[index], []
+        if any(q and q[-1] == walk.now for q in walk.sounding.values()):
+            out.append(SHIFT)  # one step, so no note ends in the step it started
+            walk.step(SHIFT)
+        for (inst, pitch), onsets in sorted(walk.sounding.items()):
+            for _ in range(len(onsets)):
+                if walk.inst != inst:
+                    out.append(inst)
+                    walk.step(inst)
+                out.append(NOTE_OFF + pitch)
+                walk.step(NOTE_OFF + pitch)
+        return out

@@ -1,0 +1,115 @@
+"""The MIDI note grammar as a sampling constraint: its masks, its limits from data, and
+sampling under it leaves nothing for the decoder to repair."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from seqformer.domains import get_domain
+from seqformer.domains.midi import DRUMS, NOTE_OFF, NOTE_ON, PROGRAM, SEP, SHIFT, VELOCITY
+from seqformer.domains.midi_grammar import GrammarLimits, MIDIGrammar, limits_from
+
+from cli_helpers import REPO
+from cli_helpers import TINY_MODEL as TINY
+from cli_helpers import run_cli as run
+
+BACH = REPO / "data" / "midi" / "bach"
+
+
+def on(p): return NOTE_ON + p  # noqa: E704
+def off(p): return NOTE_OFF + p  # noqa: E704
+def shift(k): return SHIFT + k - 1  # noqa: E704
+
+
+def test_limits_from_hand_made_sequences():
+    # two notes together (polyphony 2), lasting 3 and 5 steps; a stray note-off is ignored
+    seq = np.array([SEP, on(60), on(64), shift(3), off(60), off(70), shift(2), off(64)])
+    limits = limits_from([seq] * 10)
+    assert limits.max_polyphony == 2 and limits.max_steps == 5  # 99.5th pct of {3, 5}
+
+
+def test_masks_follow_the_note_grammar():
+    g = MIDIGrammar(GrammarLimits(max_polyphony=2, max_steps=10), [np.array([SEP, on(60)])])
+    assert not g.allowed()[0][off(60)]  # not in the step it started (zero length)
+    g = MIDIGrammar(GrammarLimits(max_polyphony=2, max_steps=10),
+                    [np.array([SEP, on(60), shift(1)])])
+    ok = g.allowed()[0]
+    assert ok[off(60)] and not ok[off(61)]  # a note-off only for a sounding note
+    assert not ok[on(60)] and ok[on(61)]  # no second note-on of a sounding pitch
+    assert ok[shift(9)] and not ok[shift(10)]  # time may not pass the note's limit
+    assert ok[VELOCITY] and ok[PROGRAM + 5] and ok[DRUMS] and not ok[SEP]
+    g.update(torch.tensor([shift(3)]), torch.tensor([0.25]))
+    g.update(torch.tensor([on(62)]), torch.tensor([0.0]))
+    ok = g.allowed()[0]
+    assert not ok[NOTE_ON:NOTE_OFF].any()  # polyphony cap reached
+    assert ok[off(60)] and not ok[off(62)]  # 62 has only just started
+    assert g.removed == [[0.25, 0.0]]
+    g.update(torch.tensor([shift(6)]), torch.tensor([0.0]))  # note 60 is now 10 steps old
+    ok = g.allowed()[0]
+    assert ok.sum() == 1 and ok[off(60)]  # held to the limit: only its release
+    g.update(torch.tensor([off(60)]), torch.tensor([0.0]))
+    g.update(torch.tensor([PROGRAM + 40]), torch.tensor([0.0]))  # another instrument
+    ok = g.allowed()[0]
+    assert not ok[off(62)] and ok[on(62)]  # note 62 belongs to program 0, not program 40
+    g.update(torch.tensor([PROGRAM]), torch.tensor([0.0]))
+    assert g.allowed()[0][off(62)]
+    g.update(torch.tensor([PROGRAM + 40]), torch.tensor([0.0]))
+    assert ok[shift(4)] and not ok[shift(5)]  # note 62 is 6 of its 10 steps old
+    assert g.closing() == [PROGRAM, off(62)]  # switch back, then release
+
+
+def test_a_note_held_too_long_in_another_instrument_is_switched_to_and_released():
+    g = MIDIGrammar(GrammarLimits(4, 3), [np.array([SEP, PROGRAM + 1, on(50), PROGRAM + 2,
+                                                    shift(3)])])
+    ok = g.allowed()[0]
+    assert ok.sum() == 1 and ok[PROGRAM + 1]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_sampling_under_the_grammar_needs_no_repair(seed):
+    """Any choice among the allowed tokens, for 3,000 steps: the decoder finds no unmatched
+    note-off and, after `closing`, no unclosed note; polyphony and note length stay within
+    the limits."""
+    limits = GrammarLimits(max_polyphony=4, max_steps=50)
+    g = MIDIGrammar(limits, [np.array([SEP])])
+    rng = np.random.default_rng(seed)
+    tokens = [SEP]
+    for _ in range(3000):
+        ok = g.allowed()[0]
+        weights = np.where(ok, rng.random(len(ok)), 0.0)
+        weights[NOTE_ON:NOTE_OFF] *= 3.0  # lean towards notes, to test the caps
+        t = int(np.argmax(weights))
+        g.update(torch.tensor([t]), torch.tensor([0.0]))
+        tokens.append(t)
+    tokens += g.closing()
+    domain = get_domain("midi")
+    pm, repairs = domain.decode(np.array(tokens))
+    assert repairs["unmatched_note_off"] == repairs["unclosed_note"] == 0
+    assert repairs["zero_length"] == 0
+    notes = [n for inst in pm.instruments for n in inst.notes]
+    assert notes and max(n.end - n.start for n in notes) <= limits.max_steps * 0.01 + 1e-6
+    edges = sorted([(n.start, 1) for n in notes] + [(n.end, -1) for n in notes])
+    assert max(np.cumsum([e for _, e in edges])) <= limits.max_polyphony
+
+
+def test_train_stores_limits_and_sample_keeps_the_grammar(tmp_path):
+    out = tmp_path / "bach"
+    code, text = run("train", "midi", "--midi", BACH, "--out", out, "--max-steps", 2,
+                     "--batch-size", 2, *TINY)
+    assert code == 0, text
+    import json
+
+    limits = json.loads((out / "sampling.json").read_text())
+    tokens = [r.tokens for r in get_domain("midi").read(BACH)]
+    assert limits == limits_from(tokens[:-1]).to_dict()  # the 11 training chorales
+    assert 4 <= limits["max_polyphony"] <= 8  # four voices, some divided
+    mid = tmp_path / "s.mid"
+    code, text = run("sample", "midi", "--model", out, "--length", 400, "--out", mid,
+                     "--seed", 0)
+    assert code == 0, text
+    assert "grammar: masked" in text and "no repairs needed" in text
+    code, text = run("sample", "midi", "--model", out, "--length", 400, "--out",
+                     tmp_path / "free.mid", "--seed", 0, "--no-grammar")
+    assert code == 0 and "grammar" not in text and "unmatched_note_off" in text
