@@ -31,10 +31,13 @@ def test_limits_from_hand_made_sequences():
 
 
 def test_masks_follow_the_note_grammar():
-    g = MIDIGrammar(GrammarLimits(max_polyphony=2, max_steps=10), [np.array([SEP, on(60)])])
+    bare = MIDIGrammar(GrammarLimits(2, 10), [np.array([SEP])]).allowed()[0]
+    assert not bare[NOTE_ON:NOTE_OFF].any()  # instrument and velocity first
+    named = [SEP, PROGRAM, VELOCITY + 16]
+    g = MIDIGrammar(GrammarLimits(max_polyphony=2, max_steps=10), [np.array(named + [on(60)])])
     assert not g.allowed()[0][off(60)]  # not in the step it started (zero length)
     g = MIDIGrammar(GrammarLimits(max_polyphony=2, max_steps=10),
-                    [np.array([SEP, on(60), shift(1)])])
+                    [np.array(named + [on(60), shift(1)])])
     ok = g.allowed()[0]
     assert ok[off(60)] and not ok[off(61)]  # a note-off only for a sounding note
     assert not ok[on(60)] and ok[on(61)]  # no second note-on of a sounding pitch
@@ -61,8 +64,8 @@ def test_masks_follow_the_note_grammar():
 
 
 def test_a_note_held_too_long_in_another_instrument_is_switched_to_and_released():
-    g = MIDIGrammar(GrammarLimits(4, 3), [np.array([SEP, PROGRAM + 1, on(50), PROGRAM + 2,
-                                                    shift(3)])])
+    g = MIDIGrammar(GrammarLimits(4, 3), [np.array([SEP, VELOCITY, PROGRAM + 1, on(50),
+                                                    PROGRAM + 2, shift(3)])])
     ok = g.allowed()[0]
     assert ok.sum() == 1 and ok[PROGRAM + 1]
 
@@ -87,7 +90,7 @@ def test_random_sampling_under_the_grammar_needs_no_repair(seed):
     domain = get_domain("midi")
     pm, repairs = domain.decode(np.array(tokens))
     assert repairs["unmatched_note_off"] == repairs["unclosed_note"] == 0
-    assert repairs["zero_length"] == 0
+    assert repairs["zero_length"] == repairs["no_instrument"] == repairs["no_velocity"] == 0
     notes = [n for inst in pm.instruments for n in inst.notes]
     assert notes and max(n.end - n.start for n in notes) <= limits.max_steps * 0.01 + 1e-6
     edges = sorted([(n.start, 1) for n in notes] + [(n.end, -1) for n in notes])

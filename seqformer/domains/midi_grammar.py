@@ -1,8 +1,9 @@
 """Grammar-aware sampling for the MIDI event vocabulary: a constraint for generation.
 
 Each sequence keeps the notes sounding per (instrument, pitch) with their onsets, the
-current instrument and the time. Then: a note-off only for a sounding note of the current
-instrument, and not in the step it started; no note-on of a sounding pitch; at most
+current instrument and the time. Then: no note-on before an instrument and a velocity
+token; a note-off only for a sounding note of the current instrument, and not in the step
+it started; no note-on of a sounding pitch; at most
 `max_polyphony` notes at once; time may not advance past the moment the oldest sounding
 note reaches `max_steps`, and once it has, only its release is allowed (after switching
 to its instrument if need be). At the end, `closing` gives the tokens that release
@@ -41,6 +42,8 @@ class _Walk:
         self.now, self.inst = 0, PROGRAM  # a note before any instrument token: program 0
         self.sounding: dict[tuple[int, int], deque[int]] = defaultdict(deque)
         self.count = 0
+        self.named = False  # an instrument and a velocity token seen in this piece
+        self._seen: set[str] = set()
 
     def step(self, token: int) -> int | None:
         """Apply one token; returns the duration of a note it ended, if any."""
@@ -56,8 +59,12 @@ class _Walk:
                 return self.now - onsets.popleft()
         elif SHIFT <= token < VELOCITY:
             self.now += token - SHIFT + 1
+        elif VELOCITY <= token < PROGRAM:
+            self._seen.add("velocity")
         elif PROGRAM <= token <= DRUMS:
             self.inst = token
+            self._seen.add("instrument")
+        self.named = len(self._seen) == 2
         return None
 
     def oldest(self) -> tuple[tuple[int, int], int] | None:
@@ -108,7 +115,8 @@ class MIDIGrammar:
             # not in the step it started: the decoder would have to lengthen it
             if onsets and inst == walk.inst and onsets[0] < walk.now:
                 ok[NOTE_OFF + pitch] = True
-        if walk.count < self.limits.max_polyphony:
+        # a note-on needs its instrument and velocity said first (else the decoder guesses)
+        if walk.named and walk.count < self.limits.max_polyphony:
             ok[NOTE_ON:NOTE_OFF] = True
             for (inst, pitch), onsets in walk.sounding.items():
                 if onsets and inst == walk.inst:
