@@ -560,7 +560,10 @@ def info(run: Annotated[Path, typer.Argument(help="model directory")]) -> None:
                       "bits/token)")
     if val:
         best = min(v for _, v in val)
-        table.add_row("validation", f"{val[-1][1]:.4f} bits/token at step {val[-1][0] + 1} "
+        # Lightning logs a validation during training at step - 1 and the closing one
+        # (after the last step) at the step itself
+        at = min(val[-1][0] + 1, train[-1][0] + 1) if train else val[-1][0] + 1
+        table.add_row("validation", f"{val[-1][1]:.4f} bits/token at step {at} "
                       f"(best {best:.4f})")
     baseline = _read_baseline(run)
     if baseline is not None:

@@ -88,6 +88,7 @@ def test_train_prints_and_stores_the_baseline_on_the_validation_tokens(trained):
     assert n == 512 and meta["val_bits"] == pytest.approx(bits / n, rel=1e-6)
     code, info = run("info", out)
     assert code == 0 and f"{meta['val_bits']:.4f}" in info and "Markov" in info
+    assert "trained steps │ 3 " in info and "at step 3 " in info  # the closing validation
 
 
 def test_score_adds_the_baseline_column(trained, tmp_path):
