@@ -83,6 +83,39 @@ def _rows(ROWS, GROUP, base, offs, Lp, pad_group):
 
 
 @triton.jit
+def _tile(X, rows, offs_d, mask, D):
+    """The rows `rows` of the (rows, D) tensor at X, padded to the tile."""
+    return tl.load(X + rows[:, None] * D + offs_d[None, :], mask=mask, other=0.0)
+
+
+@triton.jit
+def _add_to_tile(X, rows, offs_d, mask, D, value):
+    """X[rows] += value: within one round the rows are distinct, so no write conflicts."""
+    ptr = X + rows[:, None] * D + offs_d[None, :]
+    tl.store(ptr, tl.load(ptr, mask=mask, other=0.0) + value, mask=mask)
+
+
+@triton.jit
+def _key_range(start, back, ahead, Lp, CAUSAL: tl.constexpr, BLOCK_M: tl.constexpr,
+               BLOCK_N: tl.constexpr):
+    """The key tiles [lo, hi) the query tile at sorted position `start` can see."""
+    lo = (tl.maximum(start - back, 0) // BLOCK_N) * BLOCK_N
+    if CAUSAL:
+        hi = tl.minimum(start + BLOCK_M, Lp)
+    else:
+        hi = tl.minimum(start + BLOCK_M + ahead, Lp)
+    return lo, hi
+
+
+@triton.jit
+def _query_stats(LSE, DELTA, rows_q, m_ok):
+    """The combined log-sum-exp as (max, log-norm), and delta = <d_out, out>."""
+    stat_m = tl.load(LSE + rows_q * 2, mask=m_ok, other=0.0)
+    stat_n = tl.load(LSE + rows_q * 2 + 1, mask=m_ok, other=0.0)
+    return stat_m, stat_n, tl.load(DELTA + rows_q, mask=m_ok, other=0.0)
+
+
+@triton.jit
 def _forward_kernel(Q, K, V, ROWS, GROUP, OUT, M, NORM, Lp, back, ahead, D,
                     CAUSAL: tl.constexpr, FIRST: tl.constexpr, IEEE: tl.constexpr,
                     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
@@ -93,22 +126,18 @@ def _forward_kernel(Q, K, V, ROWS, GROUP, OUT, M, NORM, Lp, back, ahead, D,
     d_ok = offs_d < D
     rows_q, gq, m_ok = _rows(ROWS, GROUP, base, offs_m, Lp, -4)
     q_mask = m_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + rows_q[:, None] * D + offs_d[None, :], mask=q_mask, other=0.0)
+    q = _tile(Q, rows_q, offs_d, q_mask, D)
 
     m_i = tl.full([BLOCK_M], FLOOR, tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    lo = (tl.maximum(start - back, 0) // BLOCK_N) * BLOCK_N
-    if CAUSAL:
-        hi = tl.minimum(start + BLOCK_M, Lp)
-    else:
-        hi = tl.minimum(start + BLOCK_M + ahead, Lp)
+    lo, hi = _key_range(start, back, ahead, Lp, CAUSAL, BLOCK_M, BLOCK_N)
     for n0 in range(lo, hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         rows_k, gk, n_ok = _rows(ROWS, GROUP, base, offs_n, Lp, NO_GROUP)
         kv_mask = n_ok[:, None] & d_ok[None, :]
-        k = tl.load(K + rows_k[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(V + rows_k[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
+        k = _tile(K, rows_k, offs_d, kv_mask, D)
+        v = _tile(V, rows_k, offs_d, kv_mask, D)
         s = _scores(q, k, offs_m, offs_n, gq, gk, Lp, CAUSAL, IEEE)
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp(m_i - m_new)
@@ -159,8 +188,8 @@ def _backward_kv_kernel(Q, K, V, ROWS, GROUP, LSE, DELTA, DO, DK, DV, Lp, back, 
     d_ok = offs_d < D
     rows_k, gk, n_ok = _rows(ROWS, GROUP, base, offs_n, Lp, NO_GROUP)
     kv_mask = n_ok[:, None] & d_ok[None, :]
-    k = tl.load(K + rows_k[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
-    v = tl.load(V + rows_k[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
+    k = _tile(K, rows_k, offs_d, kv_mask, D)
+    v = _tile(V, rows_k, offs_d, kv_mask, D)
     dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
     # the queries that can see key j sit at sorted positions [j - ahead, j + back]
@@ -173,20 +202,17 @@ def _backward_kv_kernel(Q, K, V, ROWS, GROUP, LSE, DELTA, DO, DK, DV, Lp, back, 
         offs_m = m0 + tl.arange(0, BLOCK_M)
         rows_q, gq, m_ok = _rows(ROWS, GROUP, base, offs_m, Lp, -4)
         q_mask = m_ok[:, None] & d_ok[None, :]
-        q = tl.load(Q + rows_q[:, None] * D + offs_d[None, :], mask=q_mask, other=0.0)
-        do = tl.load(DO + rows_q[:, None] * D + offs_d[None, :], mask=q_mask, other=0.0)
-        stat_m = tl.load(LSE + rows_q * 2, mask=m_ok, other=0.0)
-        stat_n = tl.load(LSE + rows_q * 2 + 1, mask=m_ok, other=0.0)
-        delta = tl.load(DELTA + rows_q, mask=m_ok, other=0.0)
+        q = _tile(Q, rows_q, offs_d, q_mask, D)
+        do = _tile(DO, rows_q, offs_d, q_mask, D)
+        stat_m, stat_n, delta = _query_stats(LSE, DELTA, rows_q, m_ok)
         p, live = _probabilities(q, k, offs_m, offs_n, gq, gk, stat_m, stat_n, Lp,
                                  CAUSAL, IEEE)
         dv += _dot(tl.trans(p.to(do.dtype)), do, IEEE)
         dp = _dot(do, tl.trans(v), IEEE)
         ds = tl.where(live, p * (dp - delta[:, None]), 0.0)
         dk += _dot(tl.trans(ds.to(q.dtype)), q, IEEE)
-    ptr = rows_k[:, None] * D + offs_d[None, :]
-    tl.store(DK + ptr, tl.load(DK + ptr, mask=kv_mask, other=0.0) + dk, mask=kv_mask)
-    tl.store(DV + ptr, tl.load(DV + ptr, mask=kv_mask, other=0.0) + dv, mask=kv_mask)
+    _add_to_tile(DK, rows_k, offs_d, kv_mask, D, dk)
+    _add_to_tile(DV, rows_k, offs_d, kv_mask, D, dv)
 
 
 @triton.jit
@@ -200,30 +226,23 @@ def _backward_q_kernel(Q, K, V, ROWS, GROUP, LSE, DELTA, DO, DQ, Lp, back, ahead
     d_ok = offs_d < D
     rows_q, gq, m_ok = _rows(ROWS, GROUP, base, offs_m, Lp, -4)
     q_mask = m_ok[:, None] & d_ok[None, :]
-    q = tl.load(Q + rows_q[:, None] * D + offs_d[None, :], mask=q_mask, other=0.0)
-    do = tl.load(DO + rows_q[:, None] * D + offs_d[None, :], mask=q_mask, other=0.0)
-    stat_m = tl.load(LSE + rows_q * 2, mask=m_ok, other=0.0)
-    stat_n = tl.load(LSE + rows_q * 2 + 1, mask=m_ok, other=0.0)
-    delta = tl.load(DELTA + rows_q, mask=m_ok, other=0.0)
+    q = _tile(Q, rows_q, offs_d, q_mask, D)
+    do = _tile(DO, rows_q, offs_d, q_mask, D)
+    stat_m, stat_n, delta = _query_stats(LSE, DELTA, rows_q, m_ok)
     dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    lo = (tl.maximum(start - back, 0) // BLOCK_N) * BLOCK_N
-    if CAUSAL:
-        hi = tl.minimum(start + BLOCK_M, Lp)
-    else:
-        hi = tl.minimum(start + BLOCK_M + ahead, Lp)
+    lo, hi = _key_range(start, back, ahead, Lp, CAUSAL, BLOCK_M, BLOCK_N)
     for n0 in range(lo, hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         rows_k, gk, n_ok = _rows(ROWS, GROUP, base, offs_n, Lp, NO_GROUP)
         kv_mask = n_ok[:, None] & d_ok[None, :]
-        k = tl.load(K + rows_k[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
-        v = tl.load(V + rows_k[:, None] * D + offs_d[None, :], mask=kv_mask, other=0.0)
+        k = _tile(K, rows_k, offs_d, kv_mask, D)
+        v = _tile(V, rows_k, offs_d, kv_mask, D)
         p, live = _probabilities(q, k, offs_m, offs_n, gq, gk, stat_m, stat_n, Lp,
                                  CAUSAL, IEEE)
         dp = _dot(do, tl.trans(v), IEEE)
         ds = tl.where(live, p * (dp - delta[:, None]), 0.0)
         dq += _dot(ds.to(k.dtype), k, IEEE)
-    ptr = rows_q[:, None] * D + offs_d[None, :]
-    tl.store(DQ + ptr, tl.load(DQ + ptr, mask=q_mask, other=0.0) + dq, mask=q_mask)
+    _add_to_tile(DQ, rows_q, offs_d, q_mask, D, dq)
 
 
 # Tiles: 64 sorted queries against 64-key tiles. For lsh with bucket_size 64 a causal
