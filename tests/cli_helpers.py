@@ -14,7 +14,9 @@ REPO = Path(__file__).resolve().parents[1]
 TINY_MODEL = ["model.d_model=32", "model.n_layers=2", "model.attn=[local, lsh]",
               "model.n_heads=2", "model.d_ff=64", "model.max_seq_len=512",
               "model.bucket_size=16", "data.seq_len=256", "train.val_every=3",
-              "train.log_every=1", "data.val_windows=2"]
+              "train.log_every=1", "data.val_windows=2",
+              # the default presets also stop after 3.5 minutes: a test run ends by steps only
+              "train.max_minutes=null"]
 
 _runner = CliRunner()
 
