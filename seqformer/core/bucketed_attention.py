@@ -426,25 +426,24 @@ def attention_forward(q: torch.Tensor, v: torch.Tensor, kind: str, buckets: torc
     Lp = math.ceil(L / bucket_size) * bucket_size
     backend = resolve_backend(backend, q, needs_grad=False)
     qf, kf, vf = _flat_inputs(q, v, Lp)
-    acc = acc_dtype(q.dtype)
     rounds = _rounds(kind, buckets, q, bucket_size, causal) if layouts is None else layouts
-    if backend == "triton":
-        from . import triton_attention
+    merge = _merge_rounds_triton if backend == "triton" else _merge_rounds
+    out, m, norm = merge(qf, kf, vf, rounds, bucket_size, causal, backend)
+    out.div_(norm.unsqueeze(-1))
+    return out.view(B, H, Lp, D), torch.stack([m, norm.log()], dim=-1).view(B, H, Lp, 2)
 
-        out = qf.new_empty(qf.shape, dtype=torch.float32)
-        m, norm = (qf.new_empty(qf.shape[0], dtype=torch.float32) for _ in range(2))
-        for r, rd in enumerate(rounds):
-            triton_attention.round_forward(qf, kf, vf, rd.order, rd.group_flat, rd.back,
-                                           rd.ahead, causal, out, m, norm, first=r == 0)
-        rounds = ()
-    else:
-        out = m = norm = None
+
+def _merge_rounds(qf, kf, vf, rounds, bs, causal, backend):  # noqa: ANN001, ANN202
+    """Each round's output and log-sum-exp (band kernel or FlexAttention), put back in
+    original order and merged by online softmax: the running (out, max, norm)."""
+    acc = acc_dtype(qf.dtype)
+    out = m = norm = None
     for rd in rounds:
-        o_s, lse_s = _round_forward(qf, kf, vf, rd, bucket_size, causal, backend)
+        o_s, lse_s = _round_forward(qf, kf, vf, rd, bs, causal, backend)
         rows = rd.order.reshape(-1)
         o_r = qf.new_empty(o_s.shape, dtype=acc).index_copy_(0, rows, o_s.to(acc))
         lse_r = qf.new_empty(lse_s.shape, dtype=acc).index_copy_(0, rows, lse_s.to(acc))
-        if out is None:  # online softmax over rounds: running max, sum and weighted output
+        if out is None:
             out, m, norm = o_r, lse_r, torch.ones_like(lse_r)
             continue
         m_new = torch.maximum(m, lse_r)
@@ -452,8 +451,19 @@ def attention_forward(q: torch.Tensor, v: torch.Tensor, kind: str, buckets: torc
         out.mul_(old.unsqueeze(-1)).add_(o_r.mul_(new.unsqueeze(-1)))
         norm.mul_(old).add_(new)
         m = m_new
-    out.div_(norm.unsqueeze(-1))
-    return out.view(B, H, Lp, D), torch.stack([m, norm.log()], dim=-1).view(B, H, Lp, 2)
+    return out, m, norm
+
+
+def _merge_rounds_triton(qf, kf, vf, rounds, bs, causal, backend):  # noqa: ANN001, ANN202
+    """The same with the fused kernel, which merges each round in its epilogue."""
+    from . import triton_attention
+
+    out = qf.new_empty(qf.shape, dtype=torch.float32)
+    m, norm = (qf.new_empty(qf.shape[0], dtype=torch.float32) for _ in range(2))
+    for r, rd in enumerate(rounds):
+        triton_attention.round_forward(qf, kf, vf, rd.order, rd.group_flat, rd.back, rd.ahead,
+                                       causal, out, m, norm, first=r == 0)
+    return out, m, norm
 
 
 def attention_backward(q: torch.Tensor, v: torch.Tensor, kind: str,
