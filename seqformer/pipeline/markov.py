@@ -112,11 +112,12 @@ def fit_baseline(train: list[np.ndarray], orders: range = ORDERS, alpha: float =
         cut = len(r) - max(1, len(r) // 10) if len(r) > 1 else len(r)
         fit_part.append(r[:cut])
         judge_part.append(r[cut:])
+    feasible = [k for k in orders if V ** (k + 1) <= MAX_TABLE]
+    # an order-k model is the tables of orders 0..k: count once, at the largest order
+    largest = MarkovModel.fit(fit_part, max(feasible), alphabet, alpha)
     scores = {}
-    for k in orders:
-        if V ** (k + 1) > MAX_TABLE:
-            break
-        total, n = MarkovModel.fit(fit_part, k, alphabet, alpha).bits(judge_part)
+    for k in feasible:
+        total, n = MarkovModel(k, alphabet, largest.log2p[:k + 1]).bits(judge_part)
         scores[k] = total / max(1, n)
     best = min(scores, key=scores.get)
     return MarkovModel.fit(train, best, alphabet, alpha), scores
