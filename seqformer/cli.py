@@ -262,19 +262,13 @@ def _sample(domain_name: str, model_dir: Path, prompt_tokens_fn, length: int, te
 
 
 def _sampling_limits(model_dir: Path) -> dict | None:
-    import json
+    from .pipeline.run_dir import SAMPLING, read_sampling_limits
 
-    from .pipeline.training import SAMPLING
-
-    path = model_dir / SAMPLING
-    if not path.is_file():
+    limits = read_sampling_limits(model_dir)
+    if limits is None:
         err.print(f"{model_dir}: no {SAMPLING} (trained before sampling limits were stored): "
                   "the grammar uses its defaults")
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: unreadable ({e})") from None
+    return limits
 
 
 @sample_app.command("dna")
@@ -380,7 +374,7 @@ def _score(domain_name: str, model_dir: Path, inputs: list[Path], out_path: Path
 
     from .files import atomic_path, check_output
     from .pipeline.inference import RecordScore, token_log_likelihoods
-    from .pipeline.run_dir import load_run
+    from .pipeline.run_dir import load_run, read_baseline
 
     for p in (out_path, per_base):
         if p is not None:
@@ -401,7 +395,7 @@ def _score(domain_name: str, model_dir: Path, inputs: list[Path], out_path: Path
                 per_position.append((rec.id, ll))
             bar.advance(task, len(rec.tokens))
     unit = _unit(domain_name)
-    baseline = _read_baseline(model_dir)
+    baseline = read_baseline(model_dir)
     columns = ["record", "length", "total ll (nats)", "mean ll", f"bits/{unit}", "perplexity"]
     header = ["id", "length", "total_ll_nats", "mean_ll_nats", f"bits_per_{unit}", "perplexity"]
     if baseline is not None:
@@ -538,7 +532,7 @@ def embed_midi(model: ModelOpt, midi: Annotated[list[Path], typer.Option("--midi
 @clean_errors
 def info(run: Annotated[Path, typer.Argument(help="model directory")]) -> None:
     """What a model directory holds: domain, model size, training, validation."""
-    from .pipeline.run_dir import read_config
+    from .pipeline.run_dir import read_baseline, read_config
     from .pipeline.training import read_metrics
 
     cfg = read_config(run)
@@ -565,25 +559,11 @@ def info(run: Annotated[Path, typer.Argument(help="model directory")]) -> None:
         at = min(val[-1][0] + 1, train[-1][0] + 1) if train else val[-1][0] + 1
         table.add_row("validation", f"{val[-1][1]:.4f} bits/token at step {at} "
                       f"(best {best:.4f})")
-    baseline = _read_baseline(run)
+    baseline = read_baseline(run)
     if baseline is not None:
         table.add_row("baseline", f"order-{baseline[1]['order']} Markov: "
                       f"{baseline[1]['val_bits']:.4f} bits/token on the same validation tokens")
     out.print(table)
-
-
-def _read_baseline(run: Path) -> tuple | None:
-    """The run's Markov baseline (model, summary), or None for a run trained before it."""
-    from .pipeline.markov import MarkovModel
-    from .pipeline.training import BASELINE
-
-    path = Path(run) / BASELINE
-    if not path.is_file():
-        return None
-    try:
-        return MarkovModel.load(path)
-    except Exception as e:
-        raise InputError(f"{path}: unreadable baseline ({e})") from None
 
 
 @app.callback(invoke_without_command=True)

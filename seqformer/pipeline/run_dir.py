@@ -25,7 +25,34 @@ from ..core import ReformerLM
 from ..domains import Domain, get_domain
 from ..errors import InputError
 from ..files import atomic_path
+from .markov import MarkovModel
 from .run_config import model_config
+
+BASELINE = "baseline.npz"
+SAMPLING = "sampling.json"
+
+
+def read_baseline(run: str | Path) -> tuple[MarkovModel, dict] | None:
+    """The run's Markov baseline (model, summary), or None for a run trained before it."""
+    path = Path(run) / BASELINE
+    if not path.is_file():
+        return None
+    try:
+        return MarkovModel.load(path)
+    except Exception as e:
+        raise InputError(f"{path}: unreadable baseline ({e})") from None
+
+
+def read_sampling_limits(run: str | Path) -> dict | None:
+    """What the domain's sampling grammar learned from training, or None for a run
+    trained before it was stored."""
+    path = Path(run) / SAMPLING
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: unreadable ({e})") from None
 
 
 def write_config(run: Path, cfg: dict, domain: Domain) -> None:

@@ -29,7 +29,7 @@ from ..files import atomic_path
 from .lightning_module import LMTask
 from .markov import fit_baseline, split_at
 from .progress import PlainProgress, TrainingBar
-from .run_dir import export_weights, write_config
+from .run_dir import BASELINE, SAMPLING, export_weights, write_config
 from .token_store import TokenStore
 from .windows import Stream, TrainWindows, ValWindows, split_streams
 
@@ -165,8 +165,6 @@ def plot_loss(run: Path) -> Path | None:
     return run / "loss.png"
 
 
-BASELINE = "baseline.npz"
-SAMPLING = "sampling.json"  # what the domain's sampling grammar learned from training
 
 
 def markov_baseline(run: Path, train: Stream, val: Stream, seq_len: int, val_windows: int,
