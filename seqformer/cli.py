@@ -26,8 +26,11 @@ train_app = typer.Typer(no_args_is_help=True, help="Train a model on FASTA or MI
 sample_app = typer.Typer(no_args_is_help=True, help="Generate from a trained model.")
 score_app = typer.Typer(no_args_is_help=True, help="Log-likelihood of sequences.")
 embed_app = typer.Typer(no_args_is_help=True, help="Per-position embeddings to HDF5.")
+finetune_app = typer.Typer(no_args_is_help=True,
+                           help="Train a sequence classifier on labelled sequences.")
+predict_app = typer.Typer(no_args_is_help=True, help="Classify sequences with a classifier.")
 for name, sub in (("train", train_app), ("sample", sample_app), ("score", score_app),
-                  ("embed", embed_app)):
+                  ("embed", embed_app), ("finetune", finetune_app), ("predict", predict_app)):
     app.add_typer(sub, name=name)
 
 out = Console()
@@ -86,6 +89,29 @@ Overrides = Annotated[list[str] | None, typer.Argument(
 ModelOpt = Annotated[Path, typer.Option("--model", help="trained model directory")]
 
 
+def _more_values(values: list | None, overrides: list[str] | None) -> tuple[list, list[str]]:
+    """`--fasta a.fa b.fa` and `--classes a=x.fa b=y.fa`: an option takes one word, and the
+    words after it arrive with the positional overrides. An override is
+    section.key=value; the other words belong to the multi-value option before them."""
+    if not values:
+        return values or [], list(overrides or [])
+    extra, rest = [], []
+    for word in overrides or []:
+        key, is_pair, _ = word.partition("=")
+        (rest if is_pair and "." in key else extra).append(word)
+    return [*values, *extra], rest
+
+
+def _train_options(max_steps, batch_size, devices, num_nodes, strategy) -> dict:  # noqa: ANN001
+    """The `train` config section's fields that command-line options set."""
+    options = {key: value for key, value in (("max_steps", max_steps), ("batch_size", batch_size),
+                                             ("num_nodes", num_nodes), ("strategy", strategy))
+               if value is not None}
+    if devices is not None:
+        options["devices"] = int(devices) if devices.isdigit() else devices
+    return options
+
+
 def _preset(domain: str, config: str | None) -> Path:
     name = config or f"{domain}-quick"
     path = Path(name)
@@ -115,12 +141,7 @@ def _train(domain_name: str, inputs: list[Path], config: str | None, out_dir: Pa
 
     preset = _preset(domain_name, config)
     cli = {"train": {}, "data": dict(data or {})}
-    for key, value in (("max_steps", max_steps), ("batch_size", batch_size),
-                       ("num_nodes", num_nodes), ("strategy", strategy)):
-        if value is not None:
-            cli["train"][key] = value
-    if devices is not None:
-        cli["train"]["devices"] = int(devices) if devices.isdigit() else devices
+    cli["train"].update(_train_options(max_steps, batch_size, devices, num_nodes, strategy))
     if seq_len is not None:
         cli["data"]["seq_len"] = seq_len
     if options:
@@ -182,7 +203,9 @@ def train_dna(fasta: Annotated[list[Path] | None, typer.Option(
                   "--softmask", help="upper: fold lowercase; keep: lowercase tokens")] = "upper",
               overrides: Overrides = None) -> None:
     """Train on FASTA genomes."""
-    inputs = _inputs(fasta, REPO / "data" / "dna" / "lambda_phage.fa.gz", "--fasta")
+    fasta, overrides = _more_values(fasta, overrides)
+    inputs = _inputs([Path(p) for p in fasta], REPO / "data" / "dna" / "lambda_phage.fa.gz",
+                     "--fasta")
     _train("dna", inputs, config, out_dir, max_steps, seq_len, batch_size, resume, force,
            devices, num_nodes, strategy, overrides, {"softmask": softmask})
 
@@ -197,6 +220,8 @@ def train_midi(midi: Annotated[list[Path] | None, typer.Option(
                strategy: Strategy = None, overrides: Overrides = None) -> None:
     """Train on MIDI files (directories are searched recursively)."""
     bundled = REPO / "data" / "midi"
+    midi, overrides = _more_values(midi, overrides)
+    midi = [Path(p) for p in midi]
     inputs = _inputs(midi, bundled, "--midi")
     data = {}
     if not midi and (bundled / "heldout.txt").is_file():  # the sample's own validation pieces
@@ -527,6 +552,220 @@ def embed_midi(model: ModelOpt, midi: Annotated[list[Path], typer.Option("--midi
     _embed("midi", model, midi, out_path, pool, layer, force, resume)
 
 
+# -- finetune / predict -----------------------------------------------------------------
+def _classify_inputs(classes: list[str] | None, labels: Path | None, fasta: list[Path] | None
+                     ) -> tuple[list[str], list[Path], dict[str, str] | None]:
+    """(class names or [], input files, id -> label table or None) from the options."""
+    from .pipeline.labelled import parse_classes, read_label_table
+
+    if classes and (labels or fasta):
+        raise InputError("give either --classes NAME=FILE ... or --labels TSV with --fasta, "
+                         "not both")
+    if classes:
+        names, files = parse_classes(classes)
+        return names, files, None
+    if labels is None or not fasta:
+        raise InputError("no labelled sequences: give --classes NAME=FILE (one per class) or "
+                         "--labels TSV (id and label) with --fasta")
+    return [], _inputs(fasta, Path(), "--fasta"), read_label_table(labels)
+
+
+def _finetune(domain_name: str, classes, labels, fasta, model_dir, freeze, config, out_dir,
+              max_steps, seq_len, batch_size, resume, force, devices, num_nodes, strategy,
+              overrides, options: dict) -> None:
+    from .pipeline.classify import finetune
+    from .pipeline.training import is_first_process, tokenize
+
+    names, inputs, table = _classify_inputs(classes, labels, fasta)
+    preset = _preset(domain_name, config or "classify-tiny")
+    run = out_dir or Path("runs") / f"{domain_name}-{preset.stem}"
+    new_run = not resume and (force or not run.exists())
+    try:
+        cfg = _finetune_config(domain_name, names, inputs, table, model_dir, freeze, preset,
+                               run, max_steps, seq_len, batch_size, resume, force, devices,
+                               num_nodes, strategy, overrides, options)
+        with _tokenizing() as advance:
+            tokenize(cfg, inputs, run, on_tokens=advance)
+        summary = finetune(cfg, inputs, run, resume=resume, table=table, table_path=labels,
+                           on_note=lambda text: err.print(text, highlight=False,
+                                                          soft_wrap=True))
+    except InputError:
+        # bad input found before training began: leave no half-made run directory
+        if new_run and is_first_process() and not (run / "checkpoints").exists():
+            shutil.rmtree(run, ignore_errors=True)
+        raise
+    if summary:
+        out.print(f"[green]trained[/green] {summary['steps']} steps on {summary['n_train']:,} "
+                  f"sequences ({summary['n_val']:,} held out for validation) in "
+                  f"{summary['minutes']:.1f} min -> {summary['run']}")
+        if summary["validation"]:
+            _print_metrics(summary["validation"], "validation")
+
+
+def _finetune_config(domain_name, names, inputs, table, model_dir, freeze, preset, run,
+                     max_steps, seq_len, batch_size, resume, force, devices, num_nodes,
+                     strategy, overrides, options: dict) -> dict:
+    """The resolved classifier config of a new run (tokenizing the inputs first when the
+    window is to fit the longest sequence), or the stored one of a resumed run."""
+    from .domains import get_domain
+    from .pipeline import run_config
+    from .pipeline.classify import pretrained_model
+    from .pipeline.run_dir import read_config
+    from .pipeline.training import check_run_dir, is_first_process, tokenize
+
+    if resume:
+        cfg = read_config(run)
+        if cfg.get("task") != "classify":
+            raise InputError(f"{run}: is not a classifier run, nothing to resume here")
+        if names and names != cfg["classify"]["classes"]:
+            raise InputError(f"--classes: the run was trained on {cfg['classify']['classes']}, "
+                             f"not {names}")
+        if max_steps is not None:
+            cfg["train"]["max_steps"] = max_steps
+        check_run_dir(run, resume)
+        return cfg
+    cli: dict = {"train": {}, "data": {}, "classify": {"classes": names, "freeze": freeze}}
+    if model_dir is not None:  # the body is the language model: its shape and tokens
+        lm_model, options = pretrained_model(model_dir, domain_name)
+        cli["model"] = {k: v for k, v in lm_model.items() if k != "vocab_size"}
+        cli["classify"]["pretrained"] = str(model_dir)
+    elif freeze:
+        raise InputError("--freeze trains the head only: it needs a pretrained --model")
+    cli["train"].update(_train_options(max_steps, batch_size, devices, num_nodes, strategy))
+    cli["data"]["options"] = options
+    probe = get_domain(domain_name, **options)
+    fit_window = seq_len is None and not _sets_seq_len(preset, overrides or [])
+    # checked before anything is written (a window fitted to the data comes after)
+    cli["data"]["seq_len"] = 1 if fit_window else seq_len
+    cfg = run_config.resolve(domain_name, probe.vocab_size, preset, cli, overrides or [],
+                             task="classify")
+    if force and is_first_process() and run.exists():
+        shutil.rmtree(run)
+    check_run_dir(run, resume)
+    if not fit_window:
+        return cfg
+    # the window fits the longest labelled sequence, within the model's context
+    with _tokenizing() as advance:
+        store = tokenize(cfg, inputs, run, on_tokens=advance)
+    lengths = [r.length for r in store.records if table is None or r.id in table]
+    cli["data"]["seq_len"] = min(max(lengths, default=1), cfg["model"]["max_seq_len"])
+    return run_config.resolve(domain_name, probe.vocab_size, preset, cli, overrides or [],
+                              task="classify")
+
+
+def _sets_seq_len(preset: Path, overrides: list[str]) -> bool:
+    from .pipeline.run_config import load_yaml
+
+    return ("seq_len" in (load_yaml(preset).get("data") or {})
+            or any(o.strip().startswith("data.seq_len=") for o in overrides))
+
+
+def _print_metrics(m: dict, what: str) -> None:
+    """Accuracy, MCC and AUROC in a line, then the confusion matrix."""
+    per_class = ", ".join(f"{c} {a:.4f}" for c, a in m["auroc_per_class"].items()
+                          if a is not None)
+    out.print(f"{what}: accuracy {m['accuracy']:.4f}, MCC {m['mcc']:.4f}, AUROC {m['auroc']:.4f}"
+              f" ({per_class}) on {m['n']:,} sequences")
+    out.print("confusion matrix (rows: true class, columns: predicted):")
+    table = Table()
+    table.add_column("")
+    for c in m["classes"]:
+        table.add_column(c, justify="right")
+    for c, row in zip(m["classes"], m["confusion"]):
+        table.add_row(c, *(f"{v:,}" for v in row))
+    out.print(table)
+
+
+@finetune_app.command("dna")
+@clean_errors
+def finetune_dna(
+        classes: Annotated[list[str] | None, typer.Option(
+            "--classes", help="NAME=FILE, one per class (FASTA, plain or gzip)")] = None,
+        labels: Annotated[Path | None, typer.Option(
+            "--labels", help="TSV of id and label, for the records of --fasta")] = None,
+        fasta: Annotated[list[Path] | None, typer.Option(
+            "--fasta", help="FASTA files whose records --labels names")] = None,
+        model: Annotated[Path | None, typer.Option(
+            "--model", help="pretrained language model to start from (default: from "
+            "scratch)")] = None,
+        freeze: Annotated[bool, typer.Option(
+            "--freeze", help="train the head only (the --model's weights stay)")] = False,
+        config: ConfigOpt = None, out_dir: OutRun = None, max_steps: MaxSteps = None,
+        seq_len: Annotated[int | None, typer.Option(
+            "--seq-len", help="window (tokens); default: the longest sequence")] = None,
+        batch_size: BatchSize = None, resume: Resume = False, force: Force = False,
+        devices: Devices = None, num_nodes: NumNodes = None, strategy: Strategy = None,
+        softmask: Annotated[str, typer.Option(
+            "--softmask", help="upper: fold lowercase; keep: lowercase tokens")] = "upper",
+        overrides: Overrides = None) -> None:
+    """Train a classifier of DNA sequences (from scratch, or from a language model)."""
+    classes, overrides = _more_values(classes, overrides)
+    fasta, overrides = _more_values(fasta, overrides)
+    fasta = [Path(p) for p in fasta]
+    _finetune("dna", classes, labels, fasta, model, freeze, config, out_dir, max_steps,
+              seq_len, batch_size, resume, force, devices, num_nodes, strategy, overrides,
+              {"softmask": softmask})
+
+
+def _predict(domain_name: str, model_dir: Path, inputs: list[Path], out_path: Path,
+             both_strands: bool | None, labels: Path | None, batch_size: int,
+             force: bool) -> None:
+    import torch
+
+    from .files import atomic_path, check_output
+    from .pipeline.class_metrics import classification_metrics
+    from .pipeline.classify import load_classifier, predict_probabilities
+    from .pipeline.labelled import read_label_table
+
+    check_output(out_path, force)
+    if batch_size < 1:
+        raise InputError(f"--batch-size {batch_size}: must be at least 1")
+    model, domain, cfg = load_classifier(model_dir, domain_name)
+    classes = cfg["classify"]["classes"]
+    table = read_label_table(labels) if labels is not None else None
+    records = _read_all(domain, inputs)
+    if table is not None:
+        unknown = sorted(set(table.values()) - set(classes))
+        if unknown:
+            raise InputError(f"{labels}: label {unknown[0]!r} is not one of the model's "
+                             f"classes {classes}")
+    with _progress() as bar:
+        task = bar.add_task("classifying", total=None)
+        probs = predict_probabilities(model, domain, cfg, records, both_strands, batch_size,
+                                      on_batch=lambda n: bar.advance(task, n))
+    predicted = probs.argmax(-1).tolist()
+    header = ["id", "predicted", *(f"prob_{c}" for c in classes)]
+    with atomic_path(out_path) as tmp:
+        tmp.write_text("\t".join(header) + "\n" + "".join(
+            "\t".join([rec.id, classes[k], *(f"{p:.6f}" for p in row)]) + "\n"
+            for rec, k, row in zip(records, predicted, probs.tolist())))
+    counts = ", ".join(f"{c} {predicted.count(i):,}" for i, c in enumerate(classes))
+    out.print(f"wrote {out_path} ({len(records):,} sequences: {counts})")
+    if table is not None:
+        index = {c: i for i, c in enumerate(classes)}
+        have = [i for i, r in enumerate(records) if r.id in table]
+        if not have:
+            raise InputError(f"{labels}: none of its ids is in the input")
+        truth = torch.tensor([index[table[records[i].id]] for i in have])
+        _print_metrics(classification_metrics(probs[have], truth, classes),
+                       f"against {labels.name}")
+
+
+@predict_app.command("dna")
+@clean_errors
+def predict_dna(model: ModelOpt, fasta: Annotated[list[Path], typer.Option("--fasta")],
+                out_path: Annotated[Path, typer.Option("--out", help="TSV to write")],
+                both_strands: Annotated[bool | None, typer.Option(
+                    "--both-strands/--forward-only", help="average the two strands' "
+                    "probabilities (default: as the model was validated)")] = None,
+                labels: Annotated[Path | None, typer.Option(
+                    "--labels", help="TSV of id and true label: also report metrics")] = None,
+                batch_size: Annotated[int, typer.Option("--batch-size")] = 64,
+                force: Force = False) -> None:
+    """Class probabilities of each FASTA record (windows of a long one averaged)."""
+    _predict("dna", model, fasta, out_path, both_strands, labels, batch_size, force)
+
+
 # -- info ------------------------------------------------------------------------------
 @app.command("info")
 @clean_errors
@@ -548,6 +787,10 @@ def info(run: Annotated[Path, typer.Argument(help="model directory")]) -> None:
                   f"{cfg['data']['seq_len']:,}")
     table.add_row("weights", "model.safetensors" if (run / "model.safetensors").exists()
                   else "none yet (training unfinished)")
+    if cfg.get("task", "lm") == "classify":
+        _info_classifier(run, cfg, table)
+        out.print(table)
+        return
     train, val = read_metrics(run)
     if train:
         table.add_row("trained steps", f"{train[-1][0] + 1} (train {train[-1][1]:.4f} "
@@ -564,6 +807,32 @@ def info(run: Annotated[Path, typer.Argument(help="model directory")]) -> None:
         table.add_row("baseline", f"order-{baseline[1]['order']} Markov: "
                       f"{baseline[1]['val_bits']:.4f} bits/token on the same validation tokens")
     out.print(table)
+
+
+def _info_classifier(run: Path, cfg: dict, table: Table) -> None:
+    import json
+
+    from .pipeline.classify import METRICS
+    from .pipeline.training import read_metrics
+
+    clf = cfg["classify"]
+    start = (f"from {clf['pretrained']}" + (" (head only)" if clf["freeze"] else "")
+             if clf["pretrained"] else "from scratch")
+    table.add_row("task", f"classifier of {len(clf['classes'])} classes "
+                  f"({', '.join(clf['classes'])}), {start}")
+    train, val = read_metrics(run, "loss", "val_acc")
+    if train:
+        table.add_row("trained steps", f"{train[-1][0] + 1} (train loss {train[-1][1]:.4f})")
+    path = run / METRICS
+    if path.is_file():
+        m = json.loads(path.read_text())
+        v = m.get("validation")
+        if v:
+            table.add_row("validation", f"accuracy {v['accuracy']:.4f}, MCC {v['mcc']:.4f}, "
+                          f"AUROC {v['auroc']:.4f} on {v['n']:,} held-out sequences "
+                          f"({m['minutes']:.1f} min run)")
+    elif val:
+        table.add_row("validation", f"accuracy {val[-1][1]:.4f} (training unfinished)")
 
 
 @app.callback(invoke_without_command=True)

@@ -193,3 +193,22 @@ def test_bad_sampling_options_are_one_clear_error(trained, tmp_path, option, val
     code, text = run(*args)
     assert code == 2 and message in text and "Traceback" not in text, text
     assert not (tmp_path / "x.fa").exists()
+
+
+def test_several_files_after_one_fasta_option(tmp_path):
+    """`--fasta a.fa b.fa model.d_model=32`: the words after the option that are not
+    section.key=value overrides are more input files."""
+    from seqformer.pipeline.token_store import TokenStore
+
+    seq = "".join(gzip.open(LAMBDA, "rt").read().split("\n")[1:])
+    a, b = tmp_path / "a.fa", tmp_path / "b.fa"
+    a.write_text(f">a\n{seq[:3000]}\n")
+    b.write_text(f">b\n{seq[3000:6000]}\n")
+    out = tmp_path / "run"
+    code, text = run("train", "dna", "--fasta", a, b, "--out", out, "--max-steps", 1,
+                     "--batch-size", 1, *TINY)
+    assert code == 0, text
+    assert [r.id for r in TokenStore(out / "data").records] == ["a", "b"]
+    code, text = run("train", "dna", "--fasta", a, tmp_path / "missing.fa", "--out",
+                     tmp_path / "r2", *TINY)
+    assert code == 2 and "missing.fa: no such file" in text

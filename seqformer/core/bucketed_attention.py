@@ -56,12 +56,14 @@ TILE_QUERIES = 2048
 TILE_QUERIES_CUDA = 1 << 17
 
 
-def _windows(rows: torch.Tensor, k0: int, n: int, width: int) -> torch.Tensor:
-    """rows: one padded row of blocks (nb + width - 1, bs, D), contiguous. A view of n
-    overlapping windows of `width` consecutive blocks starting at block k0: (n, width*bs, D)."""
-    _, bs, D = rows.shape
-    return rows.as_strided((n, width * bs, D), (bs * D, D, 1),
-                           rows.storage_offset() + k0 * bs * D)
+def _windows(rows: torch.Tensor, g: slice, k0: int, n: int, width: int) -> torch.Tensor:
+    """rows: padded rows of blocks (G, nb + width - 1, bs, D), contiguous. A view of the
+    n overlapping windows of `width` consecutive blocks starting at blocks k0.. of rows g:
+    (rows in g, n, width*bs, D)."""
+    _, _, bs, D = rows.shape
+    return rows.as_strided((len(range(*g.indices(rows.shape[0]))), n, width * bs, D),
+                           (rows.stride(0), bs * D, D, 1),
+                           rows.storage_offset() + g.start * rows.stride(0) + k0 * bs * D)
 
 
 def _setup(blk: int, look_back: int, look_ahead: int, causal: bool, device: torch.device):
@@ -85,15 +87,20 @@ def _scores(qt, kw, gq, gk, fixed_ok, is_self):  # noqa: ANN001, ANN202
 
 
 def _tiles(q, k, group, look_back, width):  # noqa: ANN001, ANN202
-    """(g, k0, n, q tile, key windows, query groups, key-window groups) per tile."""
+    """(rows, k0, n, q tile, key windows, query groups, key-window groups) per tile: part
+    of one row of a long sequence, or several whole rows of short ones (a batch of short
+    sequences then costs a few large matmuls, not one small one per sequence and head)."""
     G, nb, blk, _ = q.shape
     per_tile = max(1, (TILE_QUERIES_CUDA if q.is_cuda else TILE_QUERIES) // blk)
-    for g in range(G):
+    rows_per_tile = max(1, per_tile // nb)
+    for g0 in range(0, G, rows_per_tile):
+        g = slice(g0, min(G, g0 + rows_per_tile))
         for k0 in range(0, nb, per_tile):
             n = min(per_tile, nb - k0)
-            gk = group[g, k0:k0 + n + width - 1].unfold(0, width, 1).transpose(1, 2)
-            yield (g, k0, n, q[g, k0:k0 + n], _windows(k[g], k0, n, width),
-                   group[g, look_back + k0:look_back + k0 + n], gk.reshape(n, width * blk))
+            gk = group[g, k0:k0 + n + width - 1].unfold(1, width, 1).transpose(2, 3)
+            yield (g, k0, n, q[g, k0:k0 + n], _windows(k, g, k0, n, width),
+                   group[g, look_back + k0:look_back + k0 + n],
+                   gk.reshape(gk.shape[0], n, width * blk))
 
 
 def band_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: torch.Tensor,
@@ -123,7 +130,7 @@ def band_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: torch
         # probability: lse = s_max - log p_max
         m = s.amax(dim=-1)
         p = torch.softmax(s, dim=-1)
-        out[g, k0:k0 + n] = torch.matmul(p.to(v.dtype), _windows(v[g], k0, n, width))
+        out[g, k0:k0 + n] = torch.matmul(p.to(v.dtype), _windows(v, g, k0, n, width))
         lse[g, k0:k0 + n] = m - p.amax(dim=-1).log()
     return out, lse
 
@@ -156,13 +163,13 @@ def band_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: torc
         do = d_out[g, k0:k0 + n]
         dv_w = torch.matmul(p.to(do.dtype).transpose(-1, -2), do)
         # d out_i / d s_ij = p_ij (v_j - out_i): ds = p * (<do, v_j> - delta_i)
-        ds = torch.matmul(do, _windows(v[g], k0, n, width).transpose(-1, -2)).to(p.dtype)
+        ds = torch.matmul(do, _windows(v, g, k0, n, width).transpose(-1, -2)).to(p.dtype)
         ds = ds.sub_(delta[g, k0:k0 + n].unsqueeze(-1)).mul_(p).to(q.dtype)
         dq[g, k0:k0 + n] = torch.matmul(ds, kw)
         dk_w = torch.matmul(ds.transpose(-1, -2), qt)
         for o in range(width):  # overlapping windows: add back block by block
-            dv[g, k0 + o:k0 + o + n] += dv_w[:, o * blk:(o + 1) * blk]
-            dk[g, k0 + o:k0 + o + n] += dk_w[:, o * blk:(o + 1) * blk]
+            dv[g, k0 + o:k0 + o + n] += dv_w[..., o * blk:(o + 1) * blk, :]
+            dk[g, k0 + o:k0 + o + n] += dk_w[..., o * blk:(o + 1) * blk, :]
     return dq, dk, dv
 
 

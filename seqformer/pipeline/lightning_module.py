@@ -1,5 +1,6 @@
-"""Lightning wrapper: next-token loss, bits per token, AdamW with warmup + cosine decay,
-and a guard that stops training on a non-finite loss before it reaches the weights."""
+"""Lightning tasks: what every task shares (AdamW with warmup + cosine decay, a guard that
+stops training on a non-finite loss before it reaches the weights) and the language
+model's next-token loss in bits per token. The classifier's task is in classify.py."""
 
 from __future__ import annotations
 
@@ -26,7 +27,63 @@ def token_nll(model: ReformerLM, batch: torch.Tensor, ignore: tuple[int, ...]
     return (nll * keep).sum(), keep.sum()
 
 
-class LMTask(pl.LightningModule):
+class Task(pl.LightningModule):
+    """The training loop's shared part. Subclasses set self.model and self.train_cfg, and
+    say what the loop reports: `monitor` (metric, "min"/"max") picks best.ckpt, `shown`
+    ((train metric, unit), (validation metric, unit)) goes in the progress lines, `curve`
+    (train metric, validation metric, axis label) is loss.png, `command` resumes it."""
+
+    monitor: tuple[str, str]
+    shown: tuple[tuple[str, str], tuple[str, str]]
+    curve: tuple[str, str, str]
+    command: str
+    stopped_on_nonfinite = False
+
+    def tokens_in(self, batch) -> int:  # noqa: ANN001
+        """Tokens a training batch feeds the model (for progress lines)."""
+        return batch[:, 1:].numel()
+
+    def checked(self, loss: torch.Tensor) -> torch.Tensor | None:
+        """The loss, or None (after stopping training) if it is not finite: returning None
+        skips backward and the optimizer step, so the weights (and the checkpoints saved
+        from them) stay those of the last good step."""
+        if torch.isfinite(loss):
+            return loss
+        self.stopped_on_nonfinite = True
+        self.trainer.should_stop = True
+        self.print(f"error: non-finite loss ({loss.item()}) at step {self.global_step}; "
+                   "stopping, the last good checkpoint is kept")
+        return None
+
+    def configure_optimizers(self):
+        cfg = self.train_cfg
+        decay = [p for p in self.parameters() if p.requires_grad and p.ndim >= 2]
+        no_decay = [p for p in self.parameters() if p.requires_grad and p.ndim < 2]
+        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
+                                 {"params": no_decay, "weight_decay": 0.0}],
+                                lr=cfg["lr"], betas=(0.9, 0.98))
+        warmup, total = max(1, cfg["warmup_steps"]), max(1, cfg["max_steps"])
+        budget = 60.0 * cfg["max_minutes"] if cfg.get("max_minutes") else None
+        started = time.monotonic()
+
+        def schedule(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / warmup
+            progress = (step - warmup) / max(1, total - warmup)
+            if budget:  # a time-limited run anneals by the clock if that ends first
+                progress = max(progress, (time.monotonic() - started) / budget)
+            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+
+class LMTask(Task):
+    monitor = ("val_bits", "min")
+    shown = (("bits", "bits"), ("val_bits", "bits/token"))
+    curve = ("bits", "val_bits", "bits per token")
+    command = "seqformer train"
+
     def __init__(self, model: dict, train: dict, pad_id: int, sep_id: int):
         super().__init__()
         self.save_hyperparameters()
@@ -35,19 +92,12 @@ class LMTask(pl.LightningModule):
              else None}))
         self.train_cfg = train
         self.pad_id, self.sep_id = pad_id, sep_id
-        self.stopped_on_nonfinite = False
         self._val = []
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
         nll, n = token_nll(self.model, batch, ignore=(self.pad_id,))
-        loss = nll / n.clamp_min(1)
-        if not torch.isfinite(loss):
-            # returning None skips backward and the optimizer step: the weights (and the
-            # checkpoints saved from them) stay those of the last good step
-            self.stopped_on_nonfinite = True
-            self.trainer.should_stop = True
-            self.print(f"error: non-finite loss ({loss.item()}) at step {self.global_step}; "
-                       "stopping, the last good checkpoint is kept")
+        loss = self.checked(nll / n.clamp_min(1))
+        if loss is None:
             return None
         self.log("loss", loss, prog_bar=True)
         self.log("bits", loss / LN2, prog_bar=True)
@@ -67,25 +117,3 @@ class LMTask(pl.LightningModule):
         loss = (nll / n.clamp_min(1)).float()
         self.log("val_loss", loss, prog_bar=False, sync_dist=False)
         self.log("val_bits", loss / LN2, prog_bar=True, sync_dist=False)
-
-    def configure_optimizers(self):
-        cfg = self.train_cfg
-        decay = [p for n, p in self.named_parameters() if p.ndim >= 2]
-        no_decay = [p for n, p in self.named_parameters() if p.ndim < 2]
-        opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg["weight_decay"]},
-                                 {"params": no_decay, "weight_decay": 0.0}],
-                                lr=cfg["lr"], betas=(0.9, 0.98))
-        warmup, total = max(1, cfg["warmup_steps"]), max(1, cfg["max_steps"])
-        budget = 60.0 * cfg["max_minutes"] if cfg.get("max_minutes") else None
-        started = time.monotonic()
-
-        def schedule(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = (step - warmup) / max(1, total - warmup)
-            if budget:  # a time-limited run anneals by the clock if that ends first
-                progress = max(progress, (time.monotonic() - started) / budget)
-            return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, schedule)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}

@@ -1,8 +1,9 @@
 """A run's configuration: defaults < YAML preset < CLI options < `section.key=value`.
 
 Four sections: `model` (ReformerConfig fields), `data` (windows, split, tokenization
-options), `train` (optimizer, schedule, hardware) and the top-level `domain`. Every key
-is checked, so a typo is an error naming the field, not a silently ignored setting.
+options), `train` (optimizer, schedule, hardware) and the top-level `domain` and `task`
+("lm", or "classify" with a fifth section, `classify`). Every key is checked, so a typo
+is an error naming the field, not a silently ignored setting.
 """
 
 from __future__ import annotations
@@ -14,12 +15,14 @@ from typing import Any
 import yaml
 
 from ..core import ConfigError, ReformerConfig
+from ..core.classifier import POOLS
 from ..errors import InputError
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
 
 DEFAULTS: dict[str, Any] = {
     "domain": None,
+    "task": "lm",
     "model": {},  # ReformerConfig defaults, vocab_size set from the domain
     "data": {
         "seq_len": 4096,  # training window; <= model.max_seq_len
@@ -51,6 +54,18 @@ DEFAULTS: dict[str, Any] = {
         "num_workers": 0,
     },
 }
+
+
+# the classifier's own section (task "classify")
+CLASSIFY_DEFAULTS: dict[str, Any] = {
+    "classes": [],  # class names, in the order of the model's outputs
+    "head_dropout": 0.1,
+    "pool": "mean",  # or "max": the final hidden states' mean or maximum over positions
+    "freeze": False,  # train the head only (with a pretrained language model)
+    "pretrained": None,  # the language model directory the body started from
+    "both_strands": True,  # DNA: validate and predict on both strands, averaged
+}
+TASKS = ("lm", "classify")
 
 
 def _merge(base: dict, extra: dict, where: str) -> dict:
@@ -107,15 +122,22 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def resolve(domain: str, vocab_size: int, preset: str | Path | None = None,
-            options: dict | None = None, overrides: list[str] = ()) -> dict:
+            options: dict | None = None, overrides: list[str] = (), task: str = "lm") -> dict:
     """The full, checked configuration of a training run."""
+    if task not in TASKS:
+        raise InputError(f"task: must be one of {TASKS}, got {task!r}")
     cfg = copy.deepcopy(DEFAULTS)
+    cfg["task"] = task
+    if task == "classify":
+        cfg["classify"] = copy.deepcopy(CLASSIFY_DEFAULTS)
     if preset is not None:
         cfg = _merge(cfg, load_yaml(preset), "")
     for layer in [options or {}] + [parse_override(o) for o in overrides]:
         cfg = _merge(cfg, layer, "")
     if cfg["domain"] not in (None, domain):
         raise InputError(f"domain: the config is for {cfg['domain']!r}, not {domain!r}")
+    if cfg["task"] != task:
+        raise InputError(f"task: the config is for {cfg['task']!r}, not {task!r}")
     cfg["domain"] = domain
     cfg["model"]["vocab_size"] = vocab_size
     model = model_config(cfg)
@@ -162,6 +184,14 @@ def resolve(domain: str, vocab_size: int, preset: str | Path | None = None,
          "must be a number >= 0 or null", train["grad_clip"])
     need(train["precision"] in PRECISIONS, "train.precision", f"must be one of {PRECISIONS}",
          train["precision"])
+    if task == "classify":
+        clf = cfg["classify"]
+        need(number(clf["head_dropout"], 0.0) and clf["head_dropout"] < 1,
+             "classify.head_dropout", "must be a number in [0, 1)", clf["head_dropout"])
+        need(clf["pool"] in POOLS, "classify.pool", f"must be one of {POOLS}", clf["pool"])
+        for key in ("freeze", "both_strands"):
+            need(isinstance(clf[key], bool), f"classify.{key}", "must be true or false",
+                 clf[key])
     return cfg
 
 

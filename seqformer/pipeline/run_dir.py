@@ -1,7 +1,7 @@
 """A model directory: everything sample/score/embed need, and nothing else they read.
 
     runs/NAME/
-      config.yaml          resolved config (domain, model, data, train)
+      config.yaml          resolved config (domain, task, model, data, train[, classify])
       vocab.json           the domain's vocabulary and tokenization options
       model.safetensors    weights (written at the end of training)
       checkpoints/         Lightning checkpoints: last.ckpt, best.ckpt (for --resume)
@@ -10,11 +10,14 @@
       baseline.npz         the Markov baseline fitted on the training split
       sampling.json        limits of the domain's sampling grammar (MIDI), from training
       data/                token store of the training inputs
+      metrics.json         a classifier's final validation metrics (and metrics.png)
+      validation.tsv       a classifier's held-out records: id and label
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -82,22 +85,40 @@ def read_config(run: str | Path) -> dict:
     return cfg
 
 
-def load_run(run: str | Path, domain: str | None = None, device: str | torch.device = "cpu"
-             ) -> tuple[ReformerLM, Domain, dict]:
-    """The trained model (eval mode), its domain (with the training tokenization options)
-    and its config. `domain` checks that the directory holds a model of that domain."""
+# what each task's model is called, the command that trains it, and what else to do with it
+TASKS = {"lm": ("language model", "seqformer train", "sample, score or embed"),
+         "classify": ("classifier", "seqformer finetune", "predict")}
+
+
+def load_model_dir(run: str | Path, task: str, build: Callable[[dict], torch.nn.Module],
+                   domain: str | None = None, device: str | torch.device = "cpu"
+                   ) -> tuple[torch.nn.Module, Domain, dict]:
+    """The trained model of a `task` ("lm", "classify") directory, built from its config by
+    `build` and loaded (eval mode), its domain (with the training tokenization options) and
+    its config. `domain` checks that the directory holds a model of that domain."""
     run = Path(run)
     cfg = read_config(run)
+    have = cfg.get("task", "lm")
+    if have != task:
+        name, _, use = TASKS[have]
+        raise InputError(f"{run}: is a {name}, not a {TASKS[task][0]} (use `seqformer {use}` "
+                         "with it)")
     if domain is not None and cfg["domain"] != domain:
         raise InputError(f"{run}: is a {cfg['domain']} model, not a {domain} model")
     weights = run / "model.safetensors"
     if not weights.is_file():
-        raise InputError(f"{run}: no model.safetensors (training not finished? "
-                         "resume it with `seqformer train ... --resume`)")
-    dom = get_domain(cfg["domain"], **cfg["data"].get("options", {}))
-    model = ReformerLM(model_config(cfg))
+        raise InputError(f"{run}: no model.safetensors (training not finished? resume it "
+                         f"with `{TASKS[task][1]} ... --resume`)")
+    model = build(cfg)
     try:
         load_model(model, str(weights), device=str(device))
     except Exception as e:
         raise InputError(f"{weights}: cannot load weights: {e}") from None
+    dom = get_domain(cfg["domain"], **cfg["data"].get("options", {}))
     return model.to(device).eval(), dom, cfg
+
+
+def load_run(run: str | Path, domain: str | None = None, device: str | torch.device = "cpu"
+             ) -> tuple[ReformerLM, Domain, dict]:
+    """The trained language model (eval mode), its domain and its config."""
+    return load_model_dir(run, "lm", lambda cfg: ReformerLM(model_config(cfg)), domain, device)

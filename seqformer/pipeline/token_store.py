@@ -27,6 +27,7 @@ class StoredRecord:
     id: str
     offset: int
     length: int
+    input: int = 0  # which of the inputs (files, in the order given) the record came from
 
 
 def fingerprint(inputs: Iterable[Path], domain: Domain) -> str:
@@ -84,7 +85,7 @@ class TokenStore:
         dtype = np.uint8 if domain.vocab_size <= 256 else np.uint16
         records, offset, start, seen = [], 0, 0, {}
         with atomic_path(directory / "tokens.bin") as tmp, open(tmp, "wb") as f:
-            for path in inputs:
+            for k, path in enumerate(inputs):
                 for piece in domain.read_pieces(path):
                     if piece.first:
                         if piece.id in seen:
@@ -98,7 +99,7 @@ class TokenStore:
                         on_tokens(len(piece.tokens))
                     if piece.last:
                         records.append({"id": piece.id, "offset": start,
-                                        "length": offset - start})
+                                        "length": offset - start, "input": k})
                         if on_record:
                             on_record(piece.id, offset - start)
                 if on_input:

@@ -26,12 +26,22 @@ from torch.utils.data import DataLoader
 from ..domains import get_domain
 from ..errors import InputError, Interrupted
 from ..files import atomic_path
-from .lightning_module import LMTask
+from .lightning_module import LMTask, Task
 from .markov import fit_baseline, split_at
 from .progress import PlainProgress, TrainingBar
 from .run_dir import BASELINE, SAMPLING, export_weights, write_config
 from .token_store import TokenStore
 from .windows import Stream, TrainWindows, ValWindows, split_streams
+
+
+def item_range(trainer: pl.Trainer | None, train: dict) -> tuple[int, int]:
+    """(training items of the whole run, items already used). Items are drawn from one
+    seeded sequence; a resumed run starts after those of the steps already done, so it
+    goes on with new data instead of replaying the first items."""
+    per_step = train["batch_size"] * train["accumulate"] * (trainer.world_size if trainer
+                                                            else 1)
+    done = trainer.global_step * per_step if trainer else 0
+    return train["max_steps"] * per_step, done
 
 
 class WindowData(pl.LightningDataModule):
@@ -44,12 +54,7 @@ class WindowData(pl.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         data, train = self.cfg["data"], self.cfg["train"]
-        per_step = train["batch_size"] * train["accumulate"]
-        world = self.trainer.world_size if self.trainer else 1
-        # start after the windows of the steps already done, so a resumed run goes on
-        # with new data instead of replaying the first windows
-        done = self.trainer.global_step * per_step * world if self.trainer else 0
-        n_items = train["max_steps"] * per_step * world
+        n_items, done = item_range(self.trainer, train)
         ds = TrainWindows(self.train_stream, data["seq_len"], n_items, train["seed"],
                           self.augment, start=done)
         return DataLoader(ds, batch_size=train["batch_size"], num_workers=train["num_workers"])
@@ -121,27 +126,29 @@ def _precision(train: dict) -> str:
     return "bf16-mixed" if gpu else "32-true"
 
 
-def read_metrics(run: Path) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-    """(step, train bits) and (step, validation bits) over all sessions of a run: each
-    start or resume logs to its own logs/version_N/metrics.csv, so nothing is overwritten
-    and a resumed curve joins the earlier one."""
+def read_metrics(run: Path, train_key: str = "bits", val_key: str = "val_bits"
+                 ) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(step, train metric) and (step, validation metric), by default bits, over all
+    sessions of a run: each start or resume logs to its own logs/version_N/metrics.csv,
+    so nothing is overwritten and a resumed curve joins the earlier one."""
     train, val = {}, {}
     for metrics in sorted(Path(run).glob("logs/version_*/metrics.csv")):
         with open(metrics) as f:
             for row in csv.DictReader(f):
                 try:  # a process killed mid-write can leave a truncated last row
-                    if row.get("bits"):
-                        train[int(row["step"])] = float(row["bits"])
-                    if row.get("val_bits"):
-                        val[int(row["step"])] = float(row["val_bits"])
+                    if row.get(train_key):
+                        train[int(row["step"])] = float(row[train_key])
+                    if row.get(val_key):
+                        val[int(row["step"])] = float(row[val_key])
                 except (TypeError, ValueError):
                     continue
     return sorted(train.items()), sorted(val.items())
 
 
-def plot_loss(run: Path) -> Path | None:
-    """loss.png: training and validation bits per token against step."""
-    train, val = read_metrics(run)
+def plot_loss(run: Path, train_key: str = "bits", val_key: str = "val_bits",
+              ylabel: str = "bits per token") -> Path | None:
+    """loss.png: training and validation loss (by default bits per token) against step."""
+    train, val = read_metrics(run, train_key, val_key)
     if not train and not val:
         return None
     import matplotlib
@@ -155,7 +162,7 @@ def plot_loss(run: Path) -> Path | None:
     if val:
         ax.plot(*zip(*val), "o-", label="validation")
     ax.set_xlabel("step")
-    ax.set_ylabel("bits per token")
+    ax.set_ylabel(ylabel)
     ax.set_title(run.name)
     ax.grid(alpha=0.3)
     ax.legend()
@@ -163,8 +170,6 @@ def plot_loss(run: Path) -> Path | None:
         fig.savefig(tmp, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     return run / "loss.png"
-
-
 
 
 def markov_baseline(run: Path, train: Stream, val: Stream, seq_len: int, val_windows: int,
@@ -229,45 +234,37 @@ def quiet_foreign_warnings() -> None:
     # in-memory windows need no workers; a resumed run's windows do go on where they
     # stopped (WindowData); the checkpoint directory of a resumed run is of course not empty,
     # and a copied or moved run keeps its own checkpoints
+    # a frozen body is in eval mode on purpose; a short run logs less often than log_every
     warnings.filterwarnings("ignore", message=r".*(does not have many workers|LeafSpec|"
                             r"dataloader is not resumable|exists and is not empty|"
-                            r"dirpath has changed).*")
+                            r"dirpath has changed|module\(s\) in eval mode|"
+                            r"smaller than the logging interval).*")
 
 
-def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
-          progress: bool = True, on_record: Callable[[str, int], None] | None = None) -> dict:
-    """Train per the resolved config; returns a summary (steps, validation bits, paths).
-    `on_record(id, n_tokens)` reports tokenization of each input record (first run only)."""
-    run = Path(run)
+def fit(task: Task, data: pl.LightningDataModule, run: Path, train_cfg: dict, resume: bool,
+        has_val: bool, progress: bool = True) -> pl.Trainer:
+    """The training loop every task shares: Lightning fit with checkpoints (best by the
+    task's `monitor`, last every checkpoint_every steps, atomically written), Ctrl-C and
+    SIGTERM safety, progress (the task's `shown` metrics), and a closing validation of
+    the final weights. Raises Interrupted when stopped by a signal and InputError on a
+    non-finite loss; returns the trainer."""
     ckpt_dir = run / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    check_run_dir(run, resume)
     for stale in ckpt_dir.glob(".*.tmp"):  # a checkpoint write cut short by a kill
         stale.unlink()
-    domain = get_domain(cfg["domain"], **cfg["data"]["options"])
-    store = tokenize(cfg, inputs, run, on_record)
-    write_config(run, cfg, domain)
-    augment = None
-    if cfg["data"]["rc_augment"] and hasattr(domain, "reverse_complement"):
-        def augment(window: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-            # both strands of a genome are equally real: flip half the windows
-            return domain.reverse_complement(window) if rng.random() < 0.5 else window
-    data = WindowData(store, cfg, domain.pad_id, domain.sep_id, augment)
-    train_cfg = cfg["train"]
-    pl.seed_everything(train_cfg["seed"], workers=True, verbose=False)
-    task = LMTask(cfg["model"], train_cfg, domain.pad_id, domain.sep_id)
     # "best" is judged at validation; "last" is kept every checkpoint_every steps
-    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor="val_bits", mode="min",
-                           save_top_k=1, every_n_train_steps=train_cfg["val_every"])
+    best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=task.monitor[0],
+                           mode=task.monitor[1], save_top_k=1,
+                           every_n_train_steps=train_cfg["val_every"])
     latest = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                              every_n_train_steps=train_cfg.get("checkpoint_every")
                              or train_cfg["val_every"])
     stop = StopOnSignal(last)
-    has_val = len(data.val_stream) > 1 and cfg["data"]["val_windows"] > 0
     # a bar where someone watches, plain lines where output goes to a file
     bar = progress and sys.stdout.isatty()
-    shown = ([TrainingBar(leave=True)] if bar
-             else [PlainProgress(train_cfg["log_every"], train_cfg.get("max_minutes"))]
+    lines = ([TrainingBar(leave=True)] if bar
+             else [PlainProgress(train_cfg["log_every"], train_cfg.get("max_minutes"),
+                                 train_metric=task.shown[0], val_metric=task.shown[1])]
              if progress else [])
     logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
     try:
@@ -285,7 +282,7 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
             num_sanity_val_steps=0, log_every_n_steps=train_cfg["log_every"],
             # metrics reach disk every log_every steps, so a killed run's curve is kept
             logger=CSVLogger(run, name="logs", flush_logs_every_n_steps=train_cfg["log_every"]),
-            callbacks=[best, latest, stop, *shown], plugins=[AtomicCheckpointIO()],
+            callbacks=[best, latest, stop, *lines], plugins=[AtomicCheckpointIO()],
             enable_progress_bar=bar, enable_model_summary=False)
     except (ValueError, MisconfigurationException) as e:  # e.g. fsdp without a GPU
         raise InputError(f"train (devices/strategy/accelerator): {e}") from None
@@ -296,20 +293,42 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
         except SIGTERMException:
             pass  # StopOnSignal has saved the step it stopped at
         if stop.interrupted_at is not None or trainer.received_sigterm:
-            plot_loss(run)
+            plot_loss(run, *task.curve)
             at = stop.interrupted_at if stop.interrupted_at is not None else "?"
             raise Interrupted(f"{run}: interrupted at step {at}, saved in checkpoints/last.ckpt; "
-                              f"continue with `seqformer train ... --out {run} --resume` (add "
+                              f"continue with `{task.command} ... --out {run} --resume` (add "
                               "--max-steps N to change where it ends)")
         if has_val and not task.stopped_on_nonfinite:
             # the final weights' validation score, whatever step training ended on (every
             # process takes part: validation gathers across them)
             trainer.validate(task, datamodule=data, verbose=False)
-    if trainer.global_rank != 0:
-        return {}
-    if task.stopped_on_nonfinite:
+    if task.stopped_on_nonfinite and trainer.global_rank == 0:
         raise InputError(f"{run}: training stopped on a non-finite loss at step "
                          f"{trainer.global_step}; checkpoints keep the last good weights")
+    return trainer
+
+
+def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
+          progress: bool = True, on_record: Callable[[str, int], None] | None = None) -> dict:
+    """Train per the resolved config; returns a summary (steps, validation bits, paths).
+    `on_record(id, n_tokens)` reports tokenization of each input record (first run only)."""
+    run = Path(run)
+    check_run_dir(run, resume)
+    domain = get_domain(cfg["domain"], **cfg["data"]["options"])
+    store = tokenize(cfg, inputs, run, on_record)
+    write_config(run, cfg, domain)
+    augment = None
+    if cfg["data"]["rc_augment"] and hasattr(domain, "reverse_complement"):
+        def augment(window: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+            # both strands of a genome are equally real: flip half the windows
+            return domain.reverse_complement(window) if rng.random() < 0.5 else window
+    data = WindowData(store, cfg, domain.pad_id, domain.sep_id, augment)
+    pl.seed_everything(cfg["train"]["seed"], workers=True, verbose=False)
+    task = LMTask(cfg["model"], cfg["train"], domain.pad_id, domain.sep_id)
+    has_val = len(data.val_stream) > 1 and cfg["data"]["val_windows"] > 0
+    trainer = fit(task, data, run, cfg["train"], resume, has_val, progress)
+    if trainer.global_rank != 0:
+        return {}
     export_weights(run, task.model)
     plot_loss(run)
     val = trainer.callback_metrics.get("val_bits")
@@ -320,4 +339,3 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
     return {"steps": trainer.global_step, "val_bits": float(val) if val is not None else math.nan,
             "run": str(run), "tokens": store.total, "records": len(store),
             "baseline": baseline}
-
