@@ -180,7 +180,7 @@ TRUNCATED_GZIP = gzip.compress(b"".join(b">r%d\nACGT\n" % i for i in range(200))
 
 
 @pytest.mark.parametrize("content, message", [
-    (b"just some text\nACGT\n", r"not a FASTA file \(the first line does not start with '>'\)"),
+    (b"just some text\nACGT\n", r"not a FASTA, GenBank or EMBL file \(the first line"),
     (b">r1\nACGT\n>r2\n\n>r3\nA\n", "record 'r2' has no sequence"),
     (b">r1\nACGT\n>r1 again\nA\n", "duplicate record id 'r1'"),
     (b">\nACGT\n", "record 1 has no id"),

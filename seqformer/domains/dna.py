@@ -17,6 +17,13 @@ record as one string: here a record arrives in pieces of about 4 MiB (`read_piec
 a chromosome is tokenized in bounded memory. Headers follow Biopython's rule (the id is
 the first word after '>').
 
+GenBank and EMBL files (plain or gzip; told apart from FASTA by their first line, not by
+the file name) are read with Biopython, one record at a time (Biopython holds that one
+record), and their sequences tokenized in the same pieces. The record id is the
+versioned accession (`NC_005816.1`). A protein record, a record without sequence (a
+CONTIG or length-only entry), a feature outside its record or a truncated file is one
+error naming the file and the record.
+
 U (RNA) is not accepted: it is an unknown character like any other letter outside
 A C G T N and the IUPAC codes. Whitespace inside a sequence is ignored; positions in error
 messages count bases only (1-based).
@@ -25,6 +32,7 @@ messages count bases only (1-based).
 from __future__ import annotations
 
 import gzip
+import warnings
 import zlib
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -158,6 +166,10 @@ class DNADomain(Domain):
         try:
             with path.open("rb") as f:
                 gzipped = f.read(2) == _GZIP_MAGIC
+            fmt = _annotated_format(path, gzipped)
+            if fmt is not None:
+                yield from self._annotated_pieces(path, fmt, gzipped, seen)
+                return
             with (gzip.open if gzipped else open)(path, "rb") as handle:
                 rid, description, lines, size, done = None, "", [], 0, 0
                 for line in handle:
@@ -171,8 +183,9 @@ class DNADomain(Domain):
                         lines, size, done = [], 0, 0
                     elif rid is None:
                         if line.strip():
-                            raise InputError(f"{path}: not a FASTA file (the first line does "
-                                             "not start with '>')")
+                            raise InputError(f"{path}: not a FASTA, GenBank or EMBL file (the "
+                                             "first line does not start with '>', 'LOCUS' or "
+                                             "'ID')")
                     else:
                         lines.append(line)
                         size += len(line)
@@ -189,6 +202,55 @@ class DNADomain(Domain):
         if n == 0:
             raise InputError(f"{path}: no FASTA records found (expected lines starting with "
                              "'>')")
+
+    def _annotated_pieces(self, path: Path, fmt: str, gzipped: bool,
+                          seen: dict[str, Path]) -> Iterator[Piece]:
+        """The records of a GenBank or EMBL file through Biopython, in pieces."""
+        from Bio import BiopythonParserWarning, SeqIO
+        from Bio.Seq import UndefinedSequenceError
+
+        name = _ANNOTATED[fmt]
+        n = 0
+        with (gzip.open if gzipped else open)(path, "rt", encoding="utf-8",
+                                               errors="replace") as handle, \
+                warnings.catch_warnings():
+            # Biopython repairs what it can (e.g. locations written across the origin) and
+            # warns; what it cannot repair is an error below
+            warnings.simplefilter("ignore", BiopythonParserWarning)
+            records = SeqIO.parse(handle, fmt)
+            while True:
+                try:
+                    rec = next(records, None)
+                except ValueError as e:
+                    where = f"after record {n}" if n else "in its first record"
+                    raise InputError(f"{path}: malformed {name} file {where} ({e})") from None
+                if rec is None:
+                    break
+                n += 1
+                rid = rec.id if rec.id and rec.id != "<unknown id>" else rec.name
+                self._check_id(path, rid, n, seen)
+                if rec.annotations.get("molecule_type", "DNA").lower() == "protein":
+                    raise InputError(f"{path}: record {rid!r} is a protein record; expected "
+                                     "DNA")
+                try:
+                    raw = bytes(rec.seq)
+                except UndefinedSequenceError:
+                    raise InputError(f"{path}: record {rid!r} has no sequence (only its "
+                                     "length or a contig description)") from None
+                for feature in rec.features:
+                    loc = feature.location
+                    if loc is not None and (int(loc.start) < 0 or int(loc.end) > len(raw)):
+                        raise InputError(f"{path}: record {rid!r}: {feature.type} feature at "
+                                         f"{loc} lies outside the record ({len(raw):,} bp)")
+                meta = {"path": str(path), "description": rec.description, "format": fmt}
+                for done in range(0, max(1, len(raw)), _PIECE_BYTES):
+                    piece = self._piece(path, rid, rec.description,
+                                        [raw[done:done + _PIECE_BYTES]], done,
+                                        last=done + _PIECE_BYTES >= len(raw))
+                    piece.meta.update(meta)
+                    yield piece
+        if n == 0:
+            raise InputError(f"{path}: no {name} records found")
 
     @staticmethod
     def _check_id(path: Path, rid: str, n: int, seen: dict[str, Path]) -> None:
@@ -248,6 +310,19 @@ class DNADomain(Domain):
         lines = [b">" + rec.id.encode("utf-8")]
         lines += [seq[i:i + _LINE_WIDTH] for i in range(0, len(seq), _LINE_WIDTH)]
         return b"\n".join(lines) + b"\n"
+
+
+_ANNOTATED = {"genbank": "GenBank", "embl": "EMBL"}
+
+
+def _annotated_format(path: Path, gzipped: bool) -> str | None:
+    """"genbank" or "embl" by the first non-blank line (LOCUS / ID), else None."""
+    with (gzip.open if gzipped else open)(path, "rb") as handle:
+        for line in handle:
+            if line.strip():
+                return ("genbank" if line.startswith(b"LOCUS") else
+                        "embl" if line.startswith(b"ID ") else None)
+    return None
 
 
 def _hint(ch: str) -> str:
