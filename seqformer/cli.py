@@ -13,6 +13,7 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -46,7 +47,8 @@ def clean_errors(fn):
         try:
             return fn(*args, **kwargs)
         except (InputError, ConfigError) as e:
-            err.print(f"[red]error:[/red] {e}", highlight=False, soft_wrap=True)
+            # escaped: a message may hold brackets ("seqformer[tracks]", "[10:70](-)")
+            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
             raise typer.Exit(getattr(e, "exit_code", 2)) from None
         except KeyboardInterrupt:
             err.print("[yellow]interrupted[/yellow]")
@@ -404,6 +406,12 @@ def _score(domain_name: str, model_dir: Path, inputs: list[Path], out_path: Path
     for p in (out_path, per_base):
         if p is not None:
             check_output(p, force)
+    if per_base is not None and _is_bigwig(per_base):
+        try:
+            import pyBigWig
+        except ImportError:
+            raise InputError(f"--per-base {per_base}: writing bigWig needs pyBigWig: pip install "
+                             "'seqformer[tracks]' (a .bedgraph path needs nothing)") from None
     model, domain, cfg = load_run(model_dir, domain_name)
     window = int(cfg["data"]["seq_len"])
     records = _read_all(domain, inputs)
@@ -457,7 +465,17 @@ def _score(domain_name: str, model_dir: Path, inputs: list[Path], out_path: Path
             tmp.write_text("\t".join(header) + "\n"
                            + "".join("\t".join(map(str, r)) + "\n" for r in rows))
         out.print(f"wrote {out_path}")
-    if per_base is not None:
+    if per_base is not None and _is_bigwig(per_base):
+        with atomic_path(per_base) as tmp:
+            bw = pyBigWig.open(str(tmp), "w")
+            bw.addHeader([(rid, len(ll)) for rid, ll in per_position if len(ll)])
+            for rid, ll in per_position:
+                for i in range(0, len(ll), 1 << 16):  # fixed-step entries, a block at a time
+                    bw.addEntries(rid, i, values=ll[i:i + (1 << 16)].astype(np.float64),
+                                  span=1, step=1)
+            bw.close()
+        out.print(f"wrote {per_base}")
+    elif per_base is not None:
         with atomic_path(per_base) as tmp, open(tmp, "w") as f:
             f.write(f'track type=bedGraph name="{model_dir.name}" description="log-likelihood '
                     'per base (nats)"\n')
@@ -469,16 +487,122 @@ def _score(domain_name: str, model_dir: Path, inputs: list[Path], out_path: Path
         out.print(f"wrote {per_base}")
 
 
+def _selected_features(domain, inputs: list[Path], features: str | None,  # noqa: ANN001
+                       regions: Path | None, flank: int | None, window: int) -> list:
+    """(feature, its own record) pairs: the annotated features of the types named in
+    `features` (GenBank/EMBL input) or the regions of a BED file (any input)."""
+    from .domains.features import read_bed
+    from .pipeline.inference import feature_records
+
+    if (features is None) == (regions is None):
+        raise InputError("give --features TYPES (GenBank/EMBL input) or --regions BED, not "
+                         "both")
+    if flank is not None and flank < 0:
+        raise InputError(f"--flank {flank}: must be at least 0")
+    records = _read_all(domain, inputs)
+    if regions is not None:
+        by_record = read_bed(regions, {r.id: len(r.tokens) for r in records})
+        for rec in records:
+            rec.meta["features"] = by_record.get(rec.id, [])
+        wanted = {"region"}
+    else:
+        wanted = {t.strip() for t in features.split(",") if t.strip()}
+        if not wanted:
+            raise InputError(f"--features {features!r}: name at least one feature type, e.g. "
+                             "CDS")
+        plain = [r for r in records if "features" not in r.meta]
+        if plain:
+            raise InputError(f"{plain[0].meta.get('path', 'the input')}: --features needs "
+                             "annotated input (GenBank or EMBL; --regions BED for FASTA); "
+                             f"record {plain[0].id!r} has no features")
+        found = {f.type for r in records for f in r.meta["features"]}
+        if not wanted & found:
+            raise InputError(f"--features {features}: none in the input (it has "
+                             f"{', '.join(sorted(found)) or 'no features'})")
+    return feature_records(records, wanted, flank, window, domain.reverse_complement)
+
+
+def _score_features(model_dir: Path, inputs: list[Path], out_path: Path | None, force: bool,
+                    features: str | None, regions: Path | None, flank: int | None) -> None:
+    """One row per annotated feature of the given types, or per BED region."""
+    import numpy as np
+
+    from .files import atomic_path, check_output
+    from .pipeline.inference import score_features
+    from .pipeline.run_dir import load_run
+
+    if out_path is not None:
+        check_output(out_path, force)
+    model, domain, cfg = load_run(model_dir, "dna")
+    window = int(cfg["data"]["seq_len"])
+    pairs = _selected_features(domain, inputs, features, regions, flank, window)
+    with _progress() as bar:
+        task = bar.add_task("scoring features", total=sum(len(r.tokens) for _, r in pairs))
+        scores = score_features(model, pairs, domain.sep_id, window,
+                                on_feature=lambda n: bar.advance(task, n))
+    header = ["id", "type", "record", "location", "strand", "length", "total_ll_nats",
+              "bits_per_base"]
+    rows = [[f.id, f.type, f.record, f.location, {1: "+", -1: "-"}.get(f.strand, "."),
+             str(f.length), f"{ll:.4f}", f"{-ll / np.log(2) / f.length:.6f}"]
+            for f, ll in scores]
+    # on screen the columns that fit a terminal; the TSV has them all
+    shown = {"id": 0, "type": 1, "location": 3, "strand": 4, "length": 5, "bits/base": 7}
+    table = Table(title=f"{model_dir.name}: log-likelihood per feature")
+    for col in shown:
+        table.add_column(col, justify="right" if col in ("length", "bits/base") else "left",
+                         overflow="fold", no_wrap=col not in ("location", "id"))
+    for row in rows[:40]:
+        table.add_row(*(escape(row[i]) for i in shown.values()))
+    out.print(table)
+    if len(rows) > 40:
+        out.print(f"... {len(rows) - 40} more rows" + (f" in {out_path}" if out_path else ""))
+    bits = sum(-ll for _, ll in scores) / np.log(2) / max(1, sum(f.length for f, _ in scores))
+    kinds = ", ".join(sorted({f.type for f, _ in scores}))
+    out.print(f"{len(rows):,} features ({kinds}): {bits:.4f} bits/base over all of them")
+    if out_path is not None:
+        with atomic_path(out_path) as tmp:
+            tmp.write_text("\t".join(header) + "\n"
+                           + "".join("\t".join(r) + "\n" for r in rows))
+        out.print(f"wrote {out_path}")
+
+
+Features = Annotated[str | None, typer.Option(
+    "--features", help="each annotated feature of these types instead of each record, e.g. "
+    "CDS,rRNA (GenBank/EMBL input)")]
+Regions = Annotated[Path | None, typer.Option(
+    "--regions", help="each region of a BED file instead of each record (BED6 strand "
+    "respected)")]
+Flank = Annotated[int | None, typer.Option(
+    "--flank", help="bases of the record 5' of a feature read as its context (default: "
+    "enough to fill the window, at least half of it)")]
+
+
+def _is_bigwig(path: Path) -> bool:
+    return path.suffix.lower() in (".bw", ".bigwig")
+
+
 @score_app.command("dna")
 @clean_errors
-def score_dna(model: ModelOpt, fasta: Annotated[list[Path], typer.Option("--fasta")],
+def score_dna(model: ModelOpt, fasta: Annotated[list[Path], typer.Option(
+                  "--fasta", help="FASTA, GenBank or EMBL files (plain or gzip)")],
               out_path: Annotated[Path | None, typer.Option("--out")] = None,
               per_base: Annotated[Path | None, typer.Option(
-                  "--per-base", help="bedGraph of per-base log-likelihood")] = None,
+                  "--per-base", help="per-base log-likelihood track: bigWig (.bw, .bigwig; "
+                  "needs seqformer[tracks]) or bedGraph (any other name)")] = None,
               both_strands: Annotated[bool, typer.Option(
                   "--both-strands", help="average with the reverse complement")] = False,
+              features: Features = None,
+              regions: Regions = None, flank: Flank = None,
               force: Force = False) -> None:
-    """Log-likelihood, bits per base and perplexity of each FASTA record."""
+    """Log-likelihood, bits per base and perplexity of each record, or of each feature."""
+    if features is not None or regions is not None:
+        if per_base is not None or both_strands:
+            raise InputError("--features/--regions score each feature on its own strand: "
+                             "they do not combine with --per-base or --both-strands")
+        _score_features(model, fasta, out_path, force, features, regions, flank)
+        return
+    if flank is not None:
+        raise InputError("--flank goes with --features or --regions")
     _score("dna", model, fasta, out_path, force, per_base, both_strands)
 
 
@@ -534,12 +658,48 @@ EmbedResume = Annotated[bool, typer.Option(
     "--resume", help="continue an interrupted run: records already in <out>.partial are kept")]
 
 
+def _embed_features(model_dir: Path, inputs: list[Path], out_path: Path, pool, layer: int,
+                    force: bool, resume: bool, features: str | None, regions: Path | None,
+                    flank: int | None) -> None:
+    """One HDF5 entry per annotated feature or BED region, in order, with its fields as
+    attributes; each read on its own strand after its context, which is not stored."""
+    from .files import check_output
+    from .pipeline.inference import embed_records
+    from .pipeline.run_dir import load_run
+
+    check_output(out_path, force)
+    model, domain, cfg = load_run(model_dir, "dna")
+    if not -1 <= layer < model.cfg.n_layers:
+        raise InputError(f"--layer {layer}: the model has layers 0..{model.cfg.n_layers - 1} "
+                         "(-1 = final)")
+    window = int(cfg["data"]["seq_len"])
+    pairs = _selected_features(domain, inputs, features, regions, flank, window)
+    with _progress() as bar:
+        task = bar.add_task("embedding features", total=sum(f.length for f, _ in pairs))
+        n = embed_records(model, [r for _, r in pairs], domain.sep_id, window, out_path,
+                          layer=layer, pool=pool, resume=resume,
+                          attrs={"domain": "dna", "model_dir": str(model_dir),
+                                 "features": features or f"regions of {regions}",
+                                 "flank": -1 if flank is None else flank},
+                          on_window=lambda k: bar.advance(task, k))
+    out.print(f"wrote {out_path} ({n} features, d_model {model.cfg.d_model})")
+
+
 @embed_app.command("dna")
 @clean_errors
-def embed_dna(model: ModelOpt, fasta: Annotated[list[Path], typer.Option("--fasta")],
+def embed_dna(model: ModelOpt, fasta: Annotated[list[Path], typer.Option(
+                  "--fasta", help="FASTA, GenBank or EMBL files (plain or gzip)")],
               out_path: Annotated[Path, typer.Option("--out")], pool: Pool = None,
-              layer: Layer = -1, force: Force = False, resume: EmbedResume = False) -> None:
-    """Per-base embeddings of each FASTA record into HDF5."""
+              layer: Layer = -1, features: Features = None, regions: Regions = None,
+              flank: Flank = None, force: Force = False,
+              resume: EmbedResume = False) -> None:
+    """Per-base embeddings of each record (or each feature) into HDF5."""
+    if features is not None or regions is not None:
+        _embed_features(model, fasta, out_path, pool, layer, force, resume, features, regions,
+                        flank)
+        return
+    if flank is not None:
+        raise InputError("--flank goes with --features or --regions")
     _embed("dna", model, fasta, out_path, pool, layer, force, resume)
 
 

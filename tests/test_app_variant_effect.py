@@ -253,3 +253,31 @@ def test_cli_errors_are_one_clean_line(trained, tmp_path, capsys, vcf_line, extr
     assert code == 2 and err.startswith("error: ") and message in err
     assert "Traceback" not in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "s.tsv").exists()
+
+
+def test_genbank_variation_features_are_the_variants(trained, tmp_path, capsys):
+    """The Yersinia plasmid's six variation features (/replace: a deletion, three
+    insertions, two substitutions) scored without a VCF; REF and ALT log-likelihoods per
+    strand beside their difference."""
+    plasmid = REPO / "data" / "dna" / "genbank" / "yersinia_plasmid_NC_005816.gb.gz"
+    variants = ve.variation_variants(plasmid, DNA)
+    assert [(v.pos, v.ref, v.alt, v.kind) for v in variants] == [
+        (5909, "TAA", "T", "DEL"), (5933, "A", "AA", "INS"), (5933, "A", "AAA", "INS"),
+        (5948, "G", "C", "SNV"), (6525, "A", "C", "SNV"), (8529, "T", "TTT", "INS")]
+    assert variants[1].id == "NC_005816.1:5933^5934(+)"
+    out = tmp_path / "variation.tsv"
+    assert ve.main(["--model", str(trained), "--fasta", str(plasmid), "--out", str(out)]) == 0
+    rows = [dict(zip(ve.TSV_HEADER, line.split("\t")))
+            for line in out.read_text().splitlines()[1:]]
+    assert [int(r["pos"]) for r in rows] == [v.pos for v in variants]
+    for r in rows:
+        x = {k: float(v) for k, v in r.items() if k.startswith(("ll_", "delta_"))}
+        assert np.isclose(x["delta_fwd_nats"], x["ll_alt_fwd"] - x["ll_ref_fwd"], atol=2e-6)
+        assert np.isclose(x["delta_rev_nats"], x["ll_alt_rev"] - x["ll_ref_rev"], atol=2e-6)
+        assert np.isclose(x["ll_ref_nats"], (x["ll_ref_fwd"] + x["ll_ref_rev"]) / 2, atol=2e-6)
+        assert np.isclose(x["delta_nats"], x["ll_alt_nats"] - x["ll_ref_nats"], atol=2e-6)
+        assert x["ll_ref_fwd"] < 0 and x["ll_alt_rev"] < 0
+    capsys.readouterr()
+    assert ve.main(["--model", str(trained), "--fasta", str(LAMBDA), "--out",
+                    str(tmp_path / "x.tsv")]) == 2
+    assert "not an annotated file" in capsys.readouterr().err

@@ -20,6 +20,12 @@ variant scores exactly the same four windows and gives the same result.
     python apps/variant_effect/variant_effect.py --model runs/lambda \\
         --fasta data/dna/lambda_phage.fa.gz --vcf apps/variant_effect/lambda_example.vcf \\
         --out runs/lambda_variants.tsv
+
+Without --vcf, an annotated reference (GenBank or EMBL) gives the variants itself: its
+`variation` features with a /replace qualifier (an insertion between two bases, a
+deletion as /replace="", a substitution), written VCF-style with the base before an
+indel. Every row has the REF and ALT windows' log-likelihoods (per strand and averaged)
+beside their difference.
 """
 
 from __future__ import annotations
@@ -48,7 +54,8 @@ from seqformer.pipeline.run_dir import load_run
 VCF_COLUMNS = ("#CHROM", "POS", "ID", "REF", "ALT")
 _BASES = re.compile(r"[ACGTN]+")
 TSV_HEADER = ("chrom", "pos", "id", "ref", "alt", "type", "window", "delta_nats",
-              "delta_bits", "delta_fwd_nats", "delta_rev_nats", "shifted")
+              "delta_bits", "delta_fwd_nats", "delta_rev_nats", "shifted", "ll_ref_nats",
+              "ll_alt_nats", "ll_ref_fwd", "ll_alt_fwd", "ll_ref_rev", "ll_alt_rev")
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,42 @@ class Variant:
 def read_reference(path: str | Path, domain: Domain) -> dict[str, np.ndarray]:
     """Record id -> token ids of every record of a FASTA file."""
     return {rec.id: rec.tokens for rec in domain.read(path)}
+
+
+def variation_variants(path: str | Path, domain: Domain) -> list[Variant]:
+    """The `variation` features with a /replace qualifier of a GenBank or EMBL file, as
+    variants. As in a VCF, an insertion (a location between two bases) or a deletion
+    (/replace="") carries the base before it in REF and ALT. `line` numbers the feature
+    in its record's feature table (1-based)."""
+    variants = []
+    for rec in domain.read(path):
+        if "features" not in rec.meta:
+            raise InputError(f"{path}: not an annotated file (GenBank or EMBL): without --vcf "
+                             "the variants are its variation features")
+        seq = domain.decode(rec.tokens)
+        for n, f in enumerate(rec.meta["features"], start=1):
+            if f.type != "variation" or "replace" not in f.qualifiers:
+                continue
+            start, end, strand = f.parts[0]
+            try:
+                alt = _check_allele(f.qualifiers["replace"][0], "/replace") if \
+                    f.qualifiers["replace"][0] else ""
+            except ValueError as e:
+                raise InputError(f"{path}: record {rec.id!r}, variation at {f.location}: "
+                                 f"{e}") from None
+            if strand < 0:
+                alt = domain.decode(domain.reverse_complement(domain.encode(alt)))
+            ref = seq[start:end]
+            if not ref or not alt:  # an insertion or a deletion: anchor on the base before
+                if start == 0:
+                    raise InputError(f"{path}: record {rec.id!r}, variation at {f.location}: "
+                                     "an insertion or deletion at the first base")
+                ref, alt, start = seq[start - 1] + ref, seq[start - 1] + alt, start - 1
+            if ref != alt:
+                variants.append(Variant(rec.id, start + 1, f.id, ref, alt, n))
+    if not variants:
+        raise InputError(f"{path}: no variation features with a /replace qualifier")
+    return variants
 
 
 def _open_text(path: Path):
@@ -252,9 +295,20 @@ def window_log_likelihoods(model: ReformerLM, windows: list[np.ndarray], sep_id:
 class VariantScore:
     variant: Variant
     width: int
-    fwd: float  # log P(alt) - log P(ref) on the forward strand, nats
-    rev: float  # the same on the reverse strand
+    ref_fwd: float  # log P(reference window), forward strand, nats
+    alt_fwd: float  # log P(alternative window), forward strand
+    ref_rev: float  # the same two on the reverse strand
+    alt_rev: float
     shifted: bool  # the window slid inwards at a chromosome end
+
+    @property
+    def fwd(self) -> float:
+        """log P(alt) - log P(ref) on the forward strand, nats."""
+        return self.alt_fwd - self.ref_fwd
+
+    @property
+    def rev(self) -> float:
+        return self.alt_rev - self.ref_rev
 
     @property
     def delta(self) -> float:
@@ -287,8 +341,8 @@ def score_variants(model: ReformerLM, domain: Domain, reference: dict[str, np.nd
                                                 batch_size, device)
         if on_batch:
             on_batch(min(b + step, len(windows)), len(windows))
-    return [VariantScore(v, width, ll[s["alt_fwd"]] - ll[s["ref_fwd"]],
-                         ll[s["alt_rev"]] - ll[s["ref_rev"]], shifted)
+    return [VariantScore(v, width, ll[s["ref_fwd"]], ll[s["alt_fwd"]], ll[s["ref_rev"]],
+                         ll[s["alt_rev"]], shifted)
             for v, width, s, shifted in plans]
 
 
@@ -301,7 +355,9 @@ def write_tsv(scores: list[VariantScore], path: Path) -> None:
         v = s.variant
         rows.append("\t".join(map(str, (
             v.chrom, v.pos, v.id, v.ref, v.alt, v.kind, s.width, f"{s.delta:.6f}",
-            f"{s.delta / math.log(2):.6f}", f"{s.fwd:.6f}", f"{s.rev:.6f}", int(s.shifted)))))
+            f"{s.delta / math.log(2):.6f}", f"{s.fwd:.6f}", f"{s.rev:.6f}", int(s.shifted),
+            f"{0.5 * (s.ref_fwd + s.ref_rev):.6f}", f"{0.5 * (s.alt_fwd + s.alt_rev):.6f}",
+            f"{s.ref_fwd:.6f}", f"{s.alt_fwd:.6f}", f"{s.ref_rev:.6f}", f"{s.alt_rev:.6f}"))))
     with atomic_path(path) as tmp:
         tmp.write_text("\n".join(rows) + "\n")
 
@@ -339,8 +395,10 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", required=True, type=Path, help="trained DNA model directory")
-    p.add_argument("--fasta", required=True, type=Path, help="reference FASTA (plain or .gz)")
-    p.add_argument("--vcf", required=True, type=Path, help="variants (plain or .gz VCF)")
+    p.add_argument("--fasta", required=True, type=Path,
+                   help="reference FASTA, GenBank or EMBL (plain or .gz)")
+    p.add_argument("--vcf", type=Path, help="variants (plain or .gz VCF); default: the "
+                   "variation features (/replace) of an annotated --fasta")
     p.add_argument("--out", required=True, type=Path, help="output TSV")
     p.add_argument("--plot", type=Path, help="histogram PNG (default: --out with .png)")
     p.add_argument("--window", type=int, help="bases per window (default: the model's "
@@ -370,15 +428,17 @@ def run(args: argparse.Namespace) -> None:
         print(f"note: --window {window} reaches past the {cfg['data']['seq_len']}-token "
               "windows the model was trained on", file=sys.stderr)
     reference = read_reference(args.fasta, domain)
-    variants = parse_vcf(args.vcf, reference, domain)
-    print(f"{len(variants)} variants from {args.vcf}; windows of {window} bases, both strands",
+    source = args.vcf or args.fasta
+    variants = (parse_vcf(args.vcf, reference, domain) if args.vcf
+                else variation_variants(args.fasta, domain))
+    print(f"{len(variants)} variants from {source}; windows of {window} bases, both strands",
           file=sys.stderr)
     scores = score_variants(
-        model, domain, reference, variants, window, args.batch_size, args.device, args.vcf,
+        model, domain, reference, variants, window, args.batch_size, args.device, source,
         on_batch=lambda done, total: print(f"  scored {done}/{total} windows",
                                            file=sys.stderr))
     write_tsv(scores, args.out)
-    plot_histogram(scores, plot, f"{args.vcf.name}: {len(scores)} variants, "
+    plot_histogram(scores, plot, f"{source.name}: {len(scores)} variants, "
                    f"model {args.model.name}, W={window}")
     elapsed = time.perf_counter() - t0
     print(f"wrote {args.out} and {plot} ({elapsed:.1f} s)")

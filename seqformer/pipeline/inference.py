@@ -24,6 +24,8 @@ import torch
 from .. import __version__
 from ..core import Constraint, ReformerLM, sample_next
 from ..core.sampling import apply_constraint
+from ..domains import Record
+from ..domains.features import Feature, feature_tokens, select
 from ..errors import InputError
 
 
@@ -79,6 +81,40 @@ def token_log_likelihoods(model: ReformerLM, tokens: np.ndarray, sep_id: int, wi
     return out
 
 
+def feature_records(records: list[Record], types: set[str], flank: int | None, window: int,
+                    reverse_complement: Callable[[np.ndarray], np.ndarray]
+                    ) -> list[tuple[Feature, Record]]:
+    """Each feature of `types` in the records (their meta["features"]), in order, as a
+    record of its own: up to `flank` bases of its record 5' of it (None: as many as fill
+    the window, and at least half a window; never across records) then the feature, both
+    on the feature's strand. meta["context"] says how many tokens lead."""
+    out = []
+    for rec in records:
+        for f in select(rec.meta.get("features", []), types):
+            # [sep] + context + feature fill one window when the feature fits in half
+            fill = max(window - 1 - f.length, window // 2)
+            context, body = feature_tokens(rec.tokens, f, fill if flank is None else flank,
+                                           reverse_complement)
+            attrs = {"id": f.id, "type": f.type, "record": f.record, "location": f.location,
+                     "strand": f.strand, "length": f.length}
+            out.append((f, Record(f.id, np.concatenate([context, body]),
+                                  {"context": len(context), "attrs": attrs})))
+    return out
+
+
+def score_features(model: ReformerLM, features: list[tuple[Feature, Record]], sep_id: int,
+                   window: int, on_feature: Callable[[int], None] | None = None
+                   ) -> list[tuple[Feature, float]]:
+    """(feature, total log-likelihood in nats of its own bases after its context)."""
+    scores = []
+    for feature, rec in features:
+        ll = token_log_likelihoods(model, rec.tokens, sep_id, window)
+        scores.append((feature, float(ll[rec.meta["context"]:].sum())))
+        if on_feature:
+            on_feature(len(rec.tokens))
+    return scores
+
+
 @dataclass
 class RecordScore:
     id: str
@@ -110,13 +146,15 @@ def embed_records(model: ReformerLM, records, sep_id: int, window: int, out: Pat
                   device: str | torch.device = "cpu", resume: bool = False) -> int:
     """Write one (length, d_model) dataset per record to an HDF5 file, window by window.
 
-    Layout: /embeddings/<n> datasets (attrs: id, length), /ids (utf-8, record order),
+    Layout: /embeddings/<n> datasets (attrs: id, length, and a record's meta["attrs"]),
+    /ids (utf-8, record order),
     /pooled (n_records, d_model) float32 when pool == "mean"; file attributes:
     seqformer_version, domain, layer, pool, window, model_config (JSON).
 
     The file is built as `<out>.partial` and renamed onto `out` at the end. A record's
     dataset is marked complete (and the file flushed) as soon as it is written, so with
-    resume=True an interrupted run skips the complete records and redoes the rest."""
+    resume=True an interrupted run skips the complete records and redoes the rest.
+    A record's first meta["context"] tokens (a feature's flank) are read, not stored."""
     if pool not in (None, "mean"):
         raise InputError(f"--pool {pool}: only 'mean' is supported")
     d = model.cfg.d_model
@@ -130,7 +168,9 @@ def embed_records(model: ReformerLM, records, sep_id: int, window: int, out: Pat
     try:
         group = h5.require_group("embeddings")
         for n, rec in enumerate(records):
-            length = len(rec.tokens)
+            # leading context tokens (a feature's flank) are read but not stored
+            skip = int(rec.meta.get("context", 0)) if rec.meta else 0
+            length = len(rec.tokens) - skip
             ds = group.get(str(n))
             if ds is not None and ds.attrs.get("complete") and ds.attrs["id"] == rec.id \
                     and ds.shape == (length, d):
@@ -144,18 +184,21 @@ def embed_records(model: ReformerLM, records, sep_id: int, window: int, out: Pat
             ds = group.create_dataset(str(n), shape=(length, d), dtype=dtype,
                                       chunks=(min(length, 4096), d), compression="gzip",
                                       compression_opts=1, shuffle=True)
+            ds.attrs.update((rec.meta or {}).get("attrs", {}))
             ds.attrs["id"] = rec.id
             ds.attrs["length"] = length
             total = torch.zeros(d, dtype=torch.float64, device=device)
             # input position i + 1 holds token i: drop the leading separator's output
-            for keep_from, h in _windows_of(rec.tokens, sep_id, length + 1, window, stride,
+            for keep_from, h in _windows_of(rec.tokens, sep_id, len(rec.tokens) + 1, window,
+                                            stride,
                                             lambda x: model.hidden_states(x, layer=layer),
                                             device):
-                if keep_from == 0:
-                    h = h[1:]
-                    keep_from = 1
-                ds[keep_from - 1:keep_from - 1 + h.shape[0]] = h.float().cpu().numpy()
-                total += h.double().sum(0)
+                first = keep_from - 1  # the token h[0] belongs to (-1: the separator)
+                h = h[max(0, skip - first):]
+                first = max(first, skip)
+                if h.shape[0]:
+                    ds[first - skip:first - skip + h.shape[0]] = h.float().cpu().numpy()
+                    total += h.double().sum(0)
                 if on_window:
                     on_window(h.shape[0])
             mean = (total / max(1, length)).float().cpu().numpy()
