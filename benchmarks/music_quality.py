@@ -1,10 +1,18 @@
-"""Listen-free quality signals: samples of a trained MIDI model against held-out pieces.
+"""Listen-free quality: generated pieces against real ones, feature by feature
+(seqformer/domains/music_quality.py: polyphony, note durations, pitch-class entropy, pitch
+span, scale consistency, notes per second), with the overlapping area of the two sets'
+distributions (Yang and Lerch, 2018).
 
-    python benchmarks/music_quality.py runs/bach-cpu ../shared/data/midi/bach --samples 4
+    # samples of a trained model (under its note grammar unless --no-grammar)
+    python benchmarks/music_quality.py --model runs/bach --reference data/midi/bach \\
+        --samples 8 --length 1500
+    # any folder of .mid files against any other
+    python benchmarks/music_quality.py --generated out/ --reference ../shared/data/midi/bach \\
+        --holdout 1
 
-Held out = the last `--holdout` fraction of the pieces, the split `train midi` uses. For
-both groups it prints the mean of the domain's statistics (notes, duration, pitch range,
-mean polyphony, pitch-class entropy) and, for the samples, the decoder's repair counts.
+Reference pieces: the last `--holdout` fraction of the files under --reference (the split
+`train midi` makes when no holdout ids are given; 1 = all of them). Both sets are read
+through the MIDI tokenization (10 ms, velocity bins), as the model sees music.
 """
 
 from __future__ import annotations
@@ -14,51 +22,70 @@ from pathlib import Path
 
 import numpy as np
 
-from seqformer.pipeline.inference import sample_tokens
-from seqformer.pipeline.run_dir import load_run
+from seqformer.domains import get_domain
+from seqformer.domains.music_quality import FEATURES, compare, piece_features
 
 
-def summarize(rows: list[dict]) -> dict:
-    out = {}
-    for key in ("notes", "duration", "mean_polyphony", "pitch_class_entropy"):
-        out[key] = float(np.mean([r[key] for r in rows]))
-    spans = [r["pitch_range"][1] - r["pitch_range"][0] for r in rows if r.get("pitch_range")]
-    out["pitch_span"] = float(np.mean(spans)) if spans else 0.0
-    return out
+def generate(model_dir: Path, samples: int, length: int, temperature: float,
+             grammar: bool) -> tuple[list, dict, float]:
+    """Pieces sampled from a model, the decoder's repairs over all, tokens/s."""
+    from seqformer.pipeline.inference import sample_tokens
+    from seqformer.pipeline.run_dir import load_run, read_sampling_limits
+
+    model, domain, _ = load_run(model_dir, "midi")
+    pieces, repairs, rate = [], {}, 0.0
+    for seed in range(samples):
+        prompt = np.array([domain.sep_id])
+        constraint = (domain.constraint(read_sampling_limits(model_dir), [prompt])
+                      if grammar else None)
+        new, rate = sample_tokens(model, prompt, length, temperature, seed=seed,
+                                  allowed=domain.generatable(), constraint=constraint)
+        if constraint is not None:
+            new = np.concatenate([new, np.asarray(constraint.closing(), dtype=np.int64)])
+        pm, fixed = domain.decode(new)
+        pieces.append(pm)
+        for k, v in fixed.items():
+            repairs[k] = repairs.get(k, 0) + v
+    return pieces, repairs, rate
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("model", type=Path)
-    ap.add_argument("pieces", type=Path)
+    ap.add_argument("--reference", type=Path, required=True)
     ap.add_argument("--holdout", type=float, default=0.1)
+    source = ap.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", type=Path)
+    source.add_argument("--generated", type=Path)
     ap.add_argument("--samples", type=int, default=4)
     ap.add_argument("--length", type=int, default=1500)
     ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--no-grammar", action="store_true")
     args = ap.parse_args()
-    model, domain, _ = load_run(args.model, "midi")
-    records = list(domain.read(args.pieces))
-    n_val = max(1, int(round(len(records) * args.holdout)))
-    held = [summarize([domain.stats(domain.decode(r.tokens)[0])]) | {"id": r.id}
-            for r in records[-n_val:]]
-    sampled, repairs = [], {}
-    for seed in range(args.samples):
-        new, rate = sample_tokens(model, np.array([domain.sep_id]), args.length,
-                                  args.temperature, seed=seed, allowed=domain.generatable())
-        pm, fixed = domain.decode(new)
-        sampled.append(summarize([domain.stats(pm)]))
-        for k, v in fixed.items():
-            repairs[k] = repairs.get(k, 0) + v
-    print(f"{len(held)} held-out pieces; {args.samples} samples of {args.length} tokens "
-          f"(temperature {args.temperature}, {rate:.0f} tokens/s)")
-    print("| | notes | seconds | pitch span | polyphony | pitch-class entropy (bits) |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for name, rows in (("held-out pieces", held), ("samples", sampled)):
-        m = {k: np.mean([r[k] for r in rows]) for k in rows[0] if k != "id"}
-        print(f"| {name} | {m['notes']:.0f} | {m['duration']:.1f} | {m['pitch_span']:.1f} | "
-              f"{m['mean_polyphony']:.2f} | {m['pitch_class_entropy']:.3f} |")
-    print(f"decoder repairs over all samples: {repairs}")
+    domain = get_domain("midi")
+    records = list(domain.read(args.reference))
+    n_ref = max(1, int(round(len(records) * args.holdout)))
+    reference = [piece_features(domain.decode(r.tokens)[0]) for r in records[-n_ref:]]
+    if args.model is not None:
+        pms, repairs, rate = generate(args.model, args.samples, args.length, args.temperature,
+                                      not args.no_grammar)
+        generated = [piece_features(pm) for pm in pms]
+        what = (f"{args.samples} samples of {args.length} tokens from {args.model} "
+                f"(temperature {args.temperature}, grammar "
+                f"{'off' if args.no_grammar else 'on'}, {rate:.0f} tokens/s)")
+    else:
+        generated = [piece_features(domain.decode(r.tokens)[0])
+                     for r in domain.read(args.generated)]
+        repairs, what = None, f"{len(generated)} pieces under {args.generated}"
+    print(f"generated: {what}; reference: {len(reference)} pieces under {args.reference}")
+    print("| feature | generated (mean) | reference (mean) | overlapping area |")
+    print("|---|---:|---:|---:|")
+    for key, row in compare(generated, reference).items():
+        assert key in FEATURES
+        print(f"| {key} | {row['generated']:.3f} | {row['reference']:.3f} | "
+              f"{row['overlap']:.3f} |")
+    if repairs is not None:
+        print(f"decoder repairs over all samples: {repairs}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,74 @@
+"""Music quality features against hand-built pieces, and the overlapping area of two
+distributions against cases whose answer is known."""
+
+from __future__ import annotations
+
+import numpy as np
+import pretty_midi
+import pytest
+
+from seqformer.domains import get_domain
+from seqformer.domains.music_quality import FEATURES, compare, overlap_area, piece_features
+
+from cli_helpers import REPO
+
+
+def piece(notes: list[tuple[int, float, float]], drums: bool = False) -> pretty_midi.PrettyMIDI:
+    pm = pretty_midi.PrettyMIDI()
+    inst = pretty_midi.Instrument(0)
+    inst.notes = [pretty_midi.Note(80, p, s, e) for p, s, e in notes]
+    pm.instruments.append(inst)
+    if drums:
+        kit = pretty_midi.Instrument(0, is_drum=True)
+        kit.notes = [pretty_midi.Note(100, 36, t, t + 0.05) for t in np.arange(0, 4, 0.25)]
+        pm.instruments.append(kit)
+    return pm
+
+
+def test_features_of_a_c_major_scale_and_a_chord():
+    # C major scale, 8 notes of 0.5 s, then a C major triad held 2 s (drums ignored)
+    scale = [(p, 0.5 * i, 0.5 * i + 0.5) for i, p in enumerate([60, 62, 64, 65, 67, 69, 71, 72])]
+    chord = [(p, 4.0, 6.0) for p in (60, 64, 67)]
+    f = piece(scale + chord, drums=True)
+    got = piece_features(f)
+    assert set(got) == set(FEATURES)
+    assert got["scale_consistency"] == 1.0
+    assert got["pitch_span"] == 12.0
+    assert got["duration_median"] == 0.5 and got["duration_max"] == 2.0
+    assert got["duration_p95"] == pytest.approx(np.percentile([0.5] * 8 + [2.0] * 3, 95))
+    assert got["notes_per_second"] == pytest.approx(11 / 6.0)
+    assert got["mean_polyphony"] == pytest.approx((4 * 1 + 2 * 3) / 6)  # time-weighted
+    counts = np.bincount(np.array([60, 62, 64, 65, 67, 69, 71, 72, 60, 64, 67]) % 12,
+                         minlength=12)
+    p = counts[counts > 0] / counts.sum()
+    assert got["pitch_class_entropy"] == pytest.approx(-(p * np.log2(p)).sum())
+    # a chromatic run: 7 of 12 pitch classes fit a scale at best
+    chromatic = piece([(60 + i, 0.1 * i, 0.1 * i + 0.1) for i in range(12)])
+    assert piece_features(chromatic)["scale_consistency"] == pytest.approx(7 / 12)
+    assert np.isnan(piece_features(pretty_midi.PrettyMIDI())["pitch_span"])
+
+
+def test_overlap_area_known_cases():
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 1, 400)
+    assert overlap_area(a, a) == pytest.approx(1.0, abs=1e-3)
+    assert overlap_area(a, a + 50) < 1e-6
+    b = rng.normal(1, 1, 400)
+    # two unit normals one sigma apart overlap by 2 * Phi(-1/2) = 0.617
+    assert overlap_area(a, b) == pytest.approx(0.617, abs=0.05)
+    assert overlap_area(a, b) == pytest.approx(overlap_area(b, a))
+    assert overlap_area(np.full(5, 3.0), np.full(7, 3.0)) == pytest.approx(1.0, abs=1e-3)
+    assert np.isnan(overlap_area(np.array([np.nan]), a))
+
+
+def test_bundled_pieces_against_themselves_and_against_a_hold_everything_piece():
+    midi = get_domain("midi")
+    records = list(midi.read(REPO / "data" / "midi" / "bach"))[:12]
+    real = [piece_features(midi.decode(r.tokens)[0]) for r in records]
+    same = compare(real, real)
+    assert all(row["overlap"] == pytest.approx(1.0, abs=1e-3) for row in same.values())
+    # a "wall of held notes", like an early sample: every pitch on at once, for 60 s
+    wall = [piece_features(piece([(p, 0.0, 60.0) for p in range(40, 90)]))] * 3
+    far = compare(wall, real)
+    assert far["mean_polyphony"]["overlap"] < 0.01 and far["duration_max"]["overlap"] < 0.01
+    assert far["mean_polyphony"]["generated"] == 50.0
