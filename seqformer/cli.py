@@ -796,7 +796,8 @@ def _finetune_config(domain_name, names, inputs, table, model_dir, freeze, prese
     probe = get_domain(domain_name, **options)
     fit_window = seq_len is None and not _sets_seq_len(preset, overrides or [])
     # checked before anything is written (a window fitted to the data comes after)
-    cli["data"]["seq_len"] = 1 if fit_window else seq_len
+    if fit_window or seq_len is not None:
+        cli["data"]["seq_len"] = 1 if fit_window else seq_len
     cfg = run_config.resolve(domain_name, probe.vocab_size, preset, cli, overrides or [],
                              task="classify")
     if force and is_first_process() and run.exists():

@@ -355,3 +355,15 @@ def test_ddp_validation_counts_every_window_once(tmp_path):
                              "val_auroc_mafk"}
     for key, value in found[1].items():
         assert found[2][key] == pytest.approx(value, abs=1e-5), key
+
+
+def test_a_window_set_by_override_is_kept(tmp_path):
+    """data.seq_len=N as an override (not --seq-len): 200-base peaks in windows of 128."""
+    import yaml
+
+    out = tmp_path / "run"
+    code, text = run_cli("finetune", "dna", "--classes", f"oct4={OCT4}", f"mafk={MAFK}",
+                         "--out", out, "--max-steps", 1, *TINY, "data.seq_len=128")
+    assert code == 0, text
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"]["seq_len"] == 128
+    assert "longer ones are cropped at random" in " ".join(text.split())
