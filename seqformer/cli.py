@@ -239,27 +239,33 @@ Temperature = Annotated[float, typer.Option("--temperature", help="0 = greedy")]
 TopK = Annotated[int | None, typer.Option("--top-k")]
 TopP = Annotated[float | None, typer.Option("--top-p")]
 Seed = Annotated[int | None, typer.Option("--seed")]
+NumSamples = Annotated[int, typer.Option(
+    "--num-samples", help="samples decoded as one batch (sample k draws with seed + k)")]
 
 
 def _sample(domain_name: str, model_dir: Path, prompt_tokens_fn, length: int, temperature,
-            top_k, top_p, seed, grammar: bool = False):
-    """(domain, prompt, new tokens); with `grammar`, sampled under the domain's grammar
-    (limits from the model directory) and followed by the tokens it needs to close."""
+            top_k, top_p, seed, grammar: bool = False, num_samples: int = 1):
+    """(domain, prompt, [new tokens of each sample]); the samples are decoded as one batch.
+    With `grammar`, sampled under the domain's grammar (limits from the model directory)
+    and each followed by the tokens it needs to close."""
     import numpy as np
 
     from .core import check_sampling
-    from .pipeline.inference import sample_tokens
+    from .pipeline.inference import sample_batch
     from .pipeline.run_dir import load_run
 
     if length < 1:
         raise InputError(f"--length {length}: must be at least 1")
+    if num_samples < 1:
+        raise InputError(f"--num-samples {num_samples}: must be at least 1")
     try:
         check_sampling(temperature, top_k, top_p)
     except ValueError as e:  # "top_k must be ..." -> "--top-k must be ..."
         raise InputError("--" + str(e).replace("_", "-", 1)) from None
     # the decoding cache is bounded by the model's context; what grows with --length is
     # the sample itself (8 bytes a token while generating, plus the domain's output)
-    need, have = 16 * length, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    need = 16 * length * num_samples
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
     if need > have:
         raise InputError(f"--length {length:,}: needs about {need / 2**30:.1f} GiB, more than "
                          f"the {have / 2**30:.1f} GiB of memory available")
@@ -269,23 +275,32 @@ def _sample(domain_name: str, model_dir: Path, prompt_tokens_fn, length: int, te
     if len(prompt) >= context:
         err.print(f"the prompt has {len(prompt) - 1:,} tokens, more than the model's context "
                   f"({context:,}): continuing from its last {context // 2:,} tokens")
-    constraint = domain.constraint(_sampling_limits(model_dir), [prompt]) if grammar else None
+    constraint = (domain.constraint(_sampling_limits(model_dir), [prompt] * num_samples)
+                  if grammar else None)
     with _progress() as bar:
-        task = bar.add_task("sampling", total=length)
-        new, rate = sample_tokens(model, prompt, length, temperature, top_k, top_p, seed,
-                                  allowed=domain.generatable(),
-                                  on_token=lambda n: bar.advance(task, n),
-                                  constraint=constraint)
-    err.print(f"{length:,} tokens at {rate:,.0f} tokens/s")
+        task = bar.add_task("sampling", total=length * num_samples)
+        new, rate = sample_batch(model, prompt, length, num_samples, temperature, top_k, top_p,
+                                 seed, allowed=domain.generatable(),
+                                 on_token=lambda n: bar.advance(task, n),
+                                 constraint=constraint)
+    batch = f" ({num_samples} samples as one batch)" if num_samples > 1 else ""
+    err.print(f"{length * num_samples:,} tokens at {rate:,.0f} tokens/s{batch}")
+    samples = list(new)
     if constraint is not None:
-        closing = constraint.closing()
-        removed = np.array(constraint.removed[0])
+        closings = [constraint.closing(k) for k in range(num_samples)]
+        removed = np.concatenate([np.asarray(r) for r in constraint.removed])
+        released = sum(len([t for t in c if domain.is_note_off(t)]) for c in closings)
         err.print(f"grammar: masked {removed.mean():.2%} of the model's probability per token "
                   f"on average ({(removed > 0.5).sum():,} tokens where it was most of it); "
-                  f"released {len([t for t in closing if domain.is_note_off(t)]):,} notes "
-                  "still sounding at the end")
-        new = np.concatenate([new, np.asarray(closing, dtype=np.int64)])
-    return domain, prompt[1:], new
+                  f"released {released:,} notes still sounding at the end")
+        samples = [np.concatenate([row, np.asarray(c, dtype=np.int64)])
+                   for row, c in zip(samples, closings)]
+    return domain, prompt[1:], samples
+
+
+def _numbered(path: Path, k: int, n: int) -> Path:
+    """piece.mid -> piece_1.mid ... piece_n.mid when there are several samples."""
+    return path if n == 1 else path.with_name(f"{path.stem}_{k}{path.suffix}")
 
 
 def _sampling_limits(model_dir: Path) -> dict | None:
@@ -304,8 +319,10 @@ def sample_dna(model: ModelOpt, length: Length,
                out_path: Annotated[Path, typer.Option("--out", help="FASTA to write")],
                prompt: Annotated[str, typer.Option("--prompt", help="bases to continue")] = "",
                temperature: Temperature = 1.0, top_k: TopK = None, top_p: TopP = None,
-               seed: Seed = None, force: Force = False) -> None:
-    """Generate bases; the FASTA holds the prompt followed by the new bases."""
+               seed: Seed = None, num_samples: NumSamples = 1,
+               force: Force = False) -> None:
+    """Generate bases; the FASTA holds the prompt followed by the new bases (one record
+    per sample)."""
     from .domains import Record
     from .files import check_output
 
@@ -317,13 +334,19 @@ def sample_dna(model: ModelOpt, length: Length,
         except InputError as e:
             raise InputError(f"--prompt: {e}") from None
 
-    domain, p, new = _sample("dna", model, prompt_tokens, length, temperature, top_k, top_p,
-                             seed)
+    domain, p, samples = _sample("dna", model, prompt_tokens, length, temperature, top_k,
+                                 top_p, seed, num_samples=num_samples)
     import numpy as np
 
-    tokens = np.concatenate([p, new])
-    domain.write([Record(f"sample_{model.name}_{len(tokens)}bp", tokens)], out_path)
-    out.print(f"wrote {out_path} ({len(p):,} prompt + {len(new):,} generated bases)")
+    records = []
+    for k, new in enumerate(samples, start=1):
+        tokens = np.concatenate([p, new])
+        name = f"sample_{model.name}_{len(tokens)}bp"
+        records.append(Record(name if num_samples == 1 else f"{name}_{k}", tokens))
+    domain.write(records, out_path)
+    each = " each" if num_samples > 1 else ""
+    out.print(f"wrote {out_path} ({len(records)} record{'s' * (num_samples > 1)}: "
+              f"{len(p):,} prompt + {length:,} generated bases{each})")
 
 
 @sample_app.command("midi")
@@ -339,14 +362,19 @@ def sample_midi(model: ModelOpt, length: Length,
                 grammar: Annotated[bool, typer.Option(
                     "--grammar/--no-grammar", help="note grammar: no unmatched note-off, no "
                     "second note-on of a sounding pitch, polyphony and note length within "
-                    "the training data's")] = True) -> None:
-    """Generate music; writes the .mid (primer + continuation) and a piano-roll PNG."""
+                    "the training data's")] = True,
+                num_samples: NumSamples = 1) -> None:
+    """Generate music; writes the .mid (primer + continuation) and a piano-roll PNG (with
+    --num-samples K: piece_1.mid ... piece_K.mid, each with its PNG)."""
     from .files import check_output
 
-    check_output(out_path, force)
-    png = out_path.with_suffix(".png")
-    check_output(png, force)
+    outputs = [_numbered(out_path, k, num_samples) for k in range(1, num_samples + 1)]
+    for path in outputs:
+        check_output(path, force)
+        check_output(path.with_suffix(".png"), force)
     if audio is not None:
+        if num_samples > 1:
+            raise InputError("--audio renders one piece: use it with --num-samples 1")
         check_output(audio, force)
 
     def primer_tokens(domain):
@@ -357,19 +385,21 @@ def sample_midi(model: ModelOpt, length: Length,
         records = list(domain.read(primer))
         return records[0].tokens
 
-    domain, p, new = _sample("midi", model, primer_tokens, length, temperature, top_k, top_p,
-                             seed, grammar)
+    domain, p, samples = _sample("midi", model, primer_tokens, length, temperature, top_k,
+                                 top_p, seed, grammar, num_samples)
     import numpy as np
 
-    pm, repairs = domain.decode(np.concatenate([p, new]))
-    domain.write_midi(pm, out_path)
-    domain.piano_roll_png(pm, png, title=out_path.name)
-    stats = domain.stats(pm)
-    out.print(f"wrote {out_path} and {png}")
-    out.print(", ".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}"
-                        for k, v in stats.items()))
-    fixed = {k: v for k, v in repairs.items() if v}
-    out.print(f"repaired: {fixed}" if fixed else "no repairs needed")
+    for path, new in zip(outputs, samples):
+        pm, repairs = domain.decode(np.concatenate([p, new]))
+        png = path.with_suffix(".png")
+        domain.write_midi(pm, path)
+        domain.piano_roll_png(pm, png, title=path.name)
+        stats = domain.stats(pm)
+        out.print(f"wrote {path} and {png}")
+        out.print(", ".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}"
+                            for k, v in stats.items()))
+        fixed = {k: v for k, v in repairs.items() if v}
+        out.print(f"repaired: {fixed}" if fixed else "no repairs needed")
     if audio is not None:
         domain.render_audio(pm, audio)
         out.print(f"wrote {audio}")

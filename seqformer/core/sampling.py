@@ -45,9 +45,11 @@ def apply_constraint(logits: torch.Tensor, constraint: Constraint | None
 
 
 def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
-                top_p: float | None = None, generator: torch.Generator | None = None
+                top_p: float | None = None,
+                generator: torch.Generator | list[torch.Generator] | None = None
                 ) -> torch.Tensor:
-    """logits: (B, V) -> (B,) token ids. temperature == 0 is greedy."""
+    """logits: (B, V) -> (B,) token ids. temperature == 0 is greedy. `generator` may be a
+    list, one per row: then row b draws exactly as it would alone with generator[b]."""
     check_sampling(temperature, top_k, top_p)
     if temperature == 0:
         return logits.argmax(dim=-1)
@@ -63,6 +65,12 @@ def sample_next(logits: torch.Tensor, temperature: float = 1.0, top_k: int | Non
         drop = torch.zeros_like(drop).scatter(-1, order, drop)
         logits = logits.masked_fill(drop, float("-inf"))
     probs = logits.softmax(dim=-1)
+    if isinstance(generator, (list, tuple)):
+        return torch.cat([_draw(probs[b:b + 1], g) for b, g in enumerate(generator)])
+    return _draw(probs, generator)
+
+
+def _draw(probs: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
     if generator is not None and generator.device != probs.device:
         # a CPU generator drives sampling for any model device, for reproducible seeds
         return torch.multinomial(probs.cpu(), 1, generator=generator).squeeze(-1).to(

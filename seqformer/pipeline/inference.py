@@ -247,14 +247,32 @@ def sample_tokens(model: ReformerLM, prompt: np.ndarray, n_tokens: int, temperat
                   allowed: list[int] | None = None, on_token: Callable[[int], None] | None = None,
                   device: str | torch.device = "cpu", constraint: Constraint | None = None
                   ) -> tuple[np.ndarray, float]:
-    """Continue `prompt` (token ids, starting with the separator) by n_tokens with the
-    decoding cache, emitting only `allowed` token ids and those `constraint` allows (see
-    core/sampling.py). Returns the new tokens and the tokens per second.
+    """One sample: `sample_batch` with one sequence; returns its new tokens (n_tokens,)
+    and the tokens per second."""
+    new, rate = sample_batch(model, prompt, n_tokens, 1, temperature, top_k, top_p, seed,
+                             allowed, on_token, device, constraint)
+    return new[0], rate
+
+
+def sample_batch(model: ReformerLM, prompt: np.ndarray, n_tokens: int, num_samples: int,
+                 temperature: float = 1.0, top_k: int | None = None,
+                 top_p: float | None = None, seed: int | None = None,
+                 allowed: list[int] | None = None,
+                 on_token: Callable[[int], None] | None = None,
+                 device: str | torch.device = "cpu", constraint: Constraint | None = None
+                 ) -> tuple[np.ndarray, float]:
+    """Continue `prompt` (token ids, starting with the separator) by n_tokens in
+    `num_samples` sequences decoded as one batch with the decoding cache, emitting only
+    `allowed` token ids and those `constraint` allows (see core/sampling.py; one row per
+    sample). Sample k draws with its own generator seeded seed + k, so it is the sample a
+    run of its own with that seed gives. Returns the new tokens (num_samples, n_tokens)
+    and the tokens per second over all samples.
 
     Past the model's max_seq_len the cache cannot grow (positions are absolute), so the
     context restarts from the last half window: exact within a context, approximate
     across the restart."""
-    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    gens = ([torch.Generator().manual_seed(seed + k) for k in range(num_samples)]
+            if seed is not None else None)
     bias = torch.zeros(model.cfg.vocab_size, device=device)
     if allowed is not None:
         bias.fill_(float("-inf"))
@@ -263,26 +281,28 @@ def sample_tokens(model: ReformerLM, prompt: np.ndarray, n_tokens: int, temperat
     seq = [int(t) for t in prompt]
     seq_ctx = seq[-(ctx // 2):] if len(seq) >= ctx else seq
     t0 = time.perf_counter()
-    new: list[int] = []
-    logits, cache = model.prefill(torch.tensor([seq_ctx], device=device),
+    new = torch.empty(num_samples, n_tokens, dtype=torch.long)
+    logits, cache = model.prefill(torch.tensor([seq_ctx] * num_samples, device=device),
                                   capacity=min(ctx, len(seq_ctx) + n_tokens))
     nxt = logits[:, -1]
-    while len(new) < n_tokens:
+    for i in range(n_tokens):
         nxt, removed = apply_constraint(nxt + bias, constraint)
-        tok = sample_next(nxt, temperature, top_k, top_p, gen)
+        tok = sample_next(nxt, temperature, top_k, top_p, gens)
         if constraint is not None:
             constraint.update(tok, removed)
-        new.append(int(tok))
+        new[:, i] = tok.cpu()
         if on_token:
-            on_token(1)
-        if len(new) == n_tokens:
+            on_token(num_samples)
+        if i + 1 == n_tokens:
             break
         if cache.length >= cache.capacity:  # context full: restart from the last half
-            recent = (seq + new)[-(ctx // 2):]
-            logits, cache = model.prefill(torch.tensor([recent], device=device),
-                                          capacity=min(ctx, len(recent) + n_tokens - len(new)))
+            keep = ctx // 2
+            recent = torch.cat([torch.tensor([seq] * num_samples), new[:, :i + 1]], 1)
+            recent = recent[:, -keep:].to(device)
+            logits, cache = model.prefill(recent, capacity=min(ctx, recent.shape[1]
+                                                               + n_tokens - i - 1))
             nxt = logits[:, -1]
         else:
             nxt = model.step(tok.to(device), cache)
-    rate = len(new) / max(1e-9, time.perf_counter() - t0)
-    return np.array(new, dtype=np.int64), rate
+    rate = num_samples * n_tokens / max(1e-9, time.perf_counter() - t0)
+    return new.numpy(), rate
