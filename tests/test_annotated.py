@@ -123,18 +123,9 @@ def test_feature_tokens_equal_biopythons_extract():
         assert DNA.decode(context) == want, ours.id
 
 
-@pytest.fixture(scope="module")
-def plasmid_model(tmp_path_factory):
-    out = tmp_path_factory.mktemp("lm") / "run"
-    code, text = run_cli("train", "dna", "--fasta", PLASMID, "--out", out, "--max-steps", 2,
-                         "--batch-size", 1, *TINY_MODEL)
-    assert code == 0, text
-    return out
-
-
-def test_score_features_one_row_per_feature(plasmid_model, tmp_path):
+def test_score_features_one_row_per_feature(tiny_dna_run, tmp_path):
     tsv = tmp_path / "cds.tsv"
-    code, text = run_cli("score", "dna", "--model", plasmid_model, "--fasta", CHLOROPLAST,
+    code, text = run_cli("score", "dna", "--model", tiny_dna_run, "--fasta", CHLOROPLAST,
                          "--features", "CDS,rRNA", "--out", tsv)
     assert code == 0, text
     rows = [line.split("\t") for line in tsv.read_text().strip().split("\n")]
@@ -152,7 +143,7 @@ def test_score_features_one_row_per_feature(plasmid_model, tmp_path):
     assert np.isfinite(bits).all() and (bits > 0).all()
 
 
-def test_a_feature_score_is_its_tokens_log_likelihood_after_its_context(plasmid_model):
+def test_a_feature_score_is_its_tokens_log_likelihood_after_its_context(tiny_dna_run):
     """Against a plain forward: [sep] + context + feature through the model, summed over
     the feature's positions (one window holds it all)."""
     import torch
@@ -160,7 +151,7 @@ def test_a_feature_score_is_its_tokens_log_likelihood_after_its_context(plasmid_
     from seqformer.pipeline.inference import feature_records, score_features
     from seqformer.pipeline.run_dir import load_run
 
-    model, domain, cfg = load_run(plasmid_model, "dna")
+    model, domain, cfg = load_run(tiny_dna_run, "dna")
     (record,) = DNA.read(PLASMID)
     feature = next(f for f in record.meta["features"] if f.type == "CDS" and f.strand == -1
                    and f.length < 400)
@@ -174,17 +165,17 @@ def test_a_feature_score_is_its_tokens_log_likelihood_after_its_context(plasmid_
     assert got.id == feature.id and ll == pytest.approx(want, rel=1e-5)
 
 
-def test_features_need_annotated_input_and_100_n_is_finite(plasmid_model, tmp_path):
+def test_features_need_annotated_input_and_100_n_is_finite(tiny_dna_run, tmp_path):
     from Bio.Seq import Seq
     from Bio.SeqFeature import FeatureLocation, SeqFeature
     from Bio.SeqRecord import SeqRecord
 
     fasta = tmp_path / "x.fa"
     fasta.write_text(">x\nACGTACGTAC\n")
-    code, text = run_cli("score", "dna", "--model", plasmid_model, "--fasta", fasta,
+    code, text = run_cli("score", "dna", "--model", tiny_dna_run, "--fasta", fasta,
                          "--features", "CDS")
     assert code == 2 and "needs annotated input" in text
-    code, text = run_cli("score", "dna", "--model", plasmid_model, "--fasta", PLASMID,
+    code, text = run_cli("score", "dna", "--model", tiny_dna_run, "--fasta", PLASMID,
                          "--features", "tRNA")
     assert code == 2 and "none in the input" in text and "CDS" in text
     rec = SeqRecord(Seq("N" * 100), id="allN", name="allN",
@@ -194,7 +185,7 @@ def test_features_need_annotated_input_and_100_n_is_finite(plasmid_model, tmp_pa
     gb = tmp_path / "n.gb"
     SeqIO.write(rec, gb, "genbank")
     tsv = tmp_path / "n.tsv"
-    code, text = run_cli("score", "dna", "--model", plasmid_model, "--fasta", gb,
+    code, text = run_cli("score", "dna", "--model", tiny_dna_run, "--fasta", gb,
                          "--features", "CDS", "--out", tsv)
     assert code == 0, text
     row = tsv.read_text().strip().split("\n")[1].split("\t")
@@ -202,7 +193,7 @@ def test_features_need_annotated_input_and_100_n_is_finite(plasmid_model, tmp_pa
     assert np.isfinite(float(row[6])) and np.isfinite(float(row[7]))
 
 
-def test_embed_features_one_entry_per_feature(plasmid_model, tmp_path):
+def test_embed_features_one_entry_per_feature(tiny_dna_run, tmp_path):
     """The chloroplast's 85 CDS: 85 HDF5 entries in feature order, each as long as its
     feature, with its fields; a feature's embedding is the hidden states of its own bases
     read after its context."""
@@ -213,7 +204,7 @@ def test_embed_features_one_entry_per_feature(plasmid_model, tmp_path):
     from seqformer.pipeline.run_dir import load_run
 
     out = tmp_path / "cds.h5"
-    code, text = run_cli("embed", "dna", "--model", plasmid_model, "--fasta", CHLOROPLAST,
+    code, text = run_cli("embed", "dna", "--model", tiny_dna_run, "--fasta", CHLOROPLAST,
                          "--features", "CDS", "--pool", "mean", "--out", out)
     assert code == 0, text
     (record,) = DNA.read(CHLOROPLAST)
@@ -228,7 +219,7 @@ def test_embed_features_one_entry_per_feature(plasmid_model, tmp_path):
                 c.type, c.strand, c.location)
         short = next(n for n, c in enumerate(cds) if c.length < 150)
         got = f[f"embeddings/{short}"][:]
-    model, _, _ = load_run(plasmid_model, "dna")
+    model, _, _ = load_run(tiny_dna_run, "dna")
     ((_, rec),) = [p for p in feature_records([record], {"CDS"}, None, 256,
                                               DNA.reverse_complement) if p[0].id == cds[short].id]
     tokens = torch.tensor(np.concatenate([[DNA.sep_id], rec.tokens]))[None].long()
@@ -237,7 +228,7 @@ def test_embed_features_one_entry_per_feature(plasmid_model, tmp_path):
     assert np.allclose(got, want, atol=2e-2)  # stored as float16
 
 
-def test_bed_regions_equal_the_same_features(plasmid_model, tmp_path):
+def test_bed_regions_equal_the_same_features(tiny_dna_run, tmp_path):
     """BED6 regions at the plasmid's single-part CDS (strand respected) score as the CDS
     themselves; a region outside its record is a clean error that writes nothing."""
     (record,) = DNA.read(PLASMID)
@@ -248,10 +239,10 @@ def test_bed_regions_equal_the_same_features(plasmid_model, tmp_path):
     bed.write_text("".join(f"{record.id}\t{f.parts[0][0]}\t{f.parts[0][1]}\t{f.id}\t0\t"
                            f"{'+' if f.strand > 0 else '-'}\n" for f in cds))
     by_bed, by_gb = tmp_path / "bed.tsv", tmp_path / "gb.tsv"
-    code, text = run_cli("score", "dna", "--model", plasmid_model, "--fasta", fasta,
+    code, text = run_cli("score", "dna", "--model", tiny_dna_run, "--fasta", fasta,
                          "--regions", bed, "--out", by_bed)
     assert code == 0, text
-    code, text = run_cli("score", "dna", "--model", plasmid_model, "--fasta", PLASMID,
+    code, text = run_cli("score", "dna", "--model", tiny_dna_run, "--fasta", PLASMID,
                          "--features", "CDS", "--out", by_gb)
     assert code == 0, text
     bed_rows = [r.split("\t") for r in by_bed.read_text().strip().split("\n")[1:]]
@@ -262,13 +253,13 @@ def test_bed_regions_equal_the_same_features(plasmid_model, tmp_path):
         assert row[1] == "region" and row[4:6] == want[4:6]
         assert float(row[6]) == pytest.approx(float(want[6]), rel=1e-6)
     bed.write_text(f"{record.id}\t9000\t9700\tout\n")
-    code, text = run_cli("score", "dna", "--model", plasmid_model, "--fasta", fasta,
+    code, text = run_cli("score", "dna", "--model", tiny_dna_run, "--fasta", fasta,
                          "--regions", bed, "--out", tmp_path / "x.tsv")
     assert code == 2 and "line 1: 9000-9700 is not a region inside" in text
     assert not (tmp_path / "x.tsv").exists()
 
 
-def test_bigwig_reads_back_as_the_bedgraph(plasmid_model, tmp_path, monkeypatch):
+def test_bigwig_reads_back_as_the_bedgraph(tiny_dna_run, tmp_path, monkeypatch):
     import sys
 
     import pyBigWig
@@ -279,7 +270,7 @@ def test_bigwig_reads_back_as_the_bedgraph(plasmid_model, tmp_path, monkeypatch)
               fasta)
     bw_path, bg_path = tmp_path / "ll.bw", tmp_path / "ll.bedgraph"
     for path in (bw_path, bg_path):
-        code, text = run_cli("score", "dna", "--model", plasmid_model, "--fasta", fasta,
+        code, text = run_cli("score", "dna", "--model", tiny_dna_run, "--fasta", fasta,
                              "--per-base", path)
         assert code == 0, text
     rows = [line.split("\t") for line in bg_path.read_text().strip().split("\n")[1:]]
@@ -291,6 +282,6 @@ def test_bigwig_reads_back_as_the_bedgraph(plasmid_model, tmp_path, monkeypatch)
         assert np.allclose(bw.values(chrom, 0, size, numpy=True), want, atol=1e-5)
     bw.close()
     monkeypatch.setitem(sys.modules, "pyBigWig", None)  # as if not installed
-    code, text = run_cli("score", "dna", "--model", plasmid_model, "--fasta", fasta,
+    code, text = run_cli("score", "dna", "--model", tiny_dna_run, "--fasta", fasta,
                          "--per-base", tmp_path / "x.bw")
     assert code == 2 and "seqformer[tracks]" in text and not (tmp_path / "x.bw").exists()

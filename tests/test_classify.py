@@ -260,13 +260,8 @@ def test_labels_table_and_sequences_of_very_different_lengths(tmp_path):
     assert len(pred.read_text().strip().split("\n")) == 81
 
 
-def test_from_a_pretrained_language_model_with_the_head_only(tmp_path):
-    lm = tmp_path / "lm"
-    code, text = run_cli("train", "dna", "--fasta", OCT4, "--out", lm, "--max-steps", 2,
-                         "--seq-len", 128, "model.d_model=32", "model.n_layers=2",
-                         "model.n_heads=2", "model.d_ff=64", "model.max_seq_len=256",
-                         "train.max_minutes=null", "train.val_every=2")
-    assert code == 0, text
+def test_from_a_pretrained_language_model_with_the_head_only(tiny_dna_run, tmp_path):
+    lm = tiny_dna_run
     out = tmp_path / "clf"
     code, text = run_cli("finetune", "dna", "--classes", f"oct4={OCT4}", f"mafk={MAFK}",
                          "--model", lm, "--freeze", "--out", out, "--max-steps", 3,
