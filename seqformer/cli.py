@@ -646,6 +646,12 @@ def score_midi(model: ModelOpt, midi: Annotated[list[Path], typer.Option("--midi
 
 
 # -- embed ------------------------------------------------------------------------------
+def _check_layer(model, layer: int) -> None:  # noqa: ANN001
+    if not -1 <= layer < model.cfg.n_layers:
+        raise InputError(f"--layer {layer}: the model has layers 0..{model.cfg.n_layers - 1} "
+                         "(-1 = final)")
+
+
 def _embed(domain_name: str, model_dir: Path, inputs: list[Path], out_path: Path, pool,
            layer: int, force: bool, resume: bool) -> None:
     from .files import check_output
@@ -655,9 +661,7 @@ def _embed(domain_name: str, model_dir: Path, inputs: list[Path], out_path: Path
 
     check_output(out_path, force)
     model, domain, cfg = load_run(model_dir, domain_name)
-    if not -1 <= layer < model.cfg.n_layers:
-        raise InputError(f"--layer {layer}: the model has layers 0..{model.cfg.n_layers - 1} "
-                         "(-1 = final)")
+    _check_layer(model, layer)
     if not resume and partial_path(out_path).exists():
         err.print(f"note: starting over; {partial_path(out_path)} is an unfinished earlier "
                   "run (--resume continues it)", soft_wrap=True)
@@ -699,9 +703,7 @@ def _embed_features(model_dir: Path, inputs: list[Path], out_path: Path, pool, l
 
     check_output(out_path, force)
     model, domain, cfg = load_run(model_dir, "dna")
-    if not -1 <= layer < model.cfg.n_layers:
-        raise InputError(f"--layer {layer}: the model has layers 0..{model.cfg.n_layers - 1} "
-                         "(-1 = final)")
+    _check_layer(model, layer)
     window = int(cfg["data"]["seq_len"])
     pairs = _selected_features(domain, inputs, features, regions, flank, window)
     with _progress() as bar:
@@ -906,7 +908,7 @@ def _predict(domain_name: str, model_dir: Path, inputs: list[Path], out_path: Pa
     from .files import atomic_path, check_output
     from .pipeline.class_metrics import classification_metrics
     from .pipeline.classify import load_classifier, predict_probabilities
-    from .pipeline.labelled import read_label_table
+    from .pipeline.labelled import class_index, read_label_table
 
     check_output(out_path, force)
     if batch_size < 1:
@@ -914,12 +916,8 @@ def _predict(domain_name: str, model_dir: Path, inputs: list[Path], out_path: Pa
     model, domain, cfg = load_classifier(model_dir, domain_name)
     classes = cfg["classify"]["classes"]
     table = read_label_table(labels) if labels is not None else None
+    index = class_index(table, classes, labels) if table is not None else None
     records = _read_all(domain, inputs)
-    if table is not None:
-        unknown = sorted(set(table.values()) - set(classes))
-        if unknown:
-            raise InputError(f"{labels}: label {unknown[0]!r} is not one of the model's "
-                             f"classes {classes}")
     with _progress() as bar:
         task = bar.add_task("classifying", total=None)
         probs = predict_probabilities(model, domain, cfg, records, both_strands, batch_size,
@@ -933,7 +931,6 @@ def _predict(domain_name: str, model_dir: Path, inputs: list[Path], out_path: Pa
     counts = ", ".join(f"{c} {predicted.count(i):,}" for i, c in enumerate(classes))
     out.print(f"wrote {out_path} ({len(records):,} sequences: {counts})")
     if table is not None:
-        index = {c: i for i, c in enumerate(classes)}
         have = [i for i, r in enumerate(records) if r.id in table]
         if not have:
             raise InputError(f"{labels}: none of its ids is in the input")

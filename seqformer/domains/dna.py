@@ -243,8 +243,8 @@ class DNADomain(Domain):
                     if loc is not None and (int(loc.start) < 0 or int(loc.end) > len(raw)):
                         raise InputError(f"{path}: record {rid!r}: {feature.type} feature at "
                                          f"{loc} lies outside the record ({len(raw):,} bp)")
-                meta = {"path": str(path), "description": rec.description, "format": fmt,
-                        "features": from_biopython(rec.features, rid)}
+                # _piece gives path and description; an annotated record adds these
+                meta = {"format": fmt, "features": from_biopython(rec.features, rid)}
                 for done in range(0, max(1, len(raw)), _PIECE_BYTES):
                     piece = self._piece(path, rid, rec.description,
                                         [raw[done:done + _PIECE_BYTES]], done,

@@ -23,7 +23,7 @@ from ..files import atomic_path
 from .class_metrics import classification_metrics, plot_metrics
 from .labelled import LabelledSet, RecordWindows, TrainCrops, average_by_record
 from .lightning_module import Task
-from .run_dir import export_weights, load_model_dir, model_config, read_config, write_config
+from .run_dir import check_model_dir, export_weights, load_model_dir, model_config, write_config
 from .training import check_run_dir, fit, item_range, plot_loss, tokenize
 
 METRICS = "metrics.json"
@@ -130,14 +130,7 @@ class ClassifierTask(Task):
 def pretrained_model(lm_dir: Path, domain: str) -> tuple[dict, dict]:
     """A language model directory's (model config, tokenization options) for a classifier
     that starts from it; its weights load in `finetune`."""
-    cfg = read_config(lm_dir)
-    if cfg.get("task", "lm") != "lm":
-        raise InputError(f"{lm_dir}: is a {cfg['task']} model, not a language model to start "
-                         "from")
-    if cfg["domain"] != domain:
-        raise InputError(f"{lm_dir}: is a {cfg['domain']} model, not a {domain} model")
-    if not (Path(lm_dir) / "model.safetensors").is_file():
-        raise InputError(f"{lm_dir}: no model.safetensors (its training has not finished)")
+    cfg = check_model_dir(lm_dir, "lm", domain)
     return cfg["model"], cfg["data"].get("options", {})
 
 

@@ -169,7 +169,7 @@ def embed_records(model: ReformerLM, records, sep_id: int, window: int, out: Pat
         group = h5.require_group("embeddings")
         for n, rec in enumerate(records):
             # leading context tokens (a feature's flank) are read but not stored
-            skip = int(rec.meta.get("context", 0)) if rec.meta else 0
+            skip = int(rec.meta.get("context", 0))
             length = len(rec.tokens) - skip
             ds = group.get(str(n))
             if ds is not None and ds.attrs.get("complete") and ds.attrs["id"] == rec.id \
@@ -184,7 +184,7 @@ def embed_records(model: ReformerLM, records, sep_id: int, window: int, out: Pat
             ds = group.create_dataset(str(n), shape=(length, d), dtype=dtype,
                                       chunks=(min(length, 4096), d), compression="gzip",
                                       compression_opts=1, shuffle=True)
-            ds.attrs.update((rec.meta or {}).get("attrs", {}))
+            ds.attrs.update(rec.meta.get("attrs", {}))
             ds.attrs["id"] = rec.id
             ds.attrs["length"] = length
             total = torch.zeros(d, dtype=torch.float64, device=device)

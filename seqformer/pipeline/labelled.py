@@ -71,6 +71,15 @@ def read_label_table(path: Path) -> dict[str, str]:
     return labels
 
 
+def class_index(table: dict[str, str], classes: list[str], where: Path) -> dict[str, int]:
+    """{class: its output index}, once every label of the table is one of `classes`."""
+    unknown = sorted(set(table.values()) - set(classes))
+    if unknown:
+        raise InputError(f"{where}: label {unknown[0]!r} is not one of the model's classes "
+                         f"{classes}")
+    return {c: i for i, c in enumerate(classes)}
+
+
 @dataclass
 class LabelledSet:
     """A token store and the class index of each of its records."""
@@ -102,19 +111,10 @@ class LabelledSet:
         if len(classes) < 2:
             raise InputError(f"{where}: a classifier needs at least two labels, found "
                              f"{classes}")
-        unknown = sorted(set(table.values()) - set(classes))
-        if unknown:
-            raise InputError(f"{where}: label {unknown[0]!r} is not one of the model's "
-                             f"classes {classes}")
-        index = {c: i for i, c in enumerate(classes)}
+        index = class_index(table, classes, where)
         labels = np.array([index[table[r.id]] if r.id in table else -1
                            for r in store.records], dtype=np.int64)
         return cls(store, labels, classes)
-
-    def records(self, keep: np.ndarray | None = None) -> list[int]:
-        """Indices of labelled records (of `keep`, if given)."""
-        idx = np.flatnonzero(self.labels >= 0)
-        return idx.tolist() if keep is None else [i for i in idx if keep[i]]
 
     def lengths(self) -> np.ndarray:
         return np.array([r.length for r in self.store.records], dtype=np.int64)

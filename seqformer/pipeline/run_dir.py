@@ -90,12 +90,9 @@ TASKS = {"lm": ("language model", "seqformer train", "sample, score or embed"),
          "classify": ("classifier", "seqformer finetune", "predict")}
 
 
-def load_model_dir(run: str | Path, task: str, build: Callable[[dict], torch.nn.Module],
-                   domain: str | None = None, device: str | torch.device = "cpu"
-                   ) -> tuple[torch.nn.Module, Domain, dict]:
-    """The trained model of a `task` ("lm", "classify") directory, built from its config by
-    `build` and loaded (eval mode), its domain (with the training tokenization options) and
-    its config. `domain` checks that the directory holds a model of that domain."""
+def check_model_dir(run: str | Path, task: str, domain: str | None = None) -> dict:
+    """The config of a trained model directory of `task` ("lm", "classify") and, if given,
+    of `domain`, whose weights are written; else one error saying what it is instead."""
     run = Path(run)
     cfg = read_config(run)
     have = cfg.get("task", "lm")
@@ -105,10 +102,20 @@ def load_model_dir(run: str | Path, task: str, build: Callable[[dict], torch.nn.
                          "with it)")
     if domain is not None and cfg["domain"] != domain:
         raise InputError(f"{run}: is a {cfg['domain']} model, not a {domain} model")
-    weights = run / "model.safetensors"
-    if not weights.is_file():
+    if not (run / "model.safetensors").is_file():
         raise InputError(f"{run}: no model.safetensors (training not finished? resume it "
                          f"with `{TASKS[task][1]} ... --resume`)")
+    return cfg
+
+
+def load_model_dir(run: str | Path, task: str, build: Callable[[dict], torch.nn.Module],
+                   domain: str | None = None, device: str | torch.device = "cpu"
+                   ) -> tuple[torch.nn.Module, Domain, dict]:
+    """The trained model of a `task` ("lm", "classify") directory, built from its config by
+    `build` and loaded (eval mode), its domain (with the training tokenization options) and
+    its config. `domain` checks that the directory holds a model of that domain."""
+    cfg = check_model_dir(run, task, domain)
+    weights = Path(run) / "model.safetensors"
     model = build(cfg)
     try:
         load_model(model, str(weights), device=str(device))
