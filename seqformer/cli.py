@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import shutil
 import sys
@@ -89,6 +90,19 @@ Strategy = Annotated[str | None, typer.Option("--strategy")]
 Overrides = Annotated[list[str] | None, typer.Argument(
     help="config overrides, e.g. model.n_hashes=8 train.lr=3e-4")]
 ModelOpt = Annotated[Path, typer.Option("--model", help="trained model directory")]
+
+
+@contextlib.contextmanager
+def _no_half_made_run(run: Path, new_run: bool) -> Iterator[None]:
+    """Bad input found before training began leaves no half-made run directory."""
+    from .pipeline.training import is_first_process
+
+    try:
+        yield
+    except InputError:
+        if new_run and is_first_process() and not (run / "checkpoints").exists():
+            shutil.rmtree(run, ignore_errors=True)
+        raise
 
 
 def _more_values(values: list | None, overrides: list[str] | None) -> tuple[list, list[str]]:
@@ -231,6 +245,69 @@ def train_midi(midi: Annotated[list[Path] | None, typer.Option(
         data["holdout_ids"] = [x.strip() for x in lines if x.strip() and not x.startswith("#")]
     _train("midi", inputs, config, out_dir, max_steps, seq_len, batch_size, resume, force,
            devices, num_nodes, strategy, overrides, {}, data)
+
+
+SourceOpt = Annotated[list[Path], typer.Option(
+    "--source", help="source FASTA/MIDI files or directories (repeat for several)")]
+SourceDomain = Annotated[str, typer.Option("--source-domain", help="dna, protein or midi")]
+
+
+@train_app.command("seq2seq")
+@clean_errors
+def train_seq2seq(source: SourceOpt,
+                  target: Annotated[list[Path], typer.Option(
+                      "--target", help="target files or directories (repeat for several)")],
+                  source_domain: SourceDomain,
+                  target_domain: Annotated[str, typer.Option(
+                      "--target-domain", help="dna, protein or midi")],
+                  config: ConfigOpt = None, out_dir: OutRun = None,
+                  max_steps: MaxSteps = None,
+                  seq_len: Annotated[int | None, typer.Option(
+                      "--seq-len", help="longest target (tokens)")] = None,
+                  batch_size: BatchSize = None, resume: Resume = False, force: Force = False,
+                  devices: Devices = None, num_nodes: NumNodes = None,
+                  strategy: Strategy = None, overrides: Overrides = None) -> None:
+    """Train an encoder-decoder on pairs of records: a source record and the target record
+    with the same id (MIDI: the same file name)."""
+    from .domains import get_domain
+    from .pipeline import run_config
+    from .pipeline.run_dir import read_config
+    from .pipeline.seq2seq import tokenize_pairs
+    from .pipeline.seq2seq import train_seq2seq as train
+    from .pipeline.training import check_run_dir, is_first_process
+
+    sources = _inputs(source, Path(), "--source")
+    targets = _inputs(target, Path(), "--target")
+    preset = _preset("seq2seq", config)
+    run = out_dir or Path("runs") / f"{source_domain}-{target_domain}-{preset.stem}"
+    new_run = not resume and (force or not run.exists())
+    if resume:
+        cfg = read_config(run)
+        if cfg.get("task") != "seq2seq":
+            raise InputError(f"{run}: is not a seq2seq run, nothing to resume here")
+        if max_steps is not None:
+            cfg["train"]["max_steps"] = max_steps
+    else:
+        src_probe, tgt_probe = get_domain(source_domain), get_domain(target_domain)
+        cli = {"train": _train_options(max_steps, batch_size, devices, num_nodes, strategy),
+               "data": {} if seq_len is None else {"seq_len": seq_len}}
+        cfg = run_config.resolve(target_domain, tgt_probe.vocab_size, preset, cli,
+                                 overrides or [], task="seq2seq",
+                                 source=(source_domain, src_probe.vocab_size))
+        if force and is_first_process() and run.exists():
+            shutil.rmtree(run)
+    check_run_dir(run, resume)
+    with _no_half_made_run(run, new_run):
+        with _tokenizing() as advance:
+            tokenize_pairs(cfg, sources, targets, run, on_tokens=advance)
+        summary = train(cfg, sources, targets, run, resume=resume,
+                        on_note=lambda text: err.print(text, highlight=False, soft_wrap=True))
+    if summary:
+        out.print(f"[green]trained[/green] {summary['steps']} steps on {summary['n_train']:,} "
+                  f"pairs ({summary['n_val']:,} held out) in {summary['minutes']:.1f} min -> "
+                  f"{summary['run']}")
+        if not math.isnan(summary["val_bits"]):
+            out.print(f"validation {summary['val_bits']:.4f} bits per target token")
 
 
 # -- sample ------------------------------------------------------------------------------
@@ -422,6 +499,65 @@ def _read_all(domain, inputs: list[Path]) -> list:
     if n_skipped:
         err.print(f"{len(records)} records read, {n_skipped} files skipped")
     return records
+
+
+@sample_app.command("seq2seq")
+@clean_errors
+def sample_seq2seq(model: ModelOpt, source: SourceOpt,
+                   out_path: Annotated[Path, typer.Option(
+                       "--out", help="FASTA to write; MIDI: a .mid for one source, else a "
+                       "directory of <id>.mid")],
+                   max_length: Annotated[int | None, typer.Option(
+                       "--max-length", help="most tokens per target (default: the model's)")
+                   ] = None,
+                   temperature: Temperature = 1.0, top_k: TopK = None, top_p: TopP = None,
+                   seed: Seed = None,
+                   batch_size: Annotated[int, typer.Option(
+                       "--batch-size", help="sources decoded together")] = 16,
+                   force: Force = False) -> None:
+    """A target for each source record, sampled until the model closes it (or
+    --max-length). Sample k draws with seed + k."""
+    from .core import check_sampling
+    from .domains import Record
+    from .files import check_output
+    from .pipeline.seq2seq import check_sources, load_seq2seq, translate
+
+    try:
+        check_sampling(temperature, top_k, top_p)
+    except ValueError as e:
+        raise InputError("--" + str(e).replace("_", "-", 1)) from None
+    encdec, source_domain, target_domain, cfg = load_seq2seq(model)
+    limit = encdec.max_target_len - 1
+    if max_length is not None and not 1 <= max_length <= limit:
+        raise InputError(f"--max-length {max_length}: must be in 1..{limit} (the model's "
+                         "target length)")
+    one_file = target_domain.name != "midi"
+    records = _read_all(source_domain, list(source))
+    if one_file or (len(records) == 1 and out_path.suffix.lower() in (".mid", ".midi")):
+        check_output(out_path, force)
+        paths = None
+    else:
+        paths = [out_path / (r.id.replace("/", "_") + ".mid") for r in records]
+        for p in paths:
+            check_output(p, force)
+    check_sources(encdec, records, ", ".join(map(str, source)))
+    with _progress() as bar:
+        task = bar.add_task("sampling", total=len(records))
+        targets = translate(encdec, [r.tokens for r in records], target_domain.sep_id,
+                            max_length or limit, temperature, top_k, top_p, seed,
+                            allowed=target_domain.generatable(), batch_size=batch_size,
+                            on_done=lambda n: bar.advance(task, n))
+    made = [Record(r.id, t) for r, t in zip(records, targets)]
+    if paths is None:
+        target_domain.write(made, out_path)
+        written = str(out_path)
+    else:
+        for rec, p in zip(made, paths):
+            target_domain.write([rec], p)
+        written = f"{len(paths)} files in {out_path}"
+    unclosed = sum(len(t) == (max_length or limit) for t in targets)
+    note = f"; {unclosed} reached --max-length unclosed" if unclosed else ""
+    out.print(f"wrote {written} ({len(made)} targets, {sum(map(len, targets)):,} tokens{note})")
 
 
 # -- score ------------------------------------------------------------------------------
@@ -645,6 +781,58 @@ def score_midi(model: ModelOpt, midi: Annotated[list[Path], typer.Option("--midi
     _score("midi", model, midi, out_path, force)
 
 
+@score_app.command("seq2seq")
+@clean_errors
+def score_seq2seq(model: ModelOpt, source: SourceOpt,
+                  target: Annotated[list[Path], typer.Option("--target")],
+                  out_path: Annotated[Path | None, typer.Option("--out", help="TSV to write")
+                                      ] = None,
+                  force: Force = False) -> None:
+    """Log-likelihood of each target given its source (pairs by record id): the target's
+    tokens and its closing separator, never a sampling constraint."""
+    import numpy as np
+
+    from .files import atomic_path, check_output
+    from .pipeline.seq2seq import check_sources, load_seq2seq, pair_ids, target_log_likelihoods
+
+    if out_path is not None:
+        check_output(out_path, force)
+    encdec, source_domain, target_domain, _ = load_seq2seq(model)
+    sources, targets = _read_all(source_domain, list(source)), _read_all(target_domain,
+                                                                        list(target))
+    both, unpaired = pair_ids([r.id for r in sources], [r.id for r in targets])
+    names = ", ".join(map(str, [*source, *target]))
+    if unpaired:
+        err.print(f"{len(unpaired)} records unpaired, skipped: {', '.join(unpaired[:5])}",
+                  highlight=False, soft_wrap=True)
+    if not both:
+        raise InputError(f"{names}: no source and target share a record id")
+    check_sources(encdec, [sources[i] for i, _ in both], ", ".join(map(str, source)))
+    for _, j in both:
+        if len(targets[j].tokens) + 2 > encdec.max_target_len:
+            raise InputError(f"{', '.join(map(str, target))}: record {targets[j].id!r} has "
+                             f"{len(targets[j].tokens):,} tokens, more than the model's target "
+                             f"length ({encdec.max_target_len - 2:,})")
+    pairs = [(sources[i].tokens, targets[j].tokens) for i, j in both]
+    lls = target_log_likelihoods(encdec, pairs, target_domain.sep_id)
+    header = ["id", "source_length", "target_length", "total_ll_nats", "bits_per_token"]
+    table = Table(title=f"{model.name}: log-likelihood of each target given its source")
+    for col in ("record", "source", "target", "total ll (nats)", "bits/token"):
+        table.add_column(col, justify="left" if col == "record" else "right")
+    rows = []
+    for (i, j), ll in zip(both, lls):
+        total = float(ll.sum())
+        rows.append([sources[i].id, len(sources[i].tokens), len(targets[j].tokens),
+                     f"{total:.4f}", f"{-total / np.log(2) / len(ll):.6f}"])
+        table.add_row(*map(str, rows[-1]))
+    out.print(table)
+    if out_path is not None:
+        with atomic_path(out_path) as tmp:
+            tmp.write_text("\t".join(header) + "\n"
+                           + "".join("\t".join(map(str, r)) + "\n" for r in rows))
+        out.print(f"wrote {out_path}")
+
+
 # -- embed ------------------------------------------------------------------------------
 def _check_layer(model, layer: int) -> None:  # noqa: ANN001
     if not -1 <= layer < model.cfg.n_layers:
@@ -766,13 +954,13 @@ def _finetune(domain_name: str, classes, labels, fasta, model_dir, freeze, confi
               max_steps, seq_len, batch_size, resume, force, devices, num_nodes, strategy,
               overrides, options: dict) -> None:
     from .pipeline.classify import finetune
-    from .pipeline.training import is_first_process, tokenize
+    from .pipeline.training import tokenize
 
     names, inputs, table = _classify_inputs(classes, labels, fasta)
     preset = _preset(domain_name, config or "classify-tiny")
     run = out_dir or Path("runs") / f"{domain_name}-{preset.stem}"
     new_run = not resume and (force or not run.exists())
-    try:
+    with _no_half_made_run(run, new_run):
         cfg = _finetune_config(domain_name, names, inputs, table, model_dir, freeze, preset,
                                run, max_steps, seq_len, batch_size, resume, force, devices,
                                num_nodes, strategy, overrides, options)
@@ -781,11 +969,6 @@ def _finetune(domain_name: str, classes, labels, fasta, model_dir, freeze, confi
         summary = finetune(cfg, inputs, run, resume=resume, table=table, table_path=labels,
                            on_note=lambda text: err.print(text, highlight=False,
                                                           soft_wrap=True))
-    except InputError:
-        # bad input found before training began: leave no half-made run directory
-        if new_run and is_first_process() and not (run / "checkpoints").exists():
-            shutil.rmtree(run, ignore_errors=True)
-        raise
     if summary:
         out.print(f"[green]trained[/green] {summary['steps']} steps on {summary['n_train']:,} "
                   f"sequences ({summary['n_val']:,} held out for validation) in "
@@ -979,6 +1162,17 @@ def info(run: Annotated[Path, typer.Argument(help="model directory")]) -> None:
         _info_classifier(run, cfg, table)
         out.print(table)
         return
+    if cfg.get("task") == "seq2seq":
+        s2s, e = cfg["seq2seq"], cfg["seq2seq"]["encoder"]
+        table.add_row("task", f"sequence to sequence: {s2s['source_domain']} -> "
+                      f"{cfg['domain']}" + (", encoder and decoder share weights"
+                                            if s2s["share_weights"] else ""))
+        if s2s.get("decoder_only"):
+            table.add_row("encoder", f"none: the model reads the source (up to "
+                          f"{s2s['source_len']:,} tokens) as a prefix of the target")
+        else:
+            table.add_row("encoder", f"{e['n_layers']} layers, attn {e['attn']}, sources up "
+                          f"to {s2s['source_len']:,} tokens (the model above is the decoder)")
     train, val = read_metrics(run)
     if train:
         table.add_row("trained steps", f"{train[-1][0] + 1} (train {train[-1][1]:.4f} "

@@ -2,8 +2,10 @@
 
 from .classifier import ReformerClassifier
 from .config import ConfigError, ReformerConfig
+from .encdec import ReformerEncDec
 from .model import DecodeCache, ReformerLM
+from .prefix_lm import PrefixLM
 from .sampling import Constraint, check_sampling, sample_next
 
-__all__ = ["ConfigError", "Constraint", "DecodeCache", "ReformerClassifier", "ReformerConfig",
-           "ReformerLM", "check_sampling", "sample_next"]
+__all__ = ["ConfigError", "Constraint", "DecodeCache", "PrefixLM", "ReformerClassifier",
+           "ReformerConfig", "ReformerEncDec", "ReformerLM", "check_sampling", "sample_next"]

@@ -182,9 +182,10 @@ class Attention(nn.Module):
     # -- the sublayer, without autograd -----------------------------------------------
     @torch.no_grad()
     def _forward_into(self, x: torch.Tensor, y: torch.Tensor, rotations: torch.Tensor | None,
-                      buckets: torch.Tensor | None) -> torch.Tensor | None:
+                      buckets: torch.Tensor | None, lengths: torch.Tensor | None = None
+                      ) -> torch.Tensor | None:
         """y += the sublayer's output before dropout. Returns the bucket ids (B, H, R, L),
-        hashed here unless given."""
+        hashed here unless given. lengths: (B,) real positions of a right-padded batch."""
         B, L, _ = x.shape
         if self.kind == "lsh" and buckets is None:
             buckets = torch.empty(B, self.n_heads, self.n_hashes, L, device=x.device,
@@ -195,22 +196,23 @@ class Attention(nn.Module):
             q, v = self._group_qv(x, heads)
             b = self._group_buckets(q.detach(), heads, rotations, buckets)
             o, _ = attention_forward(q, v, self.kind, b, self.bucket_size, self.causal,
-                                     self.backend)
+                                     self.backend, lengths=lengths)
             self._add_output(y, o[:, :, :L], heads, 1.0)
         y.add_(self.to_out.bias)
         return buckets
 
     def _output(self, x: torch.Tensor, rotations: torch.Tensor | None,
-                buckets: torch.Tensor | None, mask: torch.Tensor | None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+                buckets: torch.Tensor | None, mask: torch.Tensor | None,
+                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The sublayer's output (after dropout) in a new tensor, and the bucket ids."""
         y = torch.zeros_like(x)
-        buckets = self._forward_into(x, y, rotations, buckets)
+        buckets = self._forward_into(x, y, rotations, buckets, lengths)
         return (y if mask is None else y.mul_(mask)), buckets
 
     @torch.no_grad()
     def _backward(self, x: torch.Tensor, d_f: torch.Tensor, buckets: torch.Tensor | None,
-                  dx: torch.Tensor, minus_f: torch.Tensor | None = None) -> list[torch.Tensor]:
+                  dx: torch.Tensor, minus_f: torch.Tensor | None = None,
+                  lengths: torch.Tensor | None = None) -> list[torch.Tensor]:
         """Back-propagate d_f (the gradient of the output before dropout), one head group
         at a time: dx += the input's gradient; returns the gradients of `_params()`. With
         minus_f, the recomputed output is also subtracted from it (the reversible stack's
@@ -230,7 +232,7 @@ class Attention(nn.Module):
             q, v = self._group_qv(x, heads)
             b = buckets[:, heads] if self.kind == "lsh" else None
             # sorted once for the recompute and the backward
-            layouts = round_layouts(self.kind, b, q, self.bucket_size, self.causal)
+            layouts = round_layouts(self.kind, b, q, self.bucket_size, self.causal, lengths)
             o, lse = attention_forward(q, v, self.kind, b, self.bucket_size, self.causal,
                                        self.backend, layouts)
             if minus_f is not None:
@@ -271,10 +273,12 @@ class Attention(nn.Module):
         return grads
 
     # -- full sequences ---------------------------------------------------------------
-    def forward(self, x: torch.Tensor, buckets: torch.Tensor | None = None
-                ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    def forward(self, x: torch.Tensor, buckets: torch.Tensor | None = None,
+                lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: (B, L, d_model). Returns the sublayer output (x's dtype) and, for LSH, the
-        bucket ids used (B, H, R, L); pass them back in to recompute with identical hashing."""
+        bucket ids used (B, H, R, L); pass them back in to recompute with identical hashing.
+        lengths: (B,) real positions of a right-padded batch; no real position attends to
+        padding (None: all L are real)."""
         # drawn even when buckets are given, so a recompute consumes the RNG as the
         # forward did and its dropout masks match
         rotations = self._rotations(x.device)
@@ -284,35 +288,36 @@ class Attention(nn.Module):
                                                                          for p in params))
         resolve_backend(self.backend, x, needs_grad)  # a clear error for flex on CPU
         if needs_grad:
-            return _AttentionFunction.apply(x, self, rotations, buckets, mask, *params)
-        return self._output(x, rotations, buckets, mask)
+            return _AttentionFunction.apply(x, self, rotations, buckets, mask, lengths, *params)
+        return self._output(x, rotations, buckets, mask, lengths)
 
     @torch.no_grad()
-    def add_to(self, y: torch.Tensor, x: torch.Tensor) -> torch.Tensor | None:
+    def add_to(self, y: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor | None = None
+               ) -> torch.Tensor | None:
         """y += the sublayer's output for x, in place (the reversible forward). Returns the
         bucket ids used."""
         rotations = self._rotations(x.device)
         mask = self._dropout_mask(x)
         if mask is None:
-            return self._forward_into(x, y, rotations, None)
+            return self._forward_into(x, y, rotations, None, lengths)
         f = torch.zeros_like(y)
-        buckets = self._forward_into(x, f, rotations, None)
+        buckets = self._forward_into(x, f, rotations, None, lengths)
         y.add_(f.mul_(mask))
         return buckets
 
     @torch.no_grad()
     def reverse(self, y: torch.Tensor, x: torch.Tensor, dy: torch.Tensor, dx: torch.Tensor,
-                buckets: torch.Tensor | None) -> None:
+                buckets: torch.Tensor | None, lengths: torch.Tensor | None = None) -> None:
         """The reversible backward of y = x_other + Attn(x), in place: y becomes x_other,
         dx += the gradient through Attn of dy, and the parameters' gradients accumulate
         (through autograd, so DDP's hooks see them). Run under the forward's RNG state."""
         self._rotations(x.device)  # drawn as in the forward, so the dropout mask is its own
         mask = self._dropout_mask(x)
         if mask is None:
-            grads = self._backward(x, dy, buckets, dx, minus_f=y)
+            grads = self._backward(x, dy, buckets, dx, minus_f=y, lengths=lengths)
         else:
             minus_f = torch.zeros_like(y)
-            grads = self._backward(x, dy * mask, buckets, dx, minus_f=minus_f)
+            grads = self._backward(x, dy * mask, buckets, dx, minus_f=minus_f, lengths=lengths)
             y.add_(minus_f.mul_(mask))
         trainable = [(p, g) for p, g in zip(self._params(), grads) if p.requires_grad]
         if trainable:
@@ -392,9 +397,10 @@ class _AttentionFunction(torch.autograd.Function):
     mask) and recomputes each head group in the backward."""
 
     @staticmethod
-    def forward(ctx, x, attn, rotations, buckets, mask, *params):  # noqa: ANN001
-        y, buckets = attn._output(x, rotations, buckets, mask)
+    def forward(ctx, x, attn, rotations, buckets, mask, lengths, *params):  # noqa: ANN001
+        y, buckets = attn._output(x, rotations, buckets, mask, lengths)
         ctx.attn = attn
+        ctx.lengths = lengths
         ctx.autocast = autocast_state(x.device)
         ctx.save_for_backward(x, buckets, mask)
         if buckets is not None:
@@ -406,5 +412,6 @@ class _AttentionFunction(torch.autograd.Function):
         x, buckets, mask = ctx.saved_tensors
         dx = torch.zeros_like(x)
         with torch.autocast(*ctx.autocast):
-            grads = ctx.attn._backward(x, dy if mask is None else dy * mask, buckets, dx)
-        return (dx, None, None, None, None, *grads)
+            grads = ctx.attn._backward(x, dy if mask is None else dy * mask, buckets, dx,
+                                       lengths=ctx.lengths)
+        return (dx, None, None, None, None, None, *grads)

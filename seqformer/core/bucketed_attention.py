@@ -327,13 +327,18 @@ class _Round:
 
 
 def _round(kind: str, buckets: torch.Tensor | None, G: int, L: int, Lp: int, bs: int,
-           causal: bool, device: torch.device) -> _Round:
-    """buckets: (G, L) bucket ids of one round (lsh); local and full need none."""
+           causal: bool, device: torch.device, lengths: torch.Tensor | None = None) -> _Round:
+    """buckets: (G, L) bucket ids of one round (lsh); local and full need none. lengths:
+    (G, 1) real positions of each row, the rest padding that no real query sees; None: all
+    L are real."""
     pos = torch.arange(Lp, device=device)
+    real = L if lengths is None else lengths
     # a window [start of chunk c-1, self] spans at most 2*bs sorted positions; non-causal,
     # the rest of one's own chunk may lie up to bs - 1 positions ahead
     back, ahead = 2 * bs - 1, (0 if causal else bs - 1)
     if kind == "lsh":
+        if lengths is not None:
+            buckets = buckets.masked_fill(pos[:L] >= lengths, _PAD_BUCKET)
         if Lp != L:  # padding positions form their own bucket, sorted last
             buckets = F.pad(buckets, (0, Lp - L), value=_PAD_BUCKET)
         order, _, rank = bucket_order(buckets)
@@ -344,12 +349,12 @@ def _round(kind: str, buckets: torch.Tensor | None, G: int, L: int, Lp: int, bs:
         look_back = math.ceil((2 * bs - 1) / blk)
     else:  # one bucket in position order (+ one of padding)
         order = pos.expand(G, Lp)
-        is_start = (pos == 0) | (pos == L)
+        is_start = (pos == 0) | (pos == real)
         if kind == "local":  # chunks are aligned blocks: own + previous
-            group = _groups(is_start, pos - torch.where(pos >= L, L, 0), bs).expand(G, Lp)
+            group = _groups(is_start, pos - torch.where(pos >= real, real, 0), bs).expand(G, Lp)
             blk, look_back = bs, 1
         else:  # full: a single chunk, one block
-            group = torch.where(is_start, 2, 0).cumsum(0).to(torch.int32).expand(G, Lp)
+            group = torch.where(is_start, 2, 0).cumsum(-1).to(torch.int32).expand(G, Lp)
             blk, look_back = Lp, 0
             back, ahead = Lp, (0 if causal else Lp)
     nb = Lp // blk
@@ -395,25 +400,30 @@ def _round_forward(qf, kf, vf, rd: _Round, bs, causal, backend):  # noqa: ANN001
 
 
 def round_layouts(kind: str, buckets: torch.Tensor | None, q: torch.Tensor, bucket_size: int,
-                  causal: bool) -> list[_Round]:
+                  causal: bool, lengths: torch.Tensor | None = None) -> list[_Round]:
     """The layout of each hashing round (one for local and full attention): computed once
     by the caller when a forward and its backward both need them (the sorts are then not
-    redone), 12 bytes per position and round."""
-    return list(_rounds(kind, buckets, q, bucket_size, causal))
+    redone), 12 bytes per position and round. lengths: (B,) real positions per sequence of
+    a right-padded batch (None: all real)."""
+    return list(_rounds(kind, buckets, q, bucket_size, causal, lengths))
 
 
-def _rounds(kind: str, buckets: torch.Tensor | None, q: torch.Tensor, bs: int, causal: bool):
+def _rounds(kind: str, buckets: torch.Tensor | None, q: torch.Tensor, bs: int, causal: bool,
+            lengths: torch.Tensor | None = None):
     B, H, L, _ = q.shape
     Lp = math.ceil(L / bs) * bs
     n = buckets.shape[2] if kind == "lsh" else 1
+    if lengths is not None:  # per (sequence, head) row
+        lengths = lengths.to(q.device).repeat_interleave(H).view(B * H, 1)
     for r in range(n):
         b = buckets[:, :, r].reshape(B * H, L).to(torch.int32) if kind == "lsh" else None
-        yield _round(kind, b, B * H, L, Lp, bs, causal, q.device)
+        yield _round(kind, b, B * H, L, Lp, bs, causal, q.device, lengths)
 
 
 def attention_forward(q: torch.Tensor, v: torch.Tensor, kind: str, buckets: torch.Tensor | None,
                       bucket_size: int, causal: bool, backend: str = "torch",
-                      layouts: list[_Round] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      layouts: list[_Round] | None = None, lengths: torch.Tensor | None = None
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     """Shared-QK attention, one hashing round at a time.
 
     The output over several rounds is one softmax over the union of the rounds' windows,
@@ -433,7 +443,8 @@ def attention_forward(q: torch.Tensor, v: torch.Tensor, kind: str, buckets: torc
     Lp = math.ceil(L / bucket_size) * bucket_size
     backend = resolve_backend(backend, q, needs_grad=False)
     qf, kf, vf = _flat_inputs(q, v, Lp)
-    rounds = _rounds(kind, buckets, q, bucket_size, causal) if layouts is None else layouts
+    rounds = (_rounds(kind, buckets, q, bucket_size, causal, lengths) if layouts is None
+              else layouts)
     merge = _merge_rounds_triton if backend == "triton" else _merge_rounds
     out, m, norm = merge(qf, kf, vf, rounds, bucket_size, causal, backend)
     out.div_(norm.unsqueeze(-1))
@@ -476,8 +487,8 @@ def _merge_rounds_triton(qf, kf, vf, rounds, bs, causal, backend):  # noqa: ANN0
 def attention_backward(q: torch.Tensor, v: torch.Tensor, kind: str,
                        buckets: torch.Tensor | None, bucket_size: int, causal: bool,
                        lse: torch.Tensor, delta: torch.Tensor, d_out: torch.Tensor,
-                       backend: str = "torch", layouts: list[_Round] | None = None
-                       ) -> tuple[torch.Tensor, torch.Tensor]:
+                       backend: str = "torch", layouts: list[_Round] | None = None,
+                       lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """dq, dv (float32 or wider, like q and v), one round at a time, from the combined
     log-sum-exp of `attention_forward` (B, H, Lp, 2), delta = <d_out, out> (B, H, L or Lp)
     and d_out (B, H, L or Lp, D): the probability of key j for query i is
@@ -495,7 +506,9 @@ def attention_backward(q: torch.Tensor, v: torch.Tensor, kind: str,
     dqf = qf.new_zeros(qf.shape, dtype=acc)
     dkf = kf.new_zeros(kf.shape, dtype=acc)
     dvf = vf.new_zeros(vf.shape, dtype=acc)
-    for rd in _rounds(kind, buckets, q, bucket_size, causal) if layouts is None else layouts:
+    if layouts is None:
+        layouts = _rounds(kind, buckets, q, bucket_size, causal, lengths)
+    for rd in layouts:
         if backend == "triton":
             from . import triton_attention
 

@@ -58,3 +58,21 @@ def next_token_nll(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Te
     d = hidden.shape[-1]
     nll = _ChunkedNLL.apply(hidden.reshape(-1, d), weight, targets.reshape(-1))
     return nll.view(shape)
+
+
+def reduce_targets(nll: torch.Tensor, tgt_lengths: torch.Tensor | None, reduction: str
+                   ) -> torch.Tensor:
+    """nll (B, T - 1) of a right-padded batch of targets, zeroed past each row's
+    tgt_lengths - 1 real targets (bos included in the length), then "mean" (over the real
+    targets), "sum" or "none"."""
+    if reduction not in ("mean", "sum", "none"):
+        raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
+    count = nll.numel()
+    if tgt_lengths is not None:
+        real = torch.arange(nll.shape[1], device=nll.device) < (
+            tgt_lengths.to(nll.device) - 1).unsqueeze(-1)
+        nll = nll * real
+        count = real.sum()
+    if reduction == "none":
+        return nll
+    return nll.sum() if reduction == "sum" else nll.sum() / max(count, 1)

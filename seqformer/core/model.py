@@ -12,10 +12,13 @@ from .attention import Attention, KVCache
 from .axial_positions import AxialPositionalEmbedding
 from .chunked_loss import next_token_nll
 from .config import ReformerConfig
+from .cross_attention import CrossAttention
 from .embeddings import sum_of_rows
 from .feedforward import FeedForward
 from .reversible import (
+    NO_SOURCE,
     ReformerLayer,
+    Source,
     inference_stack,
     plain_stack,
     reversible_stack,
@@ -31,10 +34,16 @@ class DecodeCache:
     length: int  # positions decoded so far
     capacity: int
     recent: torch.Tensor | None = None  # (B, kmer_embedding - 1) last tokens, oldest first
+    # a decoder's source: each layer's cross-attention keys and values, computed once
+    cross: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    memory_lengths: torch.Tensor | None = None
 
 
 class ReformerLM(nn.Module):
-    def __init__(self, cfg: ReformerConfig):
+    """cross_attention=True makes it the decoder of `ReformerEncDec`: each layer also
+    attends to a source (`Source.memory`)."""
+
+    def __init__(self, cfg: ReformerConfig, cross_attention: bool = False):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
@@ -44,8 +53,10 @@ class ReformerLM(nn.Module):
                            if cfg.kmer_embedding > 1 else None)
         self.pos = AxialPositionalEmbedding(cfg.axial_shape, d)
         self.layers = nn.ModuleList(
-            ReformerLayer(Attention(cfg, i), FeedForward(d, cfg.d_ff, cfg.dropout,
-                                                         cfg.ff_chunk_size))
+            ReformerLayer(Attention(cfg, i),
+                          FeedForward(d, cfg.d_ff, cfg.dropout, cfg.ff_chunk_size),
+                          CrossAttention(d, cfg.n_heads, cfg.dropout) if cross_attention
+                          else None)
             for i in range(cfg.n_layers))
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.vocab_size, bias=False)
@@ -104,21 +115,23 @@ class ReformerLM(nn.Module):
     def _streams(self, x: torch.Tensor) -> torch.dtype:
         return stream_dtype(x, self.cfg.exact_streams)
 
-    def hidden_states(self, tokens: torch.Tensor, layer: int = -1) -> torch.Tensor:
+    def hidden_states(self, tokens: torch.Tensor, layer: int = -1,
+                      src: Source = NO_SOURCE) -> torch.Tensor:
         """tokens (B, L) -> hidden states (B, L, d_model): by default (layer=-1) the final
         normalized ones; layer=i (0-based) gives the mean of the two residual streams
-        after layer i, for embeddings from inside the stack."""
+        after layer i, for embeddings from inside the stack. src: the real lengths of a
+        right-padded batch, and a decoder's source."""
         n = len(self.layers)
         if not -1 <= layer < n:
             raise ValueError(f"layer must be in -1..{n - 1}, got {layer}")
         x = self._embed(tokens)
         if layer >= 0:
-            return plain_stack(self.layers[:layer + 1], x, self._streams(x))
+            return plain_stack(self.layers[:layer + 1], x, self._streams(x), src)
         if not torch.is_grad_enabled():
             stack = inference_stack
         else:
             stack = reversible_stack if self.cfg.reversible else plain_stack
-        return self.norm(stack(self.layers, x, self._streams(x)))
+        return self.norm(stack(self.layers, x, self._streams(x), src))
 
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, L) -> logits (B, L, vocab_size)."""
@@ -139,23 +152,30 @@ class ReformerLM(nn.Module):
 
     # -- decoding ---------------------------------------------------------------------
     @torch.no_grad()
-    def prefill(self, prompt: torch.Tensor, capacity: int) -> tuple[torch.Tensor, DecodeCache]:
-        """Logits for a prompt (B, P) and a cache with room for `capacity` positions."""
+    def prefill(self, prompt: torch.Tensor, capacity: int, src: Source = NO_SOURCE
+                ) -> tuple[torch.Tensor, DecodeCache]:
+        """Logits for a prompt (B, P) and a cache with room for `capacity` positions; a
+        decoder's source (src.memory) is projected once into every layer's cache."""
         if not self.cfg.causal:
             raise ValueError("decoding needs a causal model (causal=True)")
         if capacity > self.cfg.max_seq_len:
             raise ValueError(f"{capacity} positions exceed max_seq_len={self.cfg.max_seq_len}")
+        cross = None
+        if src.memory is not None:
+            cross = [layer.cross.keys_values(src.memory) for layer in self.layers]
         x = self._embed(prompt)
         x1 = x2 = x.to(self._streams(x))
         caches = []
-        for layer in self.layers:
+        for i, layer in enumerate(self.layers):
             a, cache = layer.attn.prefill(x2, capacity)
+            if cross is not None:
+                a = a + layer.cross(x2, None, src.memory_lengths, kv=cross[i])
             x1 = x1 + a
             x2 = x2 + layer.ff(x1)
             caches.append(cache)
         logits = self.head(self.norm(stream_mean(x1, x2, x.dtype)))
         return logits, DecodeCache(caches, prompt.shape[1], capacity,
-                                   self._recent(prompt, None))
+                                   self._recent(prompt, None), cross, src.memory_lengths)
 
     @torch.no_grad()
     def step(self, token: torch.Tensor, cache: DecodeCache) -> torch.Tensor:
@@ -165,8 +185,11 @@ class ReformerLM(nn.Module):
             raise ValueError(f"decoding cache is full ({cache.capacity} positions)")
         x = self._embed(token.unsqueeze(1), start=t, before=cache.recent)
         x1 = x2 = x.to(self._streams(x))
-        for layer, c in zip(self.layers, cache.layers):
-            x1 = x1 + layer.attn.step(x2, c, t)
+        for i, (layer, c) in enumerate(zip(self.layers, cache.layers)):
+            a = layer.attn.step(x2, c, t)
+            if cache.cross is not None:
+                a = a + layer.cross(x2, None, cache.memory_lengths, kv=cache.cross[i])
+            x1 = x1 + a
             x2 = x2 + layer.ff(x1)
         cache.length = t + 1
         cache.recent = self._recent(token.unsqueeze(1), cache.recent)
@@ -176,25 +199,32 @@ class ReformerLM(nn.Module):
     def generate(self, prompt: torch.Tensor, n_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None,
                  generator: torch.Generator | None = None,
-                 constraint: Constraint | None = None) -> torch.Tensor:
+                 constraint: Constraint | None = None, src: Source = NO_SOURCE,
+                 eos: int | None = None) -> torch.Tensor:
         """prompt (B, P), P >= 1 -> (B, P + n_tokens). temperature=0 is greedy.
         constraint: which tokens may come next (see core/sampling.py), masked before
-        temperature, top-k and top-p."""
+        temperature, top-k and top-p. src: a decoder's source. eos: stop early, once every
+        sequence has produced this token (the result is then shorter)."""
         if prompt.ndim != 2 or prompt.shape[1] < 1:
             raise ValueError("prompt must be (batch, length) with length >= 1")
         check_sampling(temperature, top_k, top_p)
         was_training = self.training
         self.eval()
         try:
-            logits, cache = self.prefill(prompt, prompt.shape[1] + n_tokens)
+            logits, cache = self.prefill(prompt, prompt.shape[1] + n_tokens, src)
             out = [prompt]
             next_logits = logits[:, -1]
+            ended = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
             for i in range(n_tokens):
                 next_logits, removed = apply_constraint(next_logits, constraint)
                 token = sample_next(next_logits, temperature, top_k, top_p, generator)
                 if constraint is not None:
                     constraint.update(token, removed)
                 out.append(token.unsqueeze(1))
+                if eos is not None:
+                    ended |= token == eos
+                    if bool(ended.all()):
+                        break
                 if i + 1 < n_tokens:
                     next_logits = self.step(token, cache)
             return torch.cat(out, dim=1)

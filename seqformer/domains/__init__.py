@@ -12,6 +12,7 @@ from .base import Domain, InputError, Record
 _DOMAINS = {
     "dna": "seqformer.domains.dna:DNADomain",
     "midi": "seqformer.domains.midi:MIDIDomain",
+    "protein": "seqformer.domains.protein:ProteinDomain",
 }
 
 

@@ -12,10 +12,10 @@ Options:
   N (as n for a lowercase code under ``softmask="keep"``); ``iupac="error"`` rejects them
   as unknown characters.
 
-FASTA is read by a small streaming parser rather than Biopython, whose parsers hold each
-record as one string: here a record arrives in pieces of about 4 MiB (`read_pieces`), so
-a chromosome is tokenized in bounded memory. Headers follow Biopython's rule (the id is
-the first word after '>').
+FASTA is read by a small streaming parser (`fasta.py`, shared with the protein domain)
+rather than Biopython, whose parsers hold each record as one string: here a record arrives
+in pieces of about 4 MiB (`read_pieces`), so a chromosome is tokenized in bounded memory.
+Headers follow Biopython's rule (the id is the first word after '>').
 
 GenBank and EMBL files (plain or gzip; told apart from FASTA by their first line, not by
 the file name) are read with Biopython, one record at a time (Biopython holds that one
@@ -33,32 +33,26 @@ from __future__ import annotations
 
 import gzip
 import warnings
-import zlib
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from ..errors import InputError
-from ..files import atomic_path
-from .base import Domain, Piece, Record
-from .base import assemble as _assemble
+from . import fasta
+from .base import Piece
 from .features import from_biopython
 
 __all__ = ["DNADomain"]
 
 TOKENS = ("<pad>", "<sep>", "A", "C", "G", "T", "N", "a", "c", "g", "t", "n")
 PAD, SEP = 0, 1
-_INVALID = 255  # lookup-table value for a byte that is no base
 _IUPAC = "RYSWKMBDHV"
 # Letters that occur in proteins but are neither bases nor IUPAC codes; X is left out
 # because some DNA tools mask with it.
 _AMINO_ONLY = "EFIJLOPQZ"
 _PROTEIN_FRACTION = 0.1  # a record this rich in amino-acid-only letters is called a protein
-_WHITESPACE = b" \t\n\r\v\f"
-_LINE_WIDTH = 60
-_GZIP_MAGIC = b"\x1f\x8b"
 _PIECE_BYTES = 1 << 22  # FASTA bytes per piece: memory bound while tokenizing
 
 # id -> ASCII code for decoding; pad and sep are dropped before the lookup
@@ -72,7 +66,7 @@ _AMINO_MASK[list((_AMINO_ONLY + _AMINO_ONLY.lower()).encode())] = True
 
 
 def _lookup_table(softmask: str, iupac: str) -> np.ndarray:
-    lut = np.full(256, _INVALID, np.uint8)
+    lut = np.full(256, fasta.INVALID, np.uint8)
     letters = "ACGTN" + (_IUPAC if iupac == "n" else "")
     for ch in letters:
         upper = TOKENS.index(ch if ch in "ACGTN" else "N")
@@ -82,19 +76,19 @@ def _lookup_table(softmask: str, iupac: str) -> np.ndarray:
     return lut
 
 
-def _char_at(raw: bytes, i: int) -> str:
-    """The character starting at byte i, for messages. Every byte before the first bad one
-    is an ASCII base, so byte and character positions agree up to there."""
-    return raw[i:i + 4].decode("utf-8", errors="replace")[0]
-
-
-class DNADomain(Domain):
+class DNADomain(fasta.FastaDomain):
     """FASTA <-> uint8 token ids over a fixed 12-token vocabulary (see the module docstring)."""
 
     name = "dna"
     tokens = TOKENS
     pad_id = PAD
     sep_id = SEP
+    unit = "base"
+    _chars = _CHARS
+
+    @staticmethod
+    def _hint(ch: str) -> str:
+        return _hint(ch)
 
     def __init__(self, softmask: str = "upper", iupac: str = "n") -> None:
         if softmask not in ("upper", "keep"):
@@ -114,95 +108,26 @@ class DNADomain(Domain):
 
     # ---- sequences <-> tokens -------------------------------------------------------
 
-    def _tokenize(self, raw: bytes) -> tuple[np.ndarray, int]:
-        """Tokens of whitespace-free ASCII bytes, and the index of the first bad byte (-1
-        if none)."""
-        tokens = self._lut[np.frombuffer(raw, np.uint8)]
-        bad = tokens == _INVALID
-        first = int(bad.argmax()) if tokens.size else 0
-        return tokens, (first if tokens.size and bad[first] else -1)
-
-    def encode(self, seq: str) -> np.ndarray:
-        """Token ids (1-D uint8) of a DNA string; whitespace is ignored."""
-        raw = seq.encode("utf-8", errors="replace").translate(None, _WHITESPACE)
-        tokens, bad = self._tokenize(raw)
-        if bad >= 0:
-            ch = _char_at(raw, bad)
-            raise InputError(f"unknown character {ch!r} at position {bad + 1}{_hint(ch)}")
-        return tokens
-
-    def decode(self, tokens: Any) -> str:
-        """The DNA string of token ids; pad and sep are dropped."""
-        t = _check_ids(tokens)
-        return _CHARS[t[t > SEP]].tobytes().decode("ascii")
-
     def reverse_complement(self, tokens: Any) -> np.ndarray:
         """Reverse complement of token ids along the last axis (A<->T, C<->G, N->N, lowercase
         likewise, pad and sep unchanged); keeps the input's integer dtype."""
-        t = _check_ids(tokens)
+        t = fasta.check_ids(tokens, len(TOKENS))
         return _COMPLEMENT[t[..., ::-1]].astype(t.dtype, copy=False)
 
     # ---- files ----------------------------------------------------------------------
 
-    def read(self, path: str | Path) -> Iterator[Record]:
-        """Records of one FASTA file (plain or gzipped). File-level problems (missing, a
-        directory, empty) are raised here; problems inside the file while iterating."""
-        path = _check_file(path)
-        return _assemble(self._pieces(path, {}))
-
-    def read_many(self, paths: Iterable[str | Path]) -> Iterator[Record]:
-        """Records of several FASTA files in order; record ids must be unique across all.
-        Every file is checked here, so a missing one fails before any reading."""
-        checked = [_check_file(p) for p in paths]
-        seen: dict[str, Path] = {}
-        return _assemble(piece for path in checked for piece in self._pieces(path, seen))
-
-    def read_pieces(self, path: str | Path) -> Iterator[Piece]:
-        """The tokens of one FASTA file in pieces of at most ~4 MiB, so a chromosome of any
-        length is tokenized in bounded memory (the token store is built from these)."""
-        return self._pieces(_check_file(path), {})
-
     def _pieces(self, path: Path, seen: dict[str, Path]) -> Iterator[Piece]:
-        n, gzipped = 0, False
-        try:
-            with path.open("rb") as f:
-                gzipped = f.read(2) == _GZIP_MAGIC
-            fmt = _annotated_format(path, gzipped)
-            if fmt is not None:
+        gzipped, first = fasta.sniff(path)
+        fmt = ("genbank" if first.startswith(b"LOCUS") else
+               "embl" if first.startswith(b"ID ") else None)
+        if fmt is not None:
+            with fasta.read_errors(path, gzipped):
                 yield from self._annotated_pieces(path, fmt, gzipped, seen)
-                return
-            with (gzip.open if gzipped else open)(path, "rb") as handle:
-                rid, description, lines, size, done = None, "", [], 0, 0
-                for line in handle:
-                    if line.startswith(b">"):
-                        if rid is not None:
-                            yield self._piece(path, rid, description, lines, done, last=True)
-                        n += 1
-                        description = line[1:].decode("utf-8", "replace").strip()
-                        rid = description.split(None, 1)[0] if description else ""
-                        self._check_id(path, rid, n, seen)
-                        lines, size, done = [], 0, 0
-                    elif rid is None:
-                        if line.strip():
-                            raise InputError(f"{path}: not a FASTA, GenBank or EMBL file (the "
-                                             "first line does not start with '>', 'LOCUS' or "
-                                             "'ID')")
-                    else:
-                        lines.append(line)
-                        size += len(line)
-                        if size >= _PIECE_BYTES:
-                            piece = self._piece(path, rid, description, lines, done, last=False)
-                            done += len(piece.tokens)
-                            lines, size = [], 0
-                            yield piece
-                if rid is not None:
-                    yield self._piece(path, rid, description, lines, done, last=True)
-        except (OSError, EOFError, zlib.error) as e:
-            what = "corrupt or truncated gzip file" if gzipped else "cannot read"
-            raise InputError(f"{path}: {what} ({e})") from None
-        if n == 0:
-            raise InputError(f"{path}: no FASTA records found (expected lines starting with "
-                             "'>')")
+            return
+        not_fasta = ("not a FASTA, GenBank or EMBL file (the first line does not start with "
+                     "'>', 'LOCUS' or 'ID')")
+        for chunk in fasta.chunks(path, gzipped, seen, _PIECE_BYTES, not_fasta):
+            yield self._piece(path, chunk)
 
     def _annotated_pieces(self, path: Path, fmt: str, gzipped: bool,
                           seen: dict[str, Path]) -> Iterator[Piece]:
@@ -229,7 +154,7 @@ class DNADomain(Domain):
                     break
                 n += 1
                 rid = rec.id if rec.id and rec.id != "<unknown id>" else rec.name
-                self._check_id(path, rid, n, seen)
+                fasta.check_id(path, rid, n, seen)
                 if rec.annotations.get("molecule_type", "DNA").lower() == "protein":
                     raise InputError(f"{path}: record {rid!r} is a protein record; expected "
                                      "DNA")
@@ -245,30 +170,22 @@ class DNADomain(Domain):
                                          f"{loc} lies outside the record ({len(raw):,} bp)")
                 # _piece gives path and description; an annotated record adds these
                 meta = {"format": fmt, "features": from_biopython(rec.features, rid)}
-                for done in range(0, max(1, len(raw)), _PIECE_BYTES):
-                    piece = self._piece(path, rid, rec.description,
-                                        [raw[done:done + _PIECE_BYTES]], done,
-                                        last=done + _PIECE_BYTES >= len(raw))
+                if not raw:
+                    raise fasta.no_sequence(path, rid)
+                for done in range(0, len(raw), _PIECE_BYTES):
+                    chunk = fasta.Chunk(rid, rec.description,
+                                        raw[done:done + _PIECE_BYTES].translate(
+                                            None, fasta.WHITESPACE),
+                                        done, last=done + _PIECE_BYTES >= len(raw))
+                    piece = self._piece(path, chunk)
                     piece.meta.update(meta)
                     yield piece
         if n == 0:
             raise InputError(f"{path}: no {name} records found")
 
-    @staticmethod
-    def _check_id(path: Path, rid: str, n: int, seen: dict[str, Path]) -> None:
-        if not rid:
-            raise InputError(f"{path}: record {n} has no id (a '>' header line with no name)")
-        if rid in seen:
-            where = "" if seen[rid] == path else f" (first seen in {seen[rid]})"
-            raise InputError(f"{path}: duplicate record id {rid!r}{where}")
-        seen[rid] = path
-
-    def _piece(self, path: Path, rid: str, description: str, lines: list[bytes], done: int,
-               last: bool) -> Piece:
-        """Tokens of a record's next lines; `done` bases of it came in earlier pieces."""
-        raw = b"".join(lines).translate(None, _WHITESPACE)
-        if last and done + len(raw) == 0:
-            raise InputError(f"{path}: record {rid!r} has no sequence (zero length)")
+    def _piece(self, path: Path, chunk: fasta.Chunk) -> Piece:
+        """Tokens of a chunk of a record; `chunk.done` bases of it came in earlier pieces."""
+        raw, rid, done = chunk.raw, chunk.id, chunk.done
         tokens, bad = self._tokenize(raw)
         if bad >= 0:
             amino = int(_AMINO_MASK[np.frombuffer(raw, np.uint8)].sum())
@@ -277,54 +194,15 @@ class DNADomain(Domain):
                                          & set(_AMINO_ONLY)))
                 raise InputError(f"{path}: looks like a protein FASTA (record {rid!r} has "
                                  f"{amino} amino-acid-only letters: {found}); expected DNA")
-            ch = _char_at(raw, bad)
+            ch = fasta.char_at(raw, bad)
             raise InputError(f"{path}: record {rid!r}: unknown character {ch!r} at "
                              f"position {done + bad + 1}{_hint(ch)}")
-        return Piece(rid, tokens, first=done == 0, last=last,
-                     meta={"path": str(path), "description": description})
+        return Piece(rid, tokens, first=done == 0, last=chunk.last,
+                     meta={"path": str(path), "description": chunk.description})
 
-    def write(self, records: Iterable[Record], path: str | Path) -> None:
-        """FASTA with ids as headers and 60 bases a line; gzipped if `path` ends in .gz.
-        Atomic: `path` is replaced only once every record is written."""
-        path = Path(path)
-        seen: set[str] = set()
-        with atomic_path(path) as tmp, tmp.open("wb") as raw_out:
-            # mtime=0 and no file name in the header: the same records give the same bytes
-            out = (gzip.GzipFile(filename="", mode="wb", fileobj=raw_out, mtime=0,
-                                 compresslevel=6)
-                   if path.name.endswith(".gz") else raw_out)
-            with out:
-                for rec in records:
-                    out.write(self._fasta_entry(rec, path, seen))
-
-    def _fasta_entry(self, rec: Record, path: Path, seen: set[str]) -> bytes:
-        # refuse what read() would refuse, so everything written here reads back
-        if not rec.id or any(c.isspace() for c in rec.id):
-            raise InputError(f"{path}: record id {rec.id!r} must be non-empty with no "
-                             "whitespace")
-        if rec.id in seen:
-            raise InputError(f"{path}: duplicate record id {rec.id!r}")
-        seen.add(rec.id)
-        seq = self.decode(rec.tokens).encode("ascii")
-        if not seq:
-            raise InputError(f"{path}: record {rec.id!r} is empty; FASTA needs at least one "
-                             "base")
-        lines = [b">" + rec.id.encode("utf-8")]
-        lines += [seq[i:i + _LINE_WIDTH] for i in range(0, len(seq), _LINE_WIDTH)]
-        return b"\n".join(lines) + b"\n"
 
 
 _ANNOTATED = {"genbank": "GenBank", "embl": "EMBL"}
-
-
-def _annotated_format(path: Path, gzipped: bool) -> str | None:
-    """"genbank" or "embl" by the first non-blank line (LOCUS / ID), else None."""
-    with (gzip.open if gzipped else open)(path, "rb") as handle:
-        for line in handle:
-            if line.strip():
-                return ("genbank" if line.startswith(b"LOCUS") else
-                        "embl" if line.startswith(b"ID ") else None)
-    return None
 
 
 def _hint(ch: str) -> str:
@@ -333,30 +211,3 @@ def _hint(ch: str) -> str:
     if ch == "\ufffd":
         return " (not valid UTF-8 text)"
     return ""
-
-
-def _check_ids(tokens: Any) -> np.ndarray:
-    t = np.asarray(tokens)
-    if t.size == 0:  # np.asarray([]) is float64; an empty list is still a valid sequence
-        t = t.astype(np.uint8)
-    if t.dtype.kind not in "iu":
-        raise ValueError(f"token ids must be integers, got dtype {t.dtype}")
-    if t.size and (t.min() < 0 or t.max() >= len(TOKENS)):
-        raise ValueError(f"token ids must lie in [0, {len(TOKENS)}), got "
-                         f"[{t.min()}, {t.max()}]")
-    return t
-
-
-def _check_file(path: str | Path) -> Path:
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{path}: no such file")
-    if path.is_dir():
-        raise InputError(f"{path}: is a directory, expected a FASTA file")
-    try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise InputError(f"{path}: cannot read ({e.strerror})") from None
-    if size == 0:
-        raise InputError(f"{path}: empty file (0 bytes)")
-    return path

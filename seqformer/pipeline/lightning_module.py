@@ -1,6 +1,7 @@
 """Lightning tasks: what every task shares (AdamW with warmup + cosine decay, a guard that
-stops training on a non-finite loss before it reaches the weights) and the language
-model's next-token loss in bits per token. The classifier's task is in classify.py."""
+stops training on a non-finite loss before it reaches the weights), what the tasks scored
+in bits per token share, and the language model's task. The classifier's and the
+encoder-decoder's tasks are in classify.py and seq2seq.py."""
 
 from __future__ import annotations
 
@@ -78,24 +79,23 @@ class Task(pl.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
 
-class LMTask(Task):
+class BitsTask(Task):
+    """A task scored in bits per target token (the language model, the encoder-decoder):
+    subclasses give `nll(batch, validation)`, the summed nats and the number of targets."""
+
     monitor = ("val_bits", "min")
     shown = (("bits", "bits"), ("val_bits", "bits/token"))
     curve = ("bits", "val_bits", "bits per token")
-    command = "seqformer train"
 
-    def __init__(self, model: dict, train: dict, pad_id: int, sep_id: int):
+    def __init__(self):
         super().__init__()
-        self.save_hyperparameters()
-        self.model = ReformerLM(ReformerConfig.from_dict(
-            {**model, "axial_shape": tuple(model["axial_shape"]) if model.get("axial_shape")
-             else None}))
-        self.train_cfg = train
-        self.pad_id, self.sep_id = pad_id, sep_id
-        self._val = []
+        self._val: list[torch.Tensor] = []
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor | None:
-        nll, n = token_nll(self.model, batch, ignore=(self.pad_id,))
+    def nll(self, batch, validation: bool) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
+        raise NotImplementedError
+
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor | None:  # noqa: ANN001
+        nll, n = self.nll(batch, validation=False)
         loss = self.checked(nll / n.clamp_min(1))
         if loss is None:
             return None
@@ -103,8 +103,8 @@ class LMTask(Task):
         self.log("bits", loss / LN2, prog_bar=True)
         return loss
 
-    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        nll, n = token_nll(self.model, batch, ignore=(self.pad_id, self.sep_id))
+    def validation_step(self, batch, batch_idx: int) -> None:  # noqa: ANN001
+        nll, n = self.nll(batch, validation=True)
         self._val.append(torch.stack([nll.double(), n.double()]))
 
     def on_validation_epoch_end(self) -> None:
@@ -117,3 +117,21 @@ class LMTask(Task):
         loss = (nll / n.clamp_min(1)).float()
         self.log("val_loss", loss, prog_bar=False, sync_dist=False)
         self.log("val_bits", loss / LN2, prog_bar=True, sync_dist=False)
+
+
+class LMTask(BitsTask):
+    command = "seqformer train"
+
+    def __init__(self, model: dict, train: dict, pad_id: int, sep_id: int):
+        super().__init__()
+        self.save_hyperparameters()
+        self.model = ReformerLM(ReformerConfig.from_dict(
+            {**model, "axial_shape": tuple(model["axial_shape"]) if model.get("axial_shape")
+             else None}))
+        self.train_cfg = train
+        self.pad_id, self.sep_id = pad_id, sep_id
+
+    def nll(self, batch: torch.Tensor, validation: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        # a separator is a target in training (records end), not in validation's bits
+        ignore = (self.pad_id, self.sep_id) if validation else (self.pad_id,)
+        return token_nll(self.model, batch, ignore)

@@ -2,7 +2,8 @@
 
 Four sections: `model` (ReformerConfig fields), `data` (windows, split, tokenization
 options), `train` (optimizer, schedule, hardware) and the top-level `domain` and `task`
-("lm", or "classify" with a fifth section, `classify`). Every key is checked, so a typo
+("lm"; "classify" with a fifth section, `classify`; "seq2seq" with `seq2seq`, where
+`domain` and `model` are the target's and the decoder's). Every key is checked, so a typo
 is an error naming the field, not a silently ignored setting.
 """
 
@@ -65,14 +66,32 @@ CLASSIFY_DEFAULTS: dict[str, Any] = {
     "pretrained": None,  # the language model directory the body started from
     "both_strands": True,  # DNA: validate and predict on both strands, averaged
 }
-TASKS = ("lm", "classify")
+# the encoder-decoder's own section (task "seq2seq")
+SEQ2SEQ_DEFAULTS: dict[str, Any] = {
+    "source_domain": None,
+    "source_options": {},  # the source domain's tokenization options
+    "source_len": 4096,  # longest source (tokens); longer pairs are skipped in training
+    # ReformerConfig fields where the encoder differs from the decoder (`model`); resolved,
+    # the encoder's whole config (vocab_size from the source domain, never causal, and
+    # max_seq_len = source_len unless given)
+    "encoder": {},
+    "share_weights": False,  # decoder layers use the encoder's attention and FF weights
+    # the decoder's first axial position axis is the encoder's (position-aligned pairs,
+    # see ReformerEncDec)
+    "tie_positions": False,
+    # the comparison: no encoder, one causal model reads source + target and is scored on
+    # the target (source and target of one domain; model.max_seq_len covers both)
+    "decoder_only": False,
+}
+TASKS = ("lm", "classify", "seq2seq")
 
 
 def _merge(base: dict, extra: dict, where: str) -> dict:
     out = copy.deepcopy(base)
     for key, value in extra.items():
         name = f"{where}.{key}" if where else key
-        if where == "model" or (where == "data" and key == "options"):
+        if where in ("model", "seq2seq.encoder") or (where, key) in (
+                ("data", "options"), ("seq2seq", "source_options")):
             out[key] = value  # checked by ReformerConfig / the domain
         elif key not in base:
             raise InputError(f"{name}: unknown config field")
@@ -122,14 +141,19 @@ def load_yaml(path: str | Path) -> dict:
 
 
 def resolve(domain: str, vocab_size: int, preset: str | Path | None = None,
-            options: dict | None = None, overrides: list[str] = (), task: str = "lm") -> dict:
-    """The full, checked configuration of a training run."""
+            options: dict | None = None, overrides: list[str] = (), task: str = "lm",
+            source: tuple[str, int] | None = None) -> dict:
+    """The full, checked configuration of a training run. source: (domain, vocab_size) of
+    a seq2seq model's source."""
     if task not in TASKS:
         raise InputError(f"task: must be one of {TASKS}, got {task!r}")
     cfg = copy.deepcopy(DEFAULTS)
     cfg["task"] = task
     if task == "classify":
         cfg["classify"] = copy.deepcopy(CLASSIFY_DEFAULTS)
+    if task == "seq2seq":
+        cfg["seq2seq"] = copy.deepcopy(SEQ2SEQ_DEFAULTS)
+        cfg["seq2seq"]["source_domain"] = source[0]
     if preset is not None:
         cfg = _merge(cfg, load_yaml(preset), "")
     for layer in [options or {}] + [parse_override(o) for o in overrides]:
@@ -140,6 +164,8 @@ def resolve(domain: str, vocab_size: int, preset: str | Path | None = None,
         raise InputError(f"task: the config is for {cfg['task']!r}, not {task!r}")
     cfg["domain"] = domain
     cfg["model"]["vocab_size"] = vocab_size
+    if task == "seq2seq":
+        _resolve_encoder(cfg, source)
     model = model_config(cfg)
     cfg["model"] = model.to_dict()
     data, train = cfg["data"], cfg["train"]
@@ -193,6 +219,42 @@ def resolve(domain: str, vocab_size: int, preset: str | Path | None = None,
             need(isinstance(clf[key], bool), f"classify.{key}", "must be true or false",
                  clf[key])
     return cfg
+
+
+def _resolve_encoder(cfg: dict, source: tuple[str, int]) -> None:
+    s2s = cfg["seq2seq"]
+    if s2s["source_domain"] != source[0]:
+        raise InputError(f"seq2seq.source_domain: the config is for {s2s['source_domain']!r}, "
+                         f"not {source[0]!r}")
+    length = s2s["source_len"]
+    if not (isinstance(length, int) and not isinstance(length, bool) and length >= 1):
+        raise InputError(f"seq2seq.source_len: must be a positive integer, got {length!r}")
+    for key in ("share_weights", "tie_positions", "decoder_only"):
+        if not isinstance(s2s[key], bool):
+            raise InputError(f"seq2seq.{key}: must be true or false, got {s2s[key]!r}")
+    if s2s["decoder_only"]:
+        if source[0] != cfg["domain"]:
+            raise InputError(f"seq2seq.decoder_only: needs one domain for source and target, "
+                             f"got {source[0]!r} and {cfg['domain']!r}")
+        room = cfg["model"].get("max_seq_len", 131072) - length
+        if room < cfg["data"]["seq_len"]:
+            raise InputError(f"seq2seq.decoder_only: model.max_seq_len must hold "
+                             f"seq2seq.source_len + data.seq_len ({length} + "
+                             f"{cfg['data']['seq_len']})")
+    if not isinstance(s2s["encoder"], dict):
+        raise InputError(f"seq2seq.encoder: expected a mapping, got {s2s['encoder']!r}")
+    # from the decoder's fields as given (not derived ones such as n_buckets, which follow
+    # the encoder's own max_seq_len)
+    encoder = {**cfg["model"], "max_seq_len": length, **s2s["encoder"],
+               "vocab_size": source[1], "causal": False}
+    try:
+        resolved = model_config({"model": encoder})
+    except InputError as e:
+        raise InputError(f"seq2seq.encoder.{str(e).removeprefix('model.')}") from None
+    if resolved.max_seq_len < length:
+        raise InputError(f"seq2seq.encoder.max_seq_len: {resolved.max_seq_len} is below "
+                         f"seq2seq.source_len ({length})")
+    s2s["encoder"] = resolved.to_dict()
 
 
 def model_config(cfg: dict) -> ReformerConfig:

@@ -11,6 +11,7 @@
       sampling.json        limits of the domain's sampling grammar (MIDI), from training
       data/                token store of the training inputs
       metrics.json         a classifier's final validation metrics (and metrics.png)
+      data/source, data/target   a sequence-to-sequence model's two token stores
       validation.tsv       a classifier's held-out records: id and label
 """
 
@@ -87,12 +88,15 @@ def read_config(run: str | Path) -> dict:
 
 # what each task's model is called, the command that trains it, and what else to do with it
 TASKS = {"lm": ("language model", "seqformer train", "sample, score or embed"),
-         "classify": ("classifier", "seqformer finetune", "predict")}
+         "classify": ("classifier", "seqformer finetune", "predict"),
+         "seq2seq": ("sequence-to-sequence model", "seqformer train seq2seq",
+                     "sample seq2seq or score seq2seq")}
 
 
 def check_model_dir(run: str | Path, task: str, domain: str | None = None) -> dict:
-    """The config of a trained model directory of `task` ("lm", "classify") and, if given,
-    of `domain`, whose weights are written; else one error saying what it is instead."""
+    """The config of a trained model directory of `task` (a key of TASKS) and, if given, of
+    `domain` (a seq2seq model's is its target's), whose weights are written; else one error
+    saying what it is instead."""
     run = Path(run)
     cfg = read_config(run)
     have = cfg.get("task", "lm")

@@ -234,11 +234,12 @@ def quiet_foreign_warnings() -> None:
     # in-memory windows need no workers; a resumed run's windows do go on where they
     # stopped (WindowData); the checkpoint directory of a resumed run is of course not empty,
     # and a copied or moved run keeps its own checkpoints
-    # a frozen body is in eval mode on purpose; a short run logs less often than log_every
+    # a frozen body is in eval mode on purpose; a short run logs less often than log_every;
+    # a run resumed at its last step has no batches left (it validates and exports)
     warnings.filterwarnings("ignore", message=r".*(does not have many workers|LeafSpec|"
                             r"dataloader is not resumable|exists and is not empty|"
                             r"dirpath has changed|module\(s\) in eval mode|"
-                            r"smaller than the logging interval).*")
+                            r"smaller than the logging interval|across ranks is zero).*")
 
 
 def fit(task: Task, data: pl.LightningDataModule, run: Path, train_cfg: dict, resume: bool,

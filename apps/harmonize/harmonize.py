@@ -1,0 +1,116 @@
+"""Harmonize held-out chorales with a trained soprano -> ATB model, and score it.
+
+    python apps/harmonize/harmonize.py --model runs/harmonize [--compare runs/harmonize-lm] \
+        [--split heldout] [--temperature 0.8] [--pieces 4] [--out runs/harmonize/out]
+
+For every held-out chorale: the model's bits per ATB token given the soprano (the
+likelihood `score seq2seq` gives), for the encoder-decoder and for each --compare model
+(e.g. the decoder-only one, `seq2seq.decoder_only=true`). For --pieces chorales: alto,
+tenor and bass sampled for the real soprano, written as one four-voice MIDI file with a
+piano roll, and each voice's range against the textbook SATB ranges and those observed in
+the training chorales (voices told apart by their programs: `prepare.py --programs
+distinct`). Writes metrics.json into --out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from seqformer.domains import get_domain
+from seqformer.domains.midi import decode, load_midi, write_midi
+from seqformer.pipeline.seq2seq import load_seq2seq, pair_ids, target_log_likelihoods, translate
+
+APP = Path(__file__).resolve().parent
+
+
+def _module(name: str):  # noqa: ANN202 - the app's own modules, by path (no name clashes)
+    spec = importlib.util.spec_from_file_location(f"harmonize_{name}", APP / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+voices = _module("voices")
+prepare = _module("prepare")
+
+
+def read_pairs(folder: Path) -> tuple[list, list]:
+    """(soprano records, ATB records) of a split, paired by file name."""
+    midi = get_domain("midi")
+    sopranos, atbs = list(midi.read(folder / "soprano")), list(midi.read(folder / "atb"))
+    both, _ = pair_ids([r.id for r in sopranos], [r.id for r in atbs])
+    return [sopranos[i] for i, _ in both], [atbs[j] for _, j in both]
+
+
+def bits_per_token(model_dir: str | Path, sopranos: list, atbs: list) -> tuple[float, int]:
+    """Bits per ATB token (its closing separator included) over the pairs the model takes,
+    and how many it took."""
+    model, _, midi, _ = load_seq2seq(model_dir)
+    pairs = [(s.tokens, a.tokens) for s, a in zip(sopranos, atbs)
+             if len(s.tokens) <= model.max_source_len
+             and len(a.tokens) + 2 <= model.max_target_len]
+    lls = target_log_likelihoods(model, pairs, midi.sep_id, batch_size=4)
+    total = sum(float(ll.sum()) for ll in lls)
+    return -total / np.log(2) / sum(len(ll) for ll in lls), len(pairs)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", required=True)
+    ap.add_argument("--compare", nargs="*", default=[], help="other seq2seq runs to score")
+    ap.add_argument("--data", default=str(prepare.DEFAULT_OUT))
+    ap.add_argument("--split", default="heldout")
+    ap.add_argument("--temperature", type=float, default=0.8)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pieces", type=int, default=4, help="chorales to harmonize")
+    ap.add_argument("--out", default=None, help="default: <model>/harmonized")
+    args = ap.parse_args(argv)
+    out = Path(args.out or Path(args.model) / "harmonized")
+    out.mkdir(parents=True, exist_ok=True)
+    sopranos, atbs = read_pairs(Path(args.data) / args.split)
+    scores = {}
+    for run in [args.model, *args.compare]:
+        bits, n = bits_per_token(run, sopranos, atbs)
+        scores[str(run)] = {"bits_per_token": bits, "pairs": n}
+        print(f"{run}: {bits:.4f} bits per ATB token on {n} {args.split} chorales")
+    model, _, midi, _ = load_seq2seq(args.model)
+    chosen = sorted(range(len(sopranos)), key=lambda k: len(sopranos[k].tokens))
+    chosen = [k for k in chosen if len(atbs[k].tokens) + 2 <= model.max_target_len]
+    chosen = chosen[::max(1, len(chosen) // args.pieces)][:args.pieces]
+    made = translate(model, [sopranos[k].tokens for k in chosen], midi.sep_id,
+                     model.max_target_len - 1, args.temperature, seed=args.seed,
+                     allowed=midi.generatable(), batch_size=len(chosen))
+    observed = voices.load_observed_ranges(Path(args.data) / "summary.json")
+    programs = prepare.VOICE_PROGRAMS
+    pieces = []
+    for k, tokens in zip(chosen, made):
+        name = sopranos[k].id.replace("/", "_")
+        atb_pm, repairs = decode(tokens)
+        soprano_pm = load_midi(sopranos[k].meta["path"])
+        write_midi(voices.combine(soprano_pm, atb_pm, programs), out / f"{name}.mid")
+        voices.piano_roll_png(soprano_pm, atb_pm, out / f"{name}.png",
+                              f"{name}: given soprano, generated alto, tenor, bass", programs)
+        report = voices.analyse(atb_pm, observed, programs=programs)
+        native = voices.analyse(load_midi(atbs[k].meta["path"]), observed, programs=programs)
+        pieces.append({"id": sopranos[k].id, "tokens": len(tokens), "repairs": repairs,
+                       "generated": report, "bach": native})
+        line = ", ".join(f"{v} {report[v]['notes']} notes {report[v]['min']}-{report[v]['max']}"
+                         f" ({report[v]['outside_observed']} outside)"
+                         for v in voices.ATB)
+        print(f"{name}: {line}; wrote {name}.mid and {name}.png")
+    (out / "metrics.json").write_text(json.dumps({"bits": scores, "pieces": pieces},
+                                                 indent=1, default=str))
+    print(f"wrote {out / 'metrics.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

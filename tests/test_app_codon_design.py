@@ -1,0 +1,374 @@
+"""apps/codon_design: the synonymous-codon sampling constraint, the codon metrics and
+baselines, and the data preparation (Prodigal on a slice of the E. coli genome)."""
+
+import gzip
+import json
+import math
+import sys
+
+import pytest
+import torch
+from Bio.Seq import Seq
+
+from seqformer.core.sampling import apply_constraint, sample_next
+from seqformer.domains import get_domain
+
+from cli_helpers import REPO
+
+APP = REPO / "apps" / "codon_design"
+sys.path.insert(0, str(APP))
+import baseline  # noqa: E402
+import codons  # noqa: E402
+import prepare  # noqa: E402
+from constraint import SynonymousCodons  # noqa: E402
+
+SAMPLE = APP / "data"
+GENOME = REPO.parent / "shared" / "data" / "dna" / "ecoli_k12_mg1655.fna.gz"
+TOKENS = list(get_domain("dna").tokens)
+ID = {t: i for i, t in enumerate(TOKENS)}
+
+
+def translate(cds: str) -> str:
+    return str(Seq(cds).translate(table=11, cds=True))
+
+
+@pytest.fixture(scope="module")
+def sample_train():
+    return prepare.load_pairs(SAMPLE, "sample_train")
+
+
+@pytest.fixture(scope="module")
+def usage(sample_train):
+    return codons.CodonUsage.from_cds(sample_train[1].values())
+
+
+@pytest.fixture(scope="module")
+def real_proteins(sample_train):
+    """Real proteins of different lengths (the bundled sample's shortest genes are 29+
+    residues), plus hand-made ones: a single M, and one holding all 20 amino acids."""
+    proteins = list(sample_train[0].values())
+    picked = sorted(proteins, key=len)[::5]
+    assert len({len(p) for p in picked}) > 3
+    return picked + ["M", "MW", "M" + codons.AMINO_ACIDS + "LSRW"]
+
+
+# ---- the constraint -------------------------------------------------------------------
+
+
+def run_constrained(proteins, seed, temperature, bias=None, extra=3):
+    """Sample from random logits under the constraint: the per-row token lists."""
+    constraint = SynonymousCodons(proteins)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(constraint.max_steps + extra):
+        mask = constraint.allowed()
+        assert mask.shape == (len(proteins), len(TOKENS)) and mask.dtype == torch.bool
+        assert mask.any(dim=-1).all()  # never all-False, also after the end
+        logits = torch.randn(len(proteins), len(TOKENS), generator=gen)
+        if bias is not None:
+            logits = logits + bias
+        logits, removed = apply_constraint(logits, constraint)
+        tokens = sample_next(logits, temperature=temperature, generator=gen)
+        constraint.update(tokens, removed)
+    assert constraint.done
+    return constraint
+
+
+def check_rows(constraint, proteins, extra=3):
+    for b, protein in enumerate(proteins):
+        row = constraint.tokens[b]
+        n = 3 * (len(protein) + 1)
+        assert constraint.steps[b] == n + 1
+        cds = "".join(TOKENS[i] for i in row[:n])
+        assert set(cds) <= set("ACGT")
+        assert row[n] == ID["<sep>"]
+        assert row[n + 1:] == [ID["<pad>"]] * (constraint.max_steps + extra - n - 1)
+        assert translate(cds) == protein  # a complete gene encoding exactly the protein
+        assert cds[:3] in ("ATG", "GTG", "TTG") and cds[-3:] in ("TAA", "TAG", "TGA")
+        assert constraint.cds()[b] == cds
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_random_logits_always_give_the_protein(real_proteins, seed):
+    constraint = run_constrained(real_proteins, seed, temperature=1.0)
+    check_rows(constraint, real_proteins)
+    # the masks removed some of the random distribution's mass at every step of every row
+    assert (constraint.removed_steps == torch.tensor(constraint.steps)).all()
+    assert (constraint.removed > 0).all()
+
+
+def test_sampling_explores_synonyms(real_proteins):
+    """Different seeds give different CDSs for the same protein."""
+    a = run_constrained(real_proteins, 10, 1.0).cds()
+    b = run_constrained(real_proteins, 11, 1.0).cds()
+    assert sum(x != y for x, y in zip(a, b)) >= len(real_proteins) - 2
+
+
+def test_greedy(real_proteins):
+    for seed in (0, 1):
+        check_rows(run_constrained(real_proteins, seed, temperature=0.0), real_proteins)
+
+
+def test_logits_that_want_to_stop_early_are_overridden(real_proteins):
+    bias = torch.zeros(len(TOKENS))
+    bias[ID["<sep>"]] = 50.0
+    bias[ID["<pad>"]] = 40.0
+    bias[ID["N"]] = 30.0
+    check_rows(run_constrained(real_proteins, 0, 0.0, bias=bias), real_proteins)
+    check_rows(run_constrained(real_proteins, 1, 1.0, bias=bias), real_proteins)
+
+
+def allowed_bases(constraint, row=0):
+    mask = constraint.allowed()[row]
+    return {TOKENS[i] for i in range(len(TOKENS)) if mask[i]}
+
+
+def feed(constraint, text):
+    for ch in text:
+        constraint.update(torch.tensor([ID[ch]]))
+
+
+def test_masks_step_by_step():
+    c = SynonymousCodons(["MW"])
+    assert c.max_steps == 3 * 3 + 1
+    assert allowed_bases(c) == {"A", "G", "T"}  # ATG GTG TTG
+    feed(c, "G")
+    assert allowed_bases(c) == {"T"}
+    feed(c, "T")
+    assert allowed_bases(c) == {"G"}
+    feed(c, "G")
+    for base in "TGG":  # W: TGG only
+        assert allowed_bases(c) == {base}
+        feed(c, base)
+    assert allowed_bases(c) == {"T"}  # TAA TAG TGA
+    feed(c, "T")
+    assert allowed_bases(c) == {"A", "G"}
+    feed(c, "G")
+    assert allowed_bases(c) == {"A"}
+    feed(c, "A")
+    assert allowed_bases(c) == {"<sep>"}
+    c.update(torch.tensor([ID["<sep>"]]))
+    assert c.done and allowed_bases(c) == {"<pad>"}
+    c.update(torch.tensor([ID["<pad>"]]))
+    assert allowed_bases(c) == {"<pad>"}
+    assert c.cds() == ["GTGTGGTGA"]
+
+
+@pytest.mark.parametrize("aa", list(codons.AMINO_ACIDS))
+def test_every_synonym_is_reachable_and_nothing_else(aa):
+    family = set(codons.SYNONYMS[aa])
+    for codon in sorted(set(codons.CODON_TO_AA) | set(codons.STOP_CODONS)):
+        c = SynonymousCodons(["M" + aa])
+        feed(c, "ATG")
+        ok = True
+        for base in codon:
+            if base not in allowed_bases(c):
+                ok = False
+                break
+            feed(c, base)
+        assert ok == (codon in family), codon
+
+
+def test_a_rejected_token_raises_and_records_nothing():
+    c = SynonymousCodons(["MK", "MA"])
+    with pytest.raises(ValueError, match="row 0, step 0: token"):
+        c.update(torch.tensor([ID["C"], ID["A"]]))
+    assert c.step == [0, 0] and c.tokens == [[], []]
+    with pytest.raises(ValueError, match="1 tokens for a batch of 2"):
+        c.update(torch.tensor([ID["A"]]))
+
+
+def test_bad_proteins_are_refused():
+    with pytest.raises(ValueError, match="no '\\*'"):
+        SynonymousCodons(["MKV*"])
+    with pytest.raises(ValueError, match="must be M"):
+        SynonymousCodons(["KV"])
+    with pytest.raises(ValueError, match="empty"):
+        SynonymousCodons(["MK", ""])
+    with pytest.raises(ValueError, match="'X'"):
+        SynonymousCodons(["MXK"])
+    with pytest.raises(TypeError):
+        SynonymousCodons("MKV")
+    # without start codons the first residue is an ordinary one (a fragment)
+    c = SynonymousCodons(["KV"], start_codons=None)
+    assert allowed_bases(c) == {"A"}  # AAA AAG
+
+
+def test_ids_come_from_the_domain():
+    c = SynonymousCodons(["M"])
+    assert c.vocab_size == len(TOKENS)
+    assert c.base_ids == {b: TOKENS.index(b) for b in "ACGT"}
+    assert (c.pad, c.sep) == (TOKENS.index("<pad>"), TOKENS.index("<sep>"))
+
+
+# ---- metrics and baselines -------------------------------------------------------------
+
+
+def test_codon_identity_hand_examples():
+    native = "ATG" "GCT" "AAA" "TAA"
+    assert codons.codon_identity(native, native) == 1.0
+    assert codons.codon_identity("ATG" "GCC" "AAA" "TAA", native) == pytest.approx(2 / 3)
+    # the stop codon counts only when asked
+    assert codons.codon_identity("ATG" "GCT" "AAA" "TAG", native) == 1.0
+    assert codons.codon_identity("ATG" "GCT" "AAA" "TAG", native,
+                                 include_stop=True) == pytest.approx(3 / 4)
+    with pytest.raises(ValueError, match="codons against"):
+        codons.codon_identity("ATGTAA", native)
+
+
+def test_cai_hand_examples():
+    usage = codons.CodonUsage.from_cds(["ATG" + "GCT" * 3 + "GCC" + "TGG" + "TAA"])
+    assert usage.sense["GCT"] == 3 and usage.start["ATG"] == 1 and usage.stop["TAA"] == 1
+    w = usage.weights()
+    assert w["GCT"] == 1.0 and w["GCC"] == pytest.approx(1 / 3)
+    assert w["GCA"] == pytest.approx(0.5 / 3)  # unseen: 0.5 counts (Sharp & Li)
+    assert codons.cai("ATG" "GCT" "GCC" "TAA", w) == pytest.approx(math.sqrt(1 / 3))
+    # ATG, TGG and the stop are left out; so is the start codon whatever it is
+    assert codons.cai("GTG" "ATG" "TGG" "GCC" "TAA", w) == pytest.approx(1 / 3)
+    assert math.isnan(codons.cai("ATG" "TGG" "TAA", w))
+
+
+def test_top_codon_design_has_cai_one_and_translates(usage, sample_train):
+    w = usage.weights()
+    for protein in sample_train[0].values():
+        design = codons.most_frequent_codon_design(protein, usage)
+        assert translate(design) == protein
+        assert codons.cai(design, w) == pytest.approx(1.0)
+
+
+def test_gc_content():
+    assert codons.gc_content("GGCC") == 1.0
+    assert codons.gc_content("ATGC") == 0.5
+    assert codons.gc_content("atat") == 0.0
+
+
+def test_evaluate(usage, sample_train):
+    proteins, natives = sample_train
+    same = codons.evaluate(natives, natives, usage)
+    assert same["codon_identity"] == 1.0 and same["codon_identity_pooled"] == 1.0
+    assert same["cai_design"] == same["cai_native"]
+    assert same["gc_design"] == same["gc_native"] and same["translates"] == 1.0
+    assert same["n"] == same["n_same_length"] == len(natives)
+    designs = {k: codons.most_frequent_codon_design(p, usage) for k, p in proteins.items()}
+    got = codons.evaluate(designs, natives, usage)
+    assert 0.3 < got["codon_identity"] < 0.8
+    assert got["cai_design"] == pytest.approx(1.0) and got["cai_native"] < 1.0
+    assert got["translates"] == 1.0
+    broken = dict(designs)
+    key = next(iter(broken))
+    broken[key] = broken[key][:-3] + "TAC"  # no stop codon
+    assert codons.evaluate(broken, natives, usage)["translates"] == pytest.approx(
+        1 - 1 / len(natives))
+    with pytest.raises(KeyError):
+        codons.evaluate({"nope": "ATGTAA"}, natives, usage)
+
+
+def test_baseline_script_on_the_sample(capsys):
+    assert baseline.main(["--data", str(SAMPLE), "--split", "sample_heldout",
+                          "--train-split", "sample_train"]) == 0
+    out = capsys.readouterr().out
+    assert "most_frequent" in out and "uniform" in out
+
+
+# ---- data ------------------------------------------------------------------------------
+
+
+def check_pairs(data_dir, split):
+    proteins, cds = prepare.load_pairs(data_dir, split)
+    assert proteins and list(proteins) == list(cds)
+    for gid, protein in proteins.items():
+        assert "*" not in protein
+        assert translate(cds[gid]) == protein
+        assert cds[gid][-3:] in ("TAA", "TAG", "TGA")
+    return proteins, cds
+
+
+def test_bundled_sample_data():
+    total = 0
+    for split, n in (("sample_train", 40), ("sample_heldout", 10)):
+        proteins, _ = check_pairs(SAMPLE, split)
+        assert len(proteins) == n
+        total += sum(prepare.find_file(SAMPLE, f"{split}_{k}").stat().st_size
+                     for k in ("protein", "cds"))
+    assert total < 100_000
+    train, held = prepare.load_pairs(SAMPLE, "sample_train")[0], prepare.load_pairs(
+        SAMPLE, "sample_heldout")[0]
+    assert not set(train) & set(held)
+
+
+def test_write_pairs_gzips_and_replaces_the_stale_form(tmp_path):
+    gene = prepare.Gene("g_1_9_+", 1, 9, 1, "ATGAAATAA", "MK")
+    sizes = prepare.write_pairs(tmp_path, {"train": [gene]}, compress=False)
+    assert set(sizes) == {"train_protein.fa", "train_cds.fa"}
+    first = (tmp_path / "train_cds.fa").read_text()
+    prepare.write_pairs(tmp_path, {"train": [gene]}, compress=True)
+    assert not (tmp_path / "train_cds.fa").exists()
+    with gzip.open(tmp_path / "train_cds.fa.gz", "rt") as fh:
+        assert fh.read() == first
+    again = (tmp_path / "train_cds.fa.gz").read_bytes()
+    prepare.write_pairs(tmp_path, {"train": [gene]}, compress=True)
+    assert (tmp_path / "train_cds.fa.gz").read_bytes() == again  # reproducible bytes
+    assert prepare.load_pairs(tmp_path, "train") == ({"g_1_9_+": "MK"},
+                                                     {"g_1_9_+": "ATGAAATAA"})
+
+
+def test_check_cds_reasons():
+    assert prepare.check_cds("ATGAAATAA", "MK") is None
+    assert prepare.check_cds("GTGAAATAA", "MK") is None  # GTG start reads as M
+    assert "multiple of 3" in prepare.check_cds("ATGAAATA")
+    assert "start codon" in prepare.check_cds("CTGAAATAA")
+    assert "stop" in prepare.check_cds("ATGTAAAAATAA")
+    assert "stop" in prepare.check_cds("ATGAAAAAA")
+    assert "differs" in prepare.check_cds("ATGAAATAA", "MR")
+
+
+def test_split_keeps_identical_proteins_together():
+    genes = [prepare.Gene(f"g{i}", i, i + 8, 1, "ATGAAATAA", "M" + "K" * (i % 7))
+             for i in range(200)]
+    train, held = prepare.split_genes(genes, 0.1, seed=3)
+    assert len(train) + len(held) == 200 and len(held) >= 20
+    assert not {g.protein for g in train} & {g.protein for g in held}
+    assert prepare.split_genes(genes, 0.1, seed=3) == (train, held)
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    pytest.importorskip("pyrodigal")
+    if not GENOME.exists():
+        pytest.skip(f"{GENOME} is absent")
+    out = tmp_path_factory.mktemp("codon")
+    assert prepare.main(["--genome", str(GENOME), "--out", str(out),
+                         "--max-bases", "200000"]) == 0
+    return out
+
+
+def test_prepare_on_200kbp_of_ecoli(prepared):
+    out = prepared
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["bases"] == 200_000
+    assert summary["kept"] == summary["train"] + summary["heldout"] > 100
+    assert summary["complete"] == summary["kept"] + summary["dropped_long"]
+    assert summary["heldout"] == round(0.1 * summary["kept"])
+    # under 1 MB in all: plain FASTA
+    assert (out / "train_cds.fa").exists() and not (out / "train_cds.fa.gz").exists()
+    genome = prepare.read_genome(GENOME, 200_000)[0][1]
+    ids = {}
+    for split in ("train", "heldout", "sample_train", "sample_heldout"):
+        proteins, cds = check_pairs(out, split)
+        ids[split] = set(proteins)
+        for gid, seq in cds.items():
+            prefix, begin, end, strand = gid.split("_")
+            assert prefix == "ecoli" and strand in "+-"
+            assert len(protein := proteins[gid]) <= 700 and protein[0] == "M"
+            region = genome[int(begin) - 1:int(end)]
+            assert seq == (region if strand == "+" else str(Seq(region).reverse_complement()))
+    assert len(ids["train"]) == summary["train"] and len(ids["heldout"]) == summary["heldout"]
+    assert not ids["train"] & ids["heldout"]
+    assert ids["sample_train"] <= ids["train"] and ids["sample_heldout"] <= ids["heldout"]
+    assert (len(ids["sample_train"]), len(ids["sample_heldout"])) == (40, 10)
+
+
+def test_prepare_is_reproducible(prepared, tmp_path):
+    assert prepare.main(["--genome", str(GENOME), "--out", str(tmp_path),
+                         "--max-bases", "200000"]) == 0
+    for name in ("train_cds.fa", "heldout_protein.fa", "summary.json"):
+        assert (tmp_path / name).read_bytes() == (prepared / name).read_bytes()

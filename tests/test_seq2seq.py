@@ -1,0 +1,251 @@
+"""`train/sample/score seq2seq` end to end on real pairs (the codon-design sample: E. coli
+proteins and their genes), the pairing rules, and scores against a full-logits reference."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+
+from seqformer.domains import Record, get_domain
+from seqformer.pipeline.seq2seq import (
+    PairBatches,
+    framed,
+    load_seq2seq,
+    pair_ids,
+    translate,
+)
+
+from cli_helpers import REPO, run_cli
+
+DATA = REPO / "apps" / "codon_design" / "data"
+PROTEIN, CDS = DATA / "sample_train_protein.fa", DATA / "sample_train_cds.fa"
+HELD_PROTEIN, HELD_CDS = DATA / "sample_heldout_protein.fa", DATA / "sample_heldout_cds.fa"
+
+
+def train_args(out: Path, source: Path = PROTEIN, target: Path = CDS) -> list:
+    return ["train", "seq2seq", "--source", source, "--target", target,
+            "--source-domain", "protein", "--target-domain", "dna", "--config",
+            "seq2seq-tiny", "--out", out]
+
+
+@pytest.fixture(scope="module")
+def codon_run(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("s2s") / "codon"
+    code, text = run_cli(*train_args(out))
+    assert code == 0, text
+    return out
+
+
+def test_pairs_are_matched_by_id_and_the_rest_listed() -> None:
+    pairs, unpaired = pair_ids(["a", "b", "c"], ["c", "x", "a"])
+    assert pairs == [(0, 2), (2, 0)]
+    assert unpaired == ["b (source only)", "x (target only)"]
+
+
+def test_train_writes_a_seq2seq_model_directory(codon_run: Path) -> None:
+    cfg = yaml.safe_load((codon_run / "config.yaml").read_text())
+    assert cfg["task"] == "seq2seq" and cfg["domain"] == "dna"
+    assert cfg["seq2seq"]["source_domain"] == "protein"
+    assert cfg["seq2seq"]["encoder"]["vocab_size"] == get_domain("protein").vocab_size
+    assert cfg["seq2seq"]["encoder"]["causal"] is False and cfg["model"]["causal"] is True
+    for name in ("model.safetensors", "loss.png", "checkpoints/last.ckpt"):
+        assert (codon_run / name).is_file(), name
+    code, text = run_cli("info", codon_run)
+    assert code == 0 and "protein -> dna" in text
+
+
+def test_score_is_the_models_likelihood_from_full_logits(codon_run: Path, tmp_path) -> None:
+    tsv = tmp_path / "scores.tsv"
+    code, text = run_cli("score", "seq2seq", "--model", codon_run, "--source", HELD_PROTEIN,
+                         "--target", HELD_CDS, "--out", tsv)
+    assert code == 0, text
+    rows = [line.split("\t") for line in tsv.read_text().splitlines()]
+    assert rows[0] == ["id", "source_length", "target_length", "total_ll_nats",
+                       "bits_per_token"]
+    model, protein, dna, _ = load_seq2seq(codon_run)
+    sources = {r.id: r.tokens for r in protein.read(HELD_PROTEIN)}
+    targets = {r.id: r.tokens for r in dna.read(HELD_CDS)}
+    assert len(rows) - 1 == len(sources) == 10
+    for rid, s_len, t_len, total, _ in rows[1:]:
+        src = torch.as_tensor(sources[rid], dtype=torch.long)[None]
+        tgt = torch.as_tensor(framed(targets[rid], dna.sep_id))[None]
+        with torch.no_grad():  # the reference: every position's full logits
+            logp = torch.log_softmax(model(src, tgt[:, :-1]).double(), -1)
+        want = logp[0].gather(-1, tgt[0, 1:, None]).sum().item()
+        assert int(s_len) == len(sources[rid]) and int(t_len) == len(targets[rid])
+        assert float(total) == pytest.approx(want, abs=1e-3)
+
+
+def test_sample_writes_one_target_per_source(codon_run: Path, tmp_path) -> None:
+    out = tmp_path / "designed.fa"
+    args = ["sample", "seq2seq", "--model", codon_run, "--source", HELD_PROTEIN, "--out", out,
+            "--seed", "3", "--max-length", "60"]
+    code, text = run_cli(*args)
+    assert code == 0, text
+    designed = list(get_domain("dna").read(out))
+    sources = [r.id for r in get_domain("protein").read(HELD_PROTEIN)]
+    assert [r.id for r in designed] == sources
+    bases = {get_domain("dna").tokens.index(b) for b in "ACGTN"}
+    for rec in designed:
+        assert 1 <= len(rec.tokens) <= 60 and set(rec.tokens.tolist()) <= bases
+    code, text = run_cli(*args)  # an existing output is kept unless --force
+    assert code == 2 and "already exists" in text
+    code, again = run_cli(*args, "--force")
+    assert code == 0
+    assert [r.tokens.tolist() for r in get_domain("dna").read(out)] == \
+        [r.tokens.tolist() for r in designed]  # the same seed, the same targets
+
+
+def test_greedy_translate_of_a_batch_equals_each_source_alone(codon_run: Path) -> None:
+    model, protein, dna, _ = load_seq2seq(codon_run)
+    sources = [r.tokens for r in protein.read(HELD_PROTEIN)][:5]
+    together = translate(model, sources, dna.sep_id, 80, temperature=0, batch_size=5)
+    alone = [translate(model, [s], dna.sep_id, 80, temperature=0)[0] for s in sources]
+    for a, b in zip(together, alone):
+        assert a.tolist() == b.tolist()
+
+
+def test_resume_goes_on_to_more_steps(codon_run: Path, tmp_path) -> None:
+    run = tmp_path / "resumed"
+    shutil.copytree(codon_run, run)
+    code, text = run_cli(*train_args(run), "--resume", "--max-steps", "14")
+    assert code == 0, text
+    assert "trained 14 steps" in text
+
+
+def test_unpaired_records_are_listed_and_none_paired_is_one_error(tmp_path) -> None:
+    dna = get_domain("dna")
+    records = list(dna.read(CDS))
+    partial = tmp_path / "partial.fa"
+    dna.write(records[:30], partial)
+    code, text = run_cli(*train_args(tmp_path / "partial", target=partial))
+    assert code == 0, text
+    assert "10 records unpaired, skipped" in text and "(source only)" in text
+    renamed = tmp_path / "renamed.fa"
+    dna.write([Record("other_" + r.id, r.tokens) for r in records], renamed)
+    run = tmp_path / "none"
+    code, text = run_cli(*train_args(run, target=renamed))
+    assert code == 2 and "no pairs to train on" in text and "Traceback" not in text
+    assert not run.exists()  # no half-made run directory is left
+
+
+def test_bad_inputs_give_one_clear_error(codon_run: Path, tiny_dna_run: Path,
+                                         tmp_path) -> None:
+    # DNA where the protein source belongs
+    code, text = run_cli(*train_args(tmp_path / "swapped", source=CDS, target=CDS))
+    assert code == 2 and "looks like a DNA FASTA" in text and str(CDS) in text
+    # a language model is not a seq2seq model, and the other way round
+    code, text = run_cli("sample", "seq2seq", "--model", tiny_dna_run, "--source",
+                         HELD_PROTEIN, "--out", tmp_path / "x.fa")
+    assert code == 2 and "is a language model, not a sequence-to-sequence model" in text
+    code, text = run_cli("sample", "dna", "--model", codon_run, "--length", "5", "--out",
+                         tmp_path / "y.fa")
+    assert code == 2 and "is a sequence-to-sequence model, not a language model" in text
+    # a source longer than the model takes
+    long = tmp_path / "long.fa"
+    protein = get_domain("protein")
+    protein.write([Record("long", np.full(600, 2))], long)
+    code, text = run_cli("sample", "seq2seq", "--model", codon_run, "--source", long, "--out",
+                         tmp_path / "z.fa")
+    assert code == 2 and "'long' has 600 tokens" in text and not (tmp_path / "z.fa").exists()
+
+
+def test_training_batches_resume_where_they_stopped(codon_run: Path) -> None:
+    from seqformer.pipeline.seq2seq import tokenize_pairs
+
+    cfg = yaml.safe_load((codon_run / "config.yaml").read_text())
+    pairs = tokenize_pairs(cfg, [PROTEIN], [CDS], codon_run)
+    full = PairBatches(pairs, list(range(len(pairs))), 4, 40, 0, 0, 1)
+    later = PairBatches(pairs, list(range(len(pairs))), 4, 40, 0, 0, 1, start=12)
+    assert [b.tolist() for b in later.plan] == [b.tolist() for b in full.plan[3:]]
+    src, src_len, tgt, tgt_len = full[0]
+    assert (tgt[:, 0] == 1).all() and src.shape[0] == 4
+    # similar lengths share a batch: less padding than batches of random pairs
+    waste = sum(int((b[2] == 0).sum()) for b in (full[i] for i in range(len(full))))
+    assert waste < 0.5 * sum(int(b[3].sum()) for b in (full[i] for i in range(len(full))))
+
+
+CHORALES = REPO / "apps" / "harmonize" / "data" / "sample"
+
+
+@pytest.mark.parametrize("decoder_only", [False, True])
+def test_midi_pairs_by_file_name_sample_to_a_directory_and_score(tmp_path,
+                                                                  decoder_only: bool) -> None:
+    out = tmp_path / "harmonize"
+    extra = (["seq2seq.decoder_only=true", "model.max_seq_len=2048"] if decoder_only
+             else [])
+    code, text = run_cli("train", "seq2seq", "--source", CHORALES / "train" / "soprano",
+                         "--target", CHORALES / "train" / "atb", "--source-domain", "midi",
+                         "--target-domain", "midi", "--config", "seq2seq-tiny", "--out", out,
+                         "train.max_steps=4", *extra)
+    assert code == 0, text
+    assert "trained 4 steps on" in text
+    model, _, _, _ = load_seq2seq(out)
+    assert type(model).__name__ == ("PrefixLM" if decoder_only else "ReformerEncDec")
+    pieces = tmp_path / "pieces"
+    code, text = run_cli("sample", "seq2seq", "--model", out, "--source",
+                         CHORALES / "heldout" / "soprano", "--out", pieces, "--seed", "0",
+                         "--max-length", "40")
+    assert code == 0, text
+    names = sorted(p.stem for p in (CHORALES / "heldout" / "soprano").glob("*.mid"))
+    assert sorted(p.stem for p in pieces.glob("*.mid")) == names
+    tsv = tmp_path / "s.tsv"
+    code, text = run_cli("score", "seq2seq", "--model", out, "--source",
+                         CHORALES / "heldout" / "soprano", "--target",
+                         CHORALES / "heldout" / "atb", "--out", tsv)
+    assert code == 0, text
+    rows = tsv.read_text().splitlines()[1:]
+    assert sorted(r.split("\t")[0] for r in rows) == names
+    assert all(float(r.split("\t")[4]) > 0 for r in rows)
+
+
+def test_within_keeps_targets_to_the_domain_and_never_closes_them_empty() -> None:
+    from seqformer.pipeline.seq2seq import Within
+
+    class OnlyThree:
+        def allowed(self) -> torch.Tensor:
+            return torch.tensor([[False, True, False, True, False]] * 2)
+
+        def update(self, tokens, removed) -> None:  # noqa: ANN001
+            self.seen = tokens
+
+    inner = OnlyThree()
+    rule = Within([2, 3], sep_id=1, vocab_size=5, batch=2, inner=inner)
+    assert rule.allowed().tolist() == [[False, False, False, True, False]] * 2  # no sep first
+    rule.update(torch.tensor([3, 3]), None)
+    assert rule.allowed().tolist() == [[False, True, False, True, False]] * 2
+    rule.update(torch.tensor([1, 3]), None)  # row 0 closed: left to the inner constraint
+    assert rule.allowed()[0].tolist() == [False, True, False, True, False]
+    assert inner.seen.tolist() == [1, 3]
+    alone = Within([2, 3], sep_id=1, vocab_size=5, batch=1)
+    alone.update(torch.tensor([1]), None)
+    assert alone.allowed().all()  # after its end a row may take anything (it is cut off)
+
+
+def test_codon_designs_from_a_trained_model_translate_back_to_their_proteins(codon_run: Path
+                                                                            ) -> None:
+    """apps/codon_design/design.py end to end: the model decodes under SynonymousCodons."""
+    import importlib.util
+    import sys
+
+    app = REPO / "apps" / "codon_design"
+    sys.path.insert(0, str(app))
+    try:
+        spec = importlib.util.spec_from_file_location("codon_design_app", app / "design.py")
+        design = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(design)
+        from codons import translates_to
+        from prepare import read_fasta
+    finally:
+        sys.path.remove(str(app))
+    proteins = read_fasta(HELD_PROTEIN)
+    designs = design.design(codon_run, proteins, temperature=1.0, seed=0)
+    assert list(designs) == list(proteins)
+    for rid, cds in designs.items():
+        assert translates_to(cds, proteins[rid]), rid
+    assert designs != {k: v for k, v in read_fasta(HELD_CDS).items()}  # sampled, not copied
