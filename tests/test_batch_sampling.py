@@ -4,8 +4,6 @@ and `--num-samples` writes one output per sample."""
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 import pretty_midi
 import torch
@@ -61,8 +59,9 @@ def test_num_samples_writes_one_output_per_sample(tiny_midi_run, tiny_dna_run, t
     code, text = run_cli("sample", "midi", "--model", tiny_midi_run, "--length", 200,
                          "--num-samples", 3, "--seed", 1, "--out", out)
     assert code == 0, text
-    # the count of tokens, whatever the rate (speed is measured in benchmarks/, not here)
-    assert re.search(r"600 tokens at [\d,]+ tokens/s \(3 samples as one batch\)", text)
+    # the count of tokens and the batch note; the rate on that line is not read here
+    # (speed is measured in benchmarks/)
+    assert "600 tokens at " in text and "(3 samples as one batch)" in text
     for k in (1, 2, 3):
         piece = tmp_path / f"piece_{k}.mid"
         assert piece.is_file() and piece.with_suffix(".png").is_file()
