@@ -213,7 +213,8 @@ def train_seq2seq(cfg: dict, sources: list[Path], targets: list[Path], run: Path
     run = Path(run)
     check_run_dir(run, resume)
     pairs = tokenize_pairs(cfg, sources, targets, run)
-    write_config(run, cfg, domains_of(cfg)[1])
+    target = domains_of(cfg)[1]
+    write_config(run, cfg, target)
     if on_note:
         for what, ids in (("unpaired, skipped", pairs.unpaired),
                           ("longer than the model takes, skipped", pairs.too_long)):
@@ -221,7 +222,7 @@ def train_seq2seq(cfg: dict, sources: list[Path], targets: list[Path], run: Path
                 shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5
                                               else "")
                 on_note(f"{len(ids)} record{'s' * (len(ids) != 1)} {what}: {shown}")
-    data = PairData(pairs, cfg, *(lambda d: (d.pad_id, d.sep_id))(domains_of(cfg)[1]))
+    data = PairData(pairs, cfg, target.pad_id, target.sep_id)
     pl.seed_everything(cfg["train"]["seed"], workers=True, verbose=False)
     task = Seq2SeqTask(cfg)
     has_val = len(data.val_idx) > 0
