@@ -259,6 +259,11 @@ def worker_main(args: argparse.Namespace) -> None:
 
     impl, length = args.worker[0], int(args.worker[1])
     configure(args.d_model, args.layers, args.hashes, args.backend, args.heads)
+    if args.mem_limit_gb:
+        # a peer that wants more fails with MemoryError in its own cell, instead of waking
+        # the OOM killer, which may pick another process of the machine
+        limit = int(args.mem_limit_gb * 2**30)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -268,9 +273,14 @@ def worker_main(args: argparse.Namespace) -> None:
         )
     except NotAvailable as exc:
         result = {"status": f"not available ({exc})"}
+    except MemoryError:
+        result = {"status": f"out of memory (> {args.mem_limit_gb:g} GB address space)"}
     except Exception as exc:  # report and let the parent carry on with the next cell
         traceback.print_exc()
-        result = {"status": f"error: {type(exc).__name__}: {exc}"}
+        msg = str(exc).splitlines()[0][:200] if str(exc) else ""
+        oom = "can't allocate memory" in msg or "not enough memory" in msg
+        result = {"status": f"out of memory (> {args.mem_limit_gb:g} GB address space)" if oom
+                  else f"error: {type(exc).__name__}: {msg}"}
     print(RESULT_TAG + json.dumps(result), flush=True)
 
 
@@ -291,13 +301,17 @@ class Result:
         return self.status.startswith("ok")
 
 
-def run_one(impl: str, length: int, args: argparse.Namespace) -> Result:
+def run_one(impl: str, length: int, args: argparse.Namespace, script: Path = Path(__file__)
+            ) -> Result:
+    """Measure one cell in a fresh `script --worker IMPL L` process (this file, or a
+    benchmark that adds builders to BUILDERS and calls `main`)."""
     cmd = [
-        sys.executable, str(Path(__file__).resolve()), "--worker", impl, str(length),
+        sys.executable, str(script.resolve()), "--worker", impl, str(length),
         "--device", args.device, "--repeats", str(args.repeats), "--seed", str(args.seed),
         "--warmup-max-len", str(args.warmup_max_len), "--threads", str(args.threads or 0),
         "--d-model", str(args.d_model), "--layers", str(args.layers), "--hashes", str(args.hashes),
         "--heads", str(args.heads), "--backend", args.backend,
+        "--mem-limit-gb", str(args.mem_limit_gb),
     ] + (["--bf16"] if args.bf16 else []) + (["--optimizer"] if args.optimizer else [])  # fmt: skip
     env = dict(os.environ)
     # seqformer imports from the checkout even when it is not pip-installed.
@@ -328,49 +342,54 @@ def fmt(value: float | None, spec: str) -> str:
 
 
 def render(results: list[Result], impls: list[str], lengths: list[int], device: str,
-           peak_tflops: float = 989.0) -> str:
+           peak_tflops: float = 989.0, ours: str = OURS, notes: dict[str, str] | None = None
+           ) -> str:
+    """The Markdown table, ratios against `ours` and its scaling; `notes` adds a column
+    describing each implementation."""
     mem_label = "peak CUDA alloc MiB" if device == "cuda" else "peak RSS MiB"
+    note_head, note_rule = ("attention | ", "---|") if notes else ("", "")
     lines = [
-        f"| implementation | L | s/step | tokens/s | {mem_label} | MFU | MFU + recompute "
-        "| status |",
-        "|---|---:|---:|---:|---:|---:|---:|---|",
+        f"| implementation | {note_head}L | s/step | tokens/s | {mem_label} | MFU "
+        "| MFU + recompute | status |",
+        f"|---|{note_rule}---:|---:|---:|---:|---:|---:|---|",
     ]
     for r in results:
+        note = f"{notes.get(r.impl, '')} | " if notes else ""
         tps = r.length / r.seconds if r.seconds else None
         mfu = (r.flops / r.seconds / (peak_tflops * 1e12) if r.flops and r.seconds
                and device == "cuda" else None)
         lines.append(
-            f"| {r.impl} | {r.length} | {fmt(r.seconds, '.3f')} | {fmt(tps, ',.0f')} "
+            f"| {r.impl} | {note}{r.length} | {fmt(r.seconds, '.3f')} | {fmt(tps, ',.0f')} "
             f"| {fmt(r.peak_mib, ',.0f')} | {fmt(mfu and 100 * mfu, '.1f')} "
             f"| {fmt(mfu and 100 * mfu * RECOMPUTE, '.1f')} | {r.status} |"
         )
 
     by_key = {(r.impl, r.length): r for r in results if r.ok}
-    others = [i for i in impls if i != OURS]
-    if OURS in impls and others:
+    others = [i for i in impls if i != ours]
+    if ours in impls and others:
         lines += [
             "",
-            f"Ratios vs {OURS} (speed = their s/step / ours, >1 means {OURS} is faster; "
-            f"memory = their peak / ours, >1 means {OURS} uses less):",
+            f"Ratios vs {ours} (speed = their s/step / ours, >1 means {ours} is faster; "
+            f"memory = their peak / ours, >1 means {ours} uses less):",
             "",
             "| L | other | speed ratio | memory ratio |",
             "|---:|---|---:|---:|",
         ]
         for length in lengths:
-            ours = by_key.get((OURS, length))
+            mine = by_key.get((ours, length))
             for other in others:
                 theirs = by_key.get((other, length))
-                if ours and theirs:
-                    speed = f"{theirs.seconds / ours.seconds:.2f}"
-                    memory = f"{theirs.peak_mib / ours.peak_mib:.2f}"
+                if mine and theirs:
+                    speed = f"{theirs.seconds / mine.seconds:.2f}"
+                    memory = f"{theirs.peak_mib / mine.peak_mib:.2f}"
                 else:
                     speed = memory = "—"
                 lines.append(f"| {length} | {other} | {speed} | {memory} |")
 
-    if OURS in impls and len(lengths) > 1:
-        lines += ["", f"{OURS} scaling (time ratio between consecutive lengths):", ""]
+    if ours in impls and len(lengths) > 1:
+        lines += ["", f"{ours} scaling (time ratio between consecutive lengths):", ""]
         for short, long in itertools.pairwise(lengths):
-            a, b = by_key.get((OURS, short)), by_key.get((OURS, long))
+            a, b = by_key.get((ours, short)), by_key.get((ours, long))
             factor = long / short
             ratio = f"{b.seconds / a.seconds:.2f}" if a and b else "—"
             lines.append(
@@ -418,9 +437,12 @@ def environment_lines(args: argparse.Namespace) -> list[str]:
     return lines
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--impls", default=",".join(IMPLS), help="comma list of " + ",".join(IMPLS))
+def parse_args(argv: list[str] | None = None, impls: tuple[str, ...] = IMPLS,
+               description: str = __doc__, **defaults: object) -> argparse.Namespace:
+    """The shared options; `impls` and `defaults` (e.g. layers=2) for a benchmark built on
+    this one."""
+    p = argparse.ArgumentParser(description=description.split("\n\n")[0])
+    p.add_argument("--impls", default=",".join(impls), help="comma list of " + ",".join(impls))
     p.add_argument("--lengths", type=int, nargs="+", default=list(DEFAULT_LENGTHS))
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--repeats", type=int, default=1, help="timed steps per measurement")
@@ -442,13 +464,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--optimizer", action="store_true", help="include an AdamW step")
     p.add_argument("--peak-tflops", type=float, default=989.0,
                    help="the device's dense bf16 peak, for MFU (H100 SXM: 989)")
+    p.add_argument("--mem-limit-gb", type=float, default=0,
+                   help="address-space limit per measurement (0 = none): past it a cell "
+                   "reports 'out of memory' instead of meeting the OOM killer")
     p.add_argument("--out", type=Path, help="append the results as Markdown to this file")
     p.add_argument("--worker", nargs=2, metavar=("IMPL", "L"), help=argparse.SUPPRESS)
+    p.set_defaults(**defaults)
     args = p.parse_args(argv)
 
     configure(args.d_model, args.layers, args.hashes, args.backend, args.heads)
     args.impls = [i.strip() for i in args.impls.split(",") if i.strip()]
-    unknown = set(args.impls) - set(IMPLS)
+    unknown = set(args.impls) - set(impls)
     if unknown:
         p.error(f"unknown implementation(s): {', '.join(sorted(unknown))}")
     if args.repeats < 1:
