@@ -28,7 +28,6 @@ against wall-time figure of docs/comparison.md.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import re
@@ -39,6 +38,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import yaml
+
+from seqformer.pipeline.training import read_metrics
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"
@@ -65,17 +66,6 @@ def seconds(clock: str) -> int:
     for part in clock.split(":"):
         total = 60 * total + int(part)
     return total
-
-
-def read_validations(run: Path) -> list[tuple[int, float]]:
-    """(step, val_bits) rows of the run's metrics.csv files, in order."""
-    rows = []
-    for path in sorted((run / "logs").glob("version_*/metrics.csv")):
-        with path.open() as fh:
-            for row in csv.DictReader(fh):
-                if row.get("val_bits"):
-                    rows.append((int(row["step"]), float(row["val_bits"])))
-    return rows
 
 
 def train_one(domain: str, data: Path, variant: str, budget: list[str], out: Path,
@@ -107,7 +97,7 @@ def summarize(variant: str, run: Path, log: str, minutes: float | None = None) -
     for m in PROGRESS.finditer(log):
         clock[int(m[1])] = seconds(m[3])
         rate = float(m[2].replace(",", ""))
-    vals = read_validations(run)
+    vals = read_metrics(run)[1]
     steps = vals[-1][0]  # the closing validation of the final weights, at the final step
     # metrics.csv files a periodic validation under the step before it
     curve = [(step + 1, bits) for step, bits in vals[:-1]] + [(steps, vals[-1][1])]

@@ -58,6 +58,14 @@ class NotAvailable(Exception):
     """The implementation cannot be imported here (not installed / not written yet)."""
 
 
+def need(module: str):  # noqa: ANN201
+    """Import a peer's module, or report the cell as not available."""
+    try:
+        return __import__(module, fromlist=["_"])
+    except ImportError as exc:
+        raise NotAvailable(str(exc)) from exc
+
+
 def axial_shape(length: int) -> tuple[int, int]:
     # HF insists prod(axial_pos_shape) == L while training; the most square split keeps
     # both embedding tables small.
@@ -103,26 +111,20 @@ def model_flops_per_step(length: int) -> float:
 RECOMPUTE = 8 / 6  # forward 2 + recomputed forward 2 + backward 4, per 6 counted
 
 
-def build_seqformer(length: int):
-    try:
-        from seqformer.core import ReformerConfig, ReformerLM
-    except ImportError as exc:
-        raise NotAvailable(str(exc)) from exc
-    cfg = ReformerConfig(
+def build_seqformer(length: int, attn: str | list[str] = "lsh"):  # noqa: ANN201
+    core = need("seqformer.core")
+    cfg = core.ReformerConfig(
         vocab_size=VOCAB, d_model=D_MODEL, n_layers=N_LAYERS, n_heads=N_HEADS, d_ff=D_FF,
-        attn="lsh", bucket_size=BUCKET, n_hashes=N_HASHES, causal=True, reversible=True,
+        attn=attn, bucket_size=BUCKET, n_hashes=N_HASHES, causal=True, reversible=True,
         ff_chunk_size=None, max_seq_len=length, dropout=0.0, attn_backend=BACKEND,
     )  # fmt: skip
-    model = ReformerLM(cfg)
+    model = core.ReformerLM(cfg)
     return model, model
 
 
 def build_hf(length: int):
-    try:
-        from transformers import ReformerConfig, ReformerModelWithLMHead
-    except ImportError as exc:
-        raise NotAvailable(str(exc)) from exc
-    cfg = ReformerConfig(
+    hf = need("transformers")
+    cfg = hf.ReformerConfig(
         vocab_size=VOCAB,
         attn_layers=["lsh"] * N_LAYERS,
         hidden_size=D_MODEL,
@@ -144,16 +146,12 @@ def build_hf(length: int):
         chunk_size_lm_head=0,
         use_cache=False,
     )
-    model = ReformerModelWithLMHead(cfg)
+    model = hf.ReformerModelWithLMHead(cfg)
     return model, lambda tokens: model(input_ids=tokens, use_cache=False).logits
 
 
 def build_lucidrains(length: int):
-    try:
-        from reformer_pytorch import ReformerLM
-    except ImportError as exc:
-        raise NotAvailable(str(exc)) from exc
-    model = ReformerLM(
+    model = need("reformer_pytorch").ReformerLM(
         num_tokens=VOCAB,
         dim=D_MODEL,
         depth=N_LAYERS,

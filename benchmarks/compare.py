@@ -48,31 +48,13 @@ NOTES = {
 }
 
 
-def need(module: str):  # noqa: ANN201
-    try:
-        return __import__(module, fromlist=["_"])
-    except ImportError as exc:
-        raise core.NotAvailable(str(exc)) from exc
+def build_local(length: int):  # noqa: ANN201
+    return core.build_seqformer(length, "local")
 
 
-def seqformer(attn: str | list[str]):  # noqa: ANN201
-    def build(length: int):  # noqa: ANN202
-        from seqformer.core import ReformerConfig, ReformerLM
-
-        cfg = ReformerConfig(
-            vocab_size=core.VOCAB, d_model=core.D_MODEL, n_layers=core.N_LAYERS,
-            n_heads=core.N_HEADS, d_ff=core.D_FF, attn=attn, bucket_size=core.BUCKET,
-            n_hashes=core.N_HASHES, causal=True, reversible=True, max_seq_len=length,
-            dropout=0.0, attn_backend=core.BACKEND)
-        model = ReformerLM(cfg)
-        return model, model
-
-    return build
-
-
-def alternating(length: int):  # noqa: ANN201
-    return seqformer(["local", "lsh"] * (core.N_LAYERS // 2) + ["local"] * (core.N_LAYERS % 2)
-                     )(length)
+def build_alternating(length: int):  # noqa: ANN201
+    kinds = ["local", "lsh"] * (core.N_LAYERS // 2) + ["local"] * (core.N_LAYERS % 2)
+    return core.build_seqformer(length, kinds)
 
 
 def build_sparse(length: int):  # noqa: ANN201
@@ -84,7 +66,7 @@ def build_sparse(length: int):  # noqa: ANN201
 
 
 def build_local_attn(length: int):  # noqa: ANN201
-    local = need("local_attention")
+    local = core.need("local_attention")
     model = local.LocalTransformer(
         num_tokens=core.VOCAB, max_seq_len=length, dim=core.D_MODEL, depth=core.N_LAYERS,
         causal=True, local_attn_window_size=core.BUCKET, heads=core.N_HEADS,
@@ -93,7 +75,7 @@ def build_local_attn(length: int):  # noqa: ANN201
 
 
 def build_performer(length: int):  # noqa: ANN201
-    performer = need("performer_pytorch")
+    performer = core.need("performer_pytorch")
     model = performer.PerformerLM(
         num_tokens=core.VOCAB, max_seq_len=length, dim=core.D_MODEL, depth=core.N_LAYERS,
         heads=core.N_HEADS, dim_head=core.HEAD_DIM, causal=True,
@@ -111,7 +93,7 @@ def with_head(body, width: int):  # noqa: ANN001, ANN201
 
 
 def build_longformer(length: int):  # noqa: ANN201
-    hf = need("transformers")
+    hf = core.need("transformers")
     cfg = hf.LongformerConfig(
         vocab_size=core.VOCAB, hidden_size=core.D_MODEL, num_hidden_layers=core.N_LAYERS,
         num_attention_heads=core.N_HEADS, intermediate_size=core.D_FF, hidden_act="gelu",
@@ -121,7 +103,7 @@ def build_longformer(length: int):  # noqa: ANN201
 
 
 def build_bigbird(length: int):  # noqa: ANN201
-    hf = need("transformers")
+    hf = core.need("transformers")
     cfg = hf.BigBirdConfig(
         vocab_size=core.VOCAB, hidden_size=core.D_MODEL, num_hidden_layers=core.N_LAYERS,
         num_attention_heads=core.N_HEADS, intermediate_size=core.D_FF, hidden_act="gelu",
@@ -132,16 +114,16 @@ def build_bigbird(length: int):  # noqa: ANN201
 
 
 def build_linformer(length: int):  # noqa: ANN201
-    linformer = need("linformer")
+    linformer = core.need("linformer")
     model = linformer.LinformerLM(num_tokens=core.VOCAB, dim=core.D_MODEL, seq_len=length,
                                   depth=core.N_LAYERS, k=256, heads=core.N_HEADS)
     return model, model
 
 
 BUILDERS = {
-    "lsh": seqformer("lsh"),
-    "local": seqformer("local"),
-    "alt": alternating,
+    "lsh": core.build_seqformer,
+    "local": build_local,
+    "alt": build_alternating,
     "sdpa": core.build_sdpa,
     "sparse": build_sparse,
     "local-attn": build_local_attn,
