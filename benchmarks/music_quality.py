@@ -27,26 +27,30 @@ from seqformer.domains.music_quality import FEATURES, compare, piece_features
 
 
 def generate(model_dir: Path, samples: int, length: int, temperature: float,
-             grammar: bool) -> tuple[list, dict, float]:
-    """Pieces sampled from a model, the decoder's repairs over all, tokens/s."""
-    from seqformer.pipeline.inference import sample_tokens
+             grammar: bool) -> tuple[list, dict, float, int]:
+    """Pieces sampled from a model as one batch (sample k with seed k), the decoder's
+    repairs over all, tokens/s over all, and how many notes the grammar had to release
+    (or complete) at the end of the samples."""
+    from seqformer.pipeline.inference import sample_batch
     from seqformer.pipeline.run_dir import load_run, read_sampling_limits
 
     model, domain, _ = load_run(model_dir, "midi")
-    pieces, repairs, rate = [], {}, 0.0
-    for seed in range(samples):
-        prompt = np.array([domain.sep_id])
-        constraint = (domain.constraint(read_sampling_limits(model_dir), [prompt])
-                      if grammar else None)
-        new, rate = sample_tokens(model, prompt, length, temperature, seed=seed,
-                                  allowed=domain.generatable(), constraint=constraint)
+    prompt = np.array([domain.sep_id])
+    constraint = (domain.constraint(read_sampling_limits(model_dir), [prompt] * samples)
+                  if grammar else None)
+    new, rate = sample_batch(model, prompt, length, samples, temperature, seed=0,
+                             allowed=domain.generatable(), constraint=constraint)
+    pieces, repairs, closed = [], {}, 0
+    for k, row in enumerate(new):
         if constraint is not None:
-            new = np.concatenate([new, np.asarray(constraint.closing(), dtype=np.int64)])
-        pm, fixed = domain.decode(new)
+            closing = constraint.closing(k)
+            closed += sum(map(domain.ends_note, closing))
+            row = np.concatenate([row, np.asarray(closing, dtype=np.int64)])
+        pm, fixed = domain.decode(row)
         pieces.append(pm)
-        for k, v in fixed.items():
-            repairs[k] = repairs.get(k, 0) + v
-    return pieces, repairs, rate
+        for key, v in fixed.items():
+            repairs[key] = repairs.get(key, 0) + v
+    return pieces, repairs, rate, closed
 
 
 def main() -> None:
@@ -67,8 +71,8 @@ def main() -> None:
     n_ref = max(1, int(round(len(records) * args.holdout)))
     reference = [piece_features(domain.decode(r.tokens)[0]) for r in records[-n_ref:]]
     if args.model is not None:
-        pms, repairs, rate = generate(args.model, args.samples, args.length, args.temperature,
-                                      not args.no_grammar)
+        pms, repairs, rate, closed = generate(args.model, args.samples, args.length,
+                                              args.temperature, not args.no_grammar)
         generated = [piece_features(pm) for pm in pms]
         what = (f"{args.samples} samples of {args.length} tokens from {args.model} "
                 f"(temperature {args.temperature}, grammar "
@@ -76,7 +80,7 @@ def main() -> None:
     else:
         generated = [piece_features(domain.decode(r.tokens)[0])
                      for r in domain.read(args.generated)]
-        repairs, what = None, f"{len(generated)} pieces under {args.generated}"
+        repairs, closed, what = None, 0, f"{len(generated)} pieces under {args.generated}"
     print(f"generated: {what}; reference: {len(reference)} pieces under {args.reference}")
     print("| feature | generated (mean) | reference (mean) | overlapping area |")
     print("|---|---:|---:|---:|")
@@ -85,7 +89,11 @@ def main() -> None:
         print(f"| {key} | {row['generated']:.3f} | {row['reference']:.3f} | "
               f"{row['overlap']:.3f} |")
     if repairs is not None:
-        print(f"decoder repairs over all samples: {repairs}")
+        print(f"decoder repairs over all samples: "
+              f"{ {k: v for k, v in repairs.items() if v} or 'none'}")
+        if not args.no_grammar:
+            print(f"notes the grammar released or completed at the end of the samples: "
+                  f"{closed}")
 
 
 if __name__ == "__main__":

@@ -233,7 +233,11 @@ def train_midi(midi: Annotated[list[Path] | None, typer.Option(
                config: ConfigOpt = None, out_dir: OutRun = None, max_steps: MaxSteps = None,
                seq_len: SeqLen = None, batch_size: BatchSize = None, resume: Resume = False,
                force: Force = False, devices: Devices = None, num_nodes: NumNodes = None,
-               strategy: Strategy = None, overrides: Overrides = None) -> None:
+               strategy: Strategy = None,
+               vocabulary: Annotated[str | None, typer.Option(
+                   "--vocabulary", help="events: note-on/note-off tokens (default); durations: "
+                   "a duration token per note")] = None,
+               overrides: Overrides = None) -> None:
     """Train on MIDI files (directories are searched recursively)."""
     bundled = REPO / "data" / "midi"
     midi, overrides = _more_values(midi, overrides)
@@ -244,7 +248,8 @@ def train_midi(midi: Annotated[list[Path] | None, typer.Option(
         lines = (bundled / "heldout.txt").read_text().splitlines()
         data["holdout_ids"] = [x.strip() for x in lines if x.strip() and not x.startswith("#")]
     _train("midi", inputs, config, out_dir, max_steps, seq_len, batch_size, resume, force,
-           devices, num_nodes, strategy, overrides, {}, data)
+           devices, num_nodes, strategy, overrides,
+           {"vocabulary": vocabulary} if vocabulary else {}, data)
 
 
 SourceOpt = Annotated[list[Path], typer.Option(
@@ -318,10 +323,30 @@ TopP = Annotated[float | None, typer.Option("--top-p")]
 Seed = Annotated[int | None, typer.Option("--seed")]
 NumSamples = Annotated[int, typer.Option(
     "--num-samples", help="samples decoded as one batch (sample k draws with seed + k)")]
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", help="cpu, cuda, cuda:N, or auto (cuda when there is one)")]
+CompileOpt = Annotated[bool, typer.Option(
+    "--compile", help="decode with a torch.compile'd step (CUDA graphs on a GPU): the first "
+    "token waits for the compiler; worth it for long samples")]
+
+
+def _device(name: str) -> str:
+    import torch
+
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name}: not a device (cpu, cuda, cuda:N or auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: no CUDA device here")
+    return name
 
 
 def _sample(domain_name: str, model_dir: Path, prompt_tokens_fn, length: int, temperature,
-            top_k, top_p, seed, grammar: bool = False, num_samples: int = 1):
+            top_k, top_p, seed, grammar: bool = False, num_samples: int = 1,
+            device: str = "cpu", compile: bool = False):
     """(domain, prompt, [new tokens of each sample]); the samples are decoded as one batch.
     With `grammar`, sampled under the domain's grammar (limits from the model directory)
     and each followed by the tokens it needs to close."""
@@ -346,7 +371,8 @@ def _sample(domain_name: str, model_dir: Path, prompt_tokens_fn, length: int, te
     if need > have:
         raise InputError(f"--length {length:,}: needs about {need / 2**30:.1f} GiB, more than "
                          f"the {have / 2**30:.1f} GiB of memory available")
-    model, domain, cfg = load_run(model_dir, domain_name)
+    device = _device(device)
+    model, domain, cfg = load_run(model_dir, domain_name, device=device)
     prompt = np.concatenate([[domain.sep_id], prompt_tokens_fn(domain)]).astype(np.int64)
     context = model.cfg.max_seq_len
     if len(prompt) >= context:
@@ -359,17 +385,18 @@ def _sample(domain_name: str, model_dir: Path, prompt_tokens_fn, length: int, te
         new, rate = sample_batch(model, prompt, length, num_samples, temperature, top_k, top_p,
                                  seed, allowed=domain.generatable(),
                                  on_token=lambda n: bar.advance(task, n),
-                                 constraint=constraint)
+                                 device=device, constraint=constraint, compile=compile)
     batch = f" ({num_samples} samples as one batch)" if num_samples > 1 else ""
     err.print(f"{length * num_samples:,} tokens at {rate:,.0f} tokens/s{batch}")
     samples = list(new)
     if constraint is not None:
         closings = [constraint.closing(k) for k in range(num_samples)]
         removed = np.concatenate([np.asarray(r) for r in constraint.removed])
-        released = sum(len([t for t in c if domain.is_note_off(t)]) for c in closings)
+        released = sum(len([t for t in c if domain.ends_note(t)]) for c in closings)
         err.print(f"grammar: masked {removed.mean():.2%} of the model's probability per token "
                   f"on average ({(removed > 0.5).sum():,} tokens where it was most of it); "
-                  f"released {released:,} notes still sounding at the end")
+                  f"settled {released:,} notes still open at the end (released, or given "
+                  "their duration)")
         samples = [np.concatenate([row, np.asarray(c, dtype=np.int64)])
                    for row, c in zip(samples, closings)]
     return domain, prompt[1:], samples
@@ -397,7 +424,8 @@ def sample_dna(model: ModelOpt, length: Length,
                prompt: Annotated[str, typer.Option("--prompt", help="bases to continue")] = "",
                temperature: Temperature = 1.0, top_k: TopK = None, top_p: TopP = None,
                seed: Seed = None, num_samples: NumSamples = 1,
-               force: Force = False) -> None:
+               force: Force = False, device: DeviceOpt = "auto",
+               compile: CompileOpt = False) -> None:
     """Generate bases; the FASTA holds the prompt followed by the new bases (one record
     per sample)."""
     from .domains import Record
@@ -412,7 +440,8 @@ def sample_dna(model: ModelOpt, length: Length,
             raise InputError(f"--prompt: {e}") from None
 
     domain, p, samples = _sample("dna", model, prompt_tokens, length, temperature, top_k,
-                                 top_p, seed, num_samples=num_samples)
+                                 top_p, seed, num_samples=num_samples, device=device,
+                                 compile=compile)
     import numpy as np
 
     records = []
@@ -440,7 +469,8 @@ def sample_midi(model: ModelOpt, length: Length,
                     "--grammar/--no-grammar", help="note grammar: no unmatched note-off, no "
                     "second note-on of a sounding pitch, polyphony and note length within "
                     "the training data's")] = True,
-                num_samples: NumSamples = 1) -> None:
+                num_samples: NumSamples = 1, device: DeviceOpt = "auto",
+                compile: CompileOpt = False) -> None:
     """Generate music; writes the .mid (primer + continuation) and a piano-roll PNG (with
     --num-samples K: piece_1.mid ... piece_K.mid, each with its PNG)."""
     from .files import check_output
@@ -463,7 +493,7 @@ def sample_midi(model: ModelOpt, length: Length,
         return records[0].tokens
 
     domain, p, samples = _sample("midi", model, primer_tokens, length, temperature, top_k,
-                                 top_p, seed, grammar, num_samples)
+                                 top_p, seed, grammar, num_samples, device, compile)
     import numpy as np
 
     for path, new in zip(outputs, samples):
@@ -1150,7 +1180,8 @@ def info(run: Annotated[Path, typer.Argument(help="model directory")]) -> None:
     table = Table(title=str(run), show_header=False)
     table.add_column("key")
     table.add_column("value")
-    table.add_row("domain", cfg["domain"])
+    options = cfg["data"].get("options") or {}
+    table.add_row("domain", cfg["domain"] + "".join(f", {k} {v}" for k, v in options.items()))
     table.add_row("model", f"{m['n_layers']} layers, d_model {m['d_model']}, {m['n_heads']} "
                   f"heads, d_ff {m['d_ff']}, attn {m['attn']}, bucket {m['bucket_size']}, "
                   f"{m['n_hashes']} hashes, {m['n_buckets']} buckets")

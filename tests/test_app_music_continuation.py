@@ -174,7 +174,8 @@ def test_length_in_tokens_and_the_real_continuation_histogram(trained):
 
 
 @pytest.mark.parametrize("case", ["missing", "not_midi", "truncated", "no_notes", "too_short",
-                                  "wrong_domain", "no_model", "bad_seconds"])
+                                  "wrong_domain", "durations_model", "no_model",
+                                  "bad_seconds"])
 def test_bad_input_is_one_clear_error(trained, tmp_path, capsys, case):
     primer, model, seconds = tmp_path / f"{case}.mid", trained, "5"
     if case == "missing":
@@ -197,6 +198,12 @@ def test_bad_input_is_one_clear_error(trained, tmp_path, capsys, case):
         cfg = yaml.safe_load((model / "config.yaml").read_text())
         cfg["domain"] = "dna"
         (model / "config.yaml").write_text(yaml.safe_dump(cfg))
+    elif case == "durations_model":  # the app cuts and counts event tokens
+        model = tmp_path / "durations_run"
+        shutil.copytree(trained, model)
+        cfg = yaml.safe_load((model / "config.yaml").read_text())
+        cfg["data"]["options"] = {"vocabulary": "durations"}
+        (model / "config.yaml").write_text(yaml.safe_dump(cfg))
     elif case == "no_model":
         model = tmp_path / "nothing_here"
     out = tmp_path / "out.mid"
@@ -204,7 +211,8 @@ def test_bad_input_is_one_clear_error(trained, tmp_path, capsys, case):
                     "--out", str(out)])
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error:") and "Traceback" not in err
-    named = {"wrong_domain": "dna_run", "no_model": "nothing_here", "bad_seconds": "--seconds"}
+    named = {"wrong_domain": "dna_run", "no_model": "nothing_here", "bad_seconds": "--seconds",
+             "durations_model": "durations vocabulary"}
     assert named.get(case, primer.name) in err
     assert not out.exists() and not out.with_suffix(".png").exists()
 

@@ -374,9 +374,20 @@ def _check_numbers(args: argparse.Namespace) -> None:
         raise InputError(f"--max-tokens {args.max_tokens}: must be at least 1")
 
 
-def run(args: argparse.Namespace) -> Continuation:
+def load_events_model(path: Path):  # noqa: ANN201
+    """The model of a run directory, if it reads the event vocabulary (what this app cuts
+    and counts in); a clean error for a duration-vocabulary model."""
     from seqformer.pipeline.run_dir import load_run
 
+    model, domain, _ = load_run(path, "midi")
+    vocabulary = domain.config().get("vocabulary", "events")
+    if vocabulary != "events":
+        raise InputError(f"{path}: a model of the {vocabulary} vocabulary; this app reads "
+                         "the event vocabulary (train with --vocabulary events)")
+    return model
+
+
+def run(args: argparse.Namespace) -> Continuation:
     _check_numbers(args)
     tokens = read_piece(args.primer)
     png = args.png or args.out.with_suffix(".png")
@@ -384,7 +395,7 @@ def run(args: argparse.Namespace) -> Continuation:
         raise InputError(f"{png}: --png and --out are the same file")
     check_output(args.out, args.force)
     check_output(png, args.force)
-    model, _, _ = load_run(args.model, "midi")
+    model = load_events_model(args.model)
     kind, value = args.length or ("seconds", args.seconds)
     result = continue_piece(model, tokens, args.seconds,
                             n_tokens=int(value) if kind == "tokens" else None,

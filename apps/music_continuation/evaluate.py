@@ -28,6 +28,7 @@ import numpy as np
 from continue_piece import (
     continue_piece,
     duration_steps,
+    load_events_model,
     pitch_class_histogram,
     read_piece,
 )
@@ -118,14 +119,12 @@ def _summary_png(rows: list[dict], path: Path, title: str) -> None:
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    from seqformer.pipeline.run_dir import load_run
-
     if args.seconds <= 0 or args.length <= 0:
         raise InputError("--seconds and --length must be positive")
     check_output(args.out, args.force)
     if args.png:
         check_output(args.png, args.force)
-    model, _, _ = load_run(args.model, "midi")
+    model = load_events_model(args.model)
     pieces = midi_files(args.midi)
     if args.heldout:
         keep = set(heldout_ids(args.model))

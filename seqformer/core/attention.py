@@ -349,24 +349,31 @@ class Attention(nn.Module):
         ring.scatter_(-1, slot, perm)
         return out, LSHCache(k_all, v_all, counts, ring)
 
-    def step(self, x: torch.Tensor, cache: KVCache, t: int) -> torch.Tensor:
-        """Attention output for the token at position t, x: (B, 1, d_model); updates cache."""
+    def step(self, x: torch.Tensor, cache: KVCache, t: torch.Tensor) -> torch.Tensor:
+        """Attention output for the token at position t (a 0-d tensor), x: (B, 1, d_model);
+        updates cache. Every shape is fixed by the cache, never by t, so a compiled decoding
+        step serves every position."""
         q, v = self._project(x)
         q, v = q[:, :, 0], v[:, :, 0]  # (B, H, D)
         k = F.normalize(q, dim=-1)
         if self.kind == "lsh":
             o = self._lsh_step(q, v, cache, t)
         else:
-            start = 0 if self.kind == "full" else max(0, (t // self.bucket_size - 1)
-                                                         * self.bucket_size)
-            kw, vw = cache.k[:, :, start:t], cache.v[:, :, start:t]
-            valid = torch.ones(kw.shape[:-1], dtype=torch.bool, device=q.device)
-            o, _ = attend_one(q, kw, vw, valid, v)
-        cache.k[:, :, t] = k
-        cache.v[:, :, t] = v
+            T = cache.k.shape[2]
+            if self.kind == "full":
+                window = torch.arange(T, device=q.device)
+            else:  # this chunk and the previous one: 2 * bucket_size slots from their start
+                bs = self.bucket_size
+                window = (t // bs - 1) * bs + torch.arange(2 * bs, device=q.device)
+            valid = (window >= 0) & (window < t)
+            window = window.clamp(0, T - 1)
+            o, _ = attend_one(q, cache.k.index_select(2, window),
+                              cache.v.index_select(2, window), valid, v)
+        cache.k.index_copy_(2, t.view(1), k.unsqueeze(2))
+        cache.v.index_copy_(2, t.view(1), v.unsqueeze(2))
         return self.to_out(self._merge(o.unsqueeze(2)))
 
-    def _lsh_step(self, q: torch.Tensor, v: torch.Tensor, cache: LSHCache, t: int
+    def _lsh_step(self, q: torch.Tensor, v: torch.Tensor, cache: LSHCache, t: torch.Tensor
                   ) -> torch.Tensor:
         B, H, D = q.shape
         W, bs = 2 * self.bucket_size, self.bucket_size
@@ -387,7 +394,7 @@ class Attention(nn.Module):
                             v.unsqueeze(2).expand(B, H, R, D))
         o = (o * torch.softmax(lse, dim=-1).unsqueeze(-1)).sum(dim=2) if R > 1 else o[:, :, 0]
         cache.ring.scatter_(-1, (bucket * W + rank % W).unsqueeze(-1),
-                            torch.full_like(rank, t).unsqueeze(-1))
+                            (torch.zeros_like(rank) + t).unsqueeze(-1))
         cache.counts.scatter_add_(-1, bucket.unsqueeze(-1), torch.ones_like(bucket).unsqueeze(-1))
         return o
 

@@ -37,6 +37,9 @@ class DecodeCache:
     # a decoder's source: each layer's cross-attention keys and values, computed once
     cross: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     memory_lengths: torch.Tensor | None = None
+    # `length` on the model's device, advanced by the step itself: the decoding loop never
+    # has to send a position to the device nor read one back
+    position: torch.Tensor | None = None
 
 
 class ReformerLM(nn.Module):
@@ -63,6 +66,8 @@ class ReformerLM(nn.Module):
         self.apply(self._init)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
+        self._compiled: dict = {}  # compile_decoding's steps, by mode
+        self._compiled_step = None  # the one in use
 
     @staticmethod
     def _init(m: nn.Module) -> None:
@@ -110,7 +115,8 @@ class ReformerLM(nn.Module):
             return None
         if before is None:
             before = tokens.new_full((tokens.shape[0], k - 1), self.cfg.vocab_size)
-        return torch.cat([before, tokens], dim=1)[:, -(k - 1):]
+        # contiguous: a compiled step would recompile for each new stride
+        return torch.cat([before, tokens], dim=1)[:, -(k - 1):].contiguous()
 
     def _streams(self, x: torch.Tensor) -> torch.dtype:
         return stream_dtype(x, self.cfg.exact_streams)
@@ -174,16 +180,33 @@ class ReformerLM(nn.Module):
             x2 = x2 + layer.ff(x1)
             caches.append(cache)
         logits = self.head(self.norm(stream_mean(x1, x2, x.dtype)))
+        position = torch.tensor(prompt.shape[1], device=prompt.device)
         return logits, DecodeCache(caches, prompt.shape[1], capacity,
-                                   self._recent(prompt, None), cross, src.memory_lengths)
+                                   self._recent(prompt, None), cross, src.memory_lengths,
+                                   position)
 
     @torch.no_grad()
     def step(self, token: torch.Tensor, cache: DecodeCache) -> torch.Tensor:
         """Logits (B, vocab) for one new token (B,) appended at position cache.length."""
-        t = cache.length
-        if t >= cache.capacity:
+        if cache.length >= cache.capacity:
             raise ValueError(f"decoding cache is full ({cache.capacity} positions)")
-        x = self._embed(token.unsqueeze(1), start=t, before=cache.recent)
+        logits, recent = (self._compiled_step or self._decode_step)(token, cache)
+        cache.length += 1
+        cache.recent = recent
+        return logits
+
+    def _decode_step(self, token: torch.Tensor, cache: DecodeCache
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The step's tensor work, shapes fixed by the cache: (logits, the new recent
+        tokens). Advances cache.position and writes every layer's cache in place."""
+        t = cache.position
+        tables = [self.embed.weight, *self.pos.axes]
+        ids = [token, *(i.view(1) for i in self.pos.indices(t))]
+        k, V = self.cfg.kmer_embedding, self.cfg.vocab_size
+        for j in range(1, k):  # the token j back, as _embed reads it
+            ids.append(cache.recent[:, k - 1 - j] + (j - 1) * (V + 1))
+            tables.append(self.embed_prev.weight)
+        x = sum(table[i] for table, i in zip(tables, ids)).unsqueeze(1)
         x1 = x2 = x.to(self._streams(x))
         for i, (layer, c) in enumerate(zip(self.layers, cache.layers)):
             a = layer.attn.step(x2, c, t)
@@ -191,9 +214,22 @@ class ReformerLM(nn.Module):
                 a = a + layer.cross(x2, None, cache.memory_lengths, kv=cache.cross[i])
             x1 = x1 + a
             x2 = x2 + layer.ff(x1)
-        cache.length = t + 1
-        cache.recent = self._recent(token.unsqueeze(1), cache.recent)
-        return self.head(self.norm(stream_mean(x1, x2, x.dtype)))[:, 0]
+        t.add_(1)
+        recent = self._recent(token.unsqueeze(1), cache.recent)
+        return self.head(self.norm(stream_mean(x1, x2, x.dtype)))[:, 0], recent
+
+    def compile_decoding(self, mode: str | None = None, enabled: bool = True) -> None:
+        """Decode with a torch.compile'd step (one graph for every position: the step's
+        shapes depend on the cache, not on the position). The first step compiles
+        (tens of seconds); worth it for long samples. mode: torch.compile's, e.g.
+        "reduce-overhead" for CUDA graphs. enabled=False goes back to the eager step
+        (compiled steps are kept for a later call)."""
+        if not enabled:
+            self._compiled_step = None
+            return
+        if mode not in self._compiled:
+            self._compiled[mode] = torch.compile(self._decode_step, mode=mode, dynamic=False)
+        self._compiled_step = self._compiled[mode]
 
     @torch.no_grad()
     def generate(self, prompt: torch.Tensor, n_tokens: int, temperature: float = 1.0,

@@ -64,8 +64,8 @@ from ..files import atomic_path
 from .base import Domain, InputError, Record
 
 __all__ = [
-    "MIDIDomain", "TOKENS", "VOCAB_SIZE", "decode", "encode", "load_midi", "piano_roll_png",
-    "render_audio", "stats", "write_midi",
+    "MIDIDomain", "TOKENS", "VOCABULARIES", "VOCAB_SIZE", "decode", "encode", "load_midi",
+    "piano_roll_png", "render_audio", "stats", "write_midi",
 ]
 
 log = logging.getLogger(__name__)
@@ -423,41 +423,59 @@ def render_audio(pm: pretty_midi.PrettyMIDI, path: str | Path, sample_rate: int 
 # ---------------------------------------------------------------------------- the domain
 
 
+VOCABULARIES = ("events", "durations")
+
+
 class MIDIDomain(Domain):
-    """MIDI files <-> event tokens; see the module docstring for the vocabulary."""
+    """MIDI files <-> tokens. `vocabulary="events"` (the default) is the note-on/note-off
+    vocabulary of this module's docstring; "durations" gives each note a duration token
+    instead of a note-off (midi_durations.py)."""
 
     name = "midi"
-    tokens = TOKENS
     pad_id = PAD
     sep_id = SEP
 
-    encode = staticmethod(encode)
-    decode = staticmethod(decode)
     stats = staticmethod(stats)
     piano_roll_png = staticmethod(piano_roll_png)
     write_midi = staticmethod(write_midi)
     render_audio = staticmethod(render_audio)
 
-    def __init__(self) -> None:
+    def __init__(self, vocabulary: str = "events") -> None:
+        if vocabulary not in VOCABULARIES:
+            raise InputError(f"unknown MIDI vocabulary {vocabulary!r} "
+                             f"(available: {', '.join(VOCABULARIES)})")
+        self.vocabulary_name = vocabulary
+        if vocabulary == "durations":
+            from . import midi_durations
+
+            self.tokens = midi_durations.DURATION_TOKENS
+            self.encode, self.decode = midi_durations.encode, midi_durations.decode
+        else:
+            self.tokens, self.encode, self.decode = TOKENS, encode, decode
         self.skipped: list[tuple[str, str]] = []  # (path, reason) from the last read()
         self.repairs: dict[str, int] = {}  # repair counts from the last write()
 
+    def config(self) -> dict[str, Any]:
+        return {"vocabulary": self.vocabulary_name}
+
     @staticmethod
-    def is_note_off(token: int) -> bool:
+    def ends_note(token: int) -> bool:
+        """A note-off (events) or a duration (durations): a token that settles a note."""
         return NOTE_OFF <= token < SHIFT
 
     def sampling_limits(self, sequences: Iterable[np.ndarray]) -> dict[str, Any]:
         from .midi_grammar import limits_from
 
-        return limits_from(sequences).to_dict()
+        return limits_from(sequences, self.vocabulary_name).to_dict()
 
     def constraint(self, limits: dict[str, Any] | None, prompts: list[np.ndarray]):  # noqa: ANN201
-        """The note grammar (midi_grammar.py); without stored limits, a model trained
-        before they were: at most 16 notes at once, none longer than 10 s."""
-        from .midi_grammar import GrammarLimits, MIDIGrammar
+        """The note grammar of the vocabulary (midi_grammar.py); without stored limits, a
+        model trained before they were: at most 16 notes at once, none longer than 10 s."""
+        from .midi_grammar import DurationGrammar, GrammarLimits, MIDIGrammar
 
         limits = GrammarLimits(**limits) if limits else GrammarLimits(16, 1000)
-        return MIDIGrammar(limits, prompts)
+        grammar = DurationGrammar if self.vocabulary_name == "durations" else MIDIGrammar
+        return grammar(limits, prompts)
 
     def read(self, path: str | Path) -> Iterator[Record]:
         """One Record per piece of a .mid/.midi file, or of every such file under a directory
@@ -503,12 +521,12 @@ class MIDIDomain(Domain):
         if n_notes == 0:
             return None, "no notes"
         meta = {"path": str(path), "duration": float(pm.get_end_time()), "n_notes": n_notes}
-        return Record(record_id, encode(pm), meta), ""
+        return Record(record_id, self.encode(pm), meta), ""
 
     def write(self, records: Iterable[Record], path: str | Path) -> None:
         """Exactly one record -> one .mid file (atomically); repair counts go to self.repairs."""
         records = list(records)
         if len(records) != 1:
             raise ValueError(f"MIDI output holds one piece; got {len(records)} records")
-        pm, self.repairs = decode(records[0].tokens)
+        pm, self.repairs = self.decode(records[0].tokens)
         write_midi(pm, path)

@@ -1,4 +1,4 @@
-"""Grammar-aware sampling for the MIDI event vocabulary: a constraint for generation.
+"""Grammar-aware sampling for the MIDI vocabularies: a constraint for generation.
 
 Each sequence keeps the notes sounding per (instrument, pitch) with their onsets, the
 current instrument and the time. Then: no note-on before an instrument and a velocity
@@ -9,6 +9,12 @@ note reaches `max_steps`, and once it has, only its release is allowed (after sw
 to its instrument if need be). At the end, `closing` gives the tokens that release
 whatever still sounds. Limits come from the training data (`limits_from`) and are stored
 with the model.
+
+The duration vocabulary (midi_durations.py) needs less: a note's duration token comes
+right after its pitch and is at most `max_steps`; a new note needs an instrument and a
+velocity, keeps polyphony within `max_polyphony` and does not start on a pitch its
+instrument is sounding. Nothing can be left hanging; `closing` only completes a final
+note still waiting for its duration.
 
 Numpy only: core's sampling loop turns the masks into tensors.
 """
@@ -22,6 +28,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .midi import DRUMS, NOTE_OFF, NOTE_ON, PROGRAM, SEP, SHIFT, VELOCITY, VOCAB_SIZE
+from .midi_durations import DURATION, DURATION_STEPS
 
 NOTE_QUANTILE = 99.5  # the longest note allowed: this percentile of the training notes
 
@@ -53,10 +60,14 @@ class _Walk:
             self.sounding[(self.inst, token - NOTE_ON)].append(self.now)
             self.count += 1
         elif NOTE_OFF <= token < SHIFT:
-            onsets = self.sounding.get((self.inst, token - NOTE_OFF))
+            key = (self.inst, token - NOTE_OFF)
+            onsets = self.sounding.get(key)
             if onsets:
                 self.count -= 1
-                return self.now - onsets.popleft()
+                onset = onsets.popleft()
+                if not onsets:  # only sounding notes stay: the masks loop over them
+                    del self.sounding[key]
+                return self.now - onset
         elif SHIFT <= token < VELOCITY:
             self.now += token - SHIFT + 1
         elif VELOCITY <= token < PROGRAM:
@@ -73,12 +84,53 @@ class _Walk:
         return (min(live)[1], min(live)[0]) if live else None
 
 
-def limits_from(sequences: Iterable[np.ndarray]) -> GrammarLimits:
+class _DurationWalk:
+    """The same state for the duration vocabulary: sounding notes are (end, instrument,
+    pitch), and a pitch waits for its duration token."""
+
+    def __init__(self) -> None:
+        self.now, self.inst = 0, PROGRAM
+        self.sounding: list[tuple[int, int, int]] = []
+        self.waiting: int | None = None  # the pitch of a note awaiting its duration
+        self.named = False
+        self._seen: set[str] = set()
+
+    @property
+    def count(self) -> int:
+        return len(self.sounding) + (self.waiting is not None)
+
+    def step(self, token: int) -> int | None:
+        """Apply one token; returns the duration of a note it completed, if any."""
+        if DURATION <= token < SHIFT:
+            if self.waiting is None:
+                return None
+            steps = DURATION_STEPS[token - DURATION]
+            self.sounding.append((self.now + steps, self.inst, self.waiting))
+            self.waiting = None
+            return steps
+        self.waiting = None  # a note left without duration: the decoder makes it one step
+        if token == SEP:
+            self.__init__()
+        elif NOTE_ON <= token < DURATION:
+            self.waiting = token - NOTE_ON
+        elif SHIFT <= token < VELOCITY:
+            self.now += token - SHIFT + 1
+            self.sounding = [note for note in self.sounding if note[0] > self.now]
+        elif VELOCITY <= token < PROGRAM:
+            self._seen.add("velocity")
+        elif PROGRAM <= token <= DRUMS:
+            self.inst = token
+            self._seen.add("instrument")
+        self.named = len(self._seen) == 2
+        return None
+
+
+def limits_from(sequences: Iterable[np.ndarray], vocabulary: str = "events") -> GrammarLimits:
     """The largest polyphony and the NOTE_QUANTILE-th percentile of note length in the
-    training sequences."""
+    training sequences (token ids of `vocabulary`)."""
     polyphony, lengths = 1, []
     for seq in sequences:
-        walk = _Walk()
+        walk = _DurationWalk() if vocabulary == "durations" else _Walk()
         for token in np.asarray(seq).tolist():
             ended = walk.step(token)
             if ended is not None:
@@ -88,17 +140,35 @@ def limits_from(sequences: Iterable[np.ndarray]) -> GrammarLimits:
     return GrammarLimits(max_polyphony=polyphony, max_steps=max(1, steps))
 
 
-class MIDIGrammar:
+class _Grammar:
     """The constraint (see core/sampling.py) for a batch of sequences that continue
-    `prompts` (each may start with <sep>)."""
+    `prompts` (each may start with <sep>): one walk per sequence."""
+
+    walk_type: type = _Walk
 
     def __init__(self, limits: GrammarLimits, prompts: list[np.ndarray]):
         self.limits = limits
-        self.walks = [_Walk() for _ in prompts]
+        self.walks = [self.walk_type() for _ in prompts]
         for walk, prompt in zip(self.walks, prompts):
             for token in np.asarray(prompt).tolist():
                 walk.step(int(token))
         self.removed = [[] for _ in prompts]  # per sequence, the mass masked at each step
+
+    def _allowed_one(self, walk) -> np.ndarray:  # noqa: ANN001
+        raise NotImplementedError
+
+    def allowed(self) -> np.ndarray:
+        return np.stack([self._allowed_one(w) for w in self.walks])
+
+    def update(self, tokens, removed) -> None:  # noqa: ANN001
+        for walk, log, token, mass in zip(self.walks, self.removed, tokens.tolist(),
+                                          removed.tolist()):
+            walk.step(int(token))
+            log.append(float(mass))
+
+
+class MIDIGrammar(_Grammar):
+    """The event vocabulary's grammar."""
 
     def _allowed_one(self, walk: _Walk) -> np.ndarray:
         ok = np.zeros(VOCAB_SIZE, dtype=bool)
@@ -126,15 +196,6 @@ class MIDIGrammar:
         ok[SHIFT:SHIFT + min(room, VELOCITY - SHIFT)] = True  # shifts of 1 .. room steps
         return ok
 
-    def allowed(self) -> np.ndarray:
-        return np.stack([self._allowed_one(w) for w in self.walks])
-
-    def update(self, tokens, removed) -> None:  # noqa: ANN001
-        for walk, log, token, mass in zip(self.walks, self.removed, tokens.tolist(),
-                                          removed.tolist()):
-            walk.step(int(token))
-            log.append(float(mass))
-
     def closing(self, index: int = 0) -> list[int]:
         """Tokens that release every note still sounding in sequence `index`."""
         walk, out = self.walks[index], []
@@ -149,3 +210,35 @@ class MIDIGrammar:
                 out.append(NOTE_OFF + pitch)
                 walk.step(NOTE_OFF + pitch)
         return out
+
+
+class DurationGrammar(_Grammar):
+    """The duration vocabulary's grammar."""
+
+    walk_type = _DurationWalk
+
+    def __init__(self, limits: GrammarLimits, prompts: list[np.ndarray]):
+        super().__init__(limits, prompts)
+        # the longest duration bin allowed (the shortest if even that is longer)
+        self.n_durations = max(1, sum(s <= limits.max_steps for s in DURATION_STEPS))
+
+    def _allowed_one(self, walk: _DurationWalk) -> np.ndarray:
+        ok = np.zeros(VOCAB_SIZE, dtype=bool)
+        if walk.waiting is not None:
+            ok[DURATION:DURATION + self.n_durations] = True
+            return ok
+        ok[SHIFT:DRUMS + 1] = True  # shifts, velocities, programs, drums
+        if walk.named and walk.count < self.limits.max_polyphony:
+            ok[NOTE_ON:DURATION] = True
+            for _, inst, pitch in walk.sounding:
+                if inst == walk.inst:
+                    ok[NOTE_ON + pitch] = False
+        return ok
+
+    def closing(self, index: int = 0) -> list[int]:
+        """The shortest duration for a final note still waiting for one, else nothing."""
+        walk = self.walks[index]
+        if walk.waiting is None:
+            return []
+        walk.step(DURATION)
+        return [DURATION]

@@ -259,8 +259,8 @@ def sample_batch(model: ReformerLM, prompt: np.ndarray, n_tokens: int, num_sampl
                  top_p: float | None = None, seed: int | None = None,
                  allowed: list[int] | None = None,
                  on_token: Callable[[int], None] | None = None,
-                 device: str | torch.device = "cpu", constraint: Constraint | None = None
-                 ) -> tuple[np.ndarray, float]:
+                 device: str | torch.device = "cpu", constraint: Constraint | None = None,
+                 compile: bool = False) -> tuple[np.ndarray, float]:
     """Continue `prompt` (token ids, starting with the separator) by n_tokens in
     `num_samples` sequences decoded as one batch with the decoding cache, emitting only
     `allowed` token ids and those `constraint` allows (see core/sampling.py; one row per
@@ -268,9 +268,14 @@ def sample_batch(model: ReformerLM, prompt: np.ndarray, n_tokens: int, num_sampl
     run of its own with that seed gives. Returns the new tokens (num_samples, n_tokens)
     and the tokens per second over all samples.
 
+    compile: decode with a compiled step (`ReformerLM.compile_decoding`; CUDA graphs on a
+    GPU). Its caches then always hold the whole context, so one compiled graph serves the
+    first context and every restart.
+
     Past the model's max_seq_len the cache cannot grow (positions are absolute), so the
     context restarts from the last half window: exact within a context, approximate
-    across the restart."""
+    across the restart. Tokens stay on the device until the end: without a constraint or
+    seeded generators (which draw on the CPU) nothing is read back per token."""
     gens = ([torch.Generator().manual_seed(seed + k) for k in range(num_samples)]
             if seed is not None else None)
     bias = torch.zeros(model.cfg.vocab_size, device=device)
@@ -278,31 +283,39 @@ def sample_batch(model: ReformerLM, prompt: np.ndarray, n_tokens: int, num_sampl
         bias.fill_(float("-inf"))
         bias[torch.as_tensor(allowed, device=device)] = 0.0
     ctx = model.cfg.max_seq_len
-    seq = [int(t) for t in prompt]
+    model.compile_decoding("reduce-overhead" if torch.device(device).type == "cuda" else None,
+                           enabled=compile)
+
+    def room(used: int, left: int) -> int:
+        return ctx if compile else min(ctx, used + left)
+
+    seq = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=device)
     seq_ctx = seq[-(ctx // 2):] if len(seq) >= ctx else seq
     t0 = time.perf_counter()
-    new = torch.empty(num_samples, n_tokens, dtype=torch.long)
-    logits, cache = model.prefill(torch.tensor([seq_ctx] * num_samples, device=device),
-                                  capacity=min(ctx, len(seq_ctx) + n_tokens))
-    nxt = logits[:, -1]
-    for i in range(n_tokens):
-        nxt, removed = apply_constraint(nxt + bias, constraint)
-        tok = sample_next(nxt, temperature, top_k, top_p, gens)
-        if constraint is not None:
-            constraint.update(tok, removed)
-        new[:, i] = tok.cpu()
-        if on_token:
-            on_token(num_samples)
-        if i + 1 == n_tokens:
-            break
-        if cache.length >= cache.capacity:  # context full: restart from the last half
-            keep = ctx // 2
-            recent = torch.cat([torch.tensor([seq] * num_samples), new[:, :i + 1]], 1)
-            recent = recent[:, -keep:].to(device)
-            logits, cache = model.prefill(recent, capacity=min(ctx, recent.shape[1]
-                                                               + n_tokens - i - 1))
-            nxt = logits[:, -1]
-        else:
-            nxt = model.step(tok.to(device), cache)
+    new = torch.empty(num_samples, n_tokens, dtype=torch.long, device=device)
+    with torch.inference_mode():
+        logits, cache = model.prefill(seq_ctx.expand(num_samples, -1),
+                                      capacity=room(len(seq_ctx), n_tokens))
+        nxt = logits[:, -1]
+        for i in range(n_tokens):
+            nxt, removed = apply_constraint(nxt + bias, constraint)
+            tok = sample_next(nxt, temperature, top_k, top_p, gens)
+            if constraint is not None:
+                constraint.update(tok, removed)
+            new[:, i] = tok
+            if on_token:
+                on_token(num_samples)
+            if i + 1 == n_tokens:
+                break
+            if cache.length >= cache.capacity:  # context full: restart from the last half
+                keep = ctx // 2
+                recent = torch.cat([seq.expand(num_samples, -1), new[:, :i + 1]], 1)
+                recent = recent[:, -keep:]
+                logits, cache = model.prefill(recent, capacity=room(recent.shape[1],
+                                                                     n_tokens - i - 1))
+                nxt = logits[:, -1]
+            else:
+                nxt = model.step(tok, cache)
+    out = new.cpu().numpy()
     rate = num_samples * n_tokens / max(1e-9, time.perf_counter() - t0)
-    return new.numpy(), rate
+    return out, rate

@@ -1,0 +1,253 @@
+"""The duration vocabulary for MIDI: its bins, the round trip on every bundled piece, its
+repairs, its grammar, and train/sample/score through the CLI with `--vocabulary durations`."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pretty_midi
+import pytest
+import torch
+import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from seqformer.domains import InputError, get_domain
+from seqformer.domains.midi import PROGRAM, SEP, SHIFT, VELOCITY, VOCAB_SIZE, load_midi
+from seqformer.domains.midi_durations import (
+    DURATION,
+    DURATION_STEPS,
+    DURATION_TOKENS,
+    decode,
+    duration_bin,
+    encode,
+)
+from seqformer.domains.midi_grammar import DurationGrammar, GrammarLimits, limits_from
+
+from cli_helpers import REPO
+from cli_helpers import TINY_MODEL as TINY
+from cli_helpers import run_cli as run
+
+BUNDLED_FILES = sorted((REPO / "data" / "midi").rglob("*.mid"))
+BACH = REPO / "data" / "midi" / "bach"
+
+
+def note(p): return 2 + p  # noqa: E704
+def dur(steps): return DURATION + duration_bin(steps)  # noqa: E704
+def shift(k): return SHIFT + k - 1  # noqa: E704
+
+
+def test_vocabulary_layout_and_bins():
+    domain = get_domain("midi", vocabulary="durations")
+    assert domain.vocab_size == VOCAB_SIZE == 519 and domain.tokens == DURATION_TOKENS
+    assert domain.vocabulary()["config"] == {"vocabulary": "durations"}
+    assert DURATION_TOKENS[note(60)] == "note_60" and DURATION_TOKENS[DURATION] == "dur_10ms"
+    assert DURATION_TOKENS[DURATION + 127] == "dur_20000ms"
+    # everything past the durations is the event vocabulary's
+    assert DURATION_TOKENS[SHIFT:] == get_domain("midi").tokens[SHIFT:]
+    steps = np.asarray(DURATION_STEPS)
+    assert len(steps) == 128 and (np.diff(steps) > 0).all()
+    assert list(steps[:28]) == list(range(1, 29))  # every 10 ms step up to 280 ms
+    ratios = steps[1:] / steps[:-1]
+    assert np.allclose(ratios[steps[:-1] >= 100], 1.0434, atol=0.006)  # then log-spaced
+
+
+def test_duration_bin_is_the_nearest_in_log_terms():
+    logs = np.log(DURATION_STEPS)
+    for steps in [1, 2, 28, 29, 30, 31, 100, 137, 999, 1999, 2000]:
+        assert duration_bin(steps) == int(np.argmin(np.abs(logs - math.log(steps)))), steps
+    assert duration_bin(0) == 0 and duration_bin(50_000) == 127  # clamped at both ends
+    def error(s): return abs(DURATION_STEPS[duration_bin(s)] / s - 1)  # noqa: E704
+    assert max(map(error, range(1, 2001))) < 0.035
+    assert max(map(error, range(100, 2001))) < 0.024
+
+
+def quantized_notes(pm: pretty_midi.PrettyMIDI, from_file: bool) -> Counter:
+    """(program, drum, pitch, onset step, velocity bin, duration steps) of every note; a
+    file's duration is quantized as encode does, a decoded one is read as it stands."""
+    out = Counter()
+    for inst in pm.instruments:
+        for n in inst.notes:
+            on = math.floor(n.start * 100 + 1e-6)
+            if from_file:
+                off = max(math.floor(n.end * 100 + 1e-6), on + 1)
+                steps = DURATION_STEPS[duration_bin(off - on)]
+            else:
+                steps = round((n.end - n.start) * 100)
+            out[(0 if inst.is_drum else inst.program, inst.is_drum, n.pitch, on,
+                 n.velocity // 4, steps)] += 1
+    return out
+
+
+@pytest.mark.parametrize("path", BUNDLED_FILES, ids=lambda p: p.stem)
+def test_round_trip_bundled(path: Path):
+    pm = load_midi(path)
+    tokens = encode(pm)
+    assert tokens.dtype == np.int64 and tokens.min() >= 2 and tokens.max() < VOCAB_SIZE
+    decoded, repairs = decode(tokens)
+    assert not any(repairs.values()), repairs
+    # every note keeps instrument, pitch, onset step and velocity bin; its duration is its bin's
+    assert quantized_notes(pm, True) == quantized_notes(decoded, False)
+    assert np.array_equal(encode(decoded), tokens)  # tokens -> MIDI -> tokens is exact
+    # a note is two tokens, never more (no note-off): shorter than the event vocabulary
+    assert len(tokens) < len(get_domain("midi").encode(pm))
+
+
+def test_decode_repairs():
+    named = [PROGRAM, VELOCITY + 16]
+    _, repairs = decode([SEP] + named + [note(60), shift(3), note(62), dur(5)])
+    assert repairs["no_duration"] == 1 and sum(repairs.values()) == 1
+    pm, repairs = decode([SEP] + named + [dur(5), note(60), dur(5)])
+    assert repairs["unmatched_duration"] == 1 and sum(repairs.values()) == 1
+    assert len(pm.instruments[0].notes) == 1
+    _, repairs = decode([note(60), dur(2)])
+    assert repairs["no_instrument"] == repairs["no_velocity"] == 1
+
+
+def test_separator_starts_the_next_piece_after_the_last_note_ends():
+    pm, repairs = decode([SEP, PROGRAM, VELOCITY, note(60), dur(40), SEP, PROGRAM, VELOCITY,
+                          note(62), dur(1)])
+    assert repairs["separator"] == 1
+    starts = sorted((n.start, n.pitch) for n in pm.instruments[0].notes)
+    assert starts == [(0.0, 60), (0.4, 62)]  # 40 steps is a bin of its own
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.integers(min_value=-3, max_value=VOCAB_SIZE + 3), max_size=200))
+def test_any_token_stream_decodes(tokens):
+    pm, repairs = decode(tokens)
+    assert all(n.end > n.start for inst in pm.instruments for n in inst.notes)
+    assert all(v >= 0 for v in repairs.values())
+
+
+def test_unknown_vocabulary_is_a_clean_error():
+    with pytest.raises(InputError, match="unknown MIDI vocabulary 'beats'"):
+        get_domain("midi", vocabulary="beats")
+
+
+# ---------------------------------------------------------------------------- grammar
+
+
+def test_limits_from_duration_tokens():
+    # notes of 3 and 5 steps at once (polyphony 2), then one alone; a stray duration ignored
+    seq = np.array([SEP, PROGRAM, VELOCITY, note(60), dur(3), note(64), dur(5), dur(7),
+                    shift(10), note(67), dur(2)])
+    limits = limits_from([seq] * 10, "durations")
+    assert limits.max_polyphony == 2 and limits.max_steps == 5
+
+
+def test_limits_of_the_bundled_chorales_match_their_notes():
+    domain = get_domain("midi", vocabulary="durations")
+    records = list(domain.read(BACH))
+    limits = GrammarLimits(**domain.sampling_limits(r.tokens for r in records))
+    most = 0
+    for rec in records:
+        pm, _ = domain.decode(rec.tokens)
+        notes = [n for inst in pm.instruments for n in inst.notes]
+        # sounding at an onset: started at or before it, not yet ended
+        most = max(most, max(sum(m.start <= n.start < m.end for m in notes) for n in notes))
+    assert limits.max_polyphony == most
+
+
+def test_masks_follow_the_duration_grammar():
+    limits = GrammarLimits(max_polyphony=2, max_steps=40)
+    bare = DurationGrammar(limits, [np.array([SEP])]).allowed()[0]
+    assert not bare[note(0):DURATION].any() and not bare[DURATION:SHIFT].any()
+    g = DurationGrammar(limits, [np.array([SEP, PROGRAM, VELOCITY + 16, note(60)])])
+    ok = g.allowed()[0]
+    # after a pitch, only its duration, up to the limit
+    assert ok[dur(1)] and ok[dur(40)] and not ok[dur(41)]
+    assert ok.sum() == duration_bin(40) + 1
+    g.update(torch.tensor([dur(20)]), torch.tensor([0.5]))
+    ok = g.allowed()[0]
+    assert not ok[DURATION:SHIFT].any()  # no duration without a note
+    assert not ok[note(60)] and ok[note(61)]  # 60 sounds on this instrument
+    assert ok[shift(100)] and ok[PROGRAM + 3] and not ok[SEP]
+    g.update(torch.tensor([note(64)]), torch.tensor([0.0]))
+    g.update(torch.tensor([dur(30)]), torch.tensor([0.0]))
+    assert not g.allowed()[0][note(0):DURATION].any()  # two notes sound: the cap
+    g.update(torch.tensor([shift(20)]), torch.tensor([0.0]))  # note 60 has ended
+    ok = g.allowed()[0]
+    assert ok[note(60)] and not ok[note(64)]
+    g.update(torch.tensor([PROGRAM + 40]), torch.tensor([0.0]))
+    assert g.allowed()[0][note(64)]  # 64 sounds on program 0, not on program 40
+    assert g.closing() == []
+    g.update(torch.tensor([note(70)]), torch.tensor([0.0]))
+    assert g.closing() == [DURATION]  # a note waiting for its duration gets the shortest
+    assert g.removed == [[0.5, 0.0, 0.0, 0.0, 0.0, 0.0]]
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_sampling_under_the_duration_grammar_needs_no_repair(seed):
+    limits = GrammarLimits(max_polyphony=4, max_steps=50)
+    g = DurationGrammar(limits, [np.array([SEP])])
+    rng = np.random.default_rng(seed)
+    tokens = [SEP]
+    for _ in range(3000):
+        ok = g.allowed()[0]
+        weights = np.where(ok, rng.random(len(ok)), 0.0)
+        weights[note(0):DURATION] *= 3.0  # lean towards notes, to test the cap
+        t = int(np.argmax(weights))
+        g.update(torch.tensor([t]), torch.tensor([0.0]))
+        tokens.append(t)
+    tokens += g.closing()
+    pm, repairs = decode(np.array(tokens))
+    assert not any(repairs.values()), repairs
+    notes = [n for inst in pm.instruments for n in inst.notes]
+    assert len(notes) > 100
+    assert max(n.end - n.start for n in notes) <= limits.max_steps * 0.01 + 1e-6
+    edges = sorted([(n.end, -1) for n in notes] + [(n.start, 1) for n in notes])
+    assert max(np.cumsum([e for _, e in edges])) <= limits.max_polyphony
+
+
+# ---------------------------------------------------------------------------- the CLI
+
+
+def test_train_sample_score_with_the_duration_vocabulary(tmp_path):
+    out = tmp_path / "bach"
+    code, text = run("train", "midi", "--midi", BACH, "--out", out, "--max-steps", 2,
+                     "--batch-size", 2, "--vocabulary", "durations", *TINY)
+    assert code == 0, text
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["data"]["options"] == {"vocabulary": "durations"}
+    domain = get_domain("midi", vocabulary="durations")
+    tokens = [r.tokens for r in domain.read(BACH)]
+    limits = json.loads((out / "sampling.json").read_text())
+    assert limits == limits_from(tokens[:-1], "durations").to_dict()
+    code, text = run("info", out)
+    assert code == 0 and "durations" in text, text
+    mid = tmp_path / "s.mid"
+    code, text = run("sample", "midi", "--model", out, "--length", 300, "--out", mid,
+                     "--seed", 0)
+    assert code == 0, text
+    assert "no repairs needed" in text
+    pm = load_midi(mid)
+    assert sum(len(i.notes) for i in pm.instruments) > 0
+    # the compiled step decodes the same tokens (greedy), and a bad device is one error
+    eager, compiled = tmp_path / "e.mid", tmp_path / "c.mid"
+    for path, extra in ((eager, []), (compiled, ["--compile"])):
+        code, text = run("sample", "midi", "--model", out, "--length", 60, "--out", path,
+                         "--temperature", 0, "--device", "cpu", *extra)
+        assert code == 0, text
+    assert encode(load_midi(eager)).tolist() == encode(load_midi(compiled)).tolist()
+    code, text = run("sample", "midi", "--model", out, "--length", 5, "--out",
+                     tmp_path / "d.mid", "--device", "quantum")
+    assert code != 0 and "--device quantum: not a device" in text and "Traceback" not in text
+    code, text = run("score", "midi", "--model", out, "--midi", BACH / "bach__bwv1.6.mid",
+                     "--out", tmp_path / "s.tsv")
+    assert code == 0, text
+    rows = (tmp_path / "s.tsv").read_text().splitlines()
+    header, row = rows[0].split("\t"), rows[1].split("\t")
+    assert int(row[header.index("length")]) == len(domain.encode(load_midi(
+        BACH / "bach__bwv1.6.mid")))
+
+
+def test_train_refuses_an_unknown_vocabulary(tmp_path):
+    code, text = run("train", "midi", "--midi", BACH, "--out", tmp_path / "x",
+                     "--vocabulary", "beats", *TINY)
+    assert code != 0 and "unknown MIDI vocabulary 'beats'" in text
+    assert "Traceback" not in text and not (tmp_path / "x").exists()
