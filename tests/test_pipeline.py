@@ -104,6 +104,25 @@ def test_windows_are_seeded_and_cover_validation_once(tmp_path):
         TrainWindows(val, 1000, 1, 0)
 
 
+def test_record_starts_put_a_record_start_at_window_position_zero(tmp_path):
+    store, recs, _, _ = _store(tmp_path, lengths=(300, 200, 250, 220))
+    train, _ = split_streams(store, 0.0, "records", sep_id=1)
+    plain = TrainWindows(train, 64, n_items=400, seed=3)
+    # the old draws are kept when the option is off
+    expected_at = [int(np.random.default_rng([3, i]).integers(0, len(train) - 64))
+                   for i in range(400)]
+    assert all(torch.equal(plain[i], torch.from_numpy(train.slice(at, 65)))
+               for i, at in enumerate(expected_at))
+    starts = {tuple(r.tokens[:64].tolist()) for r in recs}
+    mixed = TrainWindows(train, 64, n_items=400, seed=3, record_starts=0.25)
+    at_start = [w for w in (mixed[i] for i in range(400)) if int(w[0]) == 1
+                and tuple(w[1:].tolist()) in starts]
+    assert 70 <= len(at_start) <= 130  # about a quarter, each a record's own beginning
+    assert {tuple(w[1:].tolist()) for w in at_start} == starts  # every record in turn
+    every = TrainWindows(train, 64, n_items=50, seed=3, record_starts=1.0)
+    assert all(int(every[i][0]) == 1 for i in range(50))
+
+
 @pytest.mark.parametrize("length, window, stride", [(10, 4, 2), (9, 4, 4), (3, 8, 4),
                                                     (100, 16, 5)])
 def test_stitched_windows_keep_each_position_once_with_most_context(length, window, stride):
@@ -144,6 +163,7 @@ def test_run_config_checks_every_field(tmp_path):
                        ("model.n_layer=3", "model.n_layer"),
                        ("model.d_model=30", "model.d_model"),
                        ("data.seq_len=999999999", "data.seq_len"),
+                       ("data.record_starts=1.5", "data.record_starts"),
                        ("nosuch.x=1", "nosuch")]:
         with pytest.raises(InputError, match=f"^{field}"):
             run_config.resolve("dna", 12, None, {}, [bad])

@@ -33,6 +33,7 @@ DEFAULTS: dict[str, Any] = {
         "rc_augment": True,  # DNA: reverse-complement half the windows
         "options": {},  # domain tokenization options, e.g. {softmask: keep}
         "val_windows": 8,  # validation windows per evaluation
+        "record_starts": 0.0,  # share of training windows that start at a record's start
     },
     "train": {
         "max_steps": 200,
@@ -190,6 +191,8 @@ def resolve(domain: str, vocab_size: int, preset: str | Path | None = None,
          data["rc_augment"])
     need(integer(data["val_windows"], 0), "data.val_windows", "must be an integer >= 0",
          data["val_windows"])
+    need(number(data["record_starts"], 0.0) and data["record_starts"] <= 1.0,
+         "data.record_starts", "must be a number in [0, 1]", data["record_starts"])
     need(isinstance(data["holdout_ids"], list), "data.holdout_ids", "must be a list of ids",
          data["holdout_ids"])
     for key in ("max_steps", "batch_size", "accumulate", "val_every", "log_every"):

@@ -56,7 +56,7 @@ class WindowData(pl.LightningDataModule):
         data, train = self.cfg["data"], self.cfg["train"]
         n_items, done = item_range(self.trainer, train)
         ds = TrainWindows(self.train_stream, data["seq_len"], n_items, train["seed"],
-                          self.augment, start=done)
+                          self.augment, start=done, record_starts=data["record_starts"])
         return DataLoader(ds, batch_size=train["batch_size"], num_workers=train["num_workers"])
 
     def val_dataloader(self) -> DataLoader:

@@ -77,23 +77,35 @@ def split_streams(store: TokenStore, holdout: float, split: str, sep_id: int,
 
 class TrainWindows(Dataset):
     """Item i: a window of seq_len + 1 tokens at an offset drawn from rng(seed, i), so
-    the data order is reproducible and any process or resumed run can start anywhere."""
+    the data order is reproducible and any process or resumed run can start anywhere.
+
+    record_starts: the share of windows that start at a record's separator instead. A
+    window at a random offset almost never has the separator at position 0, which is
+    where sampling starts ([sep] alone): without such windows a model of short records
+    (MIDI pieces) has not learned how a record begins."""
 
     def __init__(self, stream: Stream, seq_len: int, n_items: int, seed: int,
                  augment: Callable[[np.ndarray, np.random.Generator], np.ndarray] | None = None,
-                 start: int = 0):
+                 start: int = 0, record_starts: float = 0.0):
         if len(stream) < seq_len + 1:
             raise InputError(f"training data has {len(stream)} tokens, fewer than one window "
                              f"of {seq_len + 1}: use a smaller --seq-len or more data")
         self.stream, self.seq_len, self.n_items = stream, seq_len, n_items
         self.seed, self.augment, self.start = seed, augment, start
+        self.record_starts = record_starts
 
     def __len__(self) -> int:
         return self.n_items
 
     def __getitem__(self, i: int) -> torch.Tensor:
         rng = np.random.default_rng([self.seed, self.start + i])
-        at = int(rng.integers(0, len(self.stream) - self.seq_len))
+        last = len(self.stream) - self.seq_len - 1  # the last start with a whole window
+        # (with record_starts 0 the draws are those of runs from before it existed)
+        if self.record_starts and rng.random() < self.record_starts:
+            record = int(rng.integers(0, len(self.stream.segments)))
+            at = min(int(self.stream.starts[record]), last)
+        else:
+            at = int(rng.integers(0, last + 1))
         window = self.stream.slice(at, self.seq_len + 1)
         if self.augment is not None:
             window = self.augment(window, rng)
