@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 from typer.testing import CliRunner
 
@@ -25,3 +28,14 @@ def run_cli(*args) -> tuple[int, str]:
     """Run `seqformer ARGS...` in-process: (exit code, everything it printed)."""
     result = _runner.invoke(app, [str(a) for a in args])
     return result.exit_code, result.output
+
+
+def load_app_module(path: Path, name: str) -> ModuleType:
+    """Import an app's script (apps/ is not a package) under `name`, registered in
+    sys.modules (dataclasses look their module up there; several apps have a prepare.py,
+    so the name must be unique)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -1,6 +1,5 @@
 """apps/duplication: the Reformer paper's duplication task (data, loss mask, the table)."""
 
-import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -8,16 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from cli_helpers import load_app_module
+
 APP = Path(__file__).resolve().parents[1] / "apps" / "duplication" / "duplication.py"
 
 
 @pytest.fixture(scope="module")
 def dup():
-    spec = importlib.util.spec_from_file_location("duplication", APP)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["duplication"] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    yield module
+    yield load_app_module(APP, "duplication")
     sys.modules.pop("duplication", None)
 
 

@@ -1,10 +1,8 @@
 """apps/harmonize: soprano / alto-tenor-bass pairs from Bach chorales (prepare.py) and the
 analysis of generated voices (voices.py)."""
 
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import pretty_midi
@@ -13,22 +11,15 @@ import pytest
 from seqformer.domains import get_domain
 from seqformer.domains.midi import decode, encode, load_midi
 
+from cli_helpers import load_app_module
+
 REPO = Path(__file__).resolve().parents[1]
 APP = REPO / "apps" / "harmonize"
 BACH = REPO.parent / "shared" / "data" / "midi" / "bach"
 
 
-def _load(name):
-    """Import an app module under a unique name (other apps have a prepare.py too)."""
-    spec = importlib.util.spec_from_file_location(f"harmonize_{name}", APP / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-prepare = _load("prepare")
-voices = _load("voices")
+prepare = load_app_module(APP / "prepare.py", "harmonize_prepare")
+voices = load_app_module(APP / "voices.py", "harmonize_voices")
 
 KEPT = ["bach__bwv323", "bach__bwv286", "bach__bwv324", "bach__bwv396",
         "bach__bwv79.6"]  # the last has horns and timpani beside the voices

@@ -1,10 +1,8 @@
 """apps/music_continuation: the primer cut, the joined MIDI, the picture, the distances and
 the bad inputs, with a tiny model trained for two steps on the bundled chorales."""
 
-import importlib.util
 import math
 import shutil
-import sys
 
 import mido
 import numpy as np
@@ -15,23 +13,16 @@ import yaml
 from seqformer.domains import midi
 from seqformer.pipeline.run_dir import load_run
 
-from cli_helpers import REPO
+from cli_helpers import REPO, load_app_module
 
 APP = REPO / "apps" / "music_continuation"
 BACH = REPO / "data" / "midi" / "bach"
 PIECE = BACH / "bach__bwv1.6.mid"  # 63 s
 
 
-def _load(name, module_name):
-    spec = importlib.util.spec_from_file_location(module_name, APP / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[module_name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-cp = _load("continue_piece", "continue_piece")  # evaluate.py imports it by this name
-ev = _load("evaluate", "music_continuation_evaluate")
+# evaluate.py imports continue_piece by this name
+cp = load_app_module(APP / "continue_piece.py", "continue_piece")
+ev = load_app_module(APP / "evaluate.py", "music_continuation_evaluate")
 
 
 @pytest.fixture(scope="module")
