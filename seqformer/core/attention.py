@@ -386,10 +386,11 @@ class Attention(nn.Module):
         last = (rank - 1).unsqueeze(-1)
         held = last - (last - torch.arange(W, device=q.device)) % W
         valid = (held >= 0) & (held >= ((rank // bs - 1) * bs).unsqueeze(-1))
-        idx = positions.clamp_min(0).unsqueeze(-1).expand(B, H, R, W, D)
-        T = cache.k.shape[2]
-        kw = cache.k.unsqueeze(2).expand(B, H, R, T, D).gather(3, idx)
-        vw = cache.v.unsqueeze(2).expand(B, H, R, T, D).gather(3, idx)
+        # the R * W keys of all rounds in one gather from the cache itself (not from an
+        # (R, capacity) expanded view of it)
+        idx = positions.clamp_min(0).view(B, H, R * W, 1).expand(B, H, R * W, D)
+        kw = cache.k.gather(2, idx).view(B, H, R, W, D)
+        vw = cache.v.gather(2, idx).view(B, H, R, W, D)
         o, lse = attend_one(q.unsqueeze(2).expand(B, H, R, D), kw, vw, valid,
                             v.unsqueeze(2).expand(B, H, R, D))
         o = (o * torch.softmax(lse, dim=-1).unsqueeze(-1)).sum(dim=2) if R > 1 else o[:, :, 0]
