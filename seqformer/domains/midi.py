@@ -244,6 +244,19 @@ def encode(pm: pretty_midi.PrettyMIDI) -> np.ndarray:
 # ---------------------------------------------------------------------------- decoding
 
 
+def note_context(inst: int | None, vel: int | None, repairs: dict[str, int]
+                 ) -> tuple[int, int]:
+    """The instrument and velocity bin of a note, repaired (and counted) when the sequence
+    has not said them yet: program 0, velocity 64's bin."""
+    if inst is None:
+        repairs["no_instrument"] += 1
+        inst = PROGRAM
+    if vel is None:
+        repairs["no_velocity"] += 1
+        vel = velocity_bin(64)
+    return inst, vel
+
+
 def decode(tokens: Iterable[int]) -> tuple[pretty_midi.PrettyMIDI, dict[str, int]]:
     """A PrettyMIDI object from any token sequence, and counts of what had to be repaired:
 
@@ -291,12 +304,7 @@ def decode(tokens: Iterable[int]) -> tuple[pretty_midi.PrettyMIDI, dict[str, int
         else:
             in_piece = True
             if token < NOTE_OFF:
-                if inst is None:
-                    repairs["no_instrument"] += 1
-                    inst = PROGRAM
-                if vel is None:
-                    repairs["no_velocity"] += 1
-                    vel = velocity_bin(64)
+                inst, vel = note_context(inst, vel, repairs)
                 open_notes[(inst, token - NOTE_ON)].append((now, vel))
             elif token < SHIFT:
                 key = (inst, token - NOTE_OFF)

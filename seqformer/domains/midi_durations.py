@@ -42,6 +42,7 @@ from .midi import (
     _shifts,
     _step,
     _to_pretty_midi,
+    note_context,
     velocity_bin,
 )
 
@@ -149,12 +150,7 @@ def decode(tokens: Iterable[int]) -> tuple[pretty_midi.PrettyMIDI, dict[str, int
         else:
             in_piece = True
             if token < DURATION:
-                if inst is None:
-                    repairs["no_instrument"] += 1
-                    inst = PROGRAM
-                if vel is None:
-                    repairs["no_velocity"] += 1
-                    vel = velocity_bin(64)
+                inst, vel = note_context(inst, vel, repairs)
                 pending = (inst, token - NOTE_ON, vel)
             elif token < VELOCITY:
                 now += token - SHIFT + 1

@@ -42,15 +42,34 @@ class GrammarLimits:
         return asdict(self)
 
 
-class _Walk:
-    """The state the event tokens describe, as the decoder reads them."""
+class _Context:
+    """What both vocabularies' walks share: the time, the current instrument, and whether
+    an instrument and a velocity token have been seen in this piece."""
 
     def __init__(self) -> None:
         self.now, self.inst = 0, PROGRAM  # a note before any instrument token: program 0
+        self.named = False
+        self._seen: set[str] = set()
+
+    def _context(self, token: int) -> None:
+        """Apply a shift, velocity, program or drums token (others change nothing)."""
+        if SHIFT <= token < VELOCITY:
+            self.now += token - SHIFT + 1
+        elif VELOCITY <= token < PROGRAM:
+            self._seen.add("velocity")
+        elif PROGRAM <= token <= DRUMS:
+            self.inst = token
+            self._seen.add("instrument")
+        self.named = len(self._seen) == 2
+
+
+class _Walk(_Context):
+    """The state the event tokens describe, as the decoder reads them."""
+
+    def __init__(self) -> None:
+        super().__init__()
         self.sounding: dict[tuple[int, int], deque[int]] = defaultdict(deque)
         self.count = 0
-        self.named = False  # an instrument and a velocity token seen in this piece
-        self._seen: set[str] = set()
 
     def step(self, token: int) -> int | None:
         """Apply one token; returns the duration of a note it ended, if any."""
@@ -68,14 +87,8 @@ class _Walk:
                 if not onsets:  # only sounding notes stay: the masks loop over them
                     del self.sounding[key]
                 return self.now - onset
-        elif SHIFT <= token < VELOCITY:
-            self.now += token - SHIFT + 1
-        elif VELOCITY <= token < PROGRAM:
-            self._seen.add("velocity")
-        elif PROGRAM <= token <= DRUMS:
-            self.inst = token
-            self._seen.add("instrument")
-        self.named = len(self._seen) == 2
+        else:
+            self._context(token)
         return None
 
     def oldest(self) -> tuple[tuple[int, int], int] | None:
@@ -84,16 +97,14 @@ class _Walk:
         return (min(live)[1], min(live)[0]) if live else None
 
 
-class _DurationWalk:
+class _DurationWalk(_Context):
     """The same state for the duration vocabulary: sounding notes are (end, instrument,
     pitch), and a pitch waits for its duration token."""
 
     def __init__(self) -> None:
-        self.now, self.inst = 0, PROGRAM
+        super().__init__()
         self.sounding: list[tuple[int, int, int]] = []
         self.waiting: int | None = None  # the pitch of a note awaiting its duration
-        self.named = False
-        self._seen: set[str] = set()
 
     @property
     def count(self) -> int:
@@ -113,15 +124,9 @@ class _DurationWalk:
             self.__init__()
         elif NOTE_ON <= token < DURATION:
             self.waiting = token - NOTE_ON
-        elif SHIFT <= token < VELOCITY:
-            self.now += token - SHIFT + 1
+        else:
+            self._context(token)
             self.sounding = [note for note in self.sounding if note[0] > self.now]
-        elif VELOCITY <= token < PROGRAM:
-            self._seen.add("velocity")
-        elif PROGRAM <= token <= DRUMS:
-            self.inst = token
-            self._seen.add("instrument")
-        self.named = len(self._seen) == 2
         return None
 
 
