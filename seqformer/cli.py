@@ -544,6 +544,9 @@ def sample_seq2seq(model: ModelOpt, source: SourceOpt,
                    seed: Seed = None,
                    batch_size: Annotated[int, typer.Option(
                        "--batch-size", help="sources decoded together")] = 16,
+                   num_beams: Annotated[int, typer.Option(
+                       "--num-beams", help="> 1: beam search for the likeliest target "
+                       "instead of sampling (--temperature/--top-k/--top-p unused)")] = 1,
                    force: Force = False) -> None:
     """A target for each source record, sampled until the model closes it (or
     --max-length). Sample k draws with seed + k."""
@@ -556,6 +559,8 @@ def sample_seq2seq(model: ModelOpt, source: SourceOpt,
         check_sampling(temperature, top_k, top_p)
     except ValueError as e:
         raise InputError("--" + str(e).replace("_", "-", 1)) from None
+    if num_beams < 1:
+        raise InputError(f"--num-beams {num_beams}: must be at least 1")
     encdec, source_domain, target_domain, cfg = load_seq2seq(model)
     limit = encdec.max_target_len - 1
     if max_length is not None and not 1 <= max_length <= limit:
@@ -576,7 +581,7 @@ def sample_seq2seq(model: ModelOpt, source: SourceOpt,
         targets = translate(encdec, [r.tokens for r in records], target_domain.sep_id,
                             max_length or limit, temperature, top_k, top_p, seed,
                             allowed=target_domain.generatable(), batch_size=batch_size,
-                            on_done=lambda n: bar.advance(task, n))
+                            on_done=lambda n: bar.advance(task, n), num_beams=num_beams)
     made = [Record(r.id, t) for r, t in zip(records, targets)]
     if paths is None:
         target_domain.write(made, out_path)

@@ -117,6 +117,23 @@ def test_logits_that_want_to_stop_early_are_overridden(real_proteins):
     check_rows(run_constrained(real_proteins, 1, 1.0, bias=bias), real_proteins)
 
 
+def test_reorder_copies_rows_for_beam_search(real_proteins):
+    """Rows expanded into beams and shuffled mid-gene go on as their new protein's rows."""
+    proteins = real_proteins[:2]
+    constraint = SynonymousCodons(proteins)
+    constraint.reorder(torch.tensor([0, 0, 1, 1]))
+    gen = torch.Generator().manual_seed(0)
+    for step in range(constraint.max_steps + 2):
+        if step == 20:
+            constraint.reorder(torch.tensor([1, 0, 3, 3]))
+        logits, removed = apply_constraint(torch.randn(4, len(TOKENS), generator=gen),
+                                           constraint)
+        constraint.update(sample_next(logits, 1.0, generator=gen), removed)
+    check_rows(constraint, [proteins[0]] * 2 + [proteins[1]] * 2, extra=2)
+    assert constraint.cds()[2][:20] == constraint.cds()[3][:20]  # both from row 3
+    assert constraint.tokens[2] is not constraint.tokens[3]  # copies, not one shared list
+
+
 def allowed_bases(constraint, row=0):
     mask = constraint.allowed()[row]
     return {TOKENS[i] for i in range(len(TOKENS)) if mask[i]}
@@ -260,6 +277,22 @@ def test_evaluate(usage, sample_train):
         1 - 1 / len(natives))
     with pytest.raises(KeyError):
         codons.evaluate({"nope": "ATGTAA"}, natives, usage)
+
+
+def test_neighbour_design_follows_the_context_and_backs_off():
+    # K before G is always AAG here, K elsewhere mostly AAA
+    proteins = ["MKG"] * 5 + ["MKA"] * 9
+    cds = ["ATGAAGGGCTAA"] * 5 + ["ATGAAAGCGTAA"] * 9
+    usage = codons.CodonUsage.from_cds(cds)
+    neighbours = codons.NeighbourUsage.from_pairs(proteins, cds)
+    assert usage.top_codon("K") == "AAA"
+    design = codons.neighbour_codon_design("MKGKA", usage, neighbours)
+    assert codons.codons(design) == ["ATG", "AAG", "GGC", "AAA", "GCG", "TAA"]
+    # (G, K, A) was never seen: K's overall most frequent codon; a rarer context backs off
+    assert codons.neighbour_codon_design("MKG", usage, neighbours) == "ATGAAGGGCTAA"
+    rare = codons.NeighbourUsage.from_pairs(proteins[:4], cds[:4])
+    assert codons.neighbour_codon_design("MKG", usage, rare)[3:6] == "AAA"
+    assert translate(design) == "MKGKA"
 
 
 def test_baseline_script_on_the_sample(capsys):

@@ -249,3 +249,52 @@ def test_codon_designs_from_a_trained_model_translate_back_to_their_proteins(cod
     for rid, cds in designs.items():
         assert translates_to(cds, proteins[rid]), rid
     assert designs != {k: v for k, v in read_fasta(HELD_CDS).items()}  # sampled, not copied
+    beamed = design.design(codon_run, proteins, beams=3)
+    for rid, cds in beamed.items():
+        assert translates_to(cds, proteins[rid]), rid
+
+
+def test_sample_with_beams_writes_the_likeliest_target(codon_run: Path, tmp_path) -> None:
+    out = tmp_path / "beams.fa"
+    args = ["sample", "seq2seq", "--model", codon_run, "--source", HELD_PROTEIN,
+            "--max-length", "40"]
+    code, text = run_cli(*args, "--out", out, "--num-beams", "4")
+    assert code == 0, text
+    model, protein, dna, _ = load_seq2seq(codon_run)
+    sources = [r.tokens for r in protein.read(HELD_PROTEIN)]
+    want = translate(model, sources, dna.sep_id, 40, num_beams=4, allowed=dna.generatable())
+    assert [r.tokens.tolist() for r in dna.read(out)] == [t.tolist() for t in want]
+    code, text = run_cli(*args, "--out", tmp_path / "none.fa", "--num-beams", "0")
+    assert code == 2 and "--num-beams 0" in text
+
+
+def test_aligned_cross_attention_is_one_config_switch(tmp_path) -> None:
+    out = tmp_path / "aligned"
+    code, text = run_cli(*train_args(out), "train.max_steps=3",
+                         "seq2seq.align={ratio: 3, window: 4}")
+    assert code == 0, text
+    model, _, _, _ = load_seq2seq(out)
+    assert model.alignment.ratio == 3 and model.alignment.window == 4
+    assert model.decoder.layers[0].cross.offset_bias.shape == (model.dec_cfg.n_heads, 9)
+    designed = tmp_path / "designed.fa"
+    code, text = run_cli("sample", "seq2seq", "--model", out, "--source", HELD_PROTEIN,
+                         "--out", designed, "--max-length", "30")
+    assert code == 0, text
+    for bad, says in [("seq2seq.align={ratio: 0, window: 4}", "seq2seq.align.ratio"),
+                      ("seq2seq.align=3", "seq2seq.align: expected null or"),
+                      ("seq2seq.align={ratio: 3}", "seq2seq.align: expected null or")]:
+        code, text = run_cli(*train_args(tmp_path / "bad"), bad)
+        assert code == 2 and says in text and "Traceback" not in text, (bad, text)
+
+
+@pytest.mark.parametrize("app, source, target", [("codon_design/codon.yaml", "protein", "dna"),
+                                                 ("harmonize/harmonize.yaml", "midi", "midi")])
+def test_the_apps_presets_build_their_models(app: str, source: str, target: str) -> None:
+    from seqformer.pipeline.run_config import resolve
+    from seqformer.pipeline.seq2seq import build_model
+
+    cfg = resolve(target, get_domain(target).vocab_size, REPO / "apps" / app, task="seq2seq",
+                  source=(source, get_domain(source).vocab_size))
+    model = build_model(cfg)
+    if app.startswith("codon"):  # the aligned cross-attention, 3 bases per residue
+        assert model.alignment.ratio == 3 and model.tie_positions

@@ -6,6 +6,9 @@ Codon usage is counted on the training CDSs (`train_cds.fa[.gz]`); each held-out
 is then designed three ways and scored against its native CDS with `codons.evaluate`:
 
 - most_frequent: each residue's most frequent training codon (the usual baseline);
+- neighbours: each residue's most frequent training codon given its previous and next
+  residues (backing off to most_frequent for contexts seen fewer than 5 times): what
+  local context alone gives;
 - sampled: codons drawn with their training frequencies (seeded);
 - uniform: codons drawn uniformly among the synonyms (seeded).
 
@@ -24,8 +27,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from codons import (  # noqa: E402
     CodonUsage,
+    NeighbourUsage,
     evaluate,
     most_frequent_codon_design,
+    neighbour_codon_design,
     sampled_codon_design,
 )
 from prepare import DEFAULT_OUT, load_pairs  # noqa: E402
@@ -37,12 +42,16 @@ COLUMNS = ("codon_identity", "codon_identity_pooled", "cai_design", "cai_native"
 def baselines(data_dir: str | Path = DEFAULT_OUT, split: str = "heldout", seed: int = 0,
               train_split: str = "train") -> dict[str, dict[str, float]]:
     """{baseline name: evaluate(...)} for the proteins of `split`."""
-    _, train_cds = load_pairs(data_dir, train_split)
+    train_proteins, train_cds = load_pairs(data_dir, train_split)
     proteins, natives = load_pairs(data_dir, split)
     usage = CodonUsage.from_cds(train_cds.values())
+    neighbours = NeighbourUsage.from_pairs(train_proteins.values(),
+                                           (train_cds[k] for k in train_proteins))
     rng = random.Random(seed)
     designs = {
         "most_frequent": {k: most_frequent_codon_design(p, usage) for k, p in proteins.items()},
+        "neighbours": {k: neighbour_codon_design(p, usage, neighbours)
+                       for k, p in proteins.items()},
         "sampled": {k: sampled_codon_design(p, usage, rng) for k, p in proteins.items()},
         "uniform": {k: sampled_codon_design(p, usage, rng, uniform=True)
                     for k, p in proteins.items()},

@@ -130,6 +130,47 @@ def most_frequent_codon_design(protein: str, usage: CodonUsage) -> str:
             + usage.top_stop())
 
 
+@dataclass
+class NeighbourUsage:
+    """Sense-codon counts per (previous residue, residue, next residue) of the training
+    genes ('^' before the first residue, '$' after the last): the most frequent codon in a
+    residue's immediate context, a stronger baseline than its most frequent codon overall
+    and an estimate of how much a design can gain from local context alone."""
+
+    counts: dict[tuple[str, str, str], Counter] = field(default_factory=dict)
+
+    @classmethod
+    def from_pairs(cls, proteins: Iterable[str], cds_seqs: Iterable[str]) -> NeighbourUsage:
+        usage = cls()
+        for protein, cds in zip(proteins, cds_seqs):
+            cs = codons(cds.upper())
+            for i in range(1, len(protein)):
+                key = (protein[i - 1], protein[i], protein[i + 1] if i + 1 < len(protein)
+                       else "$")
+                usage.counts.setdefault(key, Counter())[cs[i]] += 1
+        return usage
+
+    def top_codon(self, key: tuple[str, str, str], fallback: CodonUsage,
+                  min_count: int = 5) -> str:
+        """The context's most frequent codon; the residue's overall one when the context
+        was seen fewer than min_count times."""
+        seen = self.counts.get(key)
+        if seen is None or sum(seen.values()) < min_count:
+            return fallback.top_codon(key[1])
+        return max(seen, key=lambda c: (seen[c], [-ord(b) for b in c]))
+
+
+def neighbour_codon_design(protein: str, usage: CodonUsage, neighbours: NeighbourUsage
+                           ) -> str:
+    """The most frequent start codon, then each residue's most frequent codon given its
+    two neighbouring residues, then the most frequent stop codon."""
+    protein = _check_protein(protein)
+    ends = "^" + protein + "$"
+    body = "".join(neighbours.top_codon((ends[i], ends[i + 1], ends[i + 2]), usage)
+                   for i in range(1, len(protein)))
+    return usage.top_start() + body + usage.top_stop()
+
+
 def sampled_codon_design(protein: str, usage: CodonUsage, rng: random.Random,
                          uniform: bool = False) -> str:
     """A baseline that draws each codon at random: with the training frequencies (start and

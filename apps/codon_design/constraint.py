@@ -176,6 +176,19 @@ class SynonymousCodons:
             self.removed += removed * active
             self.removed_steps += active.long()
 
+    def reorder(self, index: torch.Tensor) -> None:
+        """Row r takes row index[r]'s state (beam search: B proteins become B x beams
+        rows, and beams are reordered every step)."""
+        rows = torch.as_tensor(index).reshape(-1).tolist()
+        self.proteins = [self.proteins[i] for i in rows]
+        self._families = [self._families[i] for i in rows]
+        self.steps = [self.steps[i] for i in rows]
+        self.step = [self.step[i] for i in rows]
+        self.tokens = [list(self.tokens[i]) for i in rows]
+        self.removed = self.removed[rows]
+        self.removed_steps = self.removed_steps[rows]
+        self.max_steps = max(self.steps)
+
     def cds(self) -> list[str]:
         """The bases written so far in each row (the CDS with its stop codon once the row
         is done), without <sep> and <pad>."""

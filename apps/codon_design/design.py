@@ -1,7 +1,7 @@
 """Design coding sequences with a trained protein -> DNA encoder-decoder, and score them.
 
     python apps/codon_design/design.py --model runs/codon [--split heldout] \
-        [--temperature 0] [--out runs/codon/designs]
+        [--temperature 0 | --beams K] [--out runs/codon/designs]
 
 Each protein of the split is decoded under `SynonymousCodons` (every design translates
 back to exactly its protein), then compared with its native gene and with the
@@ -35,8 +35,9 @@ from seqformer.pipeline.seq2seq import (  # noqa: E402
 
 
 def design(model_dir: str | Path, proteins: dict[str, str], temperature: float = 0.0,
-           seed: int = 0, batch_size: int = 16) -> dict[str, str]:
-    """{id: designed CDS (stop codon included)} for {id: protein}."""
+           seed: int = 0, batch_size: int = 16, beams: int = 1) -> dict[str, str]:
+    """{id: designed CDS (stop codon included)} for {id: protein}. beams > 1: each design
+    is beam search's likeliest CDS (temperature unused)."""
     model, protein_domain, dna, _ = load_seq2seq(model_dir)
     ids = list(proteins)
     sources = [protein_domain.encode(proteins[i]) for i in ids]
@@ -44,7 +45,8 @@ def design(model_dir: str | Path, proteins: dict[str, str], temperature: float =
     targets = translate(model, sources, dna.sep_id, longest, temperature, seed=seed,
                         constraint=lambda rows: SynonymousCodons(
                             [protein_domain.decode(r) for r in rows]),
-                        allowed=dna.generatable(), batch_size=batch_size)
+                        allowed=dna.generatable(), batch_size=batch_size,
+                        num_beams=beams)
     return {i: dna.decode(t) for i, t in zip(ids, targets)}
 
 
@@ -64,6 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data", default=str(DEFAULT_OUT))
     ap.add_argument("--split", default="heldout")
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    ap.add_argument("--beams", type=int, default=1,
+                    help="> 1: beam search for the likeliest CDS")
+    ap.add_argument("--batch-size", type=int, default=16, help="proteins decoded together")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=None, help="only the first N proteins")
     ap.add_argument("--out", default=None, help="default: <model>/designs")
@@ -77,13 +82,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         proteins = dict(list(proteins.items())[:args.limit])
     natives = {k: natives[k] for k in proteins}
     t0 = time.perf_counter()
-    designs = design(args.model, proteins, args.temperature, args.seed)
+    designs = design(args.model, proteins, args.temperature, args.seed, args.batch_size,
+                     args.beams)
     minutes = (time.perf_counter() - t0) / 60
     baseline = {k: most_frequent_codon_design(p, usage) for k, p in proteins.items()}
     results = {"model": evaluate(designs, natives, usage),
                "most_frequent": evaluate(baseline, natives, usage),
                "model_bits_per_base_on_natives": native_bits(args.model, proteins, natives),
-               "genes": len(proteins), "temperature": args.temperature,
+               "genes": len(proteins), "temperature": args.temperature, "beams": args.beams,
                "design_minutes": minutes}
     from seqformer.domains import get_domain
 
@@ -92,8 +98,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     (out / "metrics.json").write_text(json.dumps(results, indent=1))
     cols = ("codon_identity", "cai_design", "cai_native", "gc_design", "gc_native",
             "translates")
-    print(f"{len(proteins)} {args.split} genes, designed in {minutes:.1f} min "
-          f"(temperature {args.temperature:g})")
+    how = f"{args.beams} beams" if args.beams > 1 else f"temperature {args.temperature:g}"
+    print(f"{len(proteins)} {args.split} genes, designed in {minutes:.1f} min ({how})")
     print(f"{'':<14}" + "".join(f"{c:>16}" for c in cols))
     for name in ("model", "most_frequent"):
         print(f"{name:<14}" + "".join(f"{results[name][c]:>16.4f}" for c in cols))

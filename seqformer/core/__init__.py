@@ -2,10 +2,12 @@
 
 from .classifier import ReformerClassifier
 from .config import ConfigError, ReformerConfig
+from .cross_attention import Alignment
 from .encdec import ReformerEncDec
 from .model import DecodeCache, ReformerLM
 from .prefix_lm import PrefixLM
 from .sampling import Constraint, check_sampling, sample_next
 
-__all__ = ["ConfigError", "Constraint", "DecodeCache", "PrefixLM", "ReformerClassifier",
-           "ReformerConfig", "ReformerEncDec", "ReformerLM", "check_sampling", "sample_next"]
+__all__ = ["Alignment", "ConfigError", "Constraint", "DecodeCache", "PrefixLM",
+           "ReformerClassifier", "ReformerConfig", "ReformerEncDec", "ReformerLM",
+           "check_sampling", "sample_next"]

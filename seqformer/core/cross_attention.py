@@ -6,14 +6,25 @@ keeps only the output and the log-sum-exp, and the backward recomputes each bloc
 probabilities (as FlashAttention does), so no (T, S) matrix ever exists whole.
 Unlike self-attention, keys and queries are separate projections: they come from two
 different sequences.
+
+`Alignment` makes it the cheaper kind for pairs aligned by position (a protein and its
+coding DNA: 3 bases per residue): target position t attends only to the 2w + 1 source
+positions around t // ratio, with a learned per-head bias for each offset. Compute and
+memory are then T x (2w + 1), and the bias finds the aligned position from the first
+steps, where full cross-attention must first learn S separate alignments from position
+vectors alone (on a CPU budget it never did, see apps/codon_design). Its contract is
+narrower: a source position only reaches target positions within w of its own.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .config import ConfigError
 from .precision import acc_dtype
 
 # Scores held at once per block, (B x H x queries x S) elements: bounded working memory
@@ -80,6 +91,52 @@ class _CrossAttention(torch.autograd.Function):
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None
 
 
+@dataclass(frozen=True)
+class Alignment:
+    """Target position t is aligned with source position t // ratio and attends to the
+    source positions within `window` of it."""
+    ratio: int
+    window: int
+
+    def __post_init__(self) -> None:
+        for name in ("ratio", "window"):
+            v = getattr(self, name)
+            if not (isinstance(v, int) and not isinstance(v, bool) and v >= (name == "ratio")):
+                raise ConfigError(f"align.{name}: must be an integer >= {int(name == 'ratio')}, "
+                                 f"got {v!r}")
+
+    def source_positions(self, positions: torch.Tensor, lengths: torch.Tensor | None, S: int
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """positions (T,) target positions -> ((B or 1, T, 2w + 1) source positions,
+        clamped into range, and a mask of those that are real). The aligned position is
+        clamped to the row's last real one, so a target past the source's end (a stop
+        codon, the end separator) still reads the source's end."""
+        last = (lengths.view(-1, 1) if lengths is not None
+                else torch.full((1, 1), S, device=positions.device)) - 1
+        centre = torch.minimum(positions.view(1, -1) // self.ratio, last.to(positions.device))
+        offsets = torch.arange(-self.window, self.window + 1, device=positions.device)
+        idx = centre.unsqueeze(-1) + offsets
+        real = (idx >= 0) & (idx <= last.to(idx.device).unsqueeze(-1))
+        return idx.clamp(0, S - 1), real
+
+
+def aligned_cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                            idx: torch.Tensor, real: torch.Tensor, bias: torch.Tensor
+                            ) -> torch.Tensor:
+    """q (B, H, T, D), softmax scale included; k, v (B, H, S, D); idx, real (B or 1, T, W)
+    from `Alignment.source_positions`; bias (H, W). Each query against its W keys only:
+    plain autograd, saved bytes B x T x W x d_model (linear in T, free of S)."""
+    B, H, T, D = q.shape
+    W = idx.shape[-1]
+    flat = idx.expand(B, T, W).reshape(B, 1, T * W, 1).expand(B, H, T * W, D)
+    kw = k.gather(2, flat).view(B, H, T, W, D)
+    vw = v.gather(2, flat).view(B, H, T, W, D)
+    acc = acc_dtype(q.dtype)
+    s = torch.einsum("bhtd,bhtwd->bhtw", q, kw).to(acc) + bias.to(acc)[:, None]
+    p = s.masked_fill(~real.unsqueeze(1), float("-inf")).softmax(-1)
+    return torch.einsum("bhtw,bhtwd->bhtd", p.to(v.dtype), vw).to(q.dtype)
+
+
 def cross_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                     valid: torch.Tensor | None = None) -> torch.Tensor:
     """q (B, H, T, D), softmax scale included; k, v (B, H, S, D); valid (B, 1, 1, S) or
@@ -92,9 +149,14 @@ class CrossAttention(nn.Module):
     projection and dropout. A sublayer of the decoder's two-stream stack: it reads the
     same stream as the layer's self-attention and adds to the same one."""
 
-    def __init__(self, d_model: int, n_heads: int, dropout: float):
+    def __init__(self, d_model: int, n_heads: int, dropout: float,
+                 alignment: Alignment | None = None):
         super().__init__()
         self.n_heads = n_heads
+        self.alignment = alignment
+        # zero: at first every offset of the window weighs the same
+        self.offset_bias = (nn.Parameter(torch.zeros(n_heads, 2 * alignment.window + 1))
+                            if alignment is not None else None)
         self.dropout = dropout
         self.norm = nn.LayerNorm(d_model)
         self.to_q = nn.Linear(d_model, d_model, bias=False)
@@ -112,15 +174,23 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor | None,
                 lengths: torch.Tensor | None = None,
-                kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+                kv: tuple[torch.Tensor, torch.Tensor] | None = None,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
         """x (B, T, d_model) target states; memory (B, S, d_model) the encoder's output
         (or kv, its keys and values from `keys_values`); lengths (B,) real source
-        positions."""
+        positions; positions (T,) the target positions of x (None: 0..T-1; only an
+        aligned cross-attention reads them)."""
         k, v = self.keys_values(memory) if kv is None else kv
         h = self.norm(x.to(self.norm.weight.dtype))
         q = self._heads(self.to_q(h)) * (k.shape[-1] ** -0.5)
-        o = cross_attention(q, k.to(q.dtype), v.to(q.dtype),
-                            key_mask(lengths, k.shape[2], x.device))
+        k, v = k.to(q.dtype), v.to(q.dtype)
+        if self.alignment is None:
+            o = cross_attention(q, k, v, key_mask(lengths, k.shape[2], x.device))
+        else:
+            if positions is None:
+                positions = torch.arange(x.shape[1], device=x.device)
+            idx, real = self.alignment.source_positions(positions, lengths, k.shape[2])
+            o = aligned_cross_attention(q, k, v, idx, real, self.offset_bias)
         B, H, T, D = o.shape
         y = self.to_out(o.transpose(1, 2).reshape(B, T, H * D))
         return F.dropout(y, self.dropout, self.training)

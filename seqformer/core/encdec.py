@@ -14,8 +14,10 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .beam_search import beam_search
 from .chunked_loss import next_token_nll, reduce_targets
 from .config import ConfigError, ReformerConfig
+from .cross_attention import Alignment
 from .model import ReformerLM
 from .reversible import Source
 from .sampling import Constraint, check_sampling
@@ -33,11 +35,15 @@ class ReformerEncDec(nn.Module):
     target position t and source position t // k share a vector (codons: k = 3), so
     cross-attention can find its source position from the start instead of learning S
     separate alignments.
+    alignment=Alignment(ratio, window): the cheaper cross-attention for position-aligned
+    pairs, each target position t against the source positions within `window` of
+    t // ratio (see cross_attention.py); None: every target position against the whole
+    source.
     """
 
     def __init__(self, enc_cfg: ReformerConfig, dec_cfg: ReformerConfig,
                  share_weights: bool = False, shared_vocab: bool = False,
-                 tie_positions: bool = False):
+                 tie_positions: bool = False, alignment: Alignment | None = None):
         super().__init__()
         if enc_cfg.causal:
             enc_cfg = ReformerConfig.from_dict({**enc_cfg.to_dict(), "causal": False})
@@ -48,11 +54,11 @@ class ReformerEncDec(nn.Module):
                               f"({dec_cfg.d_model}) must be equal")
         self.enc_cfg, self.dec_cfg = enc_cfg, dec_cfg
         self.share_weights, self.shared_vocab = share_weights, shared_vocab
-        self.tie_positions = tie_positions
+        self.tie_positions, self.alignment = tie_positions, alignment
         self.encoder = ReformerLM(enc_cfg)
         # the encoder's output feeds cross-attention, never a vocabulary
         self.encoder.head = None
-        self.decoder = ReformerLM(dec_cfg, cross_attention=True)
+        self.decoder = ReformerLM(dec_cfg, cross_attention=True, alignment=alignment)
         if shared_vocab:
             if enc_cfg.vocab_size != dec_cfg.vocab_size:
                 raise ConfigError(f"vocab_size: shared_vocab needs equal vocabularies, got "
@@ -122,17 +128,22 @@ class ReformerEncDec(nn.Module):
                  top_k: int | None = None, top_p: float | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None,
                  constraint: Constraint | None = None,
-                 src_lengths: torch.Tensor | None = None, eos: int | None = None
-                 ) -> torch.Tensor:
+                 src_lengths: torch.Tensor | None = None, eos: int | None = None,
+                 num_beams: int = 1) -> torch.Tensor:
         """(B, 1 + n_tokens) target tokens starting with bos. The source is encoded once and
         each decoder layer's cross-attention keys and values are computed once; each step
         then costs one position of the decoder. temperature=0 is greedy. eos: stop once
-        every row has produced it (fewer columns then)."""
+        every row has produced it (fewer columns then). num_beams > 1: beam search for the
+        likeliest target instead of sampling (core/beam_search.py; temperature, top_k,
+        top_p and generator unused)."""
         check_sampling(temperature, top_k, top_p)
         was_training = self.training
         self.eval()
         try:
             start = torch.full((src.shape[0], 1), bos, dtype=torch.long, device=src.device)
+            if num_beams > 1:
+                return beam_search(self.decoder, start, n_tokens, num_beams, constraint,
+                                   self._source(src, src_lengths), eos)
             return self.decoder.generate(start, n_tokens, temperature, top_k, top_p,
                                          generator, constraint,
                                          src=self._source(src, src_lengths), eos=eos)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -12,7 +12,7 @@ from .attention import Attention, KVCache
 from .axial_positions import AxialPositionalEmbedding
 from .chunked_loss import next_token_nll
 from .config import ReformerConfig
-from .cross_attention import CrossAttention
+from .cross_attention import Alignment, CrossAttention
 from .embeddings import sum_of_rows
 from .feedforward import FeedForward
 from .reversible import (
@@ -41,12 +41,42 @@ class DecodeCache:
     # has to send a position to the device nor read one back
     position: torch.Tensor | None = None
 
+    def select(self, index: torch.Tensor) -> None:
+        """Row r becomes a copy of row index[r] (the batch may change size): e.g. each
+        source's row repeated once per beam."""
+        for layer in self.layers:
+            for f in fields(layer):
+                setattr(layer, f.name, getattr(layer, f.name)[index])
+        if self.recent is not None:
+            self.recent = self.recent[index]
+        if self.cross is not None:
+            self.cross = [(k[index], v[index]) for k, v in self.cross]
+        if self.memory_lengths is not None:
+            self.memory_lengths = self.memory_lengths[index]
+
+    def reorder_beams(self, parent: torch.Tensor, start: int) -> None:
+        """Row r takes row parent[r]'s state, in place (a compiled step keeps its
+        tensors). Beams of one source only: the source's keys stay as they are. Keys and
+        values at positions before `start` are already equal in both rows (a position's
+        depend only on the tokens up to it), so only positions start..length-1 move."""
+        for layer in self.layers:
+            for f in fields(layer):
+                t = getattr(layer, f.name)
+                if f.name in ("k", "v"):  # (B, H, capacity, D)
+                    t[:, :, start:self.length] = t[parent, :, start:self.length]
+                else:  # LSH bucket counts and rings: per bucket, not per position
+                    t.copy_(t[parent])
+        if self.recent is not None:
+            self.recent = self.recent[parent]
+
 
 class ReformerLM(nn.Module):
     """cross_attention=True makes it the decoder of `ReformerEncDec`: each layer also
-    attends to a source (`Source.memory`)."""
+    attends to a source (`Source.memory`), to all of it or, with an `alignment`, to a
+    window around each position's aligned source position."""
 
-    def __init__(self, cfg: ReformerConfig, cross_attention: bool = False):
+    def __init__(self, cfg: ReformerConfig, cross_attention: bool = False,
+                 alignment: Alignment | None = None):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
@@ -58,7 +88,7 @@ class ReformerLM(nn.Module):
         self.layers = nn.ModuleList(
             ReformerLayer(Attention(cfg, i),
                           FeedForward(d, cfg.d_ff, cfg.dropout, cfg.ff_chunk_size),
-                          CrossAttention(d, cfg.n_heads, cfg.dropout) if cross_attention
+                          CrossAttention(d, cfg.n_heads, cfg.dropout, alignment) if cross_attention
                           else None)
             for i in range(cfg.n_layers))
         self.norm = nn.LayerNorm(d)
@@ -90,11 +120,20 @@ class ReformerLM(nn.Module):
                before: torch.Tensor | None = None) -> torch.Tensor:
         """before: (B, kmer_embedding - 1) tokens preceding `tokens` (decoding); None at the
         sequence start."""
-        B, L = tokens.shape
+        L = tokens.shape[1]
         if start + L > self.cfg.max_seq_len:
             raise ValueError(f"sequence of {start + L} tokens exceeds max_seq_len="
                              f"{self.cfg.max_seq_len}")
         positions = torch.arange(start, start + L, device=tokens.device)
+        x = sum_of_rows(*self._embedding_rows(tokens, positions, before))
+        return F.dropout(x, self.cfg.dropout, self.training)
+
+    def _embedding_rows(self, tokens: torch.Tensor, positions: torch.Tensor,
+                        before: torch.Tensor | None) -> tuple[list, list]:
+        """(ids, tables): the input embedding of tokens (B, L) at positions (L,) is the sum
+        of tables[i][ids[i]]: the token, each axial position axis and, with
+        kmer_embedding k, the tokens 1..k-1 back (from `before` across the start)."""
+        B, L = tokens.shape
         ids = [tokens, *self.pos.indices(positions)]
         tables = [self.embed.weight, *self.pos.axes]
         k, V = self.cfg.kmer_embedding, self.cfg.vocab_size
@@ -105,8 +144,7 @@ class ReformerLM(nn.Module):
             for j in range(1, k):  # the token j back, from table j (rows offset by j - 1)
                 ids.append(ext[:, k - 1 - j:k - 1 - j + L] + (j - 1) * (V + 1))
                 tables.append(self.embed_prev.weight)
-        x = sum_of_rows(ids, tables)
-        return F.dropout(x, self.cfg.dropout, self.training)
+        return ids, tables
 
     def _recent(self, tokens: torch.Tensor, before: torch.Tensor | None) -> torch.Tensor | None:
         """The last kmer_embedding - 1 tokens after appending `tokens`, for the next step."""
@@ -175,7 +213,9 @@ class ReformerLM(nn.Module):
         for i, layer in enumerate(self.layers):
             a, cache = layer.attn.prefill(x2, capacity)
             if cross is not None:
-                a = a + layer.cross(x2, None, src.memory_lengths, kv=cross[i])
+                a = a + layer.cross(x2, None, src.memory_lengths, kv=cross[i],
+                                    positions=torch.arange(prompt.shape[1],
+                                                           device=prompt.device))
             x1 = x1 + a
             x2 = x2 + layer.ff(x1)
             caches.append(cache)
@@ -200,18 +240,15 @@ class ReformerLM(nn.Module):
         """The step's tensor work, shapes fixed by the cache: (logits, the new recent
         tokens). Advances cache.position and writes every layer's cache in place."""
         t = cache.position
-        tables = [self.embed.weight, *self.pos.axes]
-        ids = [token, *(i.view(1) for i in self.pos.indices(t))]
-        k, V = self.cfg.kmer_embedding, self.cfg.vocab_size
-        for j in range(1, k):  # the token j back, as _embed reads it
-            ids.append(cache.recent[:, k - 1 - j] + (j - 1) * (V + 1))
-            tables.append(self.embed_prev.weight)
-        x = sum(table[i] for table, i in zip(tables, ids)).unsqueeze(1)
+        # as _embed, without its length check (a Python int) and autograd's row sums
+        ids, tables = self._embedding_rows(token.unsqueeze(1), t.view(1), cache.recent)
+        x = sum(table[i] for table, i in zip(tables, ids))
         x1 = x2 = x.to(self._streams(x))
         for i, (layer, c) in enumerate(zip(self.layers, cache.layers)):
             a = layer.attn.step(x2, c, t)
             if cache.cross is not None:
-                a = a + layer.cross(x2, None, cache.memory_lengths, kv=cache.cross[i])
+                a = a + layer.cross(x2, None, cache.memory_lengths, kv=cache.cross[i],
+                                    positions=t.view(1))
             x1 = x1 + a
             x2 = x2 + layer.ff(x1)
         t.add_(1)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .beam_search import beam_search
 from .chunked_loss import reduce_targets
 from .config import ReformerConfig
 from .model import ReformerLM
@@ -71,8 +72,8 @@ class PrefixLM(nn.Module):
                  top_k: int | None = None, top_p: float | None = None,
                  generator: torch.Generator | list[torch.Generator] | None = None,
                  constraint: Constraint | None = None,
-                 src_lengths: torch.Tensor | None = None, eos: int | None = None
-                 ) -> torch.Tensor:
+                 src_lengths: torch.Tensor | None = None, eos: int | None = None,
+                 num_beams: int = 1) -> torch.Tensor:
         """As ReformerEncDec.generate. The prompts (source + bos) differ in length, so each
         row decodes on its own; a constraint therefore needs a batch of one."""
         if constraint is not None and src.shape[0] > 1:
@@ -81,8 +82,11 @@ class PrefixLM(nn.Module):
         for b, s in enumerate(_lengths(src, src_lengths)):
             prompt = torch.cat([src[b, :s], src.new_tensor([bos])]).unsqueeze(0)
             gen = generator[b] if isinstance(generator, (list, tuple)) else generator
-            out = self.lm.generate(prompt, n_tokens, temperature, top_k, top_p, gen,
-                                   constraint, eos=eos)
+            if num_beams > 1:
+                out = beam_search(self.lm, prompt, n_tokens, num_beams, constraint, eos=eos)
+            else:
+                out = self.lm.generate(prompt, n_tokens, temperature, top_k, top_p, gen,
+                                       constraint, eos=eos)
             rows.append(out[0, s:])
         width = max(len(r) for r in rows)
         fill = bos if eos is None else eos

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from ..core import ConfigError, ReformerConfig
+from ..core import Alignment, ConfigError, ReformerConfig
 from ..core.classifier import POOLS
 from ..errors import InputError
 
@@ -80,6 +80,10 @@ SEQ2SEQ_DEFAULTS: dict[str, Any] = {
     # the decoder's first axial position axis is the encoder's (position-aligned pairs,
     # see ReformerEncDec)
     "tie_positions": False,
+    # {ratio: r, window: w}: aligned cross-attention, target position t reads the source
+    # positions within w of t // r (position-aligned pairs; T x (2w + 1) instead of S x T).
+    # None: every target position reads the whole source
+    "align": None,
     # the comparison: no encoder, one causal model reads source + target and is scored on
     # the target (source and target of one domain; model.max_seq_len covers both)
     "decoder_only": False,
@@ -244,6 +248,17 @@ def _resolve_encoder(cfg: dict, source: tuple[str, int]) -> None:
             raise InputError(f"seq2seq.decoder_only: model.max_seq_len must hold "
                              f"seq2seq.source_len + data.seq_len ({length} + "
                              f"{cfg['data']['seq_len']})")
+    if s2s["align"] is not None:
+        align = s2s["align"]
+        if not (isinstance(align, dict) and set(align) == {"ratio", "window"}):
+            raise InputError(f"seq2seq.align: expected null or {{ratio: R, window: W}}, "
+                             f"got {align!r}")
+        try:
+            Alignment(**align)
+        except ConfigError as e:
+            raise InputError(f"seq2seq.{e}") from None
+        if s2s["decoder_only"]:
+            raise InputError("seq2seq.align: a decoder-only model has no cross-attention")
     if not isinstance(s2s["encoder"], dict):
         raise InputError(f"seq2seq.encoder: expected a mapping, got {s2s['encoder']!r}")
     # from the decoder's fields as given (not derived ones such as n_buckets, which follow

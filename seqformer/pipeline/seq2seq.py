@@ -22,7 +22,7 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..core import Constraint, PrefixLM, ReformerEncDec
+from ..core import Alignment, Constraint, PrefixLM, ReformerEncDec
 from ..domains import Domain, Record, get_domain
 from ..errors import InputError
 from .lightning_module import BitsTask
@@ -166,6 +166,7 @@ def build_model(cfg: dict) -> Seq2Seq:
     return ReformerEncDec(model_config({"model": s2s["encoder"]}), model_config(cfg),
                           share_weights=s2s["share_weights"],
                           tie_positions=s2s.get("tie_positions", False),
+                          alignment=Alignment(**s2s["align"]) if s2s.get("align") else None,
                           shared_vocab=s2s["source_domain"] == cfg["domain"])
 
 
@@ -281,6 +282,18 @@ class Within:
         if self.inner is not None:
             self.inner.update(tokens, removed)
 
+    def reorder(self, index: torch.Tensor) -> None:
+        """Row r takes row index[r]'s state (beam search); the inner constraint must
+        reorder too."""
+        self.mask, self.closed = self.mask[index], self.closed[index]
+        if self.first is not None:
+            self.first = self.first[index]
+        if self.inner is not None:
+            if not hasattr(self.inner, "reorder"):
+                raise ValueError(f"beam search needs a constraint with reorder(index); "
+                                 f"{type(self.inner).__name__} has none")
+            self.inner.reorder(index)
+
 
 @torch.no_grad()
 def translate(model: Seq2Seq, sources: list[np.ndarray], sep_id: int, max_tokens: int,
@@ -288,13 +301,15 @@ def translate(model: Seq2Seq, sources: list[np.ndarray], sep_id: int, max_tokens
               seed: int | None = None,
               constraint: Callable[[list[np.ndarray]], Constraint] | None = None,
               allowed: list[int] | None = None, batch_size: int = 16,
-              on_done: Callable[[int], None] | None = None) -> list[np.ndarray]:
+              on_done: Callable[[int], None] | None = None, num_beams: int = 1
+              ) -> list[np.ndarray]:
     """One target per source (its tokens, without the separators), in the sources' order.
     Sources of similar length decode together, a batch at a time, until every row of the
     batch has closed with the separator or has max_tokens tokens; each row draws with its
     own generator (seed + its index), so a target does not depend on its batch.
     `constraint(batch of sources)` gives a constraint for that batch (e.g. synonymous
-    codons); `allowed`, the token ids a target may hold (the separator is added)."""
+    codons); `allowed`, the token ids a target may hold (the separator is added).
+    num_beams > 1: each target is beam search's likeliest instead of a sample."""
     device = next(model.parameters()).device
     if isinstance(model, PrefixLM):  # its prompts differ in length: one row at a time
         batch_size = 1
@@ -309,7 +324,8 @@ def translate(model: Seq2Seq, sources: list[np.ndarray], sep_id: int, max_tokens
         if allowed is not None:
             rule = Within(allowed, sep_id, model.dec_cfg.vocab_size, len(rows), rule)
         tokens = model.generate(src.to(device), max_tokens, sep_id, temperature, top_k, top_p,
-                                gens, rule, lengths.to(device), eos=sep_id).cpu().numpy()
+                                gens, rule, lengths.to(device), eos=sep_id,
+                                num_beams=num_beams).cpu().numpy()
         for k, row in zip(index, tokens[:, 1:]):
             end = np.flatnonzero(row == sep_id)
             out[k] = row[:end[0]] if len(end) else row
