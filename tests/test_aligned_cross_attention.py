@@ -7,7 +7,14 @@ from __future__ import annotations
 
 import pytest
 import torch
-from test_encdec import EvenTokens, configs, saved_bytes, tokens
+from test_encdec import (
+    EvenTokens,
+    check_causal_and_prefix_consistent,
+    check_reversible_equals_plain,
+    configs,
+    saved_bytes,
+    tokens,
+)
 
 from seqformer.core import Alignment, ConfigError, ReformerEncDec
 from seqformer.core.cross_attention import CrossAttention
@@ -72,36 +79,16 @@ def test_bad_alignments_name_the_field(bad: dict) -> None:
 
 
 def test_decoder_exactly_causal_and_prefix_consistent() -> None:
-    m = aligned()
-    src, tgt = tokens((2, 14), 12, 1), tokens((2, 45), 10, 2)
-    with torch.no_grad():
-        full = m(src, tgt)
-        for j in (0, 7, 23, 43):
-            changed = tgt.clone()
-            changed[:, j + 1:] = tokens(changed[:, j + 1:].shape, 10, 3 + j)
-            torch.testing.assert_close(m(src, changed)[:, :j + 1], full[:, :j + 1],
-                                       rtol=0, atol=1e-5)
-            torch.testing.assert_close(m(src, tgt[:, :j + 1]), full[:, :j + 1],
-                                       rtol=0, atol=1e-5)
+    check_causal_and_prefix_consistent(aligned(), tokens((2, 14), 12, 1), tokens((2, 45), 10, 2),
+                                       (0, 7, 23, 43))
 
 
 @pytest.mark.parametrize("dropout", [0.0, 0.1])
 def test_reversible_equals_plain_outputs_and_every_gradient(dropout: float) -> None:
     rev = aligned(dropout=dropout).train()
     plain = aligned(reversible=False, dropout=dropout).train()
-    plain.load_state_dict(rev.state_dict())
-    src, tgt = tokens((2, 14), 12, 6), tokens((2, 40), 10, 7)
-    lengths = torch.tensor([14, 9])
-    losses = []
-    for m in (rev, plain):
-        torch.manual_seed(11)
-        loss = m.loss(src, tgt, src_lengths=lengths)
-        loss.backward()
-        losses.append(loss.detach())
-    torch.testing.assert_close(losses[0], losses[1], rtol=0, atol=1e-5)
-    for (name, p_rev), p_plain in zip(rev.named_parameters(), plain.parameters()):
-        assert p_rev.grad is not None, name
-        torch.testing.assert_close(p_rev.grad, p_plain.grad, rtol=1e-4, atol=1e-6, msg=name)
+    check_reversible_equals_plain(rev, plain, tokens((2, 14), 12, 6), tokens((2, 40), 10, 7),
+                                  torch.tensor([14, 9]))
     assert rev.decoder.layers[0].cross.offset_bias.grad.abs().sum() > 0
 
 

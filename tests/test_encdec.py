@@ -32,19 +32,24 @@ def tokens(shape: tuple, vocab: int, seed: int) -> torch.Tensor:
     return torch.randint(2, vocab, shape, generator=torch.Generator().manual_seed(seed))
 
 
-@pytest.mark.parametrize("attn", KINDS)
-def test_decoder_exactly_causal_and_prefix_consistent(attn: str) -> None:
-    m = model(attn)
-    src, tgt = tokens((2, 40), 12, 1), tokens((2, 50), 10, 2)
+def check_causal_and_prefix_consistent(m: ReformerEncDec, src: torch.Tensor,
+                                       tgt: torch.Tensor, cuts: tuple[int, ...]) -> None:
+    """Changing the target after position j, or cutting it there, leaves logits 0..j."""
     with torch.no_grad():
         full = m(src, tgt)
-        for j in (0, 7, 23, 48):
+        for j in cuts:
             changed = tgt.clone()
             changed[:, j + 1:] = tokens(changed[:, j + 1:].shape, 10, 3 + j)
             torch.testing.assert_close(m(src, changed)[:, :j + 1], full[:, :j + 1],
                                        rtol=0, atol=1e-5)
             torch.testing.assert_close(m(src, tgt[:, :j + 1]), full[:, :j + 1],
                                        rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("attn", KINDS)
+def test_decoder_exactly_causal_and_prefix_consistent(attn: str) -> None:
+    check_causal_and_prefix_consistent(model(attn), tokens((2, 40), 12, 1),
+                                       tokens((2, 50), 10, 2), (0, 7, 23, 48))
 
 
 @pytest.mark.parametrize("attn", KINDS)
@@ -66,9 +71,17 @@ def test_every_source_position_reaches_every_target_position(attn: str) -> None:
 def test_reversible_equals_plain_outputs_and_every_gradient(attn: str, dropout: float) -> None:
     rev = model(attn, reversible=True, dropout=dropout).train()
     plain = model(attn, reversible=False, dropout=dropout).train()
+    check_reversible_equals_plain(rev, plain, tokens((2, 40), 12, 6), tokens((2, 33), 10, 7),
+                                  torch.tensor([40, 29]))
+    # the encoder learns only through cross-attention: its gradient is not zero
+    assert rev.encoder.layers[0].attn.to_qk.weight.grad.abs().sum() > 0
+
+
+def check_reversible_equals_plain(rev: ReformerEncDec, plain: ReformerEncDec,
+                                  src: torch.Tensor, tgt: torch.Tensor,
+                                  lengths: torch.Tensor) -> None:
+    """Same weights, rotations and dropout masks: equal losses and every gradient."""
     plain.load_state_dict(rev.state_dict())
-    src, tgt = tokens((2, 40), 12, 6), tokens((2, 33), 10, 7)
-    lengths = torch.tensor([40, 29])
     losses = []
     for m in (rev, plain):
         torch.manual_seed(11)  # same rotations and dropout masks
@@ -79,8 +92,6 @@ def test_reversible_equals_plain_outputs_and_every_gradient(attn: str, dropout: 
     for (name, p_rev), p_plain in zip(rev.named_parameters(), plain.parameters()):
         assert p_rev.grad is not None, name
         torch.testing.assert_close(p_rev.grad, p_plain.grad, rtol=1e-4, atol=1e-6, msg=name)
-    # the encoder learns only through cross-attention: its gradient is not zero
-    assert rev.encoder.layers[0].attn.to_qk.weight.grad.abs().sum() > 0
 
 
 class EvenTokens:

@@ -144,11 +144,15 @@ class NeighbourUsage:
         usage = cls()
         for protein, cds in zip(proteins, cds_seqs):
             cs = codons(cds.upper())
-            for i in range(1, len(protein)):
-                key = (protein[i - 1], protein[i], protein[i + 1] if i + 1 < len(protein)
-                       else "$")
+            for i, key in enumerate(cls.contexts(protein), start=1):
                 usage.counts.setdefault(key, Counter())[cs[i]] += 1
         return usage
+
+    @staticmethod
+    def contexts(protein: str) -> list[tuple[str, str, str]]:
+        """(previous, residue, next) of residues 1..n-1 (the start codon's is not used)."""
+        ends = "^" + protein + "$"
+        return [(ends[i], ends[i + 1], ends[i + 2]) for i in range(1, len(protein))]
 
     def top_codon(self, key: tuple[str, str, str], fallback: CodonUsage,
                   min_count: int = 5) -> str:
@@ -165,9 +169,7 @@ def neighbour_codon_design(protein: str, usage: CodonUsage, neighbours: Neighbou
     """The most frequent start codon, then each residue's most frequent codon given its
     two neighbouring residues, then the most frequent stop codon."""
     protein = _check_protein(protein)
-    ends = "^" + protein + "$"
-    body = "".join(neighbours.top_codon((ends[i], ends[i + 1], ends[i + 2]), usage)
-                   for i in range(1, len(protein)))
+    body = "".join(neighbours.top_codon(key, usage) for key in neighbours.contexts(protein))
     return usage.top_start() + body + usage.top_stop()
 
 

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from .reversible import NO_SOURCE, Source
-from .sampling import Constraint
+from .sampling import Constraint, apply_constraint
 
 if TYPE_CHECKING:
     from .model import ReformerLM
@@ -63,15 +63,11 @@ def beam_search(model: ReformerLM, prompt: torch.Tensor, n_tokens: int, num_beam
     row_start = (torch.arange(B, device=device) * K).unsqueeze(1)
     next_logits = logits[:, -1][expand]
     for i in range(n_tokens):
-        logp = next_logits.double().log_softmax(dim=-1)
+        logp, removed = apply_constraint(next_logits.double().log_softmax(dim=-1),
+                                         constraint)
         V = logp.shape[-1]
-        removed = None
-        if constraint is not None:
-            allowed = torch.as_tensor(constraint.allowed(), device=device)
-            removed = logp.exp().masked_fill(allowed, 0.0).sum(dim=-1)
-            logp = logp.masked_fill(~allowed, float("-inf"))
         if eos is not None and bool(ended.any()):
-            filler = (allowed.int().argmax(dim=-1) if constraint is not None
+            filler = (logp.isfinite().int().argmax(dim=-1) if constraint is not None
                       else torch.full_like(ended, eos, dtype=torch.long))
             hold = torch.full_like(logp, float("-inf")).scatter_(1, filler.unsqueeze(1), 0.0)
             logp = torch.where(ended.unsqueeze(1), hold, logp)

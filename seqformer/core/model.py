@@ -210,12 +210,12 @@ class ReformerLM(nn.Module):
         x = self._embed(prompt)
         x1 = x2 = x.to(self._streams(x))
         caches = []
+        positions = torch.arange(prompt.shape[1], device=prompt.device)
         for i, layer in enumerate(self.layers):
             a, cache = layer.attn.prefill(x2, capacity)
             if cross is not None:
                 a = a + layer.cross(x2, None, src.memory_lengths, kv=cross[i],
-                                    positions=torch.arange(prompt.shape[1],
-                                                           device=prompt.device))
+                                    positions=positions)
             x1 = x1 + a
             x2 = x2 + layer.ff(x1)
             caches.append(cache)
