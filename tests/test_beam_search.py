@@ -17,8 +17,15 @@ V = 10
 
 
 class ReorderableEvenTokens(EvenTokens):
+    """Refuses a token it does not allow, as the codon app's constraint does."""
+
     def reorder(self, index: torch.Tensor) -> None:
         self.mask = self.mask[index]
+
+    def update(self, tokens: torch.Tensor, removed: torch.Tensor) -> None:
+        if not self.mask.gather(1, tokens.view(-1, 1).cpu()).all():
+            raise ValueError(f"a token the constraint forbids: {tokens.tolist()}")
+        super().update(tokens, removed)
 
 
 def model(attn: str, seed: int = 0) -> ReformerEncDec:

@@ -74,6 +74,13 @@ def beam_search(model: ReformerLM, prompt: torch.Tensor, n_tokens: int, num_beam
         scores, flat = (scores.view(-1, 1) + logp).view(B, K * V).topk(K, dim=-1)
         parent = (row_start + flat // V).view(-1)
         token = (flat % V).view(-1)
+        if constraint is not None:
+            # While a row has fewer live candidates than beams (the first steps, or a
+            # constraint that allows few tokens), topk also returns -inf ones, whose token
+            # may be one the constraint forbids: give those dead beams an allowed one.
+            dead = scores.view(-1) == float("-inf")
+            allowed_token = logp.isfinite().int().argmax(dim=-1)[parent]
+            token = torch.where(dead, allowed_token, token)
         start = _first_difference(seqs, seqs[parent])
         seqs = torch.cat([seqs[parent], token.unsqueeze(1)], dim=1)
         if constraint is not None:
