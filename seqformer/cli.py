@@ -547,13 +547,18 @@ def sample_seq2seq(model: ModelOpt, source: SourceOpt,
                    num_beams: Annotated[int, typer.Option(
                        "--num-beams", help="> 1: beam search for the likeliest target "
                        "instead of sampling (--temperature/--top-k/--top-p unused)")] = 1,
+                   grammar: Annotated[bool, typer.Option(
+                       "--grammar/--no-grammar", help="MIDI targets: the note grammar of "
+                       "`sample midi` (no unmatched note-off; a target closes with no note "
+                       "sounding). Off by default: a model that loses track of its notes "
+                       "gets stuck under it (see apps/harmonize)")] = False,
                    force: Force = False) -> None:
     """A target for each source record, sampled until the model closes it (or
     --max-length). Sample k draws with seed + k."""
     from .core import check_sampling
     from .domains import Record
     from .files import check_output
-    from .pipeline.seq2seq import check_sources, load_seq2seq, translate
+    from .pipeline.seq2seq import check_sources, load_seq2seq, target_grammar, translate
 
     try:
         check_sampling(temperature, top_k, top_p)
@@ -562,6 +567,10 @@ def sample_seq2seq(model: ModelOpt, source: SourceOpt,
     if num_beams < 1:
         raise InputError(f"--num-beams {num_beams}: must be at least 1")
     encdec, source_domain, target_domain, cfg = load_seq2seq(model)
+    rules = target_grammar(target_domain, lambda: _sampling_limits(model)) if grammar else None
+    if rules is not None and num_beams > 1:
+        raise InputError("--num-beams with the MIDI note grammar is not supported: add "
+                         "--no-grammar")
     limit = encdec.max_target_len - 1
     if max_length is not None and not 1 <= max_length <= limit:
         raise InputError(f"--max-length {max_length}: must be in 1..{limit} (the model's "
@@ -580,8 +589,9 @@ def sample_seq2seq(model: ModelOpt, source: SourceOpt,
         task = bar.add_task("sampling", total=len(records))
         targets = translate(encdec, [r.tokens for r in records], target_domain.sep_id,
                             max_length or limit, temperature, top_k, top_p, seed,
-                            allowed=target_domain.generatable(), batch_size=batch_size,
-                            on_done=lambda n: bar.advance(task, n), num_beams=num_beams)
+                            constraint=rules, allowed=target_domain.generatable(),
+                            batch_size=batch_size, on_done=lambda n: bar.advance(task, n),
+                            num_beams=num_beams)
     made = [Record(r.id, t) for r, t in zip(records, targets)]
     if paths is None:
         target_domain.write(made, out_path)

@@ -202,6 +202,53 @@ def test_midi_pairs_by_file_name_sample_to_a_directory_and_score(tmp_path,
     rows = tsv.read_text().splitlines()[1:]
     assert sorted(r.split("\t")[0] for r in rows) == names
     assert all(float(r.split("\t")[4]) > 0 for r in rows)
+    check_the_note_grammar(out, tmp_path)
+
+
+def check_the_note_grammar(run: Path, tmp_path: Path) -> None:
+    """Under the grammar (limits stored by training) every note sampled is closed and no
+    note-off lacks its note; without it, this barely trained model leaves both."""
+    from seqformer.domains.midi import decode
+    from seqformer.pipeline.run_dir import read_sampling_limits
+    from seqformer.pipeline.seq2seq import target_grammar
+
+    assert read_sampling_limits(run)["max_polyphony"] == 3  # alto, tenor, bass
+    model, midi, _, _ = load_seq2seq(run)
+    sources = [r.tokens for r in midi.read(CHORALES / "heldout" / "soprano")]
+    rules = target_grammar(midi, lambda: read_sampling_limits(run))
+    repairs = {}
+    for name, rule in (("grammar", rules), ("free", None)):
+        made = translate(model, sources, midi.sep_id, 80, 1.0, seed=0, constraint=rule,
+                         allowed=midi.generatable())
+        counts = [decode(t)[1] for t in made]
+        repairs[name] = sum(c["unmatched_note_off"] + c["unclosed_note"] for c in counts)
+        notes = sum(len(n.notes) for t in made for n in decode(t)[0].instruments)
+        assert notes > 0, name
+    assert repairs["grammar"] == 0 and repairs["free"] > 0, repairs
+    code, text = run_cli("sample", "seq2seq", "--model", run, "--source",
+                         CHORALES / "heldout" / "soprano", "--out", tmp_path / "beams",
+                         "--grammar", "--num-beams", "2")
+    assert code != 0 and "--no-grammar" in text and "Traceback" not in text
+
+
+def test_a_midi_target_closes_only_with_no_note_sounding() -> None:
+    from seqformer.domains.midi import NOTE_OFF, NOTE_ON, PROGRAM, SHIFT, VELOCITY
+    from seqformer.pipeline.seq2seq import UntilClosed
+
+    midi = get_domain("midi")
+    sep = midi.sep_id
+    rule = UntilClosed(midi.constraint(None, [np.array([sep])] * 2), sep)
+    no_mass = torch.zeros(2)
+    for a, b in ((PROGRAM, PROGRAM), (VELOCITY, VELOCITY), (NOTE_ON + 60, NOTE_ON + 62)):
+        rule.update(torch.tensor([a, b]), no_mass)
+    assert not rule.allowed()[:, sep].any()
+    rule.update(torch.tensor([SHIFT, SHIFT]), no_mass)
+    rule.update(torch.tensor([NOTE_OFF + 60, NOTE_ON + 64]), no_mass)  # row 1: two sound
+    assert rule.allowed()[:, sep].tolist() == [True, False]
+    rule.update(torch.tensor([sep, SHIFT]), no_mass)  # row 0 closes; row 1 is cut off
+    rule.update(torch.tensor([NOTE_ON + 50, SHIFT]), no_mass)  # after its end: ignored
+    assert rule.closing(0) == []
+    assert sorted(rule.closing(1)) == [NOTE_OFF + 62, NOTE_OFF + 64]
 
 
 def test_within_keeps_targets_to_the_domain_and_never_closes_them_empty() -> None:

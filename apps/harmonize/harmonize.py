@@ -6,10 +6,11 @@
 For every held-out chorale: the model's bits per ATB token given the soprano (the
 likelihood `score seq2seq` gives), for the encoder-decoder and for each --compare model
 (e.g. the decoder-only one, `seq2seq.decoder_only=true`). For --pieces chorales: alto,
-tenor and bass sampled for the real soprano, written as one four-voice MIDI file with a
-piano roll, and each voice's range against the textbook SATB ranges and those observed in
-the training chorales (voices told apart by their programs: `prepare.py --programs
-distinct`). Writes metrics.json into --out.
+tenor and bass sampled for the real soprano (with --grammar, under the MIDI note
+grammar), written as one four-voice MIDI file with a piano roll, and each voice's
+range against the textbook SATB ranges and those observed in the training chorales
+(voices told apart by their programs: `prepare.py --programs distinct`). Writes
+metrics.json into --out.
 """
 
 from __future__ import annotations
@@ -25,7 +26,14 @@ import numpy as np
 
 from seqformer.domains import get_domain
 from seqformer.domains.midi import decode, load_midi, write_midi
-from seqformer.pipeline.seq2seq import load_seq2seq, pair_ids, target_log_likelihoods, translate
+from seqformer.pipeline.run_dir import read_sampling_limits
+from seqformer.pipeline.seq2seq import (
+    load_seq2seq,
+    pair_ids,
+    target_grammar,
+    target_log_likelihoods,
+    translate,
+)
 
 APP = Path(__file__).resolve().parent
 
@@ -72,6 +80,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pieces", type=int, default=4, help="chorales to harmonize")
     ap.add_argument("--out", default=None, help="default: <model>/harmonized")
+    ap.add_argument("--grammar", action="store_true",
+                    help="sample under the MIDI note grammar (see README)")
     args = ap.parse_args(argv)
     out = Path(args.out or Path(args.model) / "harmonized")
     out.mkdir(parents=True, exist_ok=True)
@@ -85,9 +95,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = sorted(range(len(sopranos)), key=lambda k: len(sopranos[k].tokens))
     chosen = [k for k in chosen if len(atbs[k].tokens) + 2 <= model.max_target_len]
     chosen = chosen[::max(1, len(chosen) // args.pieces)][:args.pieces]
+    grammar = (target_grammar(midi, lambda: read_sampling_limits(args.model))
+               if args.grammar else None)
     made = translate(model, [sopranos[k].tokens for k in chosen], midi.sep_id,
                      model.max_target_len - 1, args.temperature, seed=args.seed,
-                     allowed=midi.generatable(), batch_size=len(chosen))
+                     constraint=grammar, allowed=midi.generatable(), batch_size=len(chosen))
     observed = voices.load_observed_ranges(Path(args.data) / "summary.json")
     programs = prepare.VOICE_PROGRAMS
     pieces = []

@@ -91,6 +91,11 @@ class _Walk(_Context):
             self._context(token)
         return None
 
+    @property
+    def settled(self) -> bool:
+        """Whether a piece could end here: no note left sounding."""
+        return self.count == 0
+
     def oldest(self) -> tuple[tuple[int, int], int] | None:
         """The sounding note with the earliest onset, and that onset."""
         live = [(q[0], key) for key, q in self.sounding.items() if q]
@@ -109,6 +114,11 @@ class _DurationWalk(_Context):
     @property
     def count(self) -> int:
         return len(self.sounding) + (self.waiting is not None)
+
+    @property
+    def settled(self) -> bool:
+        """Whether a piece could end here: no note waiting for its duration."""
+        return self.waiting is None
 
     def step(self, token: int) -> int | None:
         """Apply one token; returns the duration of a note it completed, if any."""
@@ -165,11 +175,19 @@ class _Grammar:
     def allowed(self) -> np.ndarray:
         return np.stack([self._allowed_one(w) for w in self.walks])
 
-    def update(self, tokens, removed) -> None:  # noqa: ANN001
-        for walk, log, token, mass in zip(self.walks, self.removed, tokens.tolist(),
-                                          removed.tolist()):
-            walk.step(int(token))
-            log.append(float(mass))
+    def settled(self) -> np.ndarray:
+        """(B,) whether each sequence could end now (seq2seq targets close only then)."""
+        return np.array([w.settled for w in self.walks])
+
+    def update(self, tokens, removed, rows: Iterable[bool] | None = None) -> None:  # noqa: ANN001
+        """Step each sequence by its token; `rows`: only those marked True (the others,
+        e.g. seq2seq targets already closed, keep their state for `closing`)."""
+        rows = [True] * len(self.walks) if rows is None else list(rows)
+        for walk, log, token, mass, live in zip(self.walks, self.removed, tokens.tolist(),
+                                                removed.tolist(), rows):
+            if live:
+                walk.step(int(token))
+                log.append(float(mass))
 
 
 class MIDIGrammar(_Grammar):

@@ -29,7 +29,7 @@ from .lightning_module import BitsTask
 from .run_config import model_config
 from .run_dir import export_weights, load_model_dir, write_config
 from .token_store import TokenStore
-from .training import check_run_dir, fit, item_range, plot_loss
+from .training import check_run_dir, fit, item_range, plot_loss, store_sampling_limits
 
 Seq2Seq = ReformerEncDec | PrefixLM
 
@@ -232,6 +232,7 @@ def train_seq2seq(cfg: dict, sources: list[Path], targets: list[Path], run: Path
         return {}
     export_weights(run, task.model)
     plot_loss(run, *task.curve)
+    store_sampling_limits(run, target, (pairs.tokens(k)[1] for k in data.train_idx))
     val = trainer.callback_metrics.get("val_bits")
     return {"steps": trainer.global_step, "run": str(run), "pairs": len(pairs),
             "n_train": len(data.train_idx), "n_val": len(data.val_idx),
@@ -295,6 +296,44 @@ class Within:
             self.inner.reorder(index)
 
 
+class UntilClosed:
+    """A target domain's grammar (MIDI's note grammar) as a seq2seq constraint: the
+    separator that closes a target is allowed once the grammar says the row could end
+    (no note left sounding; a grammar for continuations never ends one itself), and a
+    closed row's walk stops there, so `closing(k)` gives the tokens that settle what a row
+    cut off by the length limit left open."""
+
+    def __init__(self, grammar, sep_id: int):  # noqa: ANN001
+        self.grammar, self.sep_id = grammar, sep_id
+        self.closed = np.zeros(len(grammar.walks), dtype=bool)
+
+    def allowed(self) -> np.ndarray:
+        mask = np.array(self.grammar.allowed(), copy=True)
+        mask[:, self.sep_id] = self.grammar.settled()
+        return mask
+
+    def update(self, tokens: torch.Tensor, removed: torch.Tensor) -> None:
+        ends = tokens.cpu().numpy() == self.sep_id
+        self.grammar.update(tokens, removed, rows=~(self.closed | ends))
+        self.closed |= ends
+
+    def closing(self, index: int) -> list[int]:
+        return self.grammar.closing(index)
+
+
+def target_grammar(domain: Domain, read_limits: Callable[[], dict | None]
+                   ) -> Callable[[list[np.ndarray]], UntilClosed] | None:
+    """For `translate(constraint=)`: the target domain's grammar for each batch of
+    sources, or None for a domain without one (then `read_limits`, which reads what
+    training stored, e.g. `run_dir.read_sampling_limits`, is not called)."""
+    start = np.array([domain.sep_id])
+    if domain.constraint(None, [start]) is None:
+        return None
+    limits = read_limits()
+    return lambda rows: UntilClosed(domain.constraint(limits, [start] * len(rows)),
+                                    domain.sep_id)
+
+
 @torch.no_grad()
 def translate(model: Seq2Seq, sources: list[np.ndarray], sep_id: int, max_tokens: int,
               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
@@ -320,15 +359,17 @@ def translate(model: Seq2Seq, sources: list[np.ndarray], sep_id: int, max_tokens
         rows = [sources[k] for k in index]
         src, lengths = pad_batch(rows, 0)
         gens = None if seed is None else [torch.Generator().manual_seed(seed + k) for k in index]
-        rule = constraint(rows) if constraint else None
+        rule = rule_given = constraint(rows) if constraint else None
         if allowed is not None:
             rule = Within(allowed, sep_id, model.dec_cfg.vocab_size, len(rows), rule)
         tokens = model.generate(src.to(device), max_tokens, sep_id, temperature, top_k, top_p,
                                 gens, rule, lengths.to(device), eos=sep_id,
                                 num_beams=num_beams).cpu().numpy()
-        for k, row in zip(index, tokens[:, 1:]):
+        for i, (k, row) in enumerate(zip(index, tokens[:, 1:])):
             end = np.flatnonzero(row == sep_id)
             out[k] = row[:end[0]] if len(end) else row
+            if hasattr(rule_given, "closing"):  # a grammar: settle the notes left open
+                out[k] = np.concatenate([out[k], np.asarray(rule_given.closing(i), np.int64)])
         if on_done:
             on_done(len(rows))
     return out

@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -189,10 +189,9 @@ def markov_baseline(run: Path, train: Stream, val: Stream, seq_len: int, val_win
     return summary
 
 
-def store_sampling_limits(run: Path, domain, train: Stream) -> None:  # noqa: ANN001
+def store_sampling_limits(run: Path, domain, records: Iterable[np.ndarray]) -> None:  # noqa: ANN001
     """run/sampling.json: the limits the domain's sampling grammar takes from the training
     records (MIDI: largest polyphony, longest usual note), if it has a grammar."""
-    records = (train.store.tokens[o:o + n] for o, n in train.segments)
     limits = domain.sampling_limits(records)
     if limits is not None:
         with atomic_path(run / SAMPLING) as tmp:
@@ -333,7 +332,8 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
     export_weights(run, task.model)
     plot_loss(run)
     val = trainer.callback_metrics.get("val_bits")
-    store_sampling_limits(run, domain, data.train_stream)
+    train = data.train_stream
+    store_sampling_limits(run, domain, (train.store.tokens[o:o + n] for o, n in train.segments))
     baseline = (markov_baseline(run, data.train_stream, data.val_stream, cfg["data"]["seq_len"],
                                 cfg["data"]["val_windows"], (domain.pad_id, domain.sep_id))
                 if has_val else None)
