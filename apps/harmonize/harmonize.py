@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from seqformer.domains import get_domain
-from seqformer.domains.midi import decode, load_midi, write_midi
+from seqformer.domains.midi import load_midi, write_midi
 from seqformer.pipeline.run_dir import read_sampling_limits
 from seqformer.pipeline.seq2seq import (
     load_seq2seq,
@@ -105,7 +105,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     pieces = []
     for k, tokens in zip(chosen, made):
         name = sopranos[k].id.replace("/", "_")
-        atb_pm, repairs = decode(tokens)
+        atb_pm, repairs = midi.decode(tokens)  # the vocabulary the model was trained on
         soprano_pm = load_midi(sopranos[k].meta["path"])
         write_midi(voices.combine(soprano_pm, atb_pm, programs), out / f"{name}.mid")
         voices.piano_roll_png(soprano_pm, atb_pm, out / f"{name}.png",
