@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seqformer.domains import get_domain
+from seqformer.domains import Domain
 from seqformer.domains.midi import load_midi, write_midi
 from seqformer.pipeline.run_dir import read_sampling_limits
 from seqformer.pipeline.seq2seq import (
@@ -50,24 +50,26 @@ voices = _module("voices")
 prepare = _module("prepare")
 
 
-def read_pairs(folder: Path) -> tuple[list, list]:
-    """(soprano records, ATB records) of a split, paired by file name."""
-    midi = get_domain("midi")
-    sopranos, atbs = list(midi.read(folder / "soprano")), list(midi.read(folder / "atb"))
+def read_pairs(folder: Path, soprano: Domain, atb: Domain) -> tuple[list, list]:
+    """(soprano records, ATB records) of a split, paired by file name, tokenized as a
+    run's domains do (its MIDI vocabulary)."""
+    sopranos, atbs = list(soprano.read(folder / "soprano")), list(atb.read(folder / "atb"))
     both, _ = pair_ids([r.id for r in sopranos], [r.id for r in atbs])
     return [sopranos[i] for i, _ in both], [atbs[j] for _, j in both]
 
 
-def bits_per_token(model_dir: str | Path, sopranos: list, atbs: list) -> tuple[float, int]:
-    """Bits per ATB token (its closing separator included) over the pairs the model takes,
-    and how many it took."""
-    model, _, midi, _ = load_seq2seq(model_dir)
-    pairs = [(s.tokens, a.tokens) for s, a in zip(sopranos, atbs)
+def bits(model_dir: str | Path, folder: Path) -> dict:
+    """Over the pairs of `folder` the model takes: bits per ATB token (its closing
+    separator included) and per chorale (comparable across MIDI vocabularies, whose token
+    counts differ), and how many pairs it took."""
+    model, soprano, atb, _ = load_seq2seq(model_dir)
+    pairs = [(s.tokens, a.tokens) for s, a in zip(*read_pairs(folder, soprano, atb))
              if len(s.tokens) <= model.max_source_len
              and len(a.tokens) + 2 <= model.max_target_len]
-    lls = target_log_likelihoods(model, pairs, midi.sep_id, batch_size=4)
-    total = sum(float(ll.sum()) for ll in lls)
-    return -total / np.log(2) / sum(len(ll) for ll in lls), len(pairs)
+    lls = target_log_likelihoods(model, pairs, atb.sep_id, batch_size=4)
+    total = -sum(float(ll.sum()) for ll in lls) / np.log(2)
+    return {"bits_per_token": total / sum(len(ll) for ll in lls),
+            "bits_per_chorale": total / len(pairs), "pairs": len(pairs)}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -85,13 +87,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out or Path(args.model) / "harmonized")
     out.mkdir(parents=True, exist_ok=True)
-    sopranos, atbs = read_pairs(Path(args.data) / args.split)
     scores = {}
     for run in [args.model, *args.compare]:
-        bits, n = bits_per_token(run, sopranos, atbs)
-        scores[str(run)] = {"bits_per_token": bits, "pairs": n}
-        print(f"{run}: {bits:.4f} bits per ATB token on {n} {args.split} chorales")
-    model, _, midi, _ = load_seq2seq(args.model)
+        scores[str(run)] = got = bits(run, Path(args.data) / args.split)
+        print(f"{run}: {got['bits_per_token']:.4f} bits per ATB token, "
+              f"{got['bits_per_chorale']:,.1f} per chorale, on {got['pairs']} {args.split} "
+              "chorales")
+    model, soprano, midi, _ = load_seq2seq(args.model)
+    sopranos, atbs = read_pairs(Path(args.data) / args.split, soprano, midi)
     chosen = sorted(range(len(sopranos)), key=lambda k: len(sopranos[k].tokens))
     chosen = [k for k in chosen if len(atbs[k].tokens) + 2 <= model.max_target_len]
     chosen = chosen[::max(1, len(chosen) // args.pieces)][:args.pieces]
