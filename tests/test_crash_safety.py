@@ -39,15 +39,17 @@ def _step_of(ckpt: Path) -> int:
 
 
 def _wait_for_checkpoints(proc: subprocess.Popen, last: Path, n: int) -> None:
-    """Until last.ckpt has been (re)written n times. The run has a finite MAX_STEPS, far
-    more than the test needs, so a run that never checkpoints ends and fails here instead
-    of leaving the test waiting."""
-    seen = set()
-    while len(seen) < n:
+    """Until last.ckpt has been written at n different steps (each write renames a new
+    file into place, so a new inode says when to read the step again; no file times). The
+    run has a finite MAX_STEPS, far more than the test needs, so a run that never
+    checkpoints ends and fails here instead of leaving the test waiting."""
+    steps, inode = set(), None
+    while len(steps) < n:
         assert proc.poll() is None, proc.communicate()
-        if last.exists():
-            seen.add(last.stat().st_mtime_ns)
-        time.sleep(0.05)
+        if last.exists() and last.stat().st_ino != inode:
+            inode = last.stat().st_ino
+            steps.add(_step_of(last))
+        time.sleep(0.05)  # polling interval only: nothing is timed
 
 
 def test_sigkill_keeps_the_last_checkpoint_and_resume_goes_on(tmp_path):
