@@ -57,6 +57,11 @@ def codons(seq: str) -> list[str]:
     return [seq[i:i + 3] for i in range(0, len(seq), 3)]
 
 
+def most_frequent(candidates: Iterable[str], counts: Mapping[str, int]) -> str:
+    """The candidate codon counted most often (ties: the alphabetically first)."""
+    return max(candidates, key=lambda c: (counts[c], [-ord(b) for b in c]))
+
+
 @dataclass
 class CodonUsage:
     """Codon counts of a set of training CDSs (see the module's conventions)."""
@@ -102,7 +107,7 @@ class CodonUsage:
 
     def top_codon(self, aa: str) -> str:
         """The family's most frequent codon (ties: alphabetical)."""
-        return max(SYNONYMS[aa], key=lambda c: (self.sense[c], [-ord(b) for b in c]))
+        return most_frequent(SYNONYMS[aa], self.sense)
 
     def top_start(self) -> str:
         return max(START_CODONS, key=lambda c: (self.start[c], c == "ATG"))
@@ -161,7 +166,7 @@ class NeighbourUsage:
         seen = self.counts.get(key)
         if seen is None or sum(seen.values()) < min_count:
             return fallback.top_codon(key[1])
-        return max(seen, key=lambda c: (seen[c], [-ord(b) for b in c]))
+        return most_frequent(seen, seen)
 
 
 def neighbour_codon_design(protein: str, usage: CodonUsage, neighbours: NeighbourUsage

@@ -37,6 +37,13 @@ def _first_difference(a: torch.Tensor, b: torch.Tensor) -> int:
     return int(diff.int().argmax()) if bool(diff.any()) else a.shape[1]
 
 
+def require_reorder(constraint: object) -> None:
+    """Beam search reorders its rows every step: a constraint must follow them."""
+    if not hasattr(constraint, "reorder"):
+        raise ValueError(f"beam search needs a constraint with reorder(index); "
+                         f"{type(constraint).__name__} has none")
+
+
 @torch.no_grad()
 def beam_search(model: ReformerLM, prompt: torch.Tensor, n_tokens: int, num_beams: int,
                 constraint: Constraint | None = None, src: Source = NO_SOURCE,
@@ -46,9 +53,8 @@ def beam_search(model: ReformerLM, prompt: torch.Tensor, n_tokens: int, num_beam
     (row r takes row index[r]'s state): it is given B rows and expanded to B x num_beams."""
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
-    if constraint is not None and not hasattr(constraint, "reorder"):
-        raise ValueError(f"beam search needs a constraint with reorder(index); "
-                         f"{type(constraint).__name__} has none")
+    if constraint is not None:
+        require_reorder(constraint)
     B, P = prompt.shape
     K, device = num_beams, prompt.device
     logits, cache = model.prefill(prompt, P + n_tokens, src)
@@ -66,8 +72,11 @@ def beam_search(model: ReformerLM, prompt: torch.Tensor, n_tokens: int, num_beam
         logp, removed = apply_constraint(next_logits.double().log_softmax(dim=-1),
                                          constraint)
         V = logp.shape[-1]
+        # each beam's first token its constraint allows: a finished or dead beam's filler
+        first_allowed = (logp.isfinite().int().argmax(dim=-1) if constraint is not None
+                         else None)
         if eos is not None and bool(ended.any()):
-            filler = (logp.isfinite().int().argmax(dim=-1) if constraint is not None
+            filler = (first_allowed if constraint is not None
                       else torch.full_like(ended, eos, dtype=torch.long))
             hold = torch.full_like(logp, float("-inf")).scatter_(1, filler.unsqueeze(1), 0.0)
             logp = torch.where(ended.unsqueeze(1), hold, logp)
@@ -79,8 +88,7 @@ def beam_search(model: ReformerLM, prompt: torch.Tensor, n_tokens: int, num_beam
             # constraint that allows few tokens), topk also returns -inf ones, whose token
             # may be one the constraint forbids: give those dead beams an allowed one.
             dead = scores.view(-1) == float("-inf")
-            allowed_token = logp.isfinite().int().argmax(dim=-1)[parent]
-            token = torch.where(dead, allowed_token, token)
+            token = torch.where(dead, first_allowed[parent], token)
         start = _first_difference(seqs, seqs[parent])
         seqs = torch.cat([seqs[parent], token.unsqueeze(1)], dim=1)
         if constraint is not None:

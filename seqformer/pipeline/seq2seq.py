@@ -23,6 +23,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..core import Alignment, Constraint, PrefixLM, ReformerEncDec
+from ..core.beam_search import require_reorder
 from ..domains import Domain, Record, get_domain
 from ..errors import InputError
 from .lightning_module import BitsTask
@@ -290,9 +291,7 @@ class Within:
         if self.first is not None:
             self.first = self.first[index]
         if self.inner is not None:
-            if not hasattr(self.inner, "reorder"):
-                raise ValueError(f"beam search needs a constraint with reorder(index); "
-                                 f"{type(self.inner).__name__} has none")
+            require_reorder(self.inner)
             self.inner.reorder(index)
 
 
@@ -308,7 +307,7 @@ class UntilClosed:
         self.closed = np.zeros(len(grammar.walks), dtype=bool)
 
     def allowed(self) -> np.ndarray:
-        mask = np.array(self.grammar.allowed(), copy=True)
+        mask = self.grammar.allowed()  # a new array each call
         mask[:, self.sep_id] = self.grammar.settled()
         return mask
 
