@@ -49,3 +49,40 @@ def test_sample_batch_compiled_equals_eager_across_restarts():
     eager, _ = sample_batch(model, prompt, 300, 2, temperature=0)
     compiled, _ = sample_batch(model, prompt, 300, 2, temperature=0, compile=True)
     assert np.array_equal(eager, compiled)
+
+
+def test_compiled_step_writes_the_caches_in_place():
+    """A compiled step must not copy a cache per token (Inductor does so when a cache is
+    read before it is written): no buffer the step allocates grows with the capacity."""
+    import re
+
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    capacity = 4000  # keys, values and LSH rings hold 16,000 to 64,000 numbers each
+    cfg = ReformerConfig(vocab_size=40, d_model=32, n_layers=2, n_heads=2, d_ff=64,
+                         attn=["lsh", "local"], bucket_size=8, n_hashes=2,
+                         max_seq_len=capacity, kmer_embedding=3)
+    model = ReformerLM(cfg).eval()
+    x = torch.randint(2, 40, (2, 12))
+    torch._dynamo.reset()
+    model.compile_decoding()
+    _, cache = model.prefill(x[:, :10], capacity=capacity)
+    _, codes = run_and_get_code(model.step, x[:, 10], cache)
+    shapes = [[int(d) for d in dims.split(",") if d.strip()] for code in codes
+              for dims in re.findall(r"empty_strided\w*\(\(([^)]*)\)", code)]
+    assert len(shapes) > 10  # the step's buffers were found
+    assert max(np.prod(s) for s in shapes) < capacity, shapes
+
+
+def test_compile_by_default_only_for_long_samples_on_a_cpu_with_a_compiler(monkeypatch):
+    from seqformer.pipeline import inference
+
+    assert inference.decide_compile(True, 10, "cpu") is True
+    assert inference.decide_compile(False, 10**6, "cpu") is False
+    assert inference.decide_compile(None, inference.COMPILE_FROM_TOKENS - 1, "cpu") is False
+    monkeypatch.setattr(inference.shutil, "which", lambda name: f"/usr/bin/{name}")
+    assert inference.decide_compile(None, inference.COMPILE_FROM_TOKENS, "cpu") is True
+    assert inference.decide_compile(None, 10**6, "cuda") is False  # not measured on a GPU
+    monkeypatch.setattr(inference.shutil, "which", lambda name: None)
+    assert inference.decide_compile(None, 10**6, "cpu") is False  # Inductor needs a compiler

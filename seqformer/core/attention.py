@@ -352,12 +352,17 @@ class Attention(nn.Module):
     def step(self, x: torch.Tensor, cache: KVCache, t: torch.Tensor) -> torch.Tensor:
         """Attention output for the token at position t (a 0-d tensor), x: (B, 1, d_model);
         updates cache. Every shape is fixed by the cache, never by t, so a compiled decoding
-        step serves every position."""
+        step serves every position.
+
+        The token's key and value (and its LSH bucket entries) are written before any
+        read: its window then holds itself, and Inductor writes the cache in place (with a
+        read of a cache before its write, it may copy the whole cache on every token)."""
         q, v = self._project(x)
         q, v = q[:, :, 0], v[:, :, 0]  # (B, H, D)
-        k = F.normalize(q, dim=-1)
+        cache.k[:, :, t.view(1)] = F.normalize(q, dim=-1).unsqueeze(2)
+        cache.v[:, :, t.view(1)] = v.unsqueeze(2)
         if self.kind == "lsh":
-            o = self._lsh_step(q, v, cache, t)
+            o = self._lsh_step(q, cache, t)
         else:
             T = cache.k.shape[2]
             if self.kind == "full":
@@ -365,39 +370,37 @@ class Attention(nn.Module):
             else:  # this chunk and the previous one: 2 * bucket_size slots from their start
                 bs = self.bucket_size
                 window = (t // bs - 1) * bs + torch.arange(2 * bs, device=q.device)
-            valid = (window >= 0) & (window < t)
-            window = window.clamp(0, T - 1)
-            o, _ = attend_one(q, cache.k.index_select(2, window),
-                              cache.v.index_select(2, window), valid, v)
-        cache.k.index_copy_(2, t.view(1), k.unsqueeze(2))
-        cache.v.index_copy_(2, t.view(1), v.unsqueeze(2))
+            valid = (window >= 0) & (window <= t)
+            clamped = window.clamp(0, T - 1)
+            o, _ = attend_one(q, cache.k.index_select(2, clamped),
+                              cache.v.index_select(2, clamped), valid, window == t)
         return self.to_out(self._merge(o.unsqueeze(2)))
 
-    def _lsh_step(self, q: torch.Tensor, v: torch.Tensor, cache: LSHCache, t: torch.Tensor
-                  ) -> torch.Tensor:
+    def _lsh_step(self, q: torch.Tensor, cache: LSHCache, t: torch.Tensor) -> torch.Tensor:
         B, H, D = q.shape
         W, bs = 2 * self.bucket_size, self.bucket_size
         bucket = hash_buckets(q.unsqueeze(2), self._rotations(q.device), self.factors)[..., 0]
         R = bucket.shape[-1]
-        rank = cache.counts.gather(-1, bucket.unsqueeze(-1)).squeeze(-1)  # (B, H, R)
+        rows = (torch.arange(B, device=q.device).view(B, 1, 1),
+                torch.arange(H, device=q.device).view(1, H, 1),
+                torch.arange(R, device=q.device).view(1, 1, R))
+        cache.counts.index_put_((*rows, bucket), torch.ones_like(bucket), accumulate=True)
+        rank = cache.counts[(*rows, bucket)] - 1  # (B, H, R): the token's rank in its bucket
+        cache.ring.index_put_((*rows, bucket * W + rank % W), t.expand(B, H, R))
         slots = bucket.unsqueeze(-1) * W + torch.arange(W, device=q.device)
         positions = cache.ring.gather(-1, slots)  # (B, H, R, W)
-        # the rank held by each slot: the latest rank below `rank` congruent to the slot
-        last = (rank - 1).unsqueeze(-1)
+        # the rank each slot holds, the latest up to `rank` congruent to it; the window is
+        # this chunk and the previous one of the bucket's sorted order
+        last = rank.unsqueeze(-1)
         held = last - (last - torch.arange(W, device=q.device)) % W
-        valid = (held >= 0) & (held >= ((rank // bs - 1) * bs).unsqueeze(-1))
+        valid = held >= ((rank // bs - 1) * bs).clamp_min(0).unsqueeze(-1)
         # the R * W keys of all rounds in one gather from the cache itself (not from an
         # (R, capacity) expanded view of it)
         idx = positions.clamp_min(0).view(B, H, R * W, 1).expand(B, H, R * W, D)
         kw = cache.k.gather(2, idx).view(B, H, R, W, D)
         vw = cache.v.gather(2, idx).view(B, H, R, W, D)
-        o, lse = attend_one(q.unsqueeze(2).expand(B, H, R, D), kw, vw, valid,
-                            v.unsqueeze(2).expand(B, H, R, D))
-        o = (o * torch.softmax(lse, dim=-1).unsqueeze(-1)).sum(dim=2) if R > 1 else o[:, :, 0]
-        cache.ring.scatter_(-1, (bucket * W + rank % W).unsqueeze(-1),
-                            (torch.zeros_like(rank) + t).unsqueeze(-1))
-        cache.counts.scatter_add_(-1, bucket.unsqueeze(-1), torch.ones_like(bucket).unsqueeze(-1))
-        return o
+        o, lse = attend_one(q.unsqueeze(2), kw, vw, valid, held == last)
+        return (o * torch.softmax(lse, dim=-1).unsqueeze(-1)).sum(dim=2) if R > 1 else o[:, :, 0]
 
 
 class _AttentionFunction(torch.autograd.Function):

@@ -612,17 +612,16 @@ def full_attention(q: torch.Tensor, v: torch.Tensor, causal: bool) -> torch.Tens
 
 
 def attend_one(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor,
-               v_self: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """One new query against a gathered window of earlier keys, plus itself (decoding).
+               is_self: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """One new query against a gathered window of keys that holds the query's own (decoding).
 
-    q: (..., D); k, v: (..., W, D); valid: (..., W); v_self: (..., D).
+    q: (..., D), or with a 1 where k has a further dim (rounds sharing one query);
+    k, v: (..., W, D); valid, is_self: (..., W), the window's real keys and the query's own.
     Returns the output (..., D) and its log-sum-exp (...), as the full forward computes them.
     """
     D = q.shape[-1]
     scores = torch.matmul(k, q.unsqueeze(-1)).squeeze(-1) * D ** -0.5
-    scores = scores.masked_fill(~valid, float("-inf"))
-    scores = torch.cat([scores, scores.new_full((*scores.shape[:-1], 1), SELF_SCORE)], dim=-1)
+    scores = scores.masked_fill(~valid, float("-inf")).masked_fill(is_self, SELF_SCORE)
     lse = torch.logsumexp(scores, dim=-1, keepdim=True)
-    p = torch.exp(scores - lse)
-    out = torch.matmul(p[..., :-1].unsqueeze(-2), v).squeeze(-2) + p[..., -1:] * v_self
+    out = torch.matmul(torch.exp(scores - lse).unsqueeze(-2), v).squeeze(-2)
     return out, lse.squeeze(-1)

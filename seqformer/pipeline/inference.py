@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -254,13 +255,28 @@ def sample_tokens(model: ReformerLM, prompt: np.ndarray, n_tokens: int, temperat
     return new[0], rate
 
 
+# Compiling the decoding step takes 15-35 s on a 2-core CPU, after which decoding runs
+# about 3x faster (docs/benchmarks.md, "Decoding speed"): it pays from about 10,000 tokens.
+COMPILE_FROM_TOKENS = 10_000
+
+
+def decide_compile(compile: bool | None, total_tokens: int, device: str | torch.device) -> bool:
+    """`sample_batch`'s compile=None: compile on a CPU with a C++ compiler (Inductor needs
+    one) once the samples reach COMPILE_FROM_TOKENS in all. A GPU decodes eagerly unless
+    asked: its compiled step is not measured yet."""
+    if compile is not None:
+        return compile
+    return (torch.device(device).type == "cpu" and total_tokens >= COMPILE_FROM_TOKENS
+            and any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++")))
+
+
 def sample_batch(model: ReformerLM, prompt: np.ndarray, n_tokens: int, num_samples: int,
                  temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None,
                  allowed: list[int] | None = None,
                  on_token: Callable[[int], None] | None = None,
                  device: str | torch.device = "cpu", constraint: Constraint | None = None,
-                 compile: bool = False) -> tuple[np.ndarray, float]:
+                 compile: bool | None = False) -> tuple[np.ndarray, float]:
     """Continue `prompt` (token ids, starting with the separator) by n_tokens in
     `num_samples` sequences decoded as one batch with the decoding cache, emitting only
     `allowed` token ids and those `constraint` allows (see core/sampling.py; one row per
@@ -270,7 +286,7 @@ def sample_batch(model: ReformerLM, prompt: np.ndarray, n_tokens: int, num_sampl
 
     compile: decode with a compiled step (`ReformerLM.compile_decoding`; CUDA graphs on a
     GPU). Its caches then always hold the whole context, so one compiled graph serves the
-    first context and every restart.
+    first context and every restart. None: as `decide_compile` says.
 
     Past the model's max_seq_len the cache cannot grow (positions are absolute), so the
     context restarts from the last half window: exact within a context, approximate
@@ -283,6 +299,7 @@ def sample_batch(model: ReformerLM, prompt: np.ndarray, n_tokens: int, num_sampl
         bias.fill_(float("-inf"))
         bias[torch.as_tensor(allowed, device=device)] = 0.0
     ctx = model.cfg.max_seq_len
+    compile = decide_compile(compile, n_tokens * num_samples, device)
     model.compile_decoding("reduce-overhead" if torch.device(device).type == "cuda" else None,
                            enabled=compile)
 
