@@ -276,7 +276,7 @@ def sample_batch(model: ReformerLM, prompt: np.ndarray, n_tokens: int, num_sampl
                  allowed: list[int] | None = None,
                  on_token: Callable[[int], None] | None = None,
                  device: str | torch.device = "cpu", constraint: Constraint | None = None,
-                 compile: bool | None = False) -> tuple[np.ndarray, float]:
+                 compile: bool | None = None) -> tuple[np.ndarray, float]:
     """Continue `prompt` (token ids, starting with the separator) by n_tokens in
     `num_samples` sequences decoded as one batch with the decoding cache, emitting only
     `allowed` token ids and those `constraint` allows (see core/sampling.py; one row per
