@@ -86,3 +86,11 @@ def test_compile_by_default_only_for_long_samples_on_a_cpu_with_a_compiler(monke
     assert inference.decide_compile(None, 10**6, "cuda") is False  # not measured on a GPU
     monkeypatch.setattr(inference.shutil, "which", lambda name: None)
     assert inference.decide_compile(None, 10**6, "cpu") is False  # Inductor needs a compiler
+    # the compiler asked about is the one Inductor will call
+    from torch._inductor import config as inductor_config
+
+    asked = []
+    monkeypatch.setattr(inference.shutil, "which", lambda name: asked.append(name))
+    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "my-c++"))
+    inference.decide_compile(None, 10**6, "cpu")
+    assert asked == ["my-c++"]

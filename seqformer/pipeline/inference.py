@@ -261,13 +261,16 @@ COMPILE_FROM_TOKENS = 10_000
 
 
 def decide_compile(compile: bool | None, total_tokens: int, device: str | torch.device) -> bool:
-    """`sample_batch`'s compile=None: compile on a CPU with a C++ compiler (Inductor needs
-    one) once the samples reach COMPILE_FROM_TOKENS in all. A GPU decodes eagerly unless
-    asked: its compiled step is not measured yet."""
+    """`sample_batch`'s compile=None: compile on a CPU once the samples reach
+    COMPILE_FROM_TOKENS in all, if the C++ compiler Inductor will call ($CXX, else g++) is
+    installed. A GPU decodes eagerly unless asked: its compiled step is not measured yet."""
     if compile is not None:
         return compile
-    return (torch.device(device).type == "cpu" and total_tokens >= COMPILE_FROM_TOKENS
-            and any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++")))
+    if torch.device(device).type != "cpu" or total_tokens < COMPILE_FROM_TOKENS:
+        return False
+    from torch._inductor import config as inductor_config
+
+    return shutil.which(inductor_config.cpp.cxx[-1]) is not None
 
 
 def sample_batch(model: ReformerLM, prompt: np.ndarray, n_tokens: int, num_samples: int,
