@@ -22,7 +22,7 @@ Two budgets (issue 18):
 Each run leaves its directory under OUT/<domain>-<budget>/<variant>; the script prints a
 Markdown table (steps, tokens/s, final held-out bits, bits at every validation with its
 wall time) and writes OUT/<domain>-<budget>.json, which `--plot` turns into the bits
-against wall-time figure of docs/comparison.md.
+against wall-time figure of docs/performance.md.
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ the peak-memory figure belongs to that measurement alone and a crash, OOM kill o
 timeout only loses that one cell of the table.
 
     python benchmarks/bench_core.py                       # all impls, L = 4096 16384 65536
-    python benchmarks/bench_core.py --lengths 1024 --impls hf,sdpa --out docs/benchmarks.md
+    python benchmarks/bench_core.py --lengths 1024 --impls hf,sdpa --out /tmp/bench_core.md
 
 See benchmarks/README.md for installing the peer implementations.
 """

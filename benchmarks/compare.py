@@ -22,7 +22,7 @@ peak memory is that cell's own, a crash or timeout loses one cell):
 
 The peers are the `compare` extra (`pip install -e '.[compare]'`), never a dependency of
 seqformer. A peer that cannot reach a length (timeout, out of memory) is not tried at the
-longer ones. Results: docs/comparison.md.
+longer ones. Results: docs/performance.md.
 """
 
 from __future__ import annotations
