@@ -19,8 +19,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from . import __version__
-from .core import ConfigError
-from .errors import InputError
+from .errors import InputError, describe
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Reformer models for very long sequences: genomes and music.")
@@ -47,13 +46,17 @@ def clean_errors(fn):
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except (InputError, ConfigError) as e:
-            # escaped: a message may hold brackets ("seqformer[tracks]", "[10:70](-)")
-            err.print(f"[red]error:[/red] {escape(str(e))}", highlight=False, soft_wrap=True)
-            raise typer.Exit(getattr(e, "exit_code", 2)) from None
-        except KeyboardInterrupt:
-            err.print("[yellow]interrupted[/yellow]")
-            raise typer.Exit(130) from None
+        except (Exception, KeyboardInterrupt) as e:
+            described = describe(e)
+            if described is None:
+                raise
+            code, message = described
+            if code == 130 and isinstance(e, KeyboardInterrupt):
+                err.print("[yellow]interrupted[/yellow]")
+            else:  # escaped: a message may hold brackets ("seqformer[tracks]", "[10:70](-)")
+                err.print(f"[red]error:[/red] {escape(message)}", highlight=False,
+                          soft_wrap=True)
+            raise typer.Exit(code) from None
 
     return wrapper
 
@@ -616,6 +619,7 @@ def _score(domain_name: str, model_dir: Path, inputs: list[Path], out_path: Path
 
     from .files import atomic_path, check_output
     from .pipeline.inference import RecordScore, token_log_likelihoods
+    from .pipeline.outputs import write_bigwig
     from .pipeline.run_dir import load_run, read_baseline
 
     for p in (out_path, per_base):
@@ -623,7 +627,7 @@ def _score(domain_name: str, model_dir: Path, inputs: list[Path], out_path: Path
             check_output(p, force)
     if per_base is not None and _is_bigwig(per_base):
         try:
-            import pyBigWig
+            import pyBigWig  # noqa: F401
         except ImportError:
             raise InputError(f"--per-base {per_base}: writing bigWig needs pyBigWig: pip install "
                              "'seqformer[tracks]' (a .bedgraph path needs nothing)") from None
@@ -681,14 +685,7 @@ def _score(domain_name: str, model_dir: Path, inputs: list[Path], out_path: Path
                            + "".join("\t".join(map(str, r)) + "\n" for r in rows))
         out.print(f"wrote {out_path}")
     if per_base is not None and _is_bigwig(per_base):
-        with atomic_path(per_base) as tmp:
-            bw = pyBigWig.open(str(tmp), "w")
-            bw.addHeader([(rid, len(ll)) for rid, ll in per_position if len(ll)])
-            for rid, ll in per_position:
-                for i in range(0, len(ll), 1 << 16):  # fixed-step entries, a block at a time
-                    bw.addEntries(rid, i, values=ll[i:i + (1 << 16)].astype(np.float64),
-                                  span=1, step=1)
-            bw.close()
+        write_bigwig(per_base, per_position)
         out.print(f"wrote {per_base}")
     elif per_base is not None:
         with atomic_path(per_base) as tmp, open(tmp, "w") as f:

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import errno
 import os
+import resource
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import BinaryIO
 
-from .errors import InputError
+from .errors import WRITE_FAILURES, InputError, write_failed
 
 
 def check_output(path: str | Path, force: bool = False) -> Path:
@@ -23,12 +27,18 @@ def check_output(path: str | Path, force: bool = False) -> Path:
 
 
 @contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, keep_previous: Path | None = None) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it onto `path` only if the block
-    finishes, so an interrupted write leaves the old file (or nothing) behind."""
+    finishes, so an interrupted or failed write leaves the old file (or nothing) behind and
+    no temporary file. A write that fails for want of space, a file-size limit or
+    permission becomes one OutputError naming `path`. keep_previous: where the old file
+    goes (hard-linked there first, so `path` exists at every moment)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise write_failed(path, e) from None
     os.close(fd)
     tmp = Path(tmp)
     try:
@@ -37,7 +47,70 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)
+        if keep_previous is not None and path.exists():
+            _keep(path, keep_previous)
         os.replace(tmp, path)
+    except OSError as e:
+        if e.errno in WRITE_FAILURES:
+            kept = "the previous file is kept" if path.exists() else "nothing was written"
+            raise write_failed(path, e, kept) from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _keep(path: Path, previous: Path) -> None:
+    link = previous.with_name(f".{previous.name}.link")
+    link.unlink(missing_ok=True)
+    try:
+        os.link(path, link)
+    except OSError:  # a file system without hard links: copy
+        shutil.copyfile(path, link)
+    os.replace(link, previous)
+
+
+def check_room(path: Path, nbytes: int) -> None:
+    """Raise the OSError that writing nbytes more to `path` would meet (a full disk, a
+    file-size limit), for writers that cannot survive a failed write: HDF5 leaves a file
+    it cannot close and crashes the process at exit."""
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    size = path.stat().st_size if path.exists() else 0
+    if limit != resource.RLIM_INFINITY and size + nbytes > limit:
+        raise OSError(errno.EFBIG, os.strerror(errno.EFBIG))
+    if shutil.disk_usage(path.parent).free < nbytes:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+class _RecordingWriter:
+    """A binary file that remembers the OSError its write raised: torch.save reports a
+    failed write as a RuntimeError ("unexpected pos"), losing the cause."""
+
+    def __init__(self, file: BinaryIO):
+        self.file, self.error = file, None
+
+    def write(self, data: bytes) -> int:
+        try:
+            return self.file.write(data)
+        except OSError as e:
+            self.error = e
+            raise
+
+    def flush(self) -> None:
+        self.file.flush()
+
+
+def save_torch(obj: object, path: str | Path, keep_previous: Path | None = None) -> None:
+    """torch.save to `path` atomically and durably (fsynced before the rename)."""
+    import torch
+
+    with atomic_path(path, keep_previous) as tmp, open(tmp, "wb") as f:
+        writer = _RecordingWriter(f)
+        try:
+            torch.save(obj, writer)
+            f.flush()
+        except RuntimeError:
+            if writer.error is not None:
+                raise writer.error from None
+            raise
+        os.fsync(f.fileno())

@@ -91,6 +91,9 @@ def test_compile_by_default_only_for_long_samples_on_a_cpu_with_a_compiler(monke
 
     asked = []
     monkeypatch.setattr(inference.shutil, "which", lambda name: asked.append(name))
-    monkeypatch.setattr(inductor_config.cpp, "cxx", (None, "my-c++"))
-    inference.decide_compile(None, 10**6, "cpu")
+    # config.patch restores the setting exactly; monkeypatch.setattr on Inductor's config
+    # deletes it on undo, which broke every later compile in the process
+    with inductor_config.patch({"cpp.cxx": (None, "my-c++")}):
+        inference.decide_compile(None, 10**6, "cpu")
     assert asked == ["my-c++"]
+    assert inductor_config.cpp.cxx != (None, "my-c++")

@@ -10,6 +10,7 @@ window gets exactly what a single forward over the whole record gives.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -27,7 +28,8 @@ from ..core import Constraint, ReformerLM, sample_next
 from ..core.sampling import apply_constraint
 from ..domains import Record
 from ..domains.features import Feature, feature_tokens, select
-from ..errors import InputError
+from ..errors import WRITE_FAILURES, InputError, write_failed
+from ..files import check_room
 
 
 def stitched_windows(length: int, window: int, stride: int) -> Iterator[tuple[int, int, int]]:
@@ -164,62 +166,77 @@ def embed_records(model: ReformerLM, records, sep_id: int, window: int, out: Pat
                 "window": window, "model_config": json.dumps(model.cfg.to_dict()),
                 "dtype": dtype, **(attrs or {})}
     partial = partial_path(Path(out))
-    h5 = _open_partial(partial, settings, resume)
-    ids, pooled = [], []
-    try:
-        group = h5.require_group("embeddings")
-        for n, rec in enumerate(records):
-            # leading context tokens (a feature's flank) are read but not stored
-            skip = int(rec.meta.get("context", 0))
-            length = len(rec.tokens) - skip
-            ds = group.get(str(n))
-            if ds is not None and ds.attrs.get("complete") and ds.attrs["id"] == rec.id \
-                    and ds.shape == (length, d):
+    # a full disk keeps the partial file: its complete records are what --resume skips
+    with _write_failure_keeps(out, f"{partial} keeps the records finished so far: free "
+                              "space, then run again with --resume"):
+        h5 = _open_partial(partial, settings, resume)
+        ids, pooled = [], []
+        try:
+            group = h5.require_group("embeddings")
+            for n, rec in enumerate(records):
+                # leading context tokens (a feature's flank) are read but not stored
+                skip = int(rec.meta.get("context", 0))
+                length = len(rec.tokens) - skip
+                ds = group.get(str(n))
+                if ds is not None and ds.attrs.get("complete") and ds.attrs["id"] == rec.id \
+                        and ds.shape == (length, d):
+                    ids.append(rec.id)
+                    pooled.append(np.asarray(ds.attrs["mean"], dtype=np.float32))
+                    if on_window:
+                        on_window(length)
+                    continue
+                if ds is not None:  # partly written, or another record: redo it
+                    del group[str(n)]
+                # room for every byte it may take (uncompressed) and HDF5's chunk cache
+                check_room(partial, length * d * np.dtype(dtype).itemsize + (1 << 20))
+                ds = group.create_dataset(str(n), shape=(length, d), dtype=dtype,
+                                          chunks=(min(length, 4096), d), compression="gzip",
+                                          compression_opts=1, shuffle=True)
+                ds.attrs.update(rec.meta.get("attrs", {}))
+                ds.attrs["id"] = rec.id
+                ds.attrs["length"] = length
+                total = torch.zeros(d, dtype=torch.float64, device=device)
+                # input position i + 1 holds token i: drop the leading separator's output
+                for keep_from, h in _windows_of(rec.tokens, sep_id, len(rec.tokens) + 1, window,
+                                                stride,
+                                                lambda x: model.hidden_states(x, layer=layer),
+                                                device):
+                    first = keep_from - 1  # the token h[0] belongs to (-1: the separator)
+                    h = h[max(0, skip - first):]
+                    first = max(first, skip)
+                    if h.shape[0]:
+                        ds[first - skip:first - skip + h.shape[0]] = h.float().cpu().numpy()
+                        total += h.double().sum(0)
+                    if on_window:
+                        on_window(h.shape[0])
+                mean = (total / max(1, length)).float().cpu().numpy()
+                ds.attrs["mean"] = mean
+                ds.attrs["complete"] = True
+                h5.flush()
                 ids.append(rec.id)
-                pooled.append(np.asarray(ds.attrs["mean"], dtype=np.float32))
-                if on_window:
-                    on_window(length)
-                continue
-            if ds is not None:  # partly written, or another record: redo it
-                del group[str(n)]
-            ds = group.create_dataset(str(n), shape=(length, d), dtype=dtype,
-                                      chunks=(min(length, 4096), d), compression="gzip",
-                                      compression_opts=1, shuffle=True)
-            ds.attrs.update(rec.meta.get("attrs", {}))
-            ds.attrs["id"] = rec.id
-            ds.attrs["length"] = length
-            total = torch.zeros(d, dtype=torch.float64, device=device)
-            # input position i + 1 holds token i: drop the leading separator's output
-            for keep_from, h in _windows_of(rec.tokens, sep_id, len(rec.tokens) + 1, window,
-                                            stride,
-                                            lambda x: model.hidden_states(x, layer=layer),
-                                            device):
-                first = keep_from - 1  # the token h[0] belongs to (-1: the separator)
-                h = h[max(0, skip - first):]
-                first = max(first, skip)
-                if h.shape[0]:
-                    ds[first - skip:first - skip + h.shape[0]] = h.float().cpu().numpy()
-                    total += h.double().sum(0)
-                if on_window:
-                    on_window(h.shape[0])
-            mean = (total / max(1, length)).float().cpu().numpy()
-            ds.attrs["mean"] = mean
-            ds.attrs["complete"] = True
-            h5.flush()
-            ids.append(rec.id)
-            pooled.append(mean)
-        for stale in [k for k in group if int(k) >= len(ids)]:
-            del group[stale]
-        for name in ("ids", "pooled"):
-            if name in h5:
-                del h5[name]
-        h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
-        if pool == "mean":
-            h5.create_dataset("pooled", data=np.stack(pooled) if pooled else np.zeros((0, d)))
-    finally:
-        h5.close()
-    os.replace(partial, out)
+                pooled.append(mean)
+            for stale in [k for k in group if int(k) >= len(ids)]:
+                del group[stale]
+            for name in ("ids", "pooled"):
+                if name in h5:
+                    del h5[name]
+            h5.create_dataset("ids", data=np.array(ids, dtype=object), dtype=h5py.string_dtype())
+            if pool == "mean":
+                h5.create_dataset("pooled", data=np.stack(pooled) if pooled else np.zeros((0, d)))
+        finally:
+            h5.close()
+        os.replace(partial, out)
     return len(ids)
+
+
+@contextlib.contextmanager
+def _write_failure_keeps(out: Path, kept: str) -> Iterator[None]:
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in WRITE_FAILURES:
+            raise
+        raise write_failed(out, e, kept) from None
 
 
 def _open_partial(partial: Path, settings: dict, resume: bool) -> h5py.File:
@@ -256,7 +273,7 @@ def sample_tokens(model: ReformerLM, prompt: np.ndarray, n_tokens: int, temperat
 
 
 # Compiling the decoding step takes 15-35 s on a 2-core CPU, after which decoding runs
-# about 3x faster (docs/benchmarks.md, "Decoding speed"): it pays from about 10,000 tokens.
+# about 3x faster (docs/music.md, "Sampling speed"): it pays from about 10,000 tokens.
 COMPILE_FROM_TOKENS = 10_000
 
 

@@ -4,7 +4,8 @@
       config.yaml          resolved config (domain, task, model, data, train[, classify])
       vocab.json           the domain's vocabulary and tokenization options
       model.safetensors    weights (written at the end of training)
-      checkpoints/         Lightning checkpoints: last.ckpt, best.ckpt (for --resume)
+      checkpoints/         Lightning checkpoints: last.ckpt, previous.ckpt (the last one
+                           before it), best.ckpt (for --resume)
       logs/version_N/      metrics.csv of each training session (a resume adds one)
       loss.png             loss curve
       baseline.npz         the Markov baseline fitted on the training split
@@ -18,11 +19,14 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
 import yaml
+from safetensors import SafetensorError
 from safetensors.torch import load_model, save_model
 
 from ..core import ReformerLM
@@ -69,7 +73,13 @@ def write_config(run: Path, cfg: dict, domain: Domain) -> None:
 
 def export_weights(run: Path, model: ReformerLM) -> None:
     with atomic_path(run / "model.safetensors") as tmp:
-        save_model(model, str(tmp))
+        try:
+            save_model(model, str(tmp))
+        except SafetensorError as e:  # its writer reports a full disk as "(os error 28)"
+            code = re.search(r"os error (\d+)", str(e))
+            if code is None:
+                raise
+            raise OSError(int(code.group(1)), os.strerror(int(code.group(1)))) from None
 
 
 def read_config(run: str | Path) -> dict:
@@ -126,7 +136,23 @@ def load_model_dir(run: str | Path, task: str, build: Callable[[dict], torch.nn.
     except Exception as e:
         raise InputError(f"{weights}: cannot load weights: {e}") from None
     dom = get_domain(cfg["domain"], **cfg["data"].get("options", {}))
+    check_vocabulary(run, dom)
     return model.to(device).eval(), dom, cfg
+
+
+def check_vocabulary(run: str | Path, domain: Domain) -> None:
+    """The vocabulary the model was trained with (vocab.json) is the one `domain` tokenizes
+    with now, so token ids mean what they meant in training."""
+    path = Path(run) / "vocab.json"
+    if not path.is_file():  # a run from before vocab.json was written
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise InputError(f"{path}: unreadable ({e})") from None
+    if saved != json.loads(json.dumps(domain.vocabulary())):
+        raise InputError(f"{path}: the model was trained with another vocabulary than this "
+                         f"seqformer's {domain.name} vocabulary")
 
 
 def load_run(run: str | Path, domain: str | None = None, device: str | torch.device = "cpu"

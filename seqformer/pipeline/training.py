@@ -24,8 +24,8 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException, SI
 from torch.utils.data import DataLoader
 
 from ..domains import get_domain
-from ..errors import InputError, Interrupted
-from ..files import atomic_path
+from ..errors import WRITE_FAILURES, InputError, Interrupted, OutputError, write_failed
+from ..files import atomic_path, save_torch
 from .lightning_module import LMTask, Task
 from .markov import fit_baseline, split_at
 from .progress import PlainProgress, TrainingBar
@@ -65,15 +65,90 @@ class WindowData(pl.LightningDataModule):
         return DataLoader(ds, batch_size=self.cfg["train"]["batch_size"])
 
 
+# What a checkpoint may hold besides tensors and plain containers, numbers and strings:
+# nothing. Resuming unpickles with weights_only=True and this allow-list, so a checkpoint
+# from elsewhere cannot run code.
+CHECKPOINT_GLOBALS: list = []
+PREVIOUS = "previous.ckpt"  # last.ckpt before its latest rewrite, kept to fall back on
+DAMAGED = "last.ckpt.damaged"
+
+
+def read_checkpoint(path: Path, map_location=None) -> dict:  # noqa: ANN001
+    """A checkpoint's contents, or an InputError saying it is damaged or not ours."""
+    import pickle
+    import zipfile
+
+    damaged = InputError(f"{path}: damaged (truncated or overwritten)")
+    if not path.is_file():
+        raise InputError(f"{path}: not found")
+    if not zipfile.is_zipfile(path):  # torch.save writes a zip archive
+        raise damaged
+    try:
+        with torch.serialization.safe_globals(CHECKPOINT_GLOBALS):
+            checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as e:
+        if "global" not in str(e).lower():
+            raise damaged from None
+        raise InputError(f"{path}: holds objects a seqformer checkpoint never holds; "
+                         "refusing to load it") from None
+    except (RuntimeError, OSError, EOFError, ValueError, zipfile.BadZipFile):
+        raise damaged from None
+    if not isinstance(checkpoint, dict) or "global_step" not in checkpoint:
+        raise InputError(f"{path}: not a training checkpoint")
+    return checkpoint
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Checkpoints are written to a temporary file, synced and renamed, so a kill at any
-    moment leaves the previous checkpoint whole."""
+    moment leaves the previous checkpoint whole; last.ckpt's previous version is kept as
+    previous.ckpt, to fall back on if last.ckpt is later damaged. Loading never runs code
+    from the file (weights_only=True)."""
+
+    def __init__(self):
+        super().__init__()
+        self.verified: dict[str, dict] = {}  # read by resume_from, handed to Lightning
+        self.last_step: int | None = None  # the step last.ckpt holds, once written here
 
     def save_checkpoint(self, checkpoint: dict, path, storage_options=None) -> None:
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
-            torch.save(checkpoint, f)
-            f.flush()
-            os.fsync(f.fileno())
+        path = Path(path)
+        if path.name != "last.ckpt":
+            save_torch(checkpoint, path)
+            return
+        # the last step can be saved twice (every N steps and at the end): keep an older one
+        step = checkpoint.get("global_step")
+        save_torch(checkpoint, path, path.with_name(PREVIOUS) if step != self.last_step else None)
+        self.last_step = step
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        checkpoint = self.verified.pop(str(path), None)
+        return checkpoint if checkpoint is not None else read_checkpoint(Path(path),
+                                                                         map_location)
+
+
+def resume_from(ckpt_dir: Path, io: AtomicCheckpointIO) -> Path:
+    """The checkpoint to resume from: last.ckpt if it loads, else previous.ckpt with a
+    warning saying which steps are lost; else one error naming the damaged file."""
+    last, previous = ckpt_dir / "last.ckpt", ckpt_dir / PREVIOUS
+    try:
+        io.verified[str(last)] = read_checkpoint(last, "cpu")
+        io.last_step = io.verified[str(last)]["global_step"]
+        return last
+    except InputError as damaged:
+        if not previous.is_file():
+            raise InputError(f"{damaged}; no earlier checkpoint to fall back on: start "
+                             "over with --force") from None
+        try:
+            fallback = read_checkpoint(previous, "cpu")
+        except InputError as also:
+            raise InputError(f"{damaged}, and so is the one before it ({also}): start "
+                             "over with --force") from None
+        # moved aside, so the next rotation does not make the damaged file the previous one
+        os.replace(last, last.with_name(DAMAGED))
+        logging.getLogger("seqformer").warning(
+            "%s (moved to %s); resuming from %s at step %d instead: the steps after it are "
+            "lost", damaged, DAMAGED, previous, fallback["global_step"])
+        io.verified[str(previous)] = fallback
+        return previous
 
 
 class StopOnSignal(Callback):
@@ -241,6 +316,13 @@ def quiet_foreign_warnings() -> None:
                             r"smaller than the logging interval|across ranks is zero).*")
 
 
+def _kept(last: Path) -> str:
+    if not last.exists():
+        return "no checkpoint was saved yet: free space and start again"
+    step = read_checkpoint(last, "cpu")["global_step"]
+    return (f"{last} keeps step {step}: free space, then continue with --resume")
+
+
 def fit(task: Task, data: pl.LightningDataModule, run: Path, train_cfg: dict, resume: bool,
         has_val: bool, progress: bool = True) -> pl.Trainer:
     """The training loop every task shares: Lightning fit with checkpoints (best by the
@@ -250,8 +332,10 @@ def fit(task: Task, data: pl.LightningDataModule, run: Path, train_cfg: dict, re
     non-finite loss; returns the trainer."""
     ckpt_dir = run / "checkpoints"
     last = ckpt_dir / "last.ckpt"
-    for stale in ckpt_dir.glob(".*.tmp"):  # a checkpoint write cut short by a kill
+    for stale in [*ckpt_dir.glob(".*.tmp"), *ckpt_dir.glob(".*.link")]:  # cut short by a kill
         stale.unlink()
+    io = AtomicCheckpointIO()
+    resume_path = resume_from(ckpt_dir, io) if resume else None
     # "best" is judged at validation; "last" is kept every checkpoint_every steps
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=task.monitor[0],
                            mode=task.monitor[1], save_top_k=1,
@@ -282,16 +366,23 @@ def fit(task: Task, data: pl.LightningDataModule, run: Path, train_cfg: dict, re
             num_sanity_val_steps=0, log_every_n_steps=train_cfg["log_every"],
             # metrics reach disk every log_every steps, so a killed run's curve is kept
             logger=CSVLogger(run, name="logs", flush_logs_every_n_steps=train_cfg["log_every"]),
-            callbacks=[best, latest, stop, *lines], plugins=[AtomicCheckpointIO()],
+            callbacks=[best, latest, stop, *lines], plugins=[io],
             enable_progress_bar=bar, enable_model_summary=False)
     except (ValueError, MisconfigurationException) as e:  # e.g. fsdp without a GPU
         raise InputError(f"train (devices/strategy/accelerator): {e}") from None
     with warnings.catch_warnings():
         quiet_foreign_warnings()
         try:
-            trainer.fit(task, datamodule=data, ckpt_path=str(last) if resume else None)
+            trainer.fit(task, datamodule=data,
+                        ckpt_path=str(resume_path) if resume_path else None)
         except SIGTERMException:
             pass  # StopOnSignal has saved the step it stopped at
+        except OSError as e:  # a log or plot write; checkpoint writes raise OutputError
+            if e.errno not in WRITE_FAILURES:
+                raise
+            raise write_failed(e.filename or run, e, _kept(last)) from None
+        except OutputError as e:
+            raise OutputError(f"{e}; {_kept(last)}") from None
         if stop.interrupted_at is not None or trainer.received_sigterm:
             plot_loss(run, *task.curve)
             at = stop.interrupted_at if stop.interrupted_at is not None else "?"
