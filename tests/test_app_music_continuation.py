@@ -1,6 +1,7 @@
 """apps/music_continuation: the primer cut, the joined MIDI, the picture, the distances and
 the bad inputs, with a tiny model trained for two steps on the bundled chorales."""
 
+import json
 import math
 import shutil
 
@@ -10,7 +11,7 @@ import pretty_midi
 import pytest
 import yaml
 
-from seqformer.domains import midi
+from seqformer.domains import get_domain, midi
 from seqformer.pipeline.run_dir import load_run
 
 from cli_helpers import REPO, load_app_module
@@ -195,6 +196,8 @@ def test_bad_input_is_one_clear_error(trained, tmp_path, capsys, case):
         cfg = yaml.safe_load((model / "config.yaml").read_text())
         cfg["data"]["options"] = {"vocabulary": "durations"}
         (model / "config.yaml").write_text(yaml.safe_dump(cfg))
+        durations = get_domain("midi", vocabulary="durations").vocabulary()
+        (model / "vocab.json").write_text(json.dumps(durations))  # checked on load
     elif case == "no_model":
         model = tmp_path / "nothing_here"
     out = tmp_path / "out.mid"
