@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from seqformer.core import bucketed_attention as ba  # noqa: E402
+from seqformer.core.attention import dispatch as ba  # noqa: E402
 
 
 def lsh_step(backend, q, v, buckets, bs, d_out):  # noqa: ANN001, ANN201

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import yaml
 
-from seqformer.pipeline.training import read_metrics
+from seqformer.pipeline.run_dir import read_metrics
 
 HERE = Path(__file__).resolve().parent
 SHARED = HERE.parent.parent / "shared" / "data"

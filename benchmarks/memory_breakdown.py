@@ -22,7 +22,7 @@ F.cross_entropy(model(tokens)). Counting every operator with a stack walk is slo
 
 Which component a storage belongs to: the innermost frame of the Python stack at its
 allocation whose file is inside the seqformer package decides (table CATEGORY_OF_FILE,
-and model.py by function, MODEL_FUNCTIONS). An operator that autograd's engine runs for
+and model/lm.py by function, MODEL_FUNCTIONS). An operator that autograd's engine runs for
 a built-in backward formula (not a custom Function's Python backward, whose own stack
 is used) is filed by the stack that created its autograd node in the forward, or in a
 recompute inside a custom backward (anomaly mode records it, with check_nan off).
@@ -63,17 +63,16 @@ CATEGORIES = (STREAMS, ATTENTION, FEED_FORWARD, HEAD, EMBEDDINGS, GRADS, OPTIMIZ
 
 # Path inside the seqformer package -> component.
 CATEGORY_OF_FILE = {
-    "core/attention.py": ATTENTION,
-    "core/bucketed_attention.py": ATTENTION,
-    "core/hashing.py": ATTENTION,
-    "core/flex_attention.py": ATTENTION,
-    "core/feedforward.py": FEED_FORWARD,
-    "core/reversible.py": STREAMS,
-    "core/chunked_loss.py": HEAD,
-    "core/axial_positions.py": EMBEDDINGS,
-    "core/embeddings.py": EMBEDDINGS,
+    **{f"core/attention/{name}.py": ATTENTION
+       for name in ("module", "dispatch", "buckets", "hashing", "kernels_torch",
+                    "kernels_flex", "kernels_triton")},
+    "core/layers/feedforward.py": FEED_FORWARD,
+    "core/layers/reversible.py": STREAMS,
+    "core/layers/chunked_loss.py": HEAD,
+    "core/layers/axial_positions.py": EMBEDDINGS,
+    "core/layers/embeddings.py": EMBEDDINGS,
 }
-# core/model.py by function name (the final norm runs in hidden_states / _final).
+# core/model/lm.py by function name (the final norm runs in hidden_states / _final).
 MODEL_FUNCTIONS = {
     "_embed": EMBEDDINGS,
     "forward": HEAD,
@@ -161,7 +160,7 @@ def _make_counter(package_dir: str) -> Any:
             for filename, func in frames:
                 tag, short = self._where(filename)
                 if tag == "seqformer":
-                    if short == "core/model.py":
+                    if short == "core/model/lm.py":
                         return MODEL_FUNCTIONS.get(func, OTHER), f"{short}:{func}"
                     return CATEGORY_OF_FILE.get(short, OTHER), f"{short}:{func}"
                 if tag == "optim":

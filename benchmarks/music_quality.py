@@ -1,5 +1,5 @@
 """Listen-free quality: generated pieces against real ones, feature by feature
-(seqformer/domains/music_quality.py: polyphony, note durations, pitch-class entropy, pitch
+(benchmarks/music_quality_features.py: polyphony, note durations, pitch-class entropy, pitch
 span, scale consistency, notes per second), with the overlapping area of the two sets'
 distributions (Yang and Lerch, 2018).
 
@@ -21,9 +21,13 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+from music_quality_features import (  # benchmarks/ is sys.path[0] when this file is run
+    FEATURES,
+    compare,
+    piece_features,
+)
 
 from seqformer.domains import get_domain
-from seqformer.domains.music_quality import FEATURES, compare, piece_features
 
 
 def generate(model_dir: Path, samples: int, length: int, temperature: float,

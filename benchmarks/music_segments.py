@@ -1,5 +1,5 @@
 """Does a long sample keep its statistics to the end? The quality features of
-seqformer/domains/music_quality.py for consecutive equal stretches of one piece.
+benchmarks/music_quality_features.py for consecutive equal stretches of one piece.
 
     seqformer sample midi --model runs/bach-events --length 100000 --out long.mid --compile
     python benchmarks/music_segments.py long.mid --segments 10
@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import pretty_midi
+from music_quality_features import piece_features  # benchmarks/ is sys.path[0] when run
 
 from seqformer.domains import get_domain
 from seqformer.domains.midi import load_midi
-from seqformer.domains.music_quality import piece_features
 
 SHOWN = ("mean_polyphony", "duration_median", "pitch_class_entropy", "pitch_span",
          "scale_consistency", "notes_per_second")

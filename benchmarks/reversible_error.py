@@ -17,7 +17,7 @@ import contextlib
 import torch
 
 from seqformer.core import ReformerConfig, ReformerLM
-from seqformer.core.reversible import stream_dtype
+from seqformer.core.layers.reversible import stream_dtype
 
 
 @torch.no_grad()

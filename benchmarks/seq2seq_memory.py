@@ -28,7 +28,7 @@ CHILD = r"""
 import json, resource, sys, time
 import torch
 from seqformer.core import ReformerConfig, ReformerEncDec
-from seqformer.core import cross_attention as ca
+from seqformer.core.attention import cross as ca
 
 args = json.loads(sys.argv[1])
 L, device = args["length"], torch.device(args["device"])

@@ -14,7 +14,8 @@ import time
 import torch
 import torch.nn.functional as F
 
-from seqformer.core import ReformerClassifier, ReformerConfig, bucketed_attention
+from seqformer.core import ReformerClassifier, ReformerConfig
+from seqformer.core.attention import kernels_torch as bucketed_attention
 
 packed_tiles = bucketed_attention._tiles
 

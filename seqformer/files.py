@@ -102,7 +102,7 @@ class _RecordingWriter:
 
 def save_torch(obj: object, path: str | Path, keep_previous: Path | None = None) -> None:
     """torch.save to `path` atomically and durably (fsynced before the rename)."""
-    import torch
+    import torch  # here, not above: the domains write files too and never need torch
 
     with atomic_path(path, keep_previous) as tmp, open(tmp, "wb") as f:
         writer = _RecordingWriter(f)

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from seqformer.core.bucketed_attention import SELF_SCORE
+from seqformer.core.attention.kernels_torch import SELF_SCORE
 
 
 def _multi_round(q, v, n_rounds: int, keys_of: Callable[[int, int], list[int]]):

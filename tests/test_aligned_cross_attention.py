@@ -17,7 +17,7 @@ from test_encdec import (
 )
 
 from seqformer.core import Alignment, ConfigError, ReformerEncDec
-from seqformer.core.cross_attention import CrossAttention
+from seqformer.core.attention.cross import CrossAttention
 
 
 def aligned(ratio: int = 3, window: int = 2, seed: int = 0, **kw) -> ReformerEncDec:

@@ -12,7 +12,7 @@ import pytest
 from Bio import SeqIO
 
 from seqformer.domains import Record, get_domain
-from seqformer.domains.features import feature_tokens, select
+from seqformer.domains.annotations import feature_tokens, select
 from seqformer.errors import InputError
 
 from cli_helpers import REPO, TINY_MODEL, run_cli

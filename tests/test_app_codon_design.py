@@ -10,7 +10,7 @@ import pytest
 import torch
 from Bio.Seq import Seq
 
-from seqformer.core.sampling import apply_constraint, sample_next
+from seqformer.core.decoding.sampling import apply_constraint, sample_next
 from seqformer.domains import get_domain
 
 from cli_helpers import REPO

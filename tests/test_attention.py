@@ -4,8 +4,8 @@ same causality test catches the paper's global-chunking leak."""
 import pytest
 import torch
 
-from seqformer.core.bucketed_attention import bucketed_attention, full_attention
-from seqformer.core.hashing import fixed_rotations, hash_buckets
+from seqformer.core.attention.dispatch import bucketed_attention, full_attention
+from seqformer.core.attention.hashing import fixed_rotations, hash_buckets
 
 from reference_attention import global_chunked_reference, rank_chunked_reference
 
@@ -149,7 +149,7 @@ def test_sublayer_backward_equals_autograd_reference(group):
     and value projections, output projection) against plain autograd through the dense
     reference, with random biases and norm weights."""
     from seqformer.core import ReformerConfig
-    from seqformer.core.attention import Attention
+    from seqformer.core.attention.module import Attention
 
     torch.manual_seed(0)
     cfg = ReformerConfig(d_model=24, n_heads=3, attn="full", bucket_size=8, max_seq_len=64,

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from seqformer.core import ConfigError, ReformerConfig, ReformerLM
-from seqformer.core.bucketed_attention import bucketed_attention, resolve_backend
-from seqformer.core.flex_attention import available
+from seqformer.core.attention.dispatch import bucketed_attention, resolve_backend
+from seqformer.core.attention.kernels_flex import available
 
 needs_flex = pytest.mark.skipif(not available(), reason="no FlexAttention in this torch")
 CUDA = torch.cuda.is_available()

@@ -11,7 +11,7 @@ import torch
 from test_encdec import EvenTokens, configs, tokens
 
 from seqformer.core import ReformerEncDec
-from seqformer.core import beam_search as bs
+from seqformer.core.decoding import beam as bs
 
 V = 10
 

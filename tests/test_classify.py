@@ -321,7 +321,7 @@ def test_ddp_validation_counts_every_window_once(tmp_path):
     import pytorch_lightning as pl
 
     from seqformer.pipeline import run_config
-    from seqformer.pipeline.classify import ClassifierTask, LabelledData
+    from seqformer.pipeline.classify_training import ClassifierTask, LabelledData
     from seqformer.pipeline.training import _strategy
 
     a, b = tmp_path / "a.fa", tmp_path / "b.fa"

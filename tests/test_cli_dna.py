@@ -48,7 +48,7 @@ def test_resume_continues_at_the_same_step(trained, tmp_path):
     code, text = run("train", "dna", "--out", run_dir, "--resume", "--max-steps", 9)
     assert code == 0, text
     assert "trained 9 steps" in text  # 6 done before, 3 more
-    from seqformer.pipeline.training import read_metrics
+    from seqformer.pipeline.run_dir import read_metrics
 
     steps = [s for s, _ in read_metrics(run_dir)[0]]
     assert steps == sorted(steps), steps

@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from seqformer.core import ConfigError, ReformerConfig, sample_next
-from seqformer.core.axial_positions import AxialPositionalEmbedding
+from seqformer.core.layers.axial_positions import AxialPositionalEmbedding
 
 
 @pytest.mark.parametrize("kw, field", [

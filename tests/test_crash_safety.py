@@ -17,8 +17,7 @@ import torch
 
 from seqformer.domains import Record
 from seqformer.pipeline.inference import embed_records, partial_path
-from seqformer.pipeline.run_dir import load_run
-from seqformer.pipeline.training import read_metrics
+from seqformer.pipeline.run_dir import load_run, read_metrics
 
 from cli_helpers import TINY_MODEL, run_cli
 

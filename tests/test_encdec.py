@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from seqformer.core import ConfigError, ReformerConfig, ReformerEncDec
-from seqformer.core import cross_attention as ca
+from seqformer.core.attention import cross as ca
 
 KINDS = ["lsh", "local", "full"]
 
@@ -128,7 +128,7 @@ def test_greedy_generate_equals_argmax_over_full_forwards(attn: str, constrained
 
 
 def test_cached_step_logits_equal_the_full_forward() -> None:
-    from seqformer.core.reversible import Source
+    from seqformer.core.layers.reversible import Source
 
     m = model("lsh")
     src, tgt = tokens((2, 30), 12, 9), tokens((2, 25), 10, 10)

@@ -22,7 +22,7 @@ import pytest
 import torch
 
 from seqformer.pipeline.inference import partial_path
-from seqformer.pipeline.training import PREVIOUS
+from seqformer.pipeline.run_dir import PREVIOUS
 
 from cli_helpers import REPO, TINY_MODEL, run_cli
 
@@ -100,8 +100,8 @@ def _commands(dna: Path, midi: Path, clf: Path, s2s: Path, tmp: Path) -> dict:
                           tmp / "s.bw"], tmp / "s.bw", 50_000),
         "embed": (["embed", "dna", "--model", dna, "--fasta", fasta, "--out", tmp / "e.h5"],
                   tmp / "e.h5", 60_000),
-        "sample dna": (["sample", "dna", "--model", dna, "--length", 3000, "--out",
-                        tmp / "x.fa", "--seed", 1], tmp / "x.fa", 1000),
+        "sample dna": (["sample", "dna", "--model", dna, "--length", 1000, "--out",
+                        tmp / "x.fa", "--seed", 1], tmp / "x.fa", 500),
         "sample midi": (["sample", "midi", "--model", midi, "--length", 600, "--out",
                          tmp / "x.mid", "--seed", 1], tmp / "x.mid", 200),
         "predict": (["predict", "dna", "--model", clf, "--fasta", fasta, "--out",
@@ -132,14 +132,14 @@ def test_a_full_disk_keeps_the_previous_output_and_says_which_file(
     no_temporary_files(tmp_path)
     if name == "embed":  # the partial file keeps what was finished, for --resume
         assert "--resume" in err
-        proc = seqformer(*args, "--force", "--resume")
-        assert proc.returncode == 0, proc.stderr
+        code, text = run_cli(*args, "--force", "--resume")
+        assert code == 0, text
         assert not partial_path(out).exists()
         with h5py.File(out) as h5:
             assert list(h5["ids"].asstr()) == ["q"]
     else:  # the same command with room to write succeeds
-        proc = seqformer(*args, "--force")
-        assert proc.returncode == 0, proc.stderr
+        code, text = run_cli(*args, "--force")
+        assert code == 0, text
         assert out.read_text(errors="replace") != OLD
 
 
@@ -175,10 +175,11 @@ def test_a_full_disk_while_tokenizing_leaves_no_half_token_store(tmp_path):
 
 
 # -- damaged checkpoints and model files -----------------------------------------------------
-@pytest.fixture
-def trained_twice(tmp_path) -> Path:
-    """A run checkpointed at steps 2 and 4: last.ckpt holds step 4, previous.ckpt step 2."""
-    run = tmp_path / "run"
+@pytest.fixture(scope="module")
+def checkpointed_twice(tmp_path_factory) -> Path:
+    """A run checkpointed at steps 2 and 4: last.ckpt holds step 4, previous.ckpt step 2
+    (read-only: tests damage a copy)."""
+    run = tmp_path_factory.mktemp("faults") / "run"
     code, text = run_cli(*TRAIN, "--out", run, "--max-steps", 4)
     assert code == 0, text
     assert _step_of(run / "checkpoints" / "last.ckpt") == 4
@@ -186,12 +187,18 @@ def trained_twice(tmp_path) -> Path:
     return run
 
 
-@pytest.mark.parametrize("damage", ["truncated", "zeroed", "empty"])
+@pytest.fixture
+def trained_twice(checkpointed_twice, tmp_path) -> Path:
+    run = tmp_path / "run"
+    shutil.copytree(checkpointed_twice, run)
+    return run
+
+
+@pytest.mark.parametrize("damage", ["truncated", "zeroed"])
 def test_a_damaged_last_checkpoint_falls_back_to_the_previous_one(trained_twice, damage):
     last = trained_twice / "checkpoints" / "last.ckpt"
     data = last.read_bytes()
-    last.write_bytes({"truncated": data[:len(data) // 2], "zeroed": bytes(len(data)),
-                      "empty": b""}[damage])
+    last.write_bytes({"truncated": data[:len(data) // 2], "zeroed": bytes(len(data))}[damage])
     proc = seqformer(*TRAIN, "--out", trained_twice, "--resume", "--max-steps", 6)
     assert proc.returncode == 0, proc.stderr
     assert "Traceback" not in proc.stderr and "weights_only=False" not in proc.stderr
@@ -205,8 +212,9 @@ def test_both_checkpoints_damaged_is_one_error_naming_the_file(trained_twice):
     ckpts = trained_twice / "checkpoints"
     (ckpts / "last.ckpt").write_bytes(b"\0" * 100)
     (ckpts / PREVIOUS).write_bytes(b"PK\3\4 not really a zip")
-    proc = seqformer(*TRAIN, "--out", trained_twice, "--resume", "--max-steps", 6)
-    assert_one_clear_error(proc, f"{ckpts / 'last.ckpt'}: damaged", "--force")
+    code, text = run_cli(*TRAIN, "--out", trained_twice, "--resume", "--max-steps", 6)
+    assert code == 2 and "Traceback" not in text, text
+    assert f"{ckpts / 'last.ckpt'}: damaged" in text and "--force" in text
 
 
 class Payload:
@@ -232,9 +240,8 @@ def test_a_truncated_model_file_is_one_clear_error(tiny_dna_run, tmp_path, name)
     data = (run / name).read_bytes()
     (run / name).write_bytes(data[:len(data) // 3])
     out = tmp_path / "s.tsv"
-    proc = seqformer("score", "dna", "--model", run, "--fasta", LAMBDA, "--out", out)
-    assert proc.returncode == 2, proc.stderr
-    assert "Traceback" not in proc.stderr and str(run) in proc.stderr
+    code, text = run_cli("score", "dna", "--model", run, "--fasta", LAMBDA, "--out", out)
+    assert code == 2 and text.startswith("error:") and str(run / name) in text, text
     assert not out.exists()
 
 
@@ -252,7 +259,7 @@ def _kill_at_random(args: list, seed: int, until: Path | None = None) -> None:
     proc.wait()
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_score_killed_at_random_leaves_the_old_or_the_new_output_whole(tiny_dna_run, tmp_path,
                                                                       seed):
     out, track = tmp_path / "s.tsv", tmp_path / "s.bedgraph"
@@ -279,8 +286,8 @@ def test_embed_killed_at_random_leaves_no_half_output_and_resumes(tiny_dna_run, 
     _kill_at_random(args, seed, until=partial_path(out))
     assert not out.exists() or h5py.is_hdf5(out)
     no_temporary_files(tmp_path)
-    proc = seqformer(*args, "--resume", "--force")
-    assert proc.returncode == 0, proc.stderr
+    code, text = run_cli(*args, "--resume", "--force")
+    assert code == 0, text
     with h5py.File(out) as h5:
         assert list(h5["ids"].asstr()) == [f"r{i}" for i in range(6)]
         assert all(h5["embeddings"][str(i)].shape[0] == 3000 for i in range(6))
@@ -293,9 +300,10 @@ def test_train_killed_at_random_resumes_from_a_whole_checkpoint(tmp_path, seed):
     _kill_at_random([*TRAIN, "--out", run, "--max-steps", 400], seed, until=last)
     _step_of(last)  # whole: it loads
     no_temporary_files(run)
-    proc = seqformer(*TRAIN, "--out", run, "--resume", "--max-steps", _step_of(last) + 2)
-    assert proc.returncode == 0, proc.stderr
-    assert "Traceback" not in proc.stderr
+    step = _step_of(last)
+    code, text = run_cli(*TRAIN, "--out", run, "--resume", "--max-steps", step + 2)
+    assert code == 0, text
+    assert _step_of(last) == step + 2
 
 
 # -- permissions and vanishing inputs --------------------------------------------------------
@@ -329,7 +337,7 @@ def test_a_read_only_output_file_system_is_one_clear_error(tiny_dna_run, tmp_pat
     assert "Traceback" not in text
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_a_model_directory_deleted_while_score_runs(tiny_dna_run, tmp_path, seed):
     """Deleted at a random moment: before the model is read (one error naming it) or after
     (scoring needs nothing more from it and finishes); never a traceback or half a file."""

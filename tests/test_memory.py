@@ -14,7 +14,10 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from seqformer.core import ReformerConfig, ReformerLM, attention, bucketed_attention, chunked_loss
+from seqformer.core import ReformerConfig, ReformerLM
+from seqformer.core.attention import kernels_torch as bucketed_attention
+from seqformer.core.attention import module as attention
+from seqformer.core.layers import chunked_loss
 
 
 class LiveBytes(TorchDispatchMode):

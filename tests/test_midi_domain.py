@@ -330,12 +330,15 @@ def test_read_directory_skips_bad_files(tmp_path: Path, caplog):
     make_bad_files(tmp_path / "bad")
     domain = MIDIDomain()
     with caplog.at_level(logging.WARNING, logger="seqformer.domains.midi"):
-        records = list(domain.read(tmp_path))
+        records = list(domain.read(tmp_path))  # reported as logged warnings
+    reported = []
+    assert [r.id for r in domain.read(tmp_path, on_skip=lambda *s: reported.append(s))] == \
+        [r.id for r in records]
     assert [r.id for r in records] == ["a", "sub/b"]
     assert records[0].meta["n_notes"] == 206 and records[0].meta["duration"] == pytest.approx(44)
     assert records[0].meta["path"] == str(tmp_path / "a.mid")
     assert np.array_equal(records[0].tokens, encode(load_midi(tmp_path / "a.mid")))
-    skipped = {Path(p).name: reason for p, reason in domain.skipped}
+    skipped = {Path(p).name: reason for p, reason in reported}
     assert sorted(skipped) == ["no_notes.midi", "not_midi.mid", "truncated.mid"]
     assert skipped["no_notes.midi"] == "no notes"
     assert "not a readable MIDI file" in skipped["truncated.mid"]
@@ -377,8 +380,8 @@ def test_write_one_record_atomically(tmp_path: Path):
     tokens = np.asarray(piano(NOTE_ON + 60, shift(20), NOTE_OFF + 60, NOTE_OFF + 61))
     out = tmp_path / "out.mid"
     out.write_bytes(b"old")
-    domain.write([Record("x", tokens)], out)
-    assert domain.repairs["unmatched_note_off"] == 1
+    repairs = domain.write([Record("x", tokens)], out)
+    assert repairs["unmatched_note_off"] == 1
     assert notes_of(load_midi(out)) == [(0.0, 0.2, 60, 82, False, 0)]
     assert [p.name for p in tmp_path.iterdir()] == ["out.mid"]  # no temporary file left
     with pytest.raises(ValueError, match="one piece"):
@@ -428,7 +431,7 @@ def test_piano_roll_png(tmp_path: Path):
 def test_render_audio_names_what_is_missing(tmp_path: Path, monkeypatch):
     import wave
 
-    import seqformer.domains.midi as midi
+    import seqformer.domains.midi.render as midi
 
     pm = c_major_scale()
     try:

@@ -17,16 +17,22 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from seqformer.domains import InputError, get_domain
-from seqformer.domains.midi import PROGRAM, SEP, SHIFT, VELOCITY, VOCAB_SIZE, load_midi
-from seqformer.domains.midi_durations import (
+from seqformer.domains.midi import (
     DURATION,
     DURATION_STEPS,
     DURATION_TOKENS,
-    decode,
+    PROGRAM,
+    SEP,
+    SHIFT,
+    VELOCITY,
+    VOCAB_SIZE,
+    DurationGrammar,
+    GrammarLimits,
     duration_bin,
-    encode,
+    limits_from,
+    load_midi,
 )
-from seqformer.domains.midi_grammar import DurationGrammar, GrammarLimits, limits_from
+from seqformer.domains.midi.durations import decode, encode
 
 from cli_helpers import REPO
 from cli_helpers import TINY_MODEL as TINY

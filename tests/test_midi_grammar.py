@@ -8,8 +8,18 @@ import pytest
 import torch
 
 from seqformer.domains import get_domain
-from seqformer.domains.midi import DRUMS, NOTE_OFF, NOTE_ON, PROGRAM, SEP, SHIFT, VELOCITY
-from seqformer.domains.midi_grammar import GrammarLimits, MIDIGrammar, limits_from
+from seqformer.domains.midi import (
+    DRUMS,
+    NOTE_OFF,
+    NOTE_ON,
+    PROGRAM,
+    SEP,
+    SHIFT,
+    VELOCITY,
+    GrammarLimits,
+    MIDIGrammar,
+    limits_from,
+)
 
 from cli_helpers import REPO
 from cli_helpers import TINY_MODEL as TINY

@@ -186,7 +186,7 @@ def test_too_long_input_is_rejected():
 def test_embeddings_in_blocks_equal_plain_lookups(monkeypatch):
     """Token + axial + k-mer rows summed block by block (values and table gradients) equal
     the plain sum of nn.functional.embedding lookups."""
-    from seqformer.core import embeddings
+    from seqformer.core.layers import embeddings
 
     monkeypatch.setattr(embeddings, "ROWS", 7)  # several blocks, the last one short
     torch.manual_seed(0)
@@ -235,7 +235,7 @@ def test_head_groups_do_not_change_results(attn):
 def test_chunked_loss_equals_cross_entropy_over_full_logits(monkeypatch, reduction):
     """model.loss applies the head a block of rows at a time; values and every gradient
     equal F.cross_entropy over the full logits (a MIDI-sized vocabulary, tied weights)."""
-    from seqformer.core import chunked_loss
+    from seqformer.core.layers import chunked_loss
 
     monkeypatch.setattr(chunked_loss, "ROWS", 16)  # several blocks, the last one short
     torch.manual_seed(0)

@@ -8,9 +8,14 @@ import pretty_midi
 import pytest
 
 from seqformer.domains import get_domain
-from seqformer.domains.music_quality import FEATURES, compare, overlap_area, piece_features
 
-from cli_helpers import REPO
+from cli_helpers import REPO, load_app_module
+
+# benchmarks/ is no package: its modules load by path
+_features = load_app_module(REPO / "benchmarks" / "music_quality_features.py",
+                            "music_quality_features")
+FEATURES, compare = _features.FEATURES, _features.compare
+overlap_area, piece_features = _features.overlap_area, _features.piece_features
 
 
 def piece(notes: list[tuple[int, float, float]], drums: bool = False) -> pretty_midi.PrettyMIDI:

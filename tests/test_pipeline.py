@@ -22,7 +22,7 @@ class ListDomain(Domain):
     def __init__(self, records):
         self.records = records
 
-    def read(self, path):
+    def read(self, path, on_skip=None):
         yield from self.records[str(path)]
 
     def vocabulary(self):

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from seqformer.core import ReformerConfig, ReformerLM
-from seqformer.core.reversible import stream_dtype
+from seqformer.core.layers.reversible import stream_dtype
 
 
 def cfg(**kw):

@@ -12,8 +12,9 @@ import torch
 
 pytest.importorskip("triton")
 
-from seqformer.core import ReformerConfig, ReformerLM, triton_attention  # noqa: E402
-from seqformer.core import bucketed_attention as ba  # noqa: E402
+from seqformer.core import ReformerConfig, ReformerLM  # noqa: E402
+from seqformer.core.attention import dispatch as ba  # noqa: E402
+from seqformer.core.attention import kernels_triton as triton_attention  # noqa: E402
 
 needs_kernel = pytest.mark.skipif(
     not (torch.cuda.is_available() or triton_attention.interpreted()),

@@ -1,7 +1,7 @@
 """`SynonymousCodons`: a sampling constraint under which a decoder can only write a coding
 sequence for the given protein.
 
-It follows the protocol of `seqformer.core.sampling` (`allowed()` -> (B, V) boolean mask,
+It follows the protocol of `seqformer.core.decoding.sampling` (`allowed()` -> (B, V) boolean mask,
 `update(tokens, removed)`), over the DNA domain's vocabulary (token ids read from
 `seqformer.domains.get_domain("dna").tokens`, upper-case bases only).
 
@@ -39,7 +39,7 @@ import numpy as np
 import torch
 from Bio.Data import CodonTable
 
-from seqformer.domains import get_domain
+from seqformer import get_domain
 
 TABLE = 11
 START_CODONS = ("ATG", "GTG", "TTG")

@@ -26,8 +26,9 @@ from codons import CodonUsage, evaluate, most_frequent_codon_design  # noqa: E40
 from constraint import SynonymousCodons  # noqa: E402
 from prepare import DEFAULT_OUT, load_pairs  # noqa: E402
 
-from seqformer.domains import Record  # noqa: E402
-from seqformer.pipeline.seq2seq import (  # noqa: E402
+from seqformer import (  # noqa: E402
+    Record,
+    get_domain,
     load_seq2seq,
     target_log_likelihoods,
     translate,
@@ -91,8 +92,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                "model_bits_per_base_on_natives": native_bits(args.model, proteins, natives),
                "genes": len(proteins), "temperature": args.temperature, "beams": args.beams,
                "design_minutes": minutes}
-    from seqformer.domains import get_domain
-
     dna = get_domain("dna")
     dna.write([Record(k, dna.encode(v)) for k, v in designs.items()], out / "designs.fa")
     (out / "metrics.json").write_text(json.dumps(results, indent=1))

@@ -27,9 +27,14 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from seqformer.core import ConfigError, ReformerConfig, ReformerLM
-from seqformer.errors import InputError
-from seqformer.files import atomic_path, check_output
+from seqformer import (
+    ConfigError,
+    InputError,
+    ReformerConfig,
+    ReformerLM,
+    atomic_path,
+    check_output,
+)
 
 TRAIN_KINDS = {"full": ("full", 1), "lsh1": ("lsh", 1), "lsh2": ("lsh", 2), "lsh4": ("lsh", 4),
                "lsh8": ("lsh", 8)}

@@ -27,12 +27,17 @@ import h5py
 import numpy as np
 import torch
 
-from seqformer.core import ReformerLM
-from seqformer.domains import Domain, Record
-from seqformer.errors import InputError, report_errors
-from seqformer.files import atomic_path, check_output
-from seqformer.pipeline.inference import embed_records
-from seqformer.pipeline.run_dir import load_run
+from seqformer import (
+    Domain,
+    InputError,
+    Record,
+    ReformerLM,
+    atomic_path,
+    check_output,
+    embed_records,
+    load_run,
+    report_errors,
+)
 
 OUTPUTS = ("tiles.fa", "emb.h5", "pca.tsv", "map.png")
 

@@ -24,12 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from seqformer.domains import Domain
-from seqformer.domains.midi import load_midi, write_midi
-from seqformer.pipeline.run_dir import read_sampling_limits
-from seqformer.pipeline.seq2seq import (
+from seqformer import (
+    Domain,
     load_seq2seq,
+    midi,
     pair_ids,
+    read_sampling_limits,
     target_grammar,
     target_log_likelihoods,
     translate,
@@ -93,28 +93,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{run}: {got['bits_per_token']:.4f} bits per ATB token, "
               f"{got['bits_per_chorale']:,.1f} per chorale, on {got['pairs']} {args.split} "
               "chorales")
-    model, soprano, midi, _ = load_seq2seq(args.model)
-    sopranos, atbs = read_pairs(Path(args.data) / args.split, soprano, midi)
+    model, soprano, atb, _ = load_seq2seq(args.model)
+    sopranos, atbs = read_pairs(Path(args.data) / args.split, soprano, atb)
     chosen = sorted(range(len(sopranos)), key=lambda k: len(sopranos[k].tokens))
     chosen = [k for k in chosen if len(atbs[k].tokens) + 2 <= model.max_target_len]
     chosen = chosen[::max(1, len(chosen) // args.pieces)][:args.pieces]
-    grammar = (target_grammar(midi, lambda: read_sampling_limits(args.model))
+    grammar = (target_grammar(atb, lambda: read_sampling_limits(args.model))
                if args.grammar else None)
-    made = translate(model, [sopranos[k].tokens for k in chosen], midi.sep_id,
+    made = translate(model, [sopranos[k].tokens for k in chosen], atb.sep_id,
                      model.max_target_len - 1, args.temperature, seed=args.seed,
-                     constraint=grammar, allowed=midi.generatable(), batch_size=len(chosen))
+                     constraint=grammar, allowed=atb.generatable(), batch_size=len(chosen))
     observed = voices.load_observed_ranges(Path(args.data) / "summary.json")
     programs = prepare.VOICE_PROGRAMS
     pieces = []
     for k, tokens in zip(chosen, made):
         name = sopranos[k].id.replace("/", "_")
-        atb_pm, repairs = midi.decode(tokens)  # the vocabulary the model was trained on
-        soprano_pm = load_midi(sopranos[k].meta["path"])
-        write_midi(voices.combine(soprano_pm, atb_pm, programs), out / f"{name}.mid")
+        atb_pm, repairs = atb.decode(tokens)  # the vocabulary the model was trained on
+        soprano_pm = midi.load_midi(sopranos[k].meta["path"])
+        midi.write_midi(voices.combine(soprano_pm, atb_pm, programs), out / f"{name}.mid")
         voices.piano_roll_png(soprano_pm, atb_pm, out / f"{name}.png",
                               f"{name}: given soprano, generated alto, tenor, bass", programs)
         report = voices.analyse(atb_pm, observed, programs=programs)
-        native = voices.analyse(load_midi(atbs[k].meta["path"]), observed, programs=programs)
+        native = voices.analyse(midi.load_midi(atbs[k].meta["path"]), observed, programs=programs)
         pieces.append({"id": sopranos[k].id, "tokens": len(tokens), "repairs": repairs,
                        "generated": report, "bach": native})
         line = ", ".join(f"{v} {report[v]['notes']} notes {report[v]['min']}-{report[v]['max']}"

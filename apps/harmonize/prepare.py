@@ -59,8 +59,7 @@ from pathlib import Path
 import numpy as np
 import pretty_midi
 
-from seqformer.domains import get_domain
-from seqformer.domains.midi import load_midi, write_midi
+from seqformer import get_domain, midi
 
 APP = Path(__file__).resolve().parent
 REPO = APP.parents[1]
@@ -155,7 +154,7 @@ def read_chorales(source: str | Path, programs: dict[str, int] | None = None,
     kept, dropped = [], []
     for path in files:
         try:
-            pm = load_midi(path)
+            pm = midi.load_midi(path)
         except Exception as error:  # mido/pretty_midi raise many kinds on bad bytes
             dropped.append((path.name, f"unreadable ({type(error).__name__}: {error})"))
             continue
@@ -232,8 +231,8 @@ def write_split(out: Path, splits: dict[str, Sequence[Chorale]]) -> None:
         for kind in KINDS:
             clear_dir(out / split / kind)
         for c in chorales:
-            write_midi(c.soprano, out / split / "soprano" / f"{c.name}.mid")
-            write_midi(c.atb, out / split / "atb" / f"{c.name}.mid")
+            midi.write_midi(c.soprano, out / split / "soprano" / f"{c.name}.mid")
+            midi.write_midi(c.atb, out / split / "atb" / f"{c.name}.mid")
 
 
 def token_lengths(folder: str | Path) -> dict[str, int]:

@@ -29,9 +29,15 @@ from pathlib import Path
 import numpy as np
 import pretty_midi
 
-from seqformer.domains import midi
-from seqformer.errors import InputError, report_errors
-from seqformer.files import atomic_path, check_output
+from seqformer import (
+    InputError,
+    atomic_path,
+    check_output,
+    load_run,
+    midi,
+    report_errors,
+    sample_tokens,
+)
 
 PITCH_CLASSES = ("C", "C#", "D", "D#", "E", "F", "F#", "G", "G#", "A", "A#", "B")
 
@@ -155,8 +161,6 @@ def generate(model, prompt: np.ndarray, *, n_tokens: int | None = None,
     many as it takes to move the clock by `seconds` (the last shift is cut to land exactly
     there). Returns the tokens and whether the requested length was reached (a model that
     rarely emits time shifts can hit max_tokens first)."""
-    from seqformer.pipeline.inference import sample_tokens
-
     allowed = midi.MIDIDomain().generatable()  # everything but padding and the separator
     if n_tokens is not None:
         new, _ = sample_tokens(model, prompt, n_tokens, temperature, None, top_p, seed,
@@ -377,8 +381,6 @@ def _check_numbers(args: argparse.Namespace) -> None:
 def load_events_model(path: Path):  # noqa: ANN201
     """The model of a run directory, if it reads the event vocabulary (what this app cuts
     and counts in); a clean error for a duration-vocabulary model."""
-    from seqformer.pipeline.run_dir import load_run
-
     model, domain, _ = load_run(path, "midi")
     vocabulary = domain.config().get("vocabulary", "events")
     if vocabulary != "events":

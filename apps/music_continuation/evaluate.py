@@ -33,9 +33,7 @@ from continue_piece import (
     read_piece,
 )
 
-from seqformer.domains import midi
-from seqformer.errors import InputError, report_errors
-from seqformer.files import atomic_path, check_output
+from seqformer import InputError, atomic_path, check_output, heldout_ids, midi, report_errors
 
 CONDITIONS = ("model", "unprimed", "other", "primer")
 
@@ -56,25 +54,6 @@ def midi_files(paths: list[Path]) -> list[tuple[str, Path]]:
     if not out:
         raise InputError(f"{', '.join(map(str, paths))}: no .mid or .midi files")
     return out
-
-
-def heldout_ids(run: Path) -> list[str]:
-    """The records a training run kept out of training, by the same rule as its data split
-    (data.holdout_ids, else the last data.holdout of the records with split "records")."""
-    from seqformer.pipeline.run_dir import read_config
-    from seqformer.pipeline.token_store import TokenStore
-
-    data = read_config(run)["data"]
-    if not (run / "data" / "index.json").is_file():
-        raise InputError(f"{run}/data: no token store, so the held-out records are unknown")
-    ids = [r.id for r in TokenStore(run / "data").records]
-    if data.get("holdout_ids"):
-        return [i for i in ids if i in set(data["holdout_ids"])]
-    if data.get("split") != "records" or not data.get("holdout"):
-        raise InputError(f"{run}: trained with split {data.get('split')!r} and holdout "
-                         f"{data.get('holdout')}: no whole pieces were held out")
-    n_val = max(1, int(round(len(ids) * data["holdout"]))) if len(ids) > 1 else 0
-    return ids[len(ids) - n_val:]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -45,11 +45,15 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from seqformer.core import ReformerLM
-from seqformer.domains import Domain
-from seqformer.errors import InputError, report_errors
-from seqformer.files import atomic_path, check_output
-from seqformer.pipeline.run_dir import load_run
+from seqformer import (
+    Domain,
+    InputError,
+    ReformerLM,
+    atomic_path,
+    check_output,
+    load_run,
+    report_errors,
+)
 
 VCF_COLUMNS = ("#CHROM", "POS", "ID", "REF", "ALT")
 _BASES = re.compile(r"[ACGTN]+")

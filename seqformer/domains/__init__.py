@@ -5,7 +5,7 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-from .base import Domain, InputError, Record
+from .base import Domain, InputError, OnSkip, Record
 
 # name -> "module:class", imported on first use so one domain's dependencies never
 # slow down or break another
@@ -28,4 +28,4 @@ def get_domain(name: str, **options: Any) -> Domain:
     return getattr(importlib.import_module(module), cls)(**options)
 
 
-__all__ = ["Domain", "InputError", "Record", "available_domains", "get_domain"]
+__all__ = ["Domain", "InputError", "OnSkip", "Record", "available_domains", "get_domain"]

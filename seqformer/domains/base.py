@@ -3,7 +3,7 @@ samples. Domains know nothing of torch.nn, Lightning or the CLI."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -12,7 +12,10 @@ import numpy as np
 
 from ..errors import InputError
 
-__all__ = ["Domain", "InputError", "Piece", "Record", "assemble"]
+__all__ = ["Domain", "InputError", "OnSkip", "Piece", "Record", "assemble"]
+
+# on_skip(path, reason): a file passed over while reading a directory
+OnSkip = Callable[[str, str], None]
 
 
 @dataclass
@@ -59,18 +62,21 @@ class Domain:
     def vocab_size(self) -> int:
         return len(self.tokens)
 
-    def read(self, path: str | Path) -> Iterator[Record]:
-        """Records of one file (or, where the domain allows, a directory)."""
+    def read(self, path: str | Path, on_skip: OnSkip | None = None) -> Iterator[Record]:
+        """Records of one file (or, where the domain allows, a directory). A file of a
+        directory that cannot be read is passed over and reported to on_skip(path, reason)
+        (by default a logged warning); a domain that reads one file skips nothing."""
         raise NotImplementedError
 
-    def read_pieces(self, path: str | Path) -> Iterator[Piece]:
+    def read_pieces(self, path: str | Path, on_skip: OnSkip | None = None) -> Iterator[Piece]:
         """The records of one file as pieces; domains with very long records (genomes)
         override this to stream in bounded memory."""
-        for rec in self.read(path):
+        for rec in self.read(path, on_skip):
             yield Piece(rec.id, rec.tokens, first=True, last=True, meta=rec.meta)
 
-    def write(self, records: Iterable[Record], path: str | Path) -> None:
-        """Write records to `path` atomically (temporary file, then rename)."""
+    def write(self, records: Iterable[Record], path: str | Path) -> dict[str, int] | None:
+        """Write records to `path` atomically (temporary file, then rename). Returns what
+        decoding had to repair, by kind, where the domain repairs (MIDI); else None."""
         raise NotImplementedError
 
     def generatable(self) -> list[int]:
@@ -84,7 +90,7 @@ class Domain:
         return None
 
     def constraint(self, limits: dict[str, Any] | None, prompts: list[np.ndarray]):  # noqa: ANN201
-        """A sampling constraint (core/sampling.py) for sequences continuing `prompts`,
+        """A sampling constraint (core/decoding/sampling.py) for sequences continuing `prompts`,
         or None for a domain without a grammar."""
         return None
 

@@ -41,8 +41,8 @@ import numpy as np
 
 from ..errors import InputError
 from . import fasta
+from .annotations import from_biopython
 from .base import Piece
-from .features import from_biopython
 
 __all__ = ["DNADomain"]
 

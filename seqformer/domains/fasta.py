@@ -26,7 +26,7 @@ import numpy as np
 
 from ..errors import InputError
 from ..files import atomic_path
-from .base import Domain, Piece, Record, assemble
+from .base import Domain, OnSkip, Piece, Record, assemble
 
 __all__ = ["Chunk", "char_at", "check_file", "check_id", "check_ids", "chunks", "no_sequence",
            "open_binary", "read_errors", "sniff", "write"]
@@ -245,15 +245,16 @@ class FastaDomain(Domain):
 
     def write(self, records: Iterable[Record], path: str | Path) -> None:
         """FASTA with ids as headers and 60 letters a line; gzipped if `path` ends in .gz.
-        Atomic: `path` is replaced only once every record is written."""
+        Atomic: `path` is replaced only once every record is written. Nothing to repair."""
         write(records, path, self.decode, unit=self.unit)
 
     def _pieces(self, path: Path, seen: dict[str, Path]) -> Iterator[Piece]:
         raise NotImplementedError
 
-    def read(self, path: str | Path) -> Iterator[Record]:
+    def read(self, path: str | Path, on_skip: OnSkip | None = None) -> Iterator[Record]:
         """Records of one FASTA file (plain or gzipped). File-level problems (missing, a
-        directory, empty) are raised here; problems inside the file while iterating."""
+        directory, empty) are raised here; problems inside the file while iterating.
+        Nothing is skipped: a bad record is an error."""
         return assemble(self._pieces(check_file(path), {}))
 
     def read_many(self, paths: Iterable[str | Path]) -> Iterator[Record]:
@@ -263,7 +264,7 @@ class FastaDomain(Domain):
         seen: dict[str, Path] = {}
         return assemble(piece for path in checked for piece in self._pieces(path, seen))
 
-    def read_pieces(self, path: str | Path) -> Iterator[Piece]:
+    def read_pieces(self, path: str | Path, on_skip: OnSkip | None = None) -> Iterator[Piece]:
         """The tokens of one file in pieces of at most ~4 MiB, so a record of any length
         (a chromosome) is tokenized in bounded memory; the token store is built from these."""
         return self._pieces(check_file(path), {})

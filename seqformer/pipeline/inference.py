@@ -23,13 +23,13 @@ import h5py
 import numpy as np
 import torch
 
-from .. import __version__
 from ..core import Constraint, ReformerLM, sample_next
-from ..core.sampling import apply_constraint
+from ..core.decoding.sampling import apply_constraint
 from ..domains import Record
-from ..domains.features import Feature, feature_tokens, select
+from ..domains.annotations import Feature, feature_tokens, select
 from ..errors import WRITE_FAILURES, InputError, write_failed
 from ..files import check_room
+from ..version import __version__
 
 
 def stitched_windows(length: int, window: int, stride: int) -> Iterator[tuple[int, int, int]]:
@@ -299,7 +299,7 @@ def sample_batch(model: ReformerLM, prompt: np.ndarray, n_tokens: int, num_sampl
                  compile: bool | None = None) -> tuple[np.ndarray, float]:
     """Continue `prompt` (token ids, starting with the separator) by n_tokens in
     `num_samples` sequences decoded as one batch with the decoding cache, emitting only
-    `allowed` token ids and those `constraint` allows (see core/sampling.py; one row per
+    `allowed` token ids and those `constraint` allows (see core/decoding/sampling.py; one row per
     sample). Sample k draws with its own generator seeded seed + k, so it is the sample a
     run of its own with that seed gives. Returns the new tokens (num_samples, n_tokens)
     and the tokens per second over all samples.

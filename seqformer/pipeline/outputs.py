@@ -12,6 +12,29 @@ from ..errors import OutputError
 from ..files import atomic_path, check_room
 
 
+def write_tsv(path: Path, header: list[str], rows: list[list]) -> None:
+    """A table with a header line, tab-separated."""
+    with atomic_path(path) as tmp:
+        tmp.write_text("\t".join(header) + "\n"
+                       + "".join("\t".join(map(str, row)) + "\n" for row in rows))
+
+
+def write_bedgraph(path: Path, name: str, description: str,
+                   tracks: list[tuple[str, np.ndarray]]) -> None:
+    """A bedGraph track of per-position values, one chromosome per record."""
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
+        f.write(f'track type=bedGraph name="{name}" description="{description}"\n')
+        for rid, values in tracks:
+            for i in range(0, len(values), 1 << 16):  # a block at a time
+                part = values[i:i + (1 << 16)]
+                f.writelines(f"{rid}\t{s}\t{s + 1}\t{v:.5f}\n"
+                             for s, v in zip(range(i, i + len(part)), part))
+
+
+def is_bigwig(path: Path) -> bool:
+    return path.suffix.lower() in (".bw", ".bigwig")
+
+
 def _write_bigwig(path: str, tracks: list[tuple[str, np.ndarray]]) -> None:
     import pyBigWig
 
@@ -35,8 +58,13 @@ def _why_the_writer_died(tmp: Path) -> OSError | None:
 
 def write_bigwig(path: Path, tracks: list[tuple[str, np.ndarray]]) -> None:
     """A bigWig track of per-position values, one chromosome per record. libBigWig aborts
-    the whole process when a write fails (a full disk), so it writes in a child process."""
+    the whole process when a write fails (a full disk), after minutes of work: room is
+    checked first, and it writes in a child process, so even a disk filled by someone else
+    meanwhile ends in one error."""
     with atomic_path(path) as tmp:
+        # about 5 bytes a value with its zoom levels (measured: 4.8 for a genome's scores,
+        # 5.2 for random values): no room for 6 is a full disk before libBigWig meets it
+        check_room(tmp, 6 * sum(len(values) for _, values in tracks) + (1 << 20))
         if "fork" not in multiprocessing.get_all_start_methods():
             _write_bigwig(str(tmp), tracks)
             return

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from ..core import Alignment, ConfigError, ReformerConfig
-from ..core.classifier import POOLS
+from ..core.model.classifier import POOLS
 from ..errors import InputError
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
@@ -88,7 +88,11 @@ SEQ2SEQ_DEFAULTS: dict[str, Any] = {
     # the target (source and target of one domain; model.max_seq_len covers both)
     "decoder_only": False,
 }
-TASKS = ("lm", "classify", "seq2seq")
+# what each task's model is called, the command that trains it, and what else to do with it
+TASKS = {"lm": ("language model", "seqformer train", "sample, score or embed"),
+         "classify": ("classifier", "seqformer finetune", "predict"),
+         "seq2seq": ("sequence-to-sequence model", "seqformer train seq2seq",
+                     "sample seq2seq or score seq2seq")}
 
 
 def _merge(base: dict, extra: dict, where: str) -> dict:
@@ -151,7 +155,7 @@ def resolve(domain: str, vocab_size: int, preset: str | Path | None = None,
     """The full, checked configuration of a training run. source: (domain, vocab_size) of
     a seq2seq model's source."""
     if task not in TASKS:
-        raise InputError(f"task: must be one of {TASKS}, got {task!r}")
+        raise InputError(f"task: must be one of {tuple(TASKS)}, got {task!r}")
     cfg = copy.deepcopy(DEFAULTS)
     cfg["task"] = task
     if task == "classify":

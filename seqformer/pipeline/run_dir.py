@@ -18,10 +18,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import json
 import os
 import re
-from collections.abc import Callable
+import shutil
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import torch
@@ -34,10 +37,13 @@ from ..domains import Domain, get_domain
 from ..errors import InputError
 from ..files import atomic_path
 from .markov import MarkovModel
-from .run_config import model_config
+from .run_config import TASKS, model_config
+from .token_store import TokenStore
+from .windows import split_streams
 
 BASELINE = "baseline.npz"
 SAMPLING = "sampling.json"
+PREVIOUS = "previous.ckpt"  # checkpoints/: last.ckpt before its latest rewrite, to fall back on
 
 
 def read_baseline(run: str | Path) -> tuple[MarkovModel, dict] | None:
@@ -61,6 +67,43 @@ def read_sampling_limits(run: str | Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: unreadable ({e})") from None
+
+
+def heldout_ids(run: str | Path) -> list[str]:
+    """The records a language-model run kept out of training whole, by its own data split
+    (data.holdout_ids, else the last data.holdout of the records with split "records")."""
+    run = Path(run)
+    data = read_config(run)["data"]
+    if not (run / "data" / "index.json").is_file():
+        raise InputError(f"{run}/data: no token store, so the held-out records are unknown")
+    if not data.get("holdout_ids") and (data.get("split") != "records"
+                                        or not data.get("holdout")):
+        raise InputError(f"{run}: trained with split {data.get('split')!r} and holdout "
+                         f"{data.get('holdout')}: no whole pieces were held out")
+    store = TokenStore(run / "data")
+    _, val = split_streams(store, data["holdout"], data["split"], 0,
+                           data.get("holdout_ids") or [])
+    starts = {offset for offset, _ in val.segments}
+    return [r.id for r in store.records if r.offset in starts]
+
+
+def read_metrics(run: Path, train_key: str = "bits", val_key: str = "val_bits"
+                 ) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
+    """(step, train metric) and (step, validation metric), by default bits, over all
+    sessions of a run: each start or resume logs to its own logs/version_N/metrics.csv,
+    so nothing is overwritten and a resumed curve joins the earlier one."""
+    train, val = {}, {}
+    for metrics in sorted(Path(run).glob("logs/version_*/metrics.csv")):
+        with open(metrics) as f:
+            for row in csv.DictReader(f):
+                try:  # a process killed mid-write can leave a truncated last row
+                    if row.get(train_key):
+                        train[int(row["step"])] = float(row[train_key])
+                    if row.get(val_key):
+                        val[int(row["step"])] = float(row[val_key])
+                except (TypeError, ValueError):
+                    continue
+    return sorted(train.items()), sorted(val.items())
 
 
 def write_config(run: Path, cfg: dict, domain: Domain) -> None:
@@ -96,11 +139,53 @@ def read_config(run: str | Path) -> dict:
     return cfg
 
 
-# what each task's model is called, the command that trains it, and what else to do with it
-TASKS = {"lm": ("language model", "seqformer train", "sample, score or embed"),
-         "classify": ("classifier", "seqformer finetune", "predict"),
-         "seq2seq": ("sequence-to-sequence model", "seqformer train seq2seq",
-                     "sample seq2seq or score seq2seq")}
+
+def is_first_process() -> bool:
+    """False in the extra processes of a distributed launch (Lightning DDP, torchrun)."""
+    return all(int(os.environ.get(v, "0") or 0) == 0 for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+
+
+def check_run_dir(run: Path, resume: bool) -> None:
+    """A new run needs a new (or token-store-only) directory; a resumed one a checkpoint."""
+    if resume:
+        if not any((run / "checkpoints" / name).is_file() for name in ("last.ckpt", PREVIOUS)):
+            raise InputError(f"{run}: nothing to resume (no checkpoints/last.ckpt)")
+        return
+    # Lightning's DDP launcher re-runs this command in child processes (and torchrun runs
+    # it once per rank): only the first process judges whether the run directory is new
+    if is_first_process() and run.exists() and any(p.name != "data" for p in run.iterdir()):
+        raise InputError(f"{run}: already exists (use --resume to continue it, or --force to "
+                         "start over)")
+
+
+def prepare_run(run: Path, task: str, resume: bool, force: bool, max_steps: int | None,
+                new_config: Callable[[], dict]) -> dict:
+    """The config of a run about to train `task` (a key of TASKS): when resuming, the one
+    stored in `run` (max_steps moves the end); else new_config(), in a new directory
+    (--force removes the old one first). Checks the directory can be trained into."""
+    if resume:
+        cfg = read_config(run)
+        if cfg.get("task", "lm") != task:
+            raise InputError(f"{run}: is not a {TASKS[task][0]} run, nothing to resume here")
+        if max_steps is not None:  # resuming may extend a finished run
+            cfg["train"]["max_steps"] = max_steps
+    else:
+        cfg = new_config()
+        if force and is_first_process() and run.exists():
+            shutil.rmtree(run)
+    check_run_dir(run, resume)
+    return cfg
+
+
+@contextlib.contextmanager
+def no_half_made_run(run: Path, new_run: bool) -> Iterator[None]:
+    """Bad input found before training began leaves no half-made run directory."""
+    try:
+        yield
+    except InputError:
+        if new_run and is_first_process() and not (run / "checkpoints").exists():
+            shutil.rmtree(run, ignore_errors=True)
+        raise
 
 
 def check_model_dir(run: str | Path, task: str, domain: str | None = None) -> dict:

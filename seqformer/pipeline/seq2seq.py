@@ -1,7 +1,6 @@
-"""`train seq2seq`, `sample seq2seq`, `score seq2seq`: a ReformerEncDec (or, to compare, a
-PrefixLM: seq2seq.decoder_only) on pairs of records, on the training pipeline every task
-shares (config, token stores, Lightning fit with checkpoints, resume, Ctrl-C safety,
-progress, DDP).
+"""Sequence to sequence without Lightning: pairs of records, the model a run holds (a
+ReformerEncDec, or to compare a PrefixLM: seq2seq.decoder_only), `sample seq2seq`
+(translate, target constraints) and `score seq2seq`. Training is in seq2seq_training.py.
 
 Pairs: a source record and the target record with the same id (a FASTA id; a MIDI file's
 name). The target the decoder learns is [sep] + target + [sep]: the separator starts it and
@@ -11,26 +10,21 @@ no source position attends to padding and padding is never a target.
 
 from __future__ import annotations
 
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import pytorch_lightning as pl
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from ..core import Alignment, Constraint, PrefixLM, ReformerEncDec
-from ..core.beam_search import require_reorder
+from ..core.decoding.beam import require_reorder
 from ..domains import Domain, Record, get_domain
 from ..errors import InputError
-from .lightning_module import BitsTask
 from .run_config import model_config
-from .run_dir import export_weights, load_model_dir, write_config
+from .run_dir import load_model_dir
 from .token_store import TokenStore
-from .training import check_run_dir, fit, item_range, plot_loss, store_sampling_limits
 
 Seq2Seq = ReformerEncDec | PrefixLM
 
@@ -140,26 +134,6 @@ class PairBatches(Dataset):
                 *pad_batch([framed(t, self.sep_id) for t in tgt], self.pad_id))
 
 
-class PairData(pl.LightningDataModule):
-    def __init__(self, pairs: Pairs, cfg: dict, pad_id: int, sep_id: int):
-        super().__init__()
-        self.pairs, self.cfg, self.pad_id, self.sep_id = pairs, cfg, pad_id, sep_id
-        self.train_idx, self.val_idx = pairs.split(cfg["data"]["holdout"], cfg["train"]["seed"])
-
-    def train_dataloader(self) -> DataLoader:
-        train = self.cfg["train"]
-        n_items, done = item_range(self.trainer, train)
-        ds = PairBatches(self.pairs, self.train_idx, train["batch_size"], n_items,
-                         train["seed"], self.pad_id, self.sep_id, start=done)
-        return DataLoader(ds, batch_size=None, num_workers=train["num_workers"])
-
-    def val_dataloader(self) -> DataLoader:
-        bs = self.cfg["train"]["batch_size"]
-        ds = PairBatches(self.pairs, self.val_idx, bs, 0, 0, self.pad_id, self.sep_id)
-        batches = [ds.collate(self.val_idx[b:b + bs]) for b in range(0, len(self.val_idx), bs)]
-        return DataLoader(batches, batch_size=None)
-
-
 def build_model(cfg: dict) -> Seq2Seq:
     s2s = cfg["seq2seq"]
     if s2s.get("decoder_only"):
@@ -169,24 +143,6 @@ def build_model(cfg: dict) -> Seq2Seq:
                           tie_positions=s2s.get("tie_positions", False),
                           alignment=Alignment(**s2s["align"]) if s2s.get("align") else None,
                           shared_vocab=s2s["source_domain"] == cfg["domain"])
-
-
-class Seq2SeqTask(BitsTask):
-    curve = ("bits", "val_bits", "bits per target token")
-    command = "seqformer train seq2seq"
-
-    def __init__(self, cfg: dict):
-        super().__init__()
-        self.save_hyperparameters()
-        self.model = build_model(cfg)
-        self.train_cfg = cfg["train"]
-
-    def tokens_in(self, batch) -> int:  # noqa: ANN001
-        return int(batch[1].sum() + batch[3].sum())
-
-    def nll(self, batch, validation: bool) -> tuple[torch.Tensor, torch.Tensor]:  # noqa: ANN001
-        src, src_len, tgt, tgt_len = batch
-        return self.model.loss(src, tgt, src_len, tgt_len, reduction="sum"), (tgt_len - 1).sum()
 
 
 def domains_of(cfg: dict) -> tuple[Domain, Domain]:
@@ -205,40 +161,6 @@ def tokenize_pairs(cfg: dict, sources: list[Path], targets: list[Path], run: Pat
     tgt = TokenStore.build(run / "data" / "target", target_domain, targets, on_tokens=on_tokens)
     return pair_records(src, tgt, cfg["seq2seq"]["source_len"], cfg["data"]["seq_len"],
                         ", ".join(map(str, sources)), ", ".join(map(str, targets)))
-
-
-def train_seq2seq(cfg: dict, sources: list[Path], targets: list[Path], run: Path,
-                  resume: bool = False, progress: bool = True,
-                  on_note: Callable[[str], None] | None = None) -> dict:
-    """Train per the resolved config (task "seq2seq"); returns a summary."""
-    started = time.monotonic()
-    run = Path(run)
-    check_run_dir(run, resume)
-    pairs = tokenize_pairs(cfg, sources, targets, run)
-    target = domains_of(cfg)[1]
-    write_config(run, cfg, target)
-    if on_note:
-        for what, ids in (("unpaired, skipped", pairs.unpaired),
-                          ("longer than the model takes, skipped", pairs.too_long)):
-            if ids:
-                shown = ", ".join(ids[:5]) + (f" and {len(ids) - 5} more" if len(ids) > 5
-                                              else "")
-                on_note(f"{len(ids)} record{'s' * (len(ids) != 1)} {what}: {shown}")
-    data = PairData(pairs, cfg, target.pad_id, target.sep_id)
-    pl.seed_everything(cfg["train"]["seed"], workers=True, verbose=False)
-    task = Seq2SeqTask(cfg)
-    has_val = len(data.val_idx) > 0
-    trainer = fit(task, data, run, cfg["train"], resume, has_val, progress)
-    if trainer.global_rank != 0:
-        return {}
-    export_weights(run, task.model)
-    plot_loss(run, *task.curve)
-    store_sampling_limits(run, target, (pairs.tokens(k)[1] for k in data.train_idx))
-    val = trainer.callback_metrics.get("val_bits")
-    return {"steps": trainer.global_step, "run": str(run), "pairs": len(pairs),
-            "n_train": len(data.train_idx), "n_val": len(data.val_idx),
-            "val_bits": float(val) if val is not None else math.nan,
-            "minutes": (time.monotonic() - started) / 60}
 
 
 def load_seq2seq(run: str | Path, device: str | torch.device = "cpu"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..domains import Domain, Record
+from ..domains import Domain, OnSkip, Record, get_domain
 from ..errors import InputError
 from ..files import atomic_path
 
@@ -67,11 +67,12 @@ class TokenStore:
     def build(cls, directory: str | Path, domain: Domain, inputs: list[Path],
               on_record: Callable[[str, int], None] | None = None,
               on_tokens: Callable[[int], None] | None = None,
-              on_input: Callable[[Path], None] | None = None) -> TokenStore:
+              on_skip: OnSkip | None = None) -> TokenStore:
         """Tokenize `inputs` with `domain` into `directory`, unless an up-to-date store is
         already there. Records stream in pieces (Domain.read_pieces), so memory stays
         bounded whatever a record's length. `on_record(id, n_tokens)` reports each finished
-        record, `on_tokens(n)` each piece, `on_input(path)` each input file read."""
+        record, `on_tokens(n)` each piece, `on_skip(path, reason)` each file of a directory
+        the domain passed over (unreadable MIDI)."""
         directory = Path(directory)
         key = fingerprint(inputs, domain)
         if (directory / "index.json").exists():
@@ -86,7 +87,7 @@ class TokenStore:
         records, offset, start, seen = [], 0, 0, {}
         with atomic_path(directory / "tokens.bin") as tmp, open(tmp, "wb") as f:
             for k, path in enumerate(inputs):
-                for piece in domain.read_pieces(path):
+                for piece in domain.read_pieces(path, on_skip):
                     if piece.first:
                         if piece.id in seen:
                             raise InputError(f"{path}: record id {piece.id!r} also appears "
@@ -102,8 +103,6 @@ class TokenStore:
                                         "length": offset - start, "input": k})
                         if on_record:
                             on_record(piece.id, offset - start)
-                if on_input:
-                    on_input(path)
             f.flush()
             os.fsync(f.fileno())
         if offset == 0:
@@ -113,3 +112,11 @@ class TokenStore:
         with atomic_path(directory / "index.json") as tmp:
             tmp.write_text(json.dumps(index))
         return cls(directory)
+
+
+def tokenize(cfg: dict, inputs: list[Path], run: Path,
+             on_record: Callable[[str, int], None] | None = None,
+             on_tokens: Callable[[int], None] | None = None) -> TokenStore:
+    """The run's token store (run/data), built from `inputs` unless up to date."""
+    domain = get_domain(cfg["domain"], **cfg["data"]["options"])
+    return TokenStore.build(Path(run) / "data", domain, inputs, on_record, on_tokens)

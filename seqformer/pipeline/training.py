@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import math
 import os
+import pickle
 import signal
 import sys
 import threading
 import warnings
+import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -29,8 +30,16 @@ from ..files import atomic_path, save_torch
 from .lightning_module import LMTask, Task
 from .markov import fit_baseline, split_at
 from .progress import PlainProgress, TrainingBar
-from .run_dir import BASELINE, SAMPLING, export_weights, write_config
-from .token_store import TokenStore
+from .run_dir import (
+    BASELINE,
+    PREVIOUS,
+    SAMPLING,
+    check_run_dir,
+    export_weights,
+    read_metrics,
+    write_config,
+)
+from .token_store import TokenStore, tokenize
 from .windows import Stream, TrainWindows, ValWindows, split_streams
 
 
@@ -69,15 +78,11 @@ class WindowData(pl.LightningDataModule):
 # nothing. Resuming unpickles with weights_only=True and this allow-list, so a checkpoint
 # from elsewhere cannot run code.
 CHECKPOINT_GLOBALS: list = []
-PREVIOUS = "previous.ckpt"  # last.ckpt before its latest rewrite, kept to fall back on
 DAMAGED = "last.ckpt.damaged"
 
 
 def read_checkpoint(path: Path, map_location=None) -> dict:  # noqa: ANN001
     """A checkpoint's contents, or an InputError saying it is damaged or not ours."""
-    import pickle
-    import zipfile
-
     damaged = InputError(f"{path}: damaged (truncated or overwritten)")
     if not path.is_file():
         raise InputError(f"{path}: not found")
@@ -201,23 +206,6 @@ def _precision(train: dict) -> str:
     return "bf16-mixed" if gpu else "32-true"
 
 
-def read_metrics(run: Path, train_key: str = "bits", val_key: str = "val_bits"
-                 ) -> tuple[list[tuple[int, float]], list[tuple[int, float]]]:
-    """(step, train metric) and (step, validation metric), by default bits, over all
-    sessions of a run: each start or resume logs to its own logs/version_N/metrics.csv,
-    so nothing is overwritten and a resumed curve joins the earlier one."""
-    train, val = {}, {}
-    for metrics in sorted(Path(run).glob("logs/version_*/metrics.csv")):
-        with open(metrics) as f:
-            for row in csv.DictReader(f):
-                try:  # a process killed mid-write can leave a truncated last row
-                    if row.get(train_key):
-                        train[int(row["step"])] = float(row[train_key])
-                    if row.get(val_key):
-                        val[int(row["step"])] = float(row[val_key])
-                except (TypeError, ValueError):
-                    continue
-    return sorted(train.items()), sorted(val.items())
 
 
 def plot_loss(run: Path, train_key: str = "bits", val_key: str = "val_bits",
@@ -273,30 +261,6 @@ def store_sampling_limits(run: Path, domain, records: Iterable[np.ndarray]) -> N
             tmp.write_text(json.dumps(limits, indent=1))
 
 
-def is_first_process() -> bool:
-    """False in the extra processes of a distributed launch (Lightning DDP, torchrun)."""
-    return all(int(os.environ.get(v, "0") or 0) == 0 for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
-
-
-def check_run_dir(run: Path, resume: bool) -> None:
-    """A new run needs a new (or token-store-only) directory; a resumed one a checkpoint."""
-    if resume:
-        if not (run / "checkpoints" / "last.ckpt").is_file():
-            raise InputError(f"{run}: nothing to resume (no checkpoints/last.ckpt)")
-        return
-    # Lightning's DDP launcher re-runs this command in child processes (and torchrun runs
-    # it once per rank): only the first process judges whether the run directory is new
-    if is_first_process() and run.exists() and any(p.name != "data" for p in run.iterdir()):
-        raise InputError(f"{run}: already exists (use --resume to continue it, or --force to "
-                         "start over)")
-
-
-def tokenize(cfg: dict, inputs: list[Path], run: Path,
-             on_record: Callable[[str, int], None] | None = None,
-             on_tokens: Callable[[int], None] | None = None) -> TokenStore:
-    """The run's token store (run/data), built from `inputs` unless up to date."""
-    domain = get_domain(cfg["domain"], **cfg["data"]["options"])
-    return TokenStore.build(Path(run) / "data", domain, inputs, on_record, on_tokens)
 
 
 def quiet_foreign_warnings() -> None:
@@ -399,6 +363,18 @@ def fit(task: Task, data: pl.LightningDataModule, run: Path, train_cfg: dict, re
     return trainer
 
 
+def fit_and_export(task: Task, data: pl.LightningDataModule, run: Path, train_cfg: dict,
+                   resume: bool, has_val: bool, progress: bool = True) -> pl.Trainer | None:
+    """`fit`, then, in the first process, the model's weights and its loss curve; None in
+    the other processes of a distributed run."""
+    trainer = fit(task, data, run, train_cfg, resume, has_val, progress)
+    if trainer.global_rank != 0:
+        return None
+    export_weights(run, task.model)
+    plot_loss(run, *task.curve)
+    return trainer
+
+
 def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
           progress: bool = True, on_record: Callable[[str, int], None] | None = None) -> dict:
     """Train per the resolved config; returns a summary (steps, validation bits, paths).
@@ -417,11 +393,9 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
     pl.seed_everything(cfg["train"]["seed"], workers=True, verbose=False)
     task = LMTask(cfg["model"], cfg["train"], domain.pad_id, domain.sep_id)
     has_val = len(data.val_stream) > 1 and cfg["data"]["val_windows"] > 0
-    trainer = fit(task, data, run, cfg["train"], resume, has_val, progress)
-    if trainer.global_rank != 0:
+    trainer = fit_and_export(task, data, run, cfg["train"], resume, has_val, progress)
+    if trainer is None:
         return {}
-    export_weights(run, task.model)
-    plot_loss(run)
     val = trainer.callback_metrics.get("val_bits")
     train = data.train_stream
     store_sampling_limits(run, domain, (train.store.tokens[o:o + n] for o, n in train.segments))

@@ -12,11 +12,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .beam_search import beam_search
-from .chunked_loss import reduce_targets
-from .config import ReformerConfig
-from .model import ReformerLM
-from .sampling import Constraint
+from ..config import ReformerConfig
+from ..decoding.beam import beam_search
+from ..decoding.sampling import Constraint
+from ..layers.chunked_loss import reduce_targets
+from .lm import ReformerLM
 
 
 def _lengths(x: torch.Tensor, lengths: torch.Tensor | None) -> list[int]:

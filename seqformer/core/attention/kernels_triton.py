@@ -1,6 +1,6 @@
 """One hashing round of bucketed attention as fused Triton kernels (attn_backend="triton").
 
-The same computation as `band_forward` / `band_backward` in bucketed_attention.py, without
+The same computation as `band_forward` / `band_backward` in kernels_torch.py, without
 their sorted copies: a program takes a tile of sorted positions, reads its query, key and
 value rows straight from the original-order tensors through the round's permutation, masks
 by group id (own or previous chunk of the same bucket), by sorted offset (causal; within a
@@ -33,7 +33,7 @@ import triton
 import triton.language as tl
 
 # kernels read only constexpr globals
-SELF_SCORE = tl.constexpr(-1e5)  # the same rule as bucketed_attention.SELF_SCORE
+SELF_SCORE = tl.constexpr(-1e5)  # the same rule as kernels_torch.SELF_SCORE
 # Running maxima start here, not at -inf: below SELF_SCORE and every real score, and
 # exp(-inf - FLOOR) == 0 where -inf - -inf would be NaN for a tile with no visible key.
 FLOOR = tl.constexpr(-1e30)
@@ -154,7 +154,7 @@ def _forward_kernel(Q, K, V, ROWS, GROUP, OUT, M, NORM, Lp, back, ahead, D,
         tl.store(out_ptr, o, mask=q_mask)
         tl.store(M + rows_q, lse, mask=m_ok)
         tl.store(NORM + rows_q, tl.full([BLOCK_M], 1.0, tl.float32), mask=m_ok)
-    else:  # online softmax over rounds, as attention_forward does in torch
+    else:  # online softmax over rounds, as dispatch.attention_forward does in torch
         m_old = tl.load(M + rows_q, mask=m_ok, other=0.0)
         norm_old = tl.load(NORM + rows_q, mask=m_ok, other=0.0)
         out_old = tl.load(out_ptr, mask=q_mask, other=0.0)

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import pretty_midi
 
-from .midi import stats
+from seqformer.domains.midi import stats
 
 FEATURES = ("mean_polyphony", "duration_median", "duration_p95", "duration_max",
             "pitch_class_entropy", "pitch_span", "scale_consistency", "notes_per_second")

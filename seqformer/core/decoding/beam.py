@@ -23,11 +23,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from .reversible import NO_SOURCE, Source
+from ..layers.reversible import NO_SOURCE, Source
 from .sampling import Constraint, apply_constraint
 
 if TYPE_CHECKING:
-    from .model import ReformerLM
+    from ..model.lm import ReformerLM
 
 
 def _first_difference(a: torch.Tensor, b: torch.Tensor) -> int:

@@ -10,7 +10,7 @@ to its instrument if need be). At the end, `closing` gives the tokens that relea
 whatever still sounds. Limits come from the training data (`limits_from`) and are stored
 with the model.
 
-The duration vocabulary (midi_durations.py) needs less: a note's duration token comes
+The duration vocabulary (durations.py) needs less: a note's duration token comes
 right after its pitch and is at most `max_steps`; a new note needs an instrument and a
 velocity, keeps polyphony within `max_polyphony` and does not start on a pitch its
 instrument is sounding. Nothing can be left hanging; `closing` only completes a final
@@ -27,8 +27,18 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .midi import DRUMS, NOTE_OFF, NOTE_ON, PROGRAM, SEP, SHIFT, VELOCITY, VOCAB_SIZE
-from .midi_durations import DURATION, DURATION_STEPS
+from .vocab import (
+    DRUMS,
+    DURATION,
+    DURATION_STEPS,
+    NOTE_OFF,
+    NOTE_ON,
+    PROGRAM,
+    SEP,
+    SHIFT,
+    VELOCITY,
+    VOCAB_SIZE,
+)
 
 NOTE_QUANTILE = 99.5  # the longest note allowed: this percentile of the training notes
 
@@ -156,7 +166,7 @@ def limits_from(sequences: Iterable[np.ndarray], vocabulary: str = "events") -> 
 
 
 class _Grammar:
-    """The constraint (see core/sampling.py) for a batch of sequences that continue
+    """The constraint (see core/decoding/sampling.py) for a batch of sequences that continue
     `prompts` (each may start with <sep>): one walk per sequence."""
 
     walk_type: type = _Walk

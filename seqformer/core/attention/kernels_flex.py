@@ -1,6 +1,6 @@
 """The bucketed attention band through PyTorch's FlexAttention (the CUDA backend).
 
-Same inputs and results as the band kernel in bucketed_attention.py: queries, keys and
+Same inputs and results as the band kernel in kernels_torch.py: queries, keys and
 values in sorted order, one group id per sorted position (+2 at each bucket start, +1 at
 each chunk start inside a bucket), so a key is visible iff the group difference is 0 or 1
 (own or previous chunk of the same bucket), it is not after the query in a causal model,
@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-SELF_SCORE = -1e5  # the same rule as bucketed_attention.SELF_SCORE
+SELF_SCORE = -1e5  # the same rule as kernels_torch.SELF_SCORE
 BLOCK = 128  # FlexAttention's default tile
 
 
@@ -74,6 +74,32 @@ def flex_band_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group
     out, lse = attend(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0), score_mod=score_mod,
                       block_mask=block_mask, scale=1.0, return_lse=True)
     return out[0], lse[0].float()
+
+
+def round_backward(qf, kf, vf, order, group, bs, causal, lse, delta, do, grads):  # noqa: ANN001
+    """Add one round's share of the gradients into grads (dq, dk, dv like qf, kf, vf), from
+    the combined log-sum-exp lse (G * Lp, 2), delta = <d_out, out> (G * Lp) and d_out
+    (G * Lp, D), in original order; order, group: the round's (G, Lp) flat rows in sorted
+    order and their group ids.
+
+    FlexAttention has its own backward but no way to take an outside log-sum-exp, so the
+    round is recomputed under autograd and its output and log-sum-exp get the merge's
+    gradients: with w_r = exp(lse_r - lse), d o_r = w_r do and d lse_r = w_r (<do, o_r> -
+    delta)."""
+    G, Lp = group.shape
+    D = qf.shape[-1]
+    rows = order.reshape(-1)
+    ins = [t.index_select(0, rows).view(G, Lp, D).detach().requires_grad_()
+           for t in (qf, kf, vf)]
+    with torch.enable_grad():
+        o_r, lse_r = flex_band_attention(*ins, group, bs, causal)
+    do_s = do.index_select(0, rows).view(G, Lp, D)
+    stats = lse.index_select(0, rows).view(G, Lp, 2)
+    w = torch.exp(lse_r.detach() - stats[..., 0] - stats[..., 1])
+    d_lse = w * ((do_s * o_r.detach()).sum(-1) - delta.index_select(0, rows).view(G, Lp))
+    torch.autograd.backward([o_r, lse_r], [(w.unsqueeze(-1) * do_s).to(o_r.dtype), d_lse])
+    for total, t in zip(grads, ins):
+        total.index_add_(0, rows, t.grad.reshape(-1, D).to(total.dtype))
 
 
 _COMPILED = None

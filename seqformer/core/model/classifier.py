@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .config import ReformerConfig
-from .model import ReformerLM
+from ..config import ReformerConfig
+from .lm import ReformerLM
 
 POOLS = ("mean", "max")
 

@@ -1,23 +1,28 @@
-"""ReformerLM: token + axial position embeddings, the two-stream stack, a tied LM head."""
+"""ReformerLM: token + axial position embeddings, the two-stream stack, a tied LM head.
+
+Read top to bottom: the layer, the model's parameters, the forward and the loss, then
+decoding (prefill fills the caches, step adds one position; the sampling loop is
+decoding/generate.py's).
+"""
 
 from __future__ import annotations
-
-from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import Attention, KVCache
-from .axial_positions import AxialPositionalEmbedding
-from .chunked_loss import next_token_nll
-from .config import ReformerConfig
-from .cross_attention import Alignment, CrossAttention
-from .embeddings import sum_of_rows
-from .feedforward import FeedForward
-from .reversible import (
+from ..attention.cross import Alignment, CrossAttention
+from ..attention.module import Attention
+from ..config import ReformerConfig
+from ..decoding.cache import DecodeCache
+from ..decoding.generate import generate_tokens
+from ..decoding.sampling import Constraint
+from ..layers.axial_positions import AxialPositionalEmbedding
+from ..layers.chunked_loss import next_token_nll
+from ..layers.embeddings import sum_of_rows
+from ..layers.feedforward import FeedForward
+from ..layers.reversible import (
     NO_SOURCE,
-    ReformerLayer,
     Source,
     inference_stack,
     plain_stack,
@@ -25,49 +30,17 @@ from .reversible import (
     stream_dtype,
     stream_mean,
 )
-from .sampling import Constraint, apply_constraint, check_sampling, sample_next
 
 
-@dataclass
-class DecodeCache:
-    layers: list[KVCache]
-    length: int  # positions decoded so far
-    capacity: int
-    recent: torch.Tensor | None = None  # (B, kmer_embedding - 1) last tokens, oldest first
-    # a decoder's source: each layer's cross-attention keys and values, computed once
-    cross: list[tuple[torch.Tensor, torch.Tensor]] | None = None
-    memory_lengths: torch.Tensor | None = None
-    # `length` on the model's device, advanced by the step itself: the decoding loop never
-    # has to send a position to the device nor read one back
-    position: torch.Tensor | None = None
+class ReformerLayer(nn.Module):
+    """One layer of the two-stream stack (layers/reversible.py): self-attention, the
+    feed-forward and, in a decoder, cross-attention to the source."""
 
-    def select(self, index: torch.Tensor) -> None:
-        """Row r becomes a copy of row index[r] (the batch may change size): e.g. each
-        source's row repeated once per beam."""
-        for layer in self.layers:
-            for f in fields(layer):
-                setattr(layer, f.name, getattr(layer, f.name)[index])
-        if self.recent is not None:
-            self.recent = self.recent[index]
-        if self.cross is not None:
-            self.cross = [(k[index], v[index]) for k, v in self.cross]
-        if self.memory_lengths is not None:
-            self.memory_lengths = self.memory_lengths[index]
-
-    def reorder_beams(self, parent: torch.Tensor, start: int) -> None:
-        """Row r takes row parent[r]'s state, in place (a compiled step keeps its
-        tensors). Beams of one source only: the source's keys stay as they are. Keys and
-        values at positions before `start` are already equal in both rows (a position's
-        depend only on the tokens up to it), so only positions start..length-1 move."""
-        for layer in self.layers:
-            for f in fields(layer):
-                t = getattr(layer, f.name)
-                if f.name in ("k", "v"):  # (B, H, capacity, D)
-                    t[:, :, start:self.length] = t[parent, :, start:self.length]
-                else:  # LSH bucket counts and rings: per bucket, not per position
-                    t.copy_(t[parent])
-        if self.recent is not None:
-            self.recent = self.recent[parent]
+    def __init__(self, attn: Attention, ff: FeedForward, cross: CrossAttention | None = None):
+        super().__init__()
+        self.attn = attn
+        self.ff = ff
+        self.cross = cross
 
 
 class ReformerLM(nn.Module):
@@ -275,31 +248,8 @@ class ReformerLM(nn.Module):
                  constraint: Constraint | None = None, src: Source = NO_SOURCE,
                  eos: int | None = None) -> torch.Tensor:
         """prompt (B, P), P >= 1 -> (B, P + n_tokens). temperature=0 is greedy.
-        constraint: which tokens may come next (see core/sampling.py), masked before
+        constraint: which tokens may come next (see decoding/sampling.py), masked before
         temperature, top-k and top-p. src: a decoder's source. eos: stop early, once every
         sequence has produced this token (the result is then shorter)."""
-        if prompt.ndim != 2 or prompt.shape[1] < 1:
-            raise ValueError("prompt must be (batch, length) with length >= 1")
-        check_sampling(temperature, top_k, top_p)
-        was_training = self.training
-        self.eval()
-        try:
-            logits, cache = self.prefill(prompt, prompt.shape[1] + n_tokens, src)
-            out = [prompt]
-            next_logits = logits[:, -1]
-            ended = torch.zeros(prompt.shape[0], dtype=torch.bool, device=prompt.device)
-            for i in range(n_tokens):
-                next_logits, removed = apply_constraint(next_logits, constraint)
-                token = sample_next(next_logits, temperature, top_k, top_p, generator)
-                if constraint is not None:
-                    constraint.update(token, removed)
-                out.append(token.unsqueeze(1))
-                if eos is not None:
-                    ended |= token == eos
-                    if bool(ended.all()):
-                        break
-                if i + 1 < n_tokens:
-                    next_logits = self.step(token, cache)
-            return torch.cat(out, dim=1)
-        finally:
-            self.train(was_training)
+        return generate_tokens(self, prompt, n_tokens, temperature, top_k, top_p, generator,
+                               constraint, src, eos)

@@ -14,13 +14,13 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from .beam_search import beam_search
-from .chunked_loss import next_token_nll, reduce_targets
-from .config import ConfigError, ReformerConfig
-from .cross_attention import Alignment
-from .model import ReformerLM
-from .reversible import Source
-from .sampling import Constraint, check_sampling
+from ..attention.cross import Alignment
+from ..config import ConfigError, ReformerConfig
+from ..decoding.beam import beam_search
+from ..decoding.sampling import Constraint, check_sampling
+from ..layers.chunked_loss import next_token_nll, reduce_targets
+from ..layers.reversible import Source
+from .lm import ReformerLM
 
 
 class ReformerEncDec(nn.Module):
@@ -37,7 +37,7 @@ class ReformerEncDec(nn.Module):
     separate alignments.
     alignment=Alignment(ratio, window): the cheaper cross-attention for position-aligned
     pairs, each target position t against the source positions within `window` of
-    t // ratio (see cross_attention.py); None: every target position against the whole
+    t // ratio (see attention/cross.py); None: every target position against the whole
     source.
     """
 
@@ -134,7 +134,7 @@ class ReformerEncDec(nn.Module):
         each decoder layer's cross-attention keys and values are computed once; each step
         then costs one position of the decoder. temperature=0 is greedy. eos: stop once
         every row has produced it (fewer columns then). num_beams > 1: beam search for the
-        likeliest target instead of sampling (core/beam_search.py; temperature, top_k,
+        likeliest target instead of sampling (decoding/beam.py; temperature, top_k,
         top_p and generator unused)."""
         check_sampling(temperature, top_k, top_p)
         was_training = self.training

@@ -16,6 +16,8 @@ is never reseeded), and LSH layers reuse the bucket ids of the
 forward (stored as int16/int32: a reconstructed input differs from the original by
 rounding, enough to flip a near-tie in the hash argmax). Under 16-bit autocast the streams
 are float64 (`stream_dtype`), which makes the reconstruction exact.
+The stacks take any layers with sublayers `attn`, `ff` and `cross` (None when absent), as
+model/lm.py's ReformerLayer.
 """
 
 from __future__ import annotations
@@ -27,18 +29,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from .attention import Attention
-from .cross_attention import CrossAttention
-from .feedforward import FeedForward
-from .precision import autocast_state
-
-
-class ReformerLayer(nn.Module):
-    def __init__(self, attn: Attention, ff: FeedForward, cross: CrossAttention | None = None):
-        super().__init__()
-        self.attn = attn
-        self.ff = ff
-        self.cross = cross
+from ..precision import autocast_state
 
 
 @dataclass

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .precision import acc_dtype, autocast_state
+from ..precision import acc_dtype, autocast_state
 
 ROWS = 4096
 

@@ -3,46 +3,25 @@
 All kinds share QK (keys are the normalized queries) and the same projections, so a
 state dict trained with one kind loads under another. Each kind also decodes one token
 at a time from a cache and gives the logits the full forward gives.
+
+This module holds the parameters and what is done with them (projections, hashing, the
+hand-written backward, prefill and step); the attention itself, and the choice of the
+kernel that computes it, is dispatch.py's.
 """
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .bucketed_attention import (
-    attend_one,
-    attention_backward,
-    attention_forward,
-    bucket_order,
-    resolve_backend,
-    round_layouts,
-)
-from .config import ReformerConfig
+from ..config import ReformerConfig
+from ..decoding.cache import KVCache, LSHCache
+from ..precision import autocast_state
+from .buckets import bucket_order, round_layouts
+from .dispatch import attention_backward, attention_forward, resolve_backend
 from .hashing import fixed_rotations, hash_buckets, random_rotations
-from .precision import autocast_state
-
-
-@dataclass
-class KVCache:
-    """Keys (normalized queries) and values of every decoded position: (B, H, capacity, D)."""
-
-    k: torch.Tensor
-    v: torch.Tensor
-
-
-@dataclass
-class LSHCache(KVCache):
-    """Adds, per hashing round, how many tokens each bucket holds and the positions of
-    its latest 2 * bucket_size members (slot = rank % (2 * bucket_size)): exactly the keys
-    a new token's window can reach. The last slot of `ring` is a write sink."""
-
-    counts: torch.Tensor  # (B, H, R, n_buckets)
-    ring: torch.Tensor  # (B, H, R, n_buckets * 2 * bucket_size + 1)
-
+from .kernels_torch import attend_one
 
 # Rows (positions x batch) of the layer norm and projections computed at once: working
 # memory that does not grow with the sequence. A GPU wants fewer, larger launches.

@@ -24,8 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import ConfigError
-from .precision import acc_dtype
+from ..config import ConfigError
+from ..precision import acc_dtype
 
 # Scores held at once per block, (B x H x queries x S) elements: bounded working memory
 # whatever the lengths. A GPU wants larger blocks (fewer launches).

@@ -1,0 +1,269 @@
+"""`seqformer sample dna|midi|seq2seq`."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated
+
+import numpy as np
+import torch
+import typer
+
+from ..domains import Domain, Record
+from ..errors import InputError
+from ..files import check_output
+from ..pipeline.inference import decide_compile, sample_batch
+from ..pipeline.run_dir import load_run
+from ..pipeline.seq2seq import check_sources, load_seq2seq, target_grammar, translate
+from .common import (
+    Force,
+    ModelOpt,
+    SourceOpt,
+    checked_sampling,
+    clean_errors,
+    err,
+    out,
+    progress,
+    read_all,
+    sampling_limits,
+    verb,
+)
+
+app = verb("Generate from a trained model.")
+
+Length = Annotated[int, typer.Option("--length", help="tokens to generate")]
+Temperature = Annotated[float, typer.Option("--temperature", help="0 = greedy")]
+TopK = Annotated[int | None, typer.Option("--top-k")]
+TopP = Annotated[float | None, typer.Option("--top-p")]
+Seed = Annotated[int | None, typer.Option("--seed")]
+NumSamples = Annotated[int, typer.Option(
+    "--num-samples", help="samples decoded as one batch (sample k draws with seed + k)")]
+DeviceOpt = Annotated[str, typer.Option(
+    "--device", help="cpu, cuda, cuda:N, or auto (cuda when there is one)")]
+CompileOpt = Annotated[bool | None, typer.Option(
+    "--compile/--no-compile", help="decode with a torch.compile'd step (CUDA graphs on a "
+    "GPU): the first token waits for the compiler (15-35 s on a small CPU), then about 3x "
+    "faster. Default: on a CPU from 10,000 tokens in all")]
+
+
+def checked_device(name: str) -> str:
+    if name == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise InputError(f"--device {name}: not a device (cpu, cuda, cuda:N or auto)") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise InputError(f"--device {name}: no CUDA device here")
+    return name
+
+
+def sample_lm(domain_name: str, model_dir: Path, prompt_tokens: Callable[[Domain], np.ndarray],
+              length: int, temperature: float, top_k: int | None, top_p: float | None,
+              seed: int | None, grammar: bool = False, num_samples: int = 1,
+              device: str = "cpu", compile: bool | None = None
+              ) -> tuple[Domain, np.ndarray, list[np.ndarray]]:
+    """(domain, prompt, [new tokens of each sample]); the samples are decoded as one batch.
+    With `grammar`, sampled under the domain's grammar (limits from the model directory)
+    and each followed by the tokens it needs to close."""
+    if length < 1:
+        raise InputError(f"--length {length}: must be at least 1")
+    if num_samples < 1:
+        raise InputError(f"--num-samples {num_samples}: must be at least 1")
+    checked_sampling(temperature, top_k, top_p)
+    # the decoding cache is bounded by the model's context; what grows with --length is
+    # the sample itself (8 bytes a token while generating, plus the domain's output)
+    need = 16 * length * num_samples
+    have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    if need > have:
+        raise InputError(f"--length {length:,}: needs about {need / 2**30:.1f} GiB, more than "
+                         f"the {have / 2**30:.1f} GiB of memory available")
+    device = checked_device(device)
+    model, domain, cfg = load_run(model_dir, domain_name, device=device)
+    prompt = np.concatenate([[domain.sep_id], prompt_tokens(domain)]).astype(np.int64)
+    context = model.cfg.max_seq_len
+    if len(prompt) >= context:
+        err.print(f"the prompt has {len(prompt) - 1:,} tokens, more than the model's context "
+                  f"({context:,}): continuing from its last {context // 2:,} tokens")
+    constraint = (domain.constraint(sampling_limits(model_dir), [prompt] * num_samples)
+                  if grammar else None)
+    if compile is None and decide_compile(None, length * num_samples, device):
+        err.print("compiling the decoding step first (--no-compile to skip)")
+        compile = True
+    with progress() as bar:
+        task = bar.add_task("sampling", total=length * num_samples)
+        new, rate = sample_batch(model, prompt, length, num_samples, temperature, top_k, top_p,
+                                 seed, allowed=domain.generatable(),
+                                 on_token=lambda n: bar.advance(task, n),
+                                 device=device, constraint=constraint, compile=compile)
+    batch = f" ({num_samples} samples as one batch)" if num_samples > 1 else ""
+    err.print(f"{length * num_samples:,} tokens at {rate:,.0f} tokens/s{batch}")
+    samples = list(new)
+    if constraint is not None:
+        closings = [constraint.closing(k) for k in range(num_samples)]
+        removed = np.concatenate([np.asarray(r) for r in constraint.removed])
+        released = sum(len([t for t in c if domain.ends_note(t)]) for c in closings)
+        err.print(f"grammar: masked {removed.mean():.2%} of the model's probability per token "
+                  f"on average ({(removed > 0.5).sum():,} tokens where it was most of it); "
+                  f"settled {released:,} notes still open at the end (released, or given "
+                  "their duration)")
+        samples = [np.concatenate([row, np.asarray(c, dtype=np.int64)])
+                   for row, c in zip(samples, closings)]
+    return domain, prompt[1:], samples
+
+
+def numbered(path: Path, k: int, n: int) -> Path:
+    """piece.mid -> piece_1.mid ... piece_n.mid when there are several samples."""
+    return path if n == 1 else path.with_name(f"{path.stem}_{k}{path.suffix}")
+
+
+@app.command("dna")
+@clean_errors
+def sample_dna(model: ModelOpt, length: Length,
+               out_path: Annotated[Path, typer.Option("--out", help="FASTA to write")],
+               prompt: Annotated[str, typer.Option("--prompt", help="bases to continue")] = "",
+               temperature: Temperature = 1.0, top_k: TopK = None, top_p: TopP = None,
+               seed: Seed = None, num_samples: NumSamples = 1,
+               force: Force = False, device: DeviceOpt = "auto",
+               compile: CompileOpt = None) -> None:
+    """Generate bases; the FASTA holds the prompt followed by the new bases (one record
+    per sample)."""
+    check_output(out_path, force)
+
+    def prompt_tokens(domain: Domain) -> np.ndarray:
+        try:
+            return domain.encode(prompt) if prompt else np.zeros(0, dtype=np.int64)
+        except InputError as e:
+            raise InputError(f"--prompt: {e}") from None
+
+    domain, p, samples = sample_lm("dna", model, prompt_tokens, length, temperature, top_k,
+                                   top_p, seed, num_samples=num_samples, device=device,
+                                   compile=compile)
+    records = []
+    for k, new in enumerate(samples, start=1):
+        tokens = np.concatenate([p, new])
+        name = f"sample_{model.name}_{len(tokens)}bp"
+        records.append(Record(name if num_samples == 1 else f"{name}_{k}", tokens))
+    domain.write(records, out_path)
+    each = " each" if num_samples > 1 else ""
+    out.print(f"wrote {out_path} ({len(records)} record{'s' * (num_samples > 1)}: "
+              f"{len(p):,} prompt + {length:,} generated bases{each})")
+
+
+@app.command("midi")
+@clean_errors
+def sample_midi(model: ModelOpt, length: Length,
+                out_path: Annotated[Path, typer.Option("--out", help=".mid to write")],
+                primer: Annotated[Path | None, typer.Option(
+                    "--primer", help="MIDI file to continue")] = None,
+                temperature: Temperature = 1.0, top_k: TopK = None, top_p: TopP = None,
+                seed: Seed = None, force: Force = False,
+                audio: Annotated[Path | None, typer.Option(
+                    "--audio", help="also render to WAV (needs FluidSynth)")] = None,
+                grammar: Annotated[bool, typer.Option(
+                    "--grammar/--no-grammar", help="note grammar: no unmatched note-off, no "
+                    "second note-on of a sounding pitch, polyphony and note length within "
+                    "the training data's")] = True,
+                num_samples: NumSamples = 1, device: DeviceOpt = "auto",
+                compile: CompileOpt = None) -> None:
+    """Generate music; writes the .mid (primer + continuation) and a piano-roll PNG (with
+    --num-samples K: piece_1.mid ... piece_K.mid, each with its PNG)."""
+    outputs = [numbered(out_path, k, num_samples) for k in range(1, num_samples + 1)]
+    for path in outputs:
+        check_output(path, force)
+        check_output(path.with_suffix(".png"), force)
+    if audio is not None:
+        if num_samples > 1:
+            raise InputError("--audio renders one piece: use it with --num-samples 1")
+        check_output(audio, force)
+
+    def primer_tokens(domain: Domain) -> np.ndarray:
+        if primer is None:
+            return np.zeros(0, dtype=np.int64)
+        return list(domain.read(primer))[0].tokens
+
+    domain, p, samples = sample_lm("midi", model, primer_tokens, length, temperature, top_k,
+                                   top_p, seed, grammar, num_samples, device, compile)
+    for path, new in zip(outputs, samples):
+        pm, repairs = domain.decode(np.concatenate([p, new]))
+        png = path.with_suffix(".png")
+        domain.write_midi(pm, path)
+        domain.piano_roll_png(pm, png, title=path.name)
+        stats = domain.stats(pm)
+        out.print(f"wrote {path} and {png}")
+        out.print(", ".join(f"{k}: {v:.3f}" if isinstance(v, float) else f"{k}: {v}"
+                            for k, v in stats.items()))
+        fixed = {k: v for k, v in repairs.items() if v}
+        out.print(f"repaired: {fixed}" if fixed else "no repairs needed")
+    if audio is not None:
+        domain.render_audio(pm, audio)
+        out.print(f"wrote {audio}")
+
+
+@app.command("seq2seq")
+@clean_errors
+def sample_seq2seq(model: ModelOpt, source: SourceOpt,
+                   out_path: Annotated[Path, typer.Option(
+                       "--out", help="FASTA to write; MIDI: a .mid for one source, else a "
+                       "directory of <id>.mid")],
+                   max_length: Annotated[int | None, typer.Option(
+                       "--max-length", help="most tokens per target (default: the model's)")
+                   ] = None,
+                   temperature: Temperature = 1.0, top_k: TopK = None, top_p: TopP = None,
+                   seed: Seed = None,
+                   batch_size: Annotated[int, typer.Option(
+                       "--batch-size", help="sources decoded together")] = 16,
+                   num_beams: Annotated[int, typer.Option(
+                       "--num-beams", help="> 1: beam search for the likeliest target "
+                       "instead of sampling (--temperature/--top-k/--top-p unused)")] = 1,
+                   grammar: Annotated[bool, typer.Option(
+                       "--grammar/--no-grammar", help="MIDI targets: the note grammar of "
+                       "`sample midi` (no unmatched note-off; a target closes with no note "
+                       "sounding). Off by default: a model that loses track of its notes "
+                       "gets stuck under it (see apps/harmonize)")] = False,
+                   force: Force = False) -> None:
+    """A target for each source record, sampled until the model closes it (or
+    --max-length). Sample k draws with seed + k."""
+    checked_sampling(temperature, top_k, top_p)
+    if num_beams < 1:
+        raise InputError(f"--num-beams {num_beams}: must be at least 1")
+    encdec, source_domain, target_domain, cfg = load_seq2seq(model)
+    rules = target_grammar(target_domain, lambda: sampling_limits(model)) if grammar else None
+    if rules is not None and num_beams > 1:
+        raise InputError("--num-beams with the MIDI note grammar is not supported: add "
+                         "--no-grammar")
+    limit = encdec.max_target_len - 1
+    if max_length is not None and not 1 <= max_length <= limit:
+        raise InputError(f"--max-length {max_length}: must be in 1..{limit} (the model's "
+                         "target length)")
+    one_file = target_domain.name != "midi"
+    records = read_all(source_domain, list(source))
+    if one_file or (len(records) == 1 and out_path.suffix.lower() in (".mid", ".midi")):
+        check_output(out_path, force)
+        paths = None
+    else:
+        paths = [out_path / (r.id.replace("/", "_") + ".mid") for r in records]
+        for p in paths:
+            check_output(p, force)
+    check_sources(encdec, records, ", ".join(map(str, source)))
+    with progress() as bar:
+        task = bar.add_task("sampling", total=len(records))
+        targets = translate(encdec, [r.tokens for r in records], target_domain.sep_id,
+                            max_length or limit, temperature, top_k, top_p, seed,
+                            constraint=rules, allowed=target_domain.generatable(),
+                            batch_size=batch_size, on_done=lambda n: bar.advance(task, n),
+                            num_beams=num_beams)
+    made = [Record(r.id, t) for r, t in zip(records, targets)]
+    if paths is None:
+        target_domain.write(made, out_path)
+        written = str(out_path)
+    else:
+        for rec, p in zip(made, paths):
+            target_domain.write([rec], p)
+        written = f"{len(paths)} files in {out_path}"
+    unclosed = sum(len(t) == (max_length or limit) for t in targets)
+    closing = f"; {unclosed} reached --max-length unclosed" if unclosed else ""
+    out.print(f"wrote {written} ({len(made)} targets, {sum(map(len, targets)):,} "
+              f"tokens{closing})")

@@ -1,0 +1,126 @@
+"""The MIDI domain: files <-> tokens of either vocabulary, its sampling grammar, and
+what the CLI writes next to a sample (piano roll, statistics, audio)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..base import Domain, InputError, OnSkip, Record
+from . import durations, events
+from .files import load_midi, write_midi
+from .grammar import DurationGrammar, GrammarLimits, MIDIGrammar, limits_from
+from .render import piano_roll_png, render_audio, stats
+from .vocab import DURATION_TOKENS, NOTE_OFF, PAD, SEP, SHIFT, TOKENS
+
+log = logging.getLogger(__name__)
+
+# name -> (token names, encode, decode, sampling grammar)
+_VOCABULARIES = {
+    "events": (TOKENS, events.encode, events.decode, MIDIGrammar),
+    "durations": (DURATION_TOKENS, durations.encode, durations.decode, DurationGrammar),
+}
+VOCABULARIES = tuple(_VOCABULARIES)
+
+
+def _log_skip(path: str, reason: str) -> None:
+    log.warning("skipping %s: %s", path, reason)
+
+
+class MIDIDomain(Domain):
+    """MIDI files <-> tokens. `vocabulary="events"` (the default) is the note-on/note-off
+    vocabulary (events.py); "durations" gives each note a duration token instead of a
+    note-off (durations.py)."""
+
+    name = "midi"
+    pad_id = PAD
+    sep_id = SEP
+
+    stats = staticmethod(stats)
+    piano_roll_png = staticmethod(piano_roll_png)
+    write_midi = staticmethod(write_midi)
+    render_audio = staticmethod(render_audio)
+
+    def __init__(self, vocabulary: str = "events") -> None:
+        if vocabulary not in _VOCABULARIES:
+            raise InputError(f"unknown MIDI vocabulary {vocabulary!r} "
+                             f"(available: {', '.join(VOCABULARIES)})")
+        self.vocabulary_name = vocabulary
+        self.tokens, self.encode, self.decode, self._grammar = _VOCABULARIES[vocabulary]
+
+    def config(self) -> dict[str, Any]:
+        return {"vocabulary": self.vocabulary_name}
+
+    @staticmethod
+    def ends_note(token: int) -> bool:
+        """A note-off (events) or a duration (durations): a token that settles a note."""
+        return NOTE_OFF <= token < SHIFT
+
+    def sampling_limits(self, sequences: Iterable[np.ndarray]) -> dict[str, Any]:
+        return limits_from(sequences, self.vocabulary_name).to_dict()
+
+    def constraint(self, limits: dict[str, Any] | None, prompts: list[np.ndarray]
+                   ) -> MIDIGrammar | DurationGrammar:
+        """The note grammar of the vocabulary (grammar.py); without stored limits, a model
+        trained before they were: at most 16 notes at once, none longer than 10 s."""
+        limits = GrammarLimits(**limits) if limits else GrammarLimits(16, 1000)
+        return self._grammar(limits, prompts)
+
+    def read(self, path: str | Path, on_skip: OnSkip | None = None) -> Iterator[Record]:
+        """One Record per piece of a .mid/.midi file, or of every such file under a directory
+        (recursive, case-insensitive, sorted). Unreadable files and files without notes in a
+        directory are passed over and reported to on_skip(path, reason) (by default a logged
+        warning). Path problems raise InputError here; 'nothing readable' raises once the
+        records are exhausted."""
+        root = Path(path)
+        if not root.exists():
+            raise InputError(f"{root}: no such file or directory")
+        if root.is_file():
+            record, reason = self._record(root, root.stem)
+            if record is None:
+                raise InputError(f"{root}: {reason}")
+            return iter([record])
+        files = sorted(p for p in root.rglob("*")
+                       if p.suffix.lower() in (".mid", ".midi") and p.is_file())
+        if not files:
+            raise InputError(f"{root}: no .mid or .midi files in this directory")
+        return self._read_dir(root, files, on_skip or _log_skip)
+
+    def _read_dir(self, root: Path, files: list[Path], on_skip: OnSkip) -> Iterator[Record]:
+        found, skipped = 0, []
+        for file in files:
+            record, reason = self._record(file, file.relative_to(root).with_suffix("").as_posix())
+            if record is None:
+                skipped.append((str(file), reason))
+                on_skip(str(file), reason)
+            else:
+                found += 1
+                yield record
+        if not found:
+            first = skipped[0]
+            raise InputError(f"no readable MIDI files in {root}: {len(skipped)} skipped "
+                             f"(first: {first[0]}: {first[1]})")
+
+    def _record(self, path: Path, record_id: str) -> tuple[Record | None, str]:
+        try:
+            pm = load_midi(path)
+        except Exception as error:  # mido and pretty_midi raise many kinds on bad bytes
+            return None, f"not a readable MIDI file ({type(error).__name__}: {error})"
+        n_notes = sum(len(inst.notes) for inst in pm.instruments)
+        if n_notes == 0:
+            return None, "no notes"
+        meta = {"path": str(path), "duration": float(pm.get_end_time()), "n_notes": n_notes}
+        return Record(record_id, self.encode(pm), meta), ""
+
+    def write(self, records: Iterable[Record], path: str | Path) -> dict[str, int]:
+        """Exactly one record -> one .mid file (atomically); returns the repair counts."""
+        records = list(records)
+        if len(records) != 1:
+            raise ValueError(f"MIDI output holds one piece; got {len(records)} records")
+        pm, repairs = self.decode(records[0].tokens)
+        write_midi(pm, path)
+        return repairs
