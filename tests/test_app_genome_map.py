@@ -1,7 +1,9 @@
 """apps/genome_map: tiles, GC content, PCA, the HDF5 layout read back, and the whole run on
 a tiny model trained for two steps."""
 
+import shutil
 import sys
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -114,7 +116,8 @@ def test_cli_embeddings_give_the_same_map(trained, mapped, tmp_path):
     assert ids == app_ids and np.allclose(pooled, app_pooled, atol=1e-5)
 
 
-def test_outputs_are_refused_without_force(trained, mapped, capsys):
+def test_outputs_are_refused_without_force(trained, mapped, tmp_path, capsys):
+    mapped = Path(shutil.copytree(mapped, tmp_path / "map"))  # the other tests read the original
     before = (mapped / "pca.tsv").read_text()
     args = ["--model", str(trained), "--fasta", str(LAMBDA), "--out", str(mapped),
             "--tile", "2000"]
