@@ -60,3 +60,37 @@ def global_chunked_reference(q, v, buckets, bucket_size):
         return [j for j in order[lo:(c + 1) * bucket_size] if j <= i]
 
     return _multi_round(q, v, len(buckets), keys_of)
+
+
+def match_reference(q, v, buckets, bucket_size, causal=True):
+    """Match attention (seqformer/core/attention/matching.py) as one dense masked softmax.
+
+    q, v: (L, D) per position; buckets: (R, L + 1) per item. Item i has position i - 1's
+    query (item 0 a zero one) and position i's value (item L a zero one); it sees, in each
+    round, the members of its bucket in its own and the previous chunk of bucket_size by
+    rank (up to itself when causal), a key counted once per round that holds it, itself
+    at SELF_SCORE, and a null key of score 0 and value 0. Returns the output (L, D) of
+    positions 0..L-1 (items 1..L)."""
+    L, D = q.shape
+    qi = torch.cat([q.new_zeros(1, D), q])
+    vi = torch.cat([v, v.new_zeros(1, D)])
+    k = F.normalize(qi, dim=-1)
+    n = L + 1
+    s = (qi @ k.T) * D ** -0.5
+    eye = torch.eye(n, dtype=torch.bool)
+    s = s.masked_fill(eye, SELF_SCORE)
+    count = torch.zeros(n, n, dtype=q.dtype)
+    for b in buckets:
+        same = b[:, None] == b[None, :]
+        rank = torch.stack([(b[:j] == b[j]).sum() for j in range(n)])
+        chunk = rank // bucket_size
+        near = (chunk[None, :] >= chunk[:, None] - 1) & (chunk[None, :] <= chunk[:, None])
+        ok = same & near
+        if causal:
+            ok &= torch.ones(n, n, dtype=torch.bool).tril()
+        count += ok.to(q.dtype)
+    s = s.masked_fill(count == 0, float("-inf"))
+    m = s.amax(-1, keepdim=True).clamp_min(0)
+    w = count * torch.exp(s - m)
+    out = (w @ vi) / (w.sum(-1, keepdim=True) + torch.exp(-m))
+    return out[1:]

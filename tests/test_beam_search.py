@@ -58,7 +58,7 @@ def best_by_enumeration(m: ReformerEncDec, src: torch.Tensor, n: int, bos: int,
     return best, torch.stack(scores)
 
 
-@pytest.mark.parametrize("attn", ["lsh", "local", "full"])
+@pytest.mark.parametrize("attn", ["lsh", "local", "full", "match"])
 def test_wide_beams_find_the_likeliest_target(attn: str) -> None:
     m = model(attn)
     src = tokens((2, 9), 12, 1)

@@ -15,9 +15,9 @@ pytestmark = pytest.mark.skipif(not hasattr(torch, "compile"), reason="needs tor
 
 def tiny_model() -> ReformerLM:
     torch.manual_seed(0)
-    cfg = ReformerConfig(vocab_size=40, d_model=32, n_layers=3, n_heads=2, d_ff=64,
-                         attn=["lsh", "local", "full"], bucket_size=8, n_hashes=2,
-                         max_seq_len=128, kmer_embedding=3)
+    cfg = ReformerConfig(vocab_size=40, d_model=32, n_layers=4, n_heads=2, d_ff=64,
+                         attn=["lsh", "local", "full", "match"], bucket_size=8, n_hashes=2,
+                         max_seq_len=128, kmer_embedding=3, match_k=(1, 4))
     return ReformerLM(cfg).eval()
 
 

@@ -6,12 +6,12 @@ import torch
 
 from seqformer.core import ReformerConfig, ReformerLM
 
-KINDS = ["lsh", "local", "full"]
+KINDS = ["lsh", "local", "full", "match"]
 
 
 def tiny(**kw):
     base = dict(vocab_size=11, d_model=32, n_layers=2, n_heads=2, d_ff=64, attn="lsh",
-                bucket_size=8, n_hashes=2, max_seq_len=256)
+                bucket_size=8, n_hashes=2, max_seq_len=256, match_k=(2, 3))
     base.update(kw)
     return ReformerConfig(**base)
 
@@ -68,6 +68,9 @@ DECODE_CASES = [
     dict(attn="full"),
     dict(attn=["local", "lsh"], reversible=False, ff_chunk_size=5),
     dict(attn=["local", "lsh"], kmer_embedding=20),  # history longer than the prompt
+    dict(attn="match"),
+    dict(attn=["local", "match"], match_k=(1, 16), bucket_size=2),  # crowded buckets
+    dict(attn=["match", "lsh"], kmer_embedding=4, reversible=False),
 ]
 
 
@@ -134,7 +137,8 @@ def test_training_mode_draws_fresh_rotations():
 
 @pytest.mark.parametrize("target", [dict(attn="full"), dict(attn="local"),
                                     dict(reversible=False), dict(ff_chunk_size=7),
-                                    dict(attn=["full", "lsh"], reversible=False)])
+                                    dict(attn=["full", "lsh"], reversible=False),
+                                    dict(attn="match")])
 def test_state_dict_loads_across_settings(target):
     src = model()
     dst = ReformerLM(tiny(**target))
@@ -211,7 +215,7 @@ def test_embeddings_in_blocks_equal_plain_lookups(monkeypatch):
         torch.testing.assert_close(g, dict(m.named_parameters())[n].grad, msg=n)
 
 
-@pytest.mark.parametrize("attn", ["lsh", "local", "full"])
+@pytest.mark.parametrize("attn", ["lsh", "local", "full", "match"])
 def test_head_groups_do_not_change_results(attn):
     """One head at a time, two, or all heads at once: same logits and gradients."""
     x = torch.randint(0, 16, (2, 45), generator=torch.Generator().manual_seed(0))
@@ -283,7 +287,7 @@ class NoRepeatOddOnly:
         self.removed.append(removed)
 
 
-@pytest.mark.parametrize("kind", ["lsh", "full"])
+@pytest.mark.parametrize("kind", ["lsh", "full", "match"])
 def test_greedy_generate_under_a_constraint_equals_the_masked_argmax(kind):
     """The mask applies before the choice; the mass it took is the model's own
     probability of the disallowed tokens at that step, from a full forward."""

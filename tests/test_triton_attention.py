@@ -29,18 +29,18 @@ def _inputs(B, H, L, D, R, n_buckets, seed=0, dtype=torch.float32):
     return q, v, d_out, buckets
 
 
-def _run(backend, q, v, d_out, kind, buckets, bs, causal):
+def _run(backend, q, v, d_out, kind, buckets, bs, causal, null=False):
     """Output, log-sum-exp (as m + log-norm), dq and dv of one backend."""
     L = q.shape[2]
-    out, lse = ba.attention_forward(q, v, kind, buckets, bs, causal, backend)
+    out, lse = ba.attention_forward(q, v, kind, buckets, bs, causal, backend, null=null)
     delta = (d_out.float() * out[:, :, :L].float()).sum(-1)
     dq, dv = ba.attention_backward(q, v, kind, buckets, bs, causal, lse, delta, d_out, backend)
     return out[:, :, :L], lse[:, :, :L].sum(-1), dq, dv
 
 
-def _assert_same(kind, buckets, bs, causal, q, v, d_out, tol):
-    want = _run("torch", q, v, d_out, kind, buckets, bs, causal)
-    got = _run("triton", q, v, d_out, kind, buckets, bs, causal)
+def _assert_same(kind, buckets, bs, causal, q, v, d_out, tol, null=False):
+    want = _run("torch", q, v, d_out, kind, buckets, bs, causal, null)
+    got = _run("triton", q, v, d_out, kind, buckets, bs, causal, null)
     for name, a, b in zip(("out", "lse", "dq", "dv"), got, want):
         torch.testing.assert_close(a.float(), b.float(), atol=tol, rtol=tol, msg=name)
 
@@ -56,6 +56,14 @@ def _assert_same(kind, buckets, bs, causal, q, v, d_out, tol):
 def test_lsh_equals_the_torch_kernel(causal, L, D, bs, R, n_buckets):
     q, v, d_out, buckets = _inputs(2, 2, L, D, R, n_buckets)
     _assert_same("lsh", buckets, bs, causal, q, v, d_out, tol=2e-5)
+
+
+@needs_kernel
+@pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
+def test_match_attention_with_its_null_key_equals_the_torch_kernel(causal):
+    """Match layers' buckets come from tokens and their softmax holds a null key."""
+    q, v, d_out, buckets = _inputs(2, 2, 120, 16, 2, 6, seed=3)
+    _assert_same("lsh", buckets, 8, causal, q, v, d_out, tol=2e-5, null=True)
 
 
 @needs_kernel

@@ -6,7 +6,7 @@ import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-ATTN_KINDS = ("lsh", "local", "full")
+ATTN_KINDS = ("lsh", "local", "full", "match")
 ATTN_BACKENDS = ("auto", "torch", "triton", "flex")
 
 # Above this many buckets, hashing uses two factors (n1 * n2 buckets from n1/2 + n2/2
@@ -41,6 +41,10 @@ class ReformerConfig:
     dropout: float = 0.0
     tie_embeddings: bool = True
     hash_seed: int = 0  # seeds the fixed eval-mode rotations
+    # attn "match": a layer whose bucket for each position is a hash of the k tokens before
+    # it (one hashing round per k), so a token's bucket holds the earlier occurrences of
+    # its own context and it reads what followed them (attention/matching.py).
+    match_k: tuple[int, ...] = (16,)
     # Input embedding at position t also sums per-offset embeddings of tokens t-1..t-k+1:
     # a causal k-mer feature, so short-range statistics need no learned relative offsets
     # (absolute axial positions make those slow to learn). 1 = the paper's plain embedding.
@@ -67,6 +71,9 @@ class ReformerConfig:
             self.attn = list(self.attn)
         if self.axial_shape is not None:
             self.axial_shape = tuple(int(a) for a in self.axial_shape)
+        if isinstance(self.match_k, int):
+            self.match_k = (self.match_k,)
+        self.match_k = tuple(self.match_k)
         self.validate()
         if self.n_buckets is None:
             self.n_buckets = max(2, _next_pow2(math.ceil(self.max_seq_len / self.bucket_size)))
@@ -106,6 +113,9 @@ class ReformerConfig:
         if self.ff_chunk_size is not None:
             need(isinstance(self.ff_chunk_size, int) and self.ff_chunk_size > 0,
                  "ff_chunk_size", f"must be None or a positive integer, got {self.ff_chunk_size!r}")
+        need(len(self.match_k) > 0 and all(isinstance(k, int) and not isinstance(k, bool)
+                                            and k > 0 for k in self.match_k),
+             "match_k", f"needs one or more positive integers, got {self.match_k!r}")
         need(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
         if self.axial_shape is not None:
             need(len(self.axial_shape) >= 2 and all(a > 0 for a in self.axial_shape),
@@ -117,6 +127,10 @@ class ReformerConfig:
     # -- derived ----------------------------------------------------------------------
     def layer_attn(self, i: int) -> str:
         return self.attn[i] if isinstance(self.attn, list) else self.attn
+
+    @property
+    def has_match(self) -> bool:
+        return any(self.layer_attn(i) == "match" for i in range(self.n_layers))
 
     @property
     def d_head(self) -> int:
@@ -137,6 +151,7 @@ class ReformerConfig:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["axial_shape"] = list(self.axial_shape) if self.axial_shape else None
+        d["match_k"] = list(self.match_k)
         return d
 
     @classmethod

@@ -22,6 +22,7 @@ from ..precision import acc_dtype
 from . import kernels_flex
 from .buckets import RoundLayout, iter_round_layouts, round_layouts
 from .kernels_torch import SELF_SCORE, band_backward, band_forward
+from .matching import add_null
 
 # -- which kernel ------------------------------------------------------------------------
 BACKENDS = ATTN_BACKENDS
@@ -175,8 +176,8 @@ def _round_forward(qf, kf, vf, rd: RoundLayout, bs, causal, backend):  # noqa: A
 
 def attention_forward(q: torch.Tensor, v: torch.Tensor, kind: str, buckets: torch.Tensor | None,
                       bucket_size: int, causal: bool, backend: str = "torch",
-                      layouts: list[RoundLayout] | None = None, lengths: torch.Tensor | None = None
-                      ) -> tuple[torch.Tensor, torch.Tensor]:
+                      layouts: list[RoundLayout] | None = None, lengths: torch.Tensor | None = None,
+                      null: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Shared-QK attention, one hashing round at a time.
 
     The output over several rounds is one softmax over the union of the rounds' windows,
@@ -190,7 +191,9 @@ def attention_forward(q: torch.Tensor, v: torch.Tensor, kind: str, buckets: torc
     (B, H, Lp, D), Lp = L padded to a multiple of bucket_size, and its log-sum-exp as
     (B, H, Lp, 2): the largest round's log-sum-exp m and log(sum_r exp(lse_r - m)). Kept
     apart because a lone token's score is SELF_SCORE: at -1e5 a float32 sum of the two
-    would round its probabilities by ~1%.
+    would round its probabilities by ~1%. null: every softmax also holds a key of score 0
+    and value 0 (match attention, matching.py); the backward needs nothing more, as it
+    works from the combined log-sum-exp.
     """
     B, H, L, D = q.shape
     Lp = math.ceil(L / bucket_size) * bucket_size
@@ -200,6 +203,8 @@ def attention_forward(q: torch.Tensor, v: torch.Tensor, kind: str, buckets: torc
               if layouts is None else layouts)
     merge = _merge_rounds_triton if backend == "triton" else _merge_rounds
     out, m, norm = merge(qf, kf, vf, rounds, bucket_size, causal, backend)
+    if null:
+        m, norm = add_null(out, m, norm)
     out.div_(norm.unsqueeze(-1))
     return out.view(B, H, Lp, D), torch.stack([m, norm.log()], dim=-1).view(B, H, Lp, 2)
 

@@ -1,4 +1,4 @@
-"""The attention sublayer: one set of parameters, three kinds (lsh, local, full).
+"""The attention sublayer: one set of parameters, four kinds (lsh, local, full, match).
 
 All kinds share QK (keys are the normalized queries) and the same projections, so a
 state dict trained with one kind loads under another. Each kind also decodes one token
@@ -22,6 +22,7 @@ from .buckets import bucket_order, round_layouts
 from .dispatch import attention_backward, attention_forward, resolve_backend
 from .hashing import fixed_rotations, hash_buckets, random_rotations
 from .kernels_torch import attend_one
+from .matching import MatchCache, match_step
 
 # Rows (positions x batch) of the layer norm and projections computed at once: working
 # memory that does not grow with the sequence. A GPU wants fewer, larger launches.
@@ -44,7 +45,8 @@ def _rows(x: torch.Tensor) -> list[slice]:
 
 
 class Attention(nn.Module):
-    """LayerNorm -> shared-QK projection -> LSH / local / full attention -> output projection.
+    """LayerNorm -> shared-QK projection -> LSH / local / full / match attention -> output
+    projection.
 
     The sublayer runs one group of `head_group_size` heads at a time, with each group's
     slices of the projection weights, and one hashing round at a time inside a group: the
@@ -52,6 +54,9 @@ class Attention(nn.Module):
     beyond its own step. The backward (`_AttentionFunction`, and `reverse` for the
     reversible stack) recomputes a group from the layer's input and back-propagates it at
     once, from the combined output and log-sum-exp of all rounds.
+
+    A match layer's buckets come from the tokens (matching.py), so it is always given them
+    (ReformerLM computes them); it attends over L + 1 items rather than L positions.
     """
 
     def __init__(self, cfg: ReformerConfig, layer_idx: int):
@@ -141,6 +146,8 @@ class Attention(nn.Module):
                        buckets: torch.Tensor) -> torch.Tensor | None:
         """Hash the group's queries round by round into `buckets` (B, H, R, L), unless the
         rotations are None (the buckets were given); returns the group's ids."""
+        if self.kind == "match":
+            return buckets.expand(-1, self.n_heads, -1, -1)[:, heads]
         if self.kind != "lsh":
             return None
         if rotations is not None:
@@ -148,6 +155,19 @@ class Attention(nn.Module):
                 b = hash_buckets(q, rotations[heads, :, r:r + 1], self.factors)
                 buckets[:, heads, r:r + 1] = b.to(buckets.dtype)
         return buckets[:, heads]
+
+    def _items(self, q: torch.Tensor, v: torch.Tensor, lengths: torch.Tensor | None
+               ) -> tuple[torch.Tensor, torch.Tensor, str, torch.Tensor | None]:
+        """What the kernels attend over, and as which kind: the positions, or for match the
+        L + 1 items of matching.py (item i: position i - 1's query, position i's value)."""
+        if self.kind != "match":
+            return q, v, self.kind, lengths
+        return (F.pad(q, (0, 0, 1, 0)), F.pad(v, (0, 0, 0, 1)), "lsh",
+                None if lengths is None else lengths + 1)
+
+    def _at_positions(self, o: torch.Tensor, L: int) -> torch.Tensor:
+        """The kernels' output at the L positions (item i + 1's is position i's)."""
+        return o[:, :, 1:L + 1] if self.kind == "match" else o[:, :, :L]
 
     def _add_output(self, y: torch.Tensor, o: torch.Tensor, heads: slice, sign: float) -> None:
         """y (B, L, d) += sign * the group's share of the output projection of o (B, h, L, D)."""
@@ -171,12 +191,17 @@ class Attention(nn.Module):
                                   dtype=compact_buckets(self.n_buckets))
         else:
             rotations = None
+        if self.kind == "match" and buckets is None:
+            raise ValueError("a match layer needs the buckets of its tokens' contexts "
+                             "(matching.context_buckets; ReformerLM passes them)")
         for heads in self._head_groups(x):
             q, v = self._group_qv(x, heads)
             b = self._group_buckets(q.detach(), heads, rotations, buckets)
-            o, _ = attention_forward(q, v, self.kind, b, self.bucket_size, self.causal,
-                                     self.backend, lengths=lengths)
-            self._add_output(y, o[:, :, :L], heads, 1.0)
+            q, v, kind, item_lengths = self._items(q, v, lengths)
+            o, _ = attention_forward(q, v, kind, b, self.bucket_size, self.causal,
+                                     self.backend, lengths=item_lengths,
+                                     null=self.kind == "match")
+            self._add_output(y, self._at_positions(o, L), heads, 1.0)
         y.add_(self.to_out.bias)
         return buckets
 
@@ -209,14 +234,16 @@ class Attention(nn.Module):
         for heads in self._head_groups(x):
             cols = self._columns(heads)
             q, v = self._group_qv(x, heads)
-            b = buckets[:, heads] if self.kind == "lsh" else None
+            b = self._group_buckets(q, heads, None, buckets)
+            q, v, kind, item_lengths = self._items(q, v, lengths)
             # sorted once for the recompute and the backward
-            layouts = round_layouts(self.kind, b, q, self.bucket_size, self.causal, lengths)
-            o, lse = attention_forward(q, v, self.kind, b, self.bucket_size, self.causal,
-                                       self.backend, layouts)
+            layouts = round_layouts(kind, b, q, self.bucket_size, self.causal, item_lengths)
+            o, lse = attention_forward(q, v, kind, b, self.bucket_size, self.causal,
+                                       self.backend, layouts, null=self.kind == "match")
+            o = self._at_positions(o, L)
             if minus_f is not None:
-                self._add_output(minus_f, o[:, :, :L], heads, -1.0)
-            o_rows = o[:, :, :L].transpose(1, 2).reshape(B * L, -1)
+                self._add_output(minus_f, o, heads, -1.0)
+            o_rows = o.transpose(1, 2).reshape(B * L, -1)
             del o
             w_out = self.to_out.weight[:, cols]
             g_out[:, cols] += torch.matmul(df_rows.t(), o_rows.to(df_rows.dtype))
@@ -225,10 +252,14 @@ class Attention(nn.Module):
             # <d out, out> per query and head, for the softmax's gradient
             delta = (do.to(o_rows.dtype) * o_rows).view(B, L, n, -1).sum(-1).transpose(1, 2)
             del o_rows
-            dq, dv = attention_backward(q, v, self.kind, b, self.bucket_size, self.causal,
-                                        lse, delta, do.view(B, L, n, -1).transpose(1, 2),
-                                        self.backend, layouts)
+            do = do.view(B, L, n, -1).transpose(1, 2)
+            if self.kind == "match":  # position i's output is item i + 1's
+                do, delta = F.pad(do, (0, 0, 1, 0)), F.pad(delta, (1, 0))
+            dq, dv = attention_backward(q, v, kind, b, self.bucket_size, self.causal,
+                                        lse, delta, do, self.backend, layouts)
             del lse, do, delta, layouts
+            if self.kind == "match":  # item i + 1 has position i's query, item i its value
+                dq, dv = dq[:, :, 1:], dv[:, :, :L]
             dq, dv = (t.transpose(1, 2).reshape(B * L, -1) for t in (dq, dv))
             w_qk, w_v = self.to_qk.weight[cols], self.to_v.weight[cols]
             # layer norm and projections a block of rows at a time, the norm recomputed per
@@ -271,16 +302,16 @@ class Attention(nn.Module):
         return self._output(x, rotations, buckets, mask, lengths)
 
     @torch.no_grad()
-    def add_to(self, y: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor | None = None
-               ) -> torch.Tensor | None:
+    def add_to(self, y: torch.Tensor, x: torch.Tensor, lengths: torch.Tensor | None = None,
+               buckets: torch.Tensor | None = None) -> torch.Tensor | None:
         """y += the sublayer's output for x, in place (the reversible forward). Returns the
-        bucket ids used."""
+        bucket ids used (a match layer's are given)."""
         rotations = self._rotations(x.device)
         mask = self._dropout_mask(x)
         if mask is None:
-            return self._forward_into(x, y, rotations, None, lengths)
+            return self._forward_into(x, y, rotations, buckets, lengths)
         f = torch.zeros_like(y)
-        buckets = self._forward_into(x, f, rotations, None, lengths)
+        buckets = self._forward_into(x, f, rotations, buckets, lengths)
         y.add_(f.mul_(mask))
         return buckets
 
@@ -303,12 +334,22 @@ class Attention(nn.Module):
             torch.autograd.backward(*zip(*trainable))
 
     # -- decoding ---------------------------------------------------------------------
-    def prefill(self, x: torch.Tensor, capacity: int) -> tuple[torch.Tensor, KVCache]:
-        """Full forward over a prompt (B, P, d_model) that also builds the decoding cache."""
+    def prefill(self, x: torch.Tensor, capacity: int, buckets: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, KVCache]:
+        """Full forward over a prompt (B, P, d_model) that also builds the decoding cache.
+        buckets: a match layer's, of the prompt's items (B, 1, R, P + 1)."""
         assert not self.training, "decoding runs in eval mode"
-        out, buckets = self(x)
+        out, buckets = self(x, buckets)
         q, v = self._project(x)
         B, H, P, D = q.shape
+        if self.kind == "match":  # items 0..capacity: item i + 1 has position i's key
+            k_all = q.new_zeros(B, H, capacity + 1, D)
+            v_all = q.new_zeros(B, H, capacity + 1, D)
+            k_all[:, :, 1:P + 1] = F.normalize(q, dim=-1)
+            v_all[:, :, :P] = v
+            item_buckets = buckets.new_full((B, buckets.shape[2], capacity + 1), -1)
+            item_buckets[:, :, :P + 1] = buckets[:, 0]
+            return out, MatchCache(k_all, v_all, item_buckets)
         k_all = q.new_zeros(B, H, capacity, D)
         v_all = q.new_zeros(B, H, capacity, D)
         k_all[:, :, :P] = F.normalize(q, dim=-1)
@@ -328,16 +369,24 @@ class Attention(nn.Module):
         ring.scatter_(-1, slot, perm)
         return out, LSHCache(k_all, v_all, counts, ring)
 
-    def step(self, x: torch.Tensor, cache: KVCache, t: torch.Tensor) -> torch.Tensor:
+    def step(self, x: torch.Tensor, cache: KVCache, t: torch.Tensor,
+             bucket: torch.Tensor | None = None) -> torch.Tensor:
         """Attention output for the token at position t (a 0-d tensor), x: (B, 1, d_model);
         updates cache. Every shape is fixed by the cache, never by t, so a compiled decoding
-        step serves every position.
+        step serves every position. bucket: a match layer's, of item t + 1 (B, R).
 
         The token's key and value (and its LSH bucket entries) are written before any
         read: its window then holds itself, and Inductor writes the cache in place (with a
         read of a cache before its write, it may copy the whole cache on every token)."""
         q, v = self._project(x)
         q, v = q[:, :, 0], v[:, :, 0]  # (B, H, D)
+        if self.kind == "match":  # position t gives item t its value, item t + 1 its key
+            item = t + 1
+            cache.v[:, :, t.view(1)] = v.unsqueeze(2)
+            cache.k[:, :, item.view(1)] = F.normalize(q, dim=-1).unsqueeze(2)
+            cache.buckets[:, :, item.view(1)] = bucket.to(cache.buckets.dtype).unsqueeze(-1)
+            o = match_step(q, cache, item, self.bucket_size)
+            return self.to_out(self._merge(o.unsqueeze(2)))
         cache.k[:, :, t.view(1)] = F.normalize(q, dim=-1).unsqueeze(2)
         cache.v[:, :, t.view(1)] = v.unsqueeze(2)
         if self.kind == "lsh":

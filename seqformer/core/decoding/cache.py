@@ -37,7 +37,7 @@ class DecodeCache:
     layers: list[KVCache]
     length: int  # positions decoded so far
     capacity: int
-    recent: torch.Tensor | None = None  # (B, kmer_embedding - 1) last tokens, oldest first
+    recent: torch.Tensor | None = None  # (B, n) the last tokens the step reads, oldest first
     # a decoder's source: each layer's cross-attention keys and values, computed once
     cross: list[tuple[torch.Tensor, torch.Tensor]] | None = None
     memory_lengths: torch.Tensor | None = None
@@ -66,9 +66,10 @@ class DecodeCache:
         for layer in self.layers:
             for f in fields(layer):
                 t = getattr(layer, f.name)
-                if f.name in ("k", "v"):  # (B, H, capacity, D)
-                    t[:, :, start:self.length] = t[parent, :, start:self.length]
-                else:  # LSH bucket counts and rings: per bucket, not per position
+                if f.name in ("k", "v"):  # (B, H, capacity, D); a match layer's key of
+                    # item `length` is position length - 1's
+                    t[:, :, start:self.length + 1] = t[parent, :, start:self.length + 1]
+                else:  # LSH bucket counts and rings, match buckets: copied whole
                     t.copy_(t[parent])
         if self.recent is not None:
             self.recent = self.recent[parent]

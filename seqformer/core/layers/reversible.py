@@ -35,12 +35,18 @@ from ..precision import autocast_state
 @dataclass
 class Source:
     """What a stack's layers see besides their input: the real length of each row of a
-    right-padded batch (self-attention never reaches padding), and for a decoder the
-    encoder's output and its real lengths."""
+    right-padded batch (self-attention never reaches padding), for a decoder the
+    encoder's output and its real lengths, and for match layers the buckets of the
+    tokens' contexts (attention/matching.py)."""
 
     lengths: torch.Tensor | None = None  # (B,)
     memory: torch.Tensor | None = None  # (B, S, d_model)
     memory_lengths: torch.Tensor | None = None  # (B,)
+    match_buckets: torch.Tensor | None = None  # (B, 1, R, L + 1)
+
+    def buckets_for(self, attn: nn.Module) -> torch.Tensor | None:
+        """The bucket ids given to an attention sublayer: a match layer's, else None."""
+        return self.match_buckets if attn.kind == "match" else None
 
 
 NO_SOURCE = Source()
@@ -85,7 +91,7 @@ def plain_stack(layers: nn.ModuleList, x: torch.Tensor, dtype: torch.dtype | Non
     """The mean of the two streams after `layers`, with ordinary autograd."""
     x1 = x2 = x.to(dtype or x.dtype)
     for layer in layers:
-        a = layer.attn(x2, lengths=src.lengths)[0]
+        a = layer.attn(x2, src.buckets_for(layer.attn), lengths=src.lengths)[0]
         if layer.cross is not None:
             a = a + layer.cross(x2, src.memory, src.memory_lengths)
         x1 = x1 + a
@@ -105,7 +111,7 @@ def stack_in_place(layers: nn.ModuleList, x: torch.Tensor, dtype: torch.dtype,
     rng, buckets = [], []
     for layer in layers:
         s_attn = _rng_state(x.device) if layer.training else None
-        buckets.append(layer.attn.add_to(x1, x2, src.lengths))
+        buckets.append(layer.attn.add_to(x1, x2, src.lengths, src.buckets_for(layer.attn)))
         s_cross = _rng_state(x.device) if layer.training else None
         if layer.cross is not None:
             layer.cross.add_to(x1, x2, src.memory, src.memory_lengths)

@@ -7,11 +7,14 @@ decoding/generate.py's).
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..attention.cross import Alignment, CrossAttention
+from ..attention.matching import context_buckets, next_bucket
 from ..attention.module import Attention
 from ..config import ReformerConfig
 from ..decoding.cache import DecodeCache
@@ -111,23 +114,38 @@ class ReformerLM(nn.Module):
         tables = [self.embed.weight, *self.pos.axes]
         k, V = self.cfg.kmer_embedding, self.cfg.vocab_size
         if k > 1:
-            if before is None:
-                before = tokens.new_full((B, k - 1), V)
+            before = (tokens.new_full((B, k - 1), V) if before is None
+                      else before[:, before.shape[1] - (k - 1):])
             ext = torch.cat([before, tokens], dim=1)
             for j in range(1, k):  # the token j back, from table j (rows offset by j - 1)
                 ids.append(ext[:, k - 1 - j:k - 1 - j + L] + (j - 1) * (V + 1))
                 tables.append(self.embed_prev.weight)
         return ids, tables
 
+    @property
+    def _history(self) -> int:
+        """How many past tokens a decoding step reads: the k-mer embedding's and the match
+        layers' contexts."""
+        match = max(self.cfg.match_k) if self.cfg.has_match else 0
+        return max(self.cfg.kmer_embedding - 1, match)
+
     def _recent(self, tokens: torch.Tensor, before: torch.Tensor | None) -> torch.Tensor | None:
-        """The last kmer_embedding - 1 tokens after appending `tokens`, for the next step."""
-        k = self.cfg.kmer_embedding
-        if k == 1:
+        """The last `_history` tokens after appending `tokens`, for the next step (the
+        vocabulary size stands for "before the sequence")."""
+        n = self._history
+        if n == 0:
             return None
         if before is None:
-            before = tokens.new_full((tokens.shape[0], k - 1), self.cfg.vocab_size)
+            before = tokens.new_full((tokens.shape[0], n), self.cfg.vocab_size)
         # contiguous: a compiled step would recompile for each new stride
-        return torch.cat([before, tokens], dim=1)[:, -(k - 1):].contiguous()
+        return torch.cat([before, tokens], dim=1)[:, -n:].contiguous()
+
+    def _with_contexts(self, tokens: torch.Tensor, src: Source) -> Source:
+        """src with the match layers' context buckets of tokens, if the model has any."""
+        if not self.cfg.has_match:
+            return src
+        return replace(src, match_buckets=context_buckets(tokens, self.cfg.match_k,
+                                                          self.cfg.vocab_size))
 
     def _streams(self, x: torch.Tensor) -> torch.dtype:
         return stream_dtype(x, self.cfg.exact_streams)
@@ -142,6 +160,7 @@ class ReformerLM(nn.Module):
         if not -1 <= layer < n:
             raise ValueError(f"layer must be in -1..{n - 1}, got {layer}")
         x = self._embed(tokens)
+        src = self._with_contexts(tokens, src)
         if layer >= 0:
             return plain_stack(self.layers[:layer + 1], x, self._streams(x), src)
         if not torch.is_grad_enabled():
@@ -181,11 +200,12 @@ class ReformerLM(nn.Module):
         if src.memory is not None:
             cross = [layer.cross.keys_values(src.memory) for layer in self.layers]
         x = self._embed(prompt)
+        src = self._with_contexts(prompt, src)
         x1 = x2 = x.to(self._streams(x))
         caches = []
         positions = torch.arange(prompt.shape[1], device=prompt.device)
         for i, layer in enumerate(self.layers):
-            a, cache = layer.attn.prefill(x2, capacity)
+            a, cache = layer.attn.prefill(x2, capacity, src.buckets_for(layer.attn))
             if cross is not None:
                 a = a + layer.cross(x2, None, src.memory_lengths, kv=cross[i],
                                     positions=positions)
@@ -216,16 +236,18 @@ class ReformerLM(nn.Module):
         # as _embed, without its length check (a Python int) and autograd's row sums
         ids, tables = self._embedding_rows(token.unsqueeze(1), t.view(1), cache.recent)
         x = sum(table[i] for table, i in zip(tables, ids))
+        recent = self._recent(token.unsqueeze(1), cache.recent)
+        bucket = (next_bucket(recent, self.cfg.match_k, self.cfg.vocab_size)
+                  if self.cfg.has_match else None)
         x1 = x2 = x.to(self._streams(x))
         for i, (layer, c) in enumerate(zip(self.layers, cache.layers)):
-            a = layer.attn.step(x2, c, t)
+            a = layer.attn.step(x2, c, t, bucket if layer.attn.kind == "match" else None)
             if cache.cross is not None:
                 a = a + layer.cross(x2, None, cache.memory_lengths, kv=cache.cross[i],
                                     positions=t.view(1))
             x1 = x1 + a
             x2 = x2 + layer.ff(x1)
         t.add_(1)
-        recent = self._recent(token.unsqueeze(1), cache.recent)
         return self.head(self.norm(stream_mean(x1, x2, x.dtype)))[:, 0], recent
 
     def compile_decoding(self, mode: str | None = None, enabled: bool = True) -> None:
