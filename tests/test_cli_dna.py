@@ -91,6 +91,46 @@ def test_score_tsv_bedgraph_and_both_strands(trained, query, tmp_path):
     assert code == 0 and both.read_text() != tsv.read_text()
 
 
+def test_score_context_is_manual_truncation(trained, query, tmp_path):
+    """--context N: each base is scored exactly as the model scores it from the documented
+    window of at most N bases before it (inference.context_start), cut by hand."""
+    import torch
+
+    from seqformer.pipeline.inference import context_start
+    from seqformer.pipeline.run_dir import load_run
+
+    path, _ = query
+    bed = tmp_path / "c.bedgraph"
+    code, text = run("score", "dna", "--model", trained, "--fasta", path, "--context", 64,
+                     "--per-base", bed)
+    assert code == 0, text
+    assert "at most 64 tokens of context" in " ".join(text.split())
+    per_base = [float(r.split("\t")[3]) for r in bed.read_text().strip().split("\n")[1:701]]
+    model, domain, _ = load_run(trained, "dna")
+    tokens = next(iter(domain.read(path))).tokens
+    for i in (0, 1, 63, 64, 65, 95, 96, 97, 130, 511, 699):
+        start = context_start(i, 64)
+        x = (np.concatenate([[domain.sep_id], tokens[:i]]) if i < 64
+             else tokens[start:i])  # the window's inputs up to the base's own position
+        assert len(x) <= 64 and (i < 64 or len(x) > 32)
+        with torch.no_grad():
+            logits = model(torch.from_numpy(x.astype(np.int64))[None])[0, -1]
+        want = torch.log_softmax(logits.double(), -1)[int(tokens[i])].item()
+        assert abs(per_base[i] - want) < 1e-4, (i, per_base[i], want)
+    # a longer context changes the scores of bases beyond it
+    default = tmp_path / "d.bedgraph"
+    assert run("score", "dna", "--model", trained, "--fasta", path, "--per-base", default)[0] == 0
+    assert default.read_text() != bed.read_text()
+
+
+@pytest.mark.parametrize("context", [1, 513])
+def test_context_outside_the_model_is_one_clear_error(trained, query, tmp_path, context):
+    code, text = run("score", "dna", "--model", trained, "--fasta", query[0], "--context",
+                     context)
+    assert code == 2 and "Traceback" not in text
+    assert f"--context {context}: must be between 2 and the model's max_seq_len (512)" in text
+
+
 def test_embed_hdf5_layout(trained, query, tmp_path):
     path, _ = query
     out = tmp_path / "e.h5"

@@ -131,3 +131,18 @@ def test_bad_sampling_options_are_one_clear_error(trained, tmp_path, option, val
                      option, value)
     assert code == 2 and text.startswith(f"error: {option} must be") and "Traceback" not in text
     assert not out.exists()
+
+
+def test_pieces_many_windows_long_get_the_long_context_hint(capsys):
+    from seqformer.cli.train import long_context_hint
+
+    cfg = {"domain": "midi", "data": {"seq_len": 1024}, "model": {"attn": "local"}}
+    long_context_hint(cfg, [500, 5000, 97_000])
+    said = " ".join(capsys.readouterr().err.split())
+    assert "2 of these pieces are over 4 windows of 1,024 tokens long (the longest 97,000)" in said
+    assert "--config midi-long" in said
+    for quiet_cfg, lengths in [(cfg, [500, 4096]),
+                               ({**cfg, "model": {"attn": ["local", "match"]}}, [97_000]),
+                               ({**cfg, "domain": "dna"}, [97_000])]:
+        long_context_hint(quiet_cfg, lengths)
+        assert capsys.readouterr().err == ""

@@ -15,6 +15,8 @@ from seqformer.core.layers.axial_positions import AxialPositionalEmbedding
     (dict(bucket_size=0), "bucket_size"),
     (dict(dropout=1.0), "dropout"),
     (dict(ff_chunk_size=0), "ff_chunk_size"),
+    (dict(attn="match", match_k=()), "match_k"),
+    (dict(attn="match", match_k=(16, 0)), "match_k"),
 ])
 def test_invalid_config_names_the_field(kw, field):
     with pytest.raises(ConfigError, match=f"^{field}:"):
@@ -94,3 +96,27 @@ def test_overrides_read_numbers_as_a_user_types_them(text, value):
 
     section, key = text.split("=")[0].split(".")
     assert parse_override(text) == {section: {key: value}}
+
+
+LM_PRESETS = ["dna-quick", "dna-tiny", "dna-ecoli-cpu", "dna-ecoli-gpu", "dna-100k",
+              "dna-long", "midi-quick", "midi-tiny", "midi-100k", "midi-long"]
+
+
+@pytest.mark.parametrize("preset", LM_PRESETS)
+def test_every_shipped_language_model_preset_resolves_to_a_valid_model(preset):
+    from seqformer.pipeline.run_config import model_config, resolve
+
+    from cli_helpers import REPO
+
+    path = REPO / "configs" / f"{preset}.yaml"
+    domain = "midi" if preset.startswith("midi") else "dna"
+    cfg = model_config(resolve(domain, 400, path))
+    assert cfg.max_seq_len >= resolve(domain, 400, path)["data"]["seq_len"]
+    if preset.endswith("-long"):  # the long-context presets read 16K tokens with match layers
+        assert cfg.has_match and cfg.max_seq_len >= 16384
+
+
+def test_match_k_round_trips_through_a_saved_config():
+    cfg = ReformerConfig(attn=["local", "match"], n_layers=2, match_k=[8, 16])
+    assert cfg.match_k == (8, 16) and cfg.to_dict()["match_k"] == [8, 16]
+    assert ReformerConfig.from_dict(cfg.to_dict()).match_k == (8, 16)

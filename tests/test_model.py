@@ -155,6 +155,34 @@ def test_chunked_feed_forward_equals_unchunked():
         torch.testing.assert_close(chunked(x), m(x), atol=1e-6, rtol=1e-6)
 
 
+def test_default_feed_forward_chunks_by_length_without_changing_results(monkeypatch):
+    """ff_chunk_size=None: pieces of at most FF_ROWS (batch x position) rows; values and
+    the reversible backward's gradients equal those of one piece."""
+    from seqformer.core.layers import feedforward
+
+    m = model()
+    x = tokens(50)
+
+    def run():
+        m.zero_grad()
+        torch.manual_seed(0)
+        m.train()
+        m.loss(x).backward()
+        grads = [p.grad.clone() for p in m.parameters()]
+        m.eval()
+        with torch.no_grad():
+            return m(x), grads
+
+    whole, whole_grads = run()
+    assert len(m.layers[0].ff.chunks(torch.zeros(2, 50, 32))) == 1
+    monkeypatch.setattr(feedforward, "FF_ROWS", 20)  # 10 positions of a batch of 2
+    assert [p.shape[1] for p in m.layers[0].ff.chunks(torch.zeros(2, 50, 32))] == [10] * 5
+    chunked, chunked_grads = run()
+    torch.testing.assert_close(chunked, whole, atol=1e-6, rtol=1e-6)
+    for a, b in zip(chunked_grads, whole_grads):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
 def test_hidden_states_and_tied_head():
     m = model()
     x = tokens(30)

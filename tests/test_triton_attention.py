@@ -3,7 +3,7 @@
 Without a GPU the kernels run on CPU tensors through Triton's interpreter (conftest sets
 TRITON_INTERPRET=1 before they are defined): the same kernel source, executed with numpy,
 so masks, tiling, the online softmax, the epilogue merge of rounds and the backward are
-all checked here; only speed needs a GPU (benchmarks/gpu_issue12.sh)."""
+all checked here; only speed needs a GPU (benchmarks/gpu_check.sh)."""
 
 from __future__ import annotations
 

@@ -45,16 +45,31 @@ Features = Annotated[str | None, typer.Option(
 Regions = Annotated[Path | None, typer.Option(
     "--regions", help="each region of a BED file instead of each record (BED6 strand "
     "respected)")]
+Context = Annotated[int | None, typer.Option(
+    "--context", help="score each token with at most this many preceding tokens of its "
+    "record, in windows of this length overlapping by half (default: the model's training "
+    "window)")]
 Flank = Annotated[int | None, typer.Option(
     "--flank", help="bases of the record 5' of a feature read as its context (default: "
     "enough to fill the window, at least half of it)")]
 
 
+def scoring_window(context: int | None, cfg: dict, max_seq_len: int) -> int:
+    """The window tokens are scored in: --context, or the training window."""
+    if context is None:
+        return int(cfg["data"]["seq_len"])
+    if not 2 <= context <= max_seq_len:
+        raise InputError(f"--context {context}: must be between 2 and the model's "
+                         f"max_seq_len ({max_seq_len:,})")
+    return context
+
+
 def score_records(domain_name: str, model_dir: Path, inputs: list[Path], out_path: Path | None,
-                  force: bool, per_base: Path | None = None, both_strands: bool = False
-                  ) -> None:
+                  force: bool, per_base: Path | None = None, both_strands: bool = False,
+                  context: int | None = None) -> None:
     """A row per record: log-likelihood, bits per token, perplexity, the Markov baseline's
-    bits and, for timed records (MIDI), nats per second; per-base tracks on request."""
+    bits and, for timed records (MIDI), nats per second; per-base tracks on request.
+    context: the scoring window (`scoring_window`)."""
     for p in (out_path, per_base):
         if p is not None:
             check_output(p, force)
@@ -65,7 +80,7 @@ def score_records(domain_name: str, model_dir: Path, inputs: list[Path], out_pat
             raise InputError(f"--per-base {per_base}: writing bigWig needs pyBigWig: pip install "
                              "'seqformer[tracks]' (a .bedgraph path needs nothing)") from None
     model, domain, cfg = load_run(model_dir, domain_name)
-    window = int(cfg["data"]["seq_len"])
+    window = scoring_window(context, cfg, model.max_seq_len)
     records = read_all(domain, inputs)
     scores, per_position = [], []
     with progress() as bar:
@@ -90,7 +105,8 @@ def score_records(domain_name: str, model_dir: Path, inputs: list[Path], out_pat
     if per_second:
         columns.append("nll nats/s")
         header.append("nll_nats_per_second")
-    table = Table(title=f"{model_dir.name}: log-likelihood")
+    table = Table(title=f"{model_dir.name}: log-likelihood, at most {window:,} tokens of "
+                        "context")
     for col in columns:
         table.add_column(col, justify="right" if col != "record" else "left")
     rows, totals = [], np.zeros(3)
@@ -157,12 +173,13 @@ def selected_features(domain: Domain, inputs: list[Path], features: str | None,
 
 
 def score_each_feature(model_dir: Path, inputs: list[Path], out_path: Path | None, force: bool,
-                       features: str | None, regions: Path | None, flank: int | None) -> None:
+                       features: str | None, regions: Path | None, flank: int | None,
+                       context: int | None = None) -> None:
     """One row per annotated feature of the given types, or per BED region."""
     if out_path is not None:
         check_output(out_path, force)
     model, domain, cfg = load_run(model_dir, "dna")
-    window = int(cfg["data"]["seq_len"])
+    window = scoring_window(context, cfg, model.max_seq_len)
     pairs = selected_features(domain, inputs, features, regions, flank, window)
     with progress() as bar:
         task = bar.add_task("scoring features", total=sum(len(r.tokens) for _, r in pairs))
@@ -203,27 +220,27 @@ def score_dna(model: ModelOpt, fasta: Annotated[list[Path], typer.Option(
               both_strands: Annotated[bool, typer.Option(
                   "--both-strands", help="average with the reverse complement")] = False,
               features: Features = None,
-              regions: Regions = None, flank: Flank = None,
+              regions: Regions = None, flank: Flank = None, context: Context = None,
               force: Force = False) -> None:
     """Log-likelihood, bits per base and perplexity of each record, or of each feature."""
     if features is not None or regions is not None:
         if per_base is not None or both_strands:
             raise InputError("--features/--regions score each feature on its own strand: "
                              "they do not combine with --per-base or --both-strands")
-        score_each_feature(model, fasta, out_path, force, features, regions, flank)
+        score_each_feature(model, fasta, out_path, force, features, regions, flank, context)
         return
     if flank is not None:
         raise InputError("--flank goes with --features or --regions")
-    score_records("dna", model, fasta, out_path, force, per_base, both_strands)
+    score_records("dna", model, fasta, out_path, force, per_base, both_strands, context)
 
 
 @app.command("midi")
 @clean_errors
 def score_midi(model: ModelOpt, midi: Annotated[list[Path], typer.Option("--midi")],
                out_path: Annotated[Path | None, typer.Option("--out")] = None,
-               force: Force = False) -> None:
+               context: Context = None, force: Force = False) -> None:
     """Negative log-likelihood per token and per second of each piece."""
-    score_records("midi", model, midi, out_path, force)
+    score_records("midi", model, midi, out_path, force, context=context)
 
 
 @app.command("seq2seq")

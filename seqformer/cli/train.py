@@ -66,8 +66,9 @@ def train_lm(domain_name: str, inputs: list[Path], opts: Training, options: dict
     cfg = prepare_run(run, "lm", opts.resume, opts.force, opts.max_steps, new_config)
     # tokenize first, under its own progress display (Lightning's bar comes after it)
     with tokenizing() as advance:
-        tokenize(cfg, inputs, run, on_tokens=advance,
-                 on_record=lambda rid, n: note(f"tokenized {rid} ({n:,} tokens)"))
+        store = tokenize(cfg, inputs, run, on_tokens=advance,
+                         on_record=lambda rid, n: note(f"tokenized {rid} ({n:,} tokens)"))
+    long_context_hint(cfg, [r.length for r in store.records])
     summary = train(cfg, inputs, run, resume=opts.resume)
     if not summary:
         return
@@ -81,6 +82,21 @@ def train_lm(domain_name: str, inputs: list[Path], opts: Training, options: dict
         out.print(against_baseline(summary["val_bits"], summary["baseline"], unit(domain_name)))
     else:
         out.print(f"validation {summary['val_bits']:.4f} bits/{unit(domain_name)}")
+
+
+def long_context_hint(cfg: dict, lengths: list[int]) -> None:
+    """Pieces many windows long, for a model that sees one window and cannot copy from
+    further back: say that the long-context preset exists."""
+    window = int(cfg["data"]["seq_len"])
+    attn = cfg["model"].get("attn")
+    if cfg["domain"] != "midi" or "match" in (attn if isinstance(attn, list) else [attn]):
+        return
+    long = [n for n in lengths if n > 4 * window]
+    if long:
+        note(f"note: {len(long)} of these pieces are over 4 windows of {window:,} tokens long "
+             f"(the longest {max(long):,}); this model cannot use what repeats further back. "
+             "--config midi-long reads 16,384 tokens at once and copies from far back with "
+             "match attention (docs/long-context.md).")
 
 
 @app.command("dna")

@@ -35,6 +35,8 @@ class ReformerConfig:
     n_hashes: int = 4
     causal: bool = True
     reversible: bool = True
+    # the feed-forward runs this many positions at a time (None: as many as keep a piece
+    # within 16,384 batch x position rows, layers/feedforward.py); results do not depend on it
     ff_chunk_size: int | None = None
     axial_shape: tuple[int, ...] | None = None
     max_seq_len: int = 131072

@@ -6,13 +6,19 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# chunk_size=None: pieces of at most this many (batch x position) rows, so the d_ff-wide
+# intermediate of a long sequence is bounded (with d_ff 2048, 128 MiB of float32 per
+# copy) while inputs up to this size run in one piece
+FF_ROWS = 16384
+
 
 class FeedForward(nn.Module):
     """LayerNorm -> Linear -> GELU -> Linear, with dropout after both activations.
 
-    With `chunk_size` the sequence is processed `chunk_size` positions at a time, so the
-    d_ff-wide intermediate never exists for the whole sequence at once. The reversible
-    stack also back-propagates chunk by chunk, so the saving holds in training too.
+    The sequence is processed `chunk_size` positions at a time (None: as many as keep a
+    piece within FF_ROWS rows), so the d_ff-wide intermediate never exists for the whole
+    of a long sequence at once. The reversible stack also back-propagates chunk by chunk,
+    so the saving holds in training too. Results do not depend on the chunking.
     """
 
     def __init__(self, d_model: int, d_ff: int, dropout: float, chunk_size: int | None):
@@ -30,7 +36,12 @@ class FeedForward(nn.Module):
 
     def chunks(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The pieces (along the sequence, dim -2) that `forward` processes one by one."""
-        return (x,) if self.chunk_size is None else x.split(self.chunk_size, dim=-2)
+        size = self.chunk_size
+        if size is None:
+            length = x.shape[-2]
+            rows_per_position = x.numel() // max(1, length * x.shape[-1])
+            size = max(1, FF_ROWS // max(1, rows_per_position))
+        return (x,) if size >= x.shape[-2] else x.split(size, dim=-2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pieces = self.chunks(x)

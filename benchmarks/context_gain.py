@@ -1,0 +1,117 @@
+"""Does a model use what lies far back? Bits per token at each scoring context, split into
+*repeat positions* and the rest.
+
+A position is a repeat position when the k tokens before it (16 for MIDI, 20 bases for
+DNA) occurred earlier in the same record and their most recent earlier occurrence is at
+least --min-distance tokens back (1,024): exactly the positions a model with a 1K
+receptive field cannot copy, and one that reads its context can make nearly free. The
+"copy" column is how often the token that followed that earlier occurrence follows
+again: what a perfect copier gets right there.
+
+    python benchmarks/context_gain.py --model runs/midi-long \\
+        --midi ../shared/data/midi/planetblupi/music003.mid \\
+               ../shared/data/midi/planetblupi/music005.mid \\
+        --contexts 1024 4096 16384
+
+Each context N scores every token with at most N preceding tokens of its own record, in
+windows of N overlapping by half (`seqformer score --context N`; docs/long-context.md).
+Contexts beyond the model's max_seq_len are skipped. --first N scores only the first N
+tokens of each record (quicker).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from seqformer.pipeline.inference import token_log_likelihoods
+from seqformer.pipeline.run_dir import load_run
+
+
+def repeat_positions(tokens: np.ndarray, k: int, min_distance: int
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """(repeat, copy_right), bool (n,): position i is a repeat when tokens[i-k:i] occurred
+    before and its latest earlier occurrence, tokens[j-k:j] with j < i, has i - j >=
+    min_distance; copy_right: tokens[j] == tokens[i] there."""
+    n = len(tokens)
+    repeat = np.zeros(n, dtype=bool)
+    copy_right = np.zeros(n, dtype=bool)
+    if n <= k:
+        return repeat, copy_right
+    windows = np.lib.stride_tricks.sliding_window_view(np.asarray(tokens, dtype=np.int64), k)
+    last: dict[bytes, int] = {}
+    for i in range(k, n):
+        key = windows[i - k].tobytes()  # tokens[i-k:i]
+        j = last.get(key)
+        if j is not None and i - j >= min_distance:
+            repeat[i] = True
+            copy_right[i] = tokens[j] == tokens[i]
+        last[key] = i
+    return repeat, copy_right
+
+
+def context_gain(model_dir: Path, domain_name: str, files: list[Path], contexts: list[int],
+                 k: int, min_distance: int, first: int | None) -> dict:
+    model, domain, _ = load_run(model_dir, domain_name)
+    records = [rec for f in files for rec in domain.read(f)]
+    tokens = [rec.tokens[:first] if first else rec.tokens for rec in records]
+    masks = [repeat_positions(t, k, min_distance) for t in tokens]
+    repeat = np.concatenate([m[0] for m in masks])
+    copy = np.concatenate([m[1] for m in masks])
+    rows = []
+    for n in contexts:
+        if n > model.max_seq_len:
+            print(f"context {n:,}: beyond the model's max_seq_len ({model.max_seq_len:,}), "
+                  "skipped")
+            continue
+        bits = -np.concatenate([token_log_likelihoods(model, t, domain.sep_id, n)
+                                for t in tokens]) / np.log(2)
+        rows.append({"context": n, "bits": float(bits.mean()),
+                     "bits_repeat": float(bits[repeat].mean()) if repeat.any() else None,
+                     "bits_rest": float(bits[~repeat].mean())})
+    return {"model": str(model_dir), "records": [r.id for r in records],
+            "tokens": int(len(repeat)), "repeat_share": float(repeat.mean()),
+            "copy_right": float(copy[repeat].mean()) if repeat.any() else None,
+            "k": k, "min_distance": min_distance, "rows": rows}
+
+
+def markdown(result: dict) -> str:
+    lines = [f"{result['model']} on {', '.join(result['records'])}: {result['tokens']:,} "
+             f"tokens, {result['repeat_share']:.1%} repeat positions (last {result['k']} "
+             f"tokens seen >= {result['min_distance']:,} back; a copy is right "
+             f"{(result['copy_right'] or 0):.1%} of the time there)", "",
+             "| context | bits/token | on repeat positions | elsewhere |",
+             "|---:|---:|---:|---:|"]
+    for r in result["rows"]:
+        rep = "-" if r["bits_repeat"] is None else f"{r['bits_repeat']:.3f}"
+        lines.append(f"| {r['context']:,} | {r['bits']:.3f} | {rep} | {r['bits_rest']:.3f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, required=True)
+    inputs = ap.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--midi", type=Path, nargs="+")
+    inputs.add_argument("--fasta", type=Path, nargs="+")
+    ap.add_argument("--contexts", type=int, nargs="+", default=[1024, 4096, 16384, 65536])
+    ap.add_argument("--k", type=int, help="context tokens that must repeat (16 MIDI, 20 DNA)")
+    ap.add_argument("--min-distance", type=int, default=1024)
+    ap.add_argument("--first", type=int, help="score only the first N tokens of each record")
+    ap.add_argument("--json", type=Path, help="also write the result here")
+    args = ap.parse_args()
+    domain = "midi" if args.midi else "dna"
+    k = args.k or (16 if domain == "midi" else 20)
+    result = context_gain(args.model, domain, args.midi or args.fasta, args.contexts, k,
+                          args.min_distance, args.first)
+    print(markdown(result))
+    if args.json:
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""Does a continuation keep the piece's form? Continue a held-out piece from its first
+--prompt tokens for --length tokens and compare how much of the continuation repeats
+what came 1K+ tokens before (the share of positions whose last 16 tokens were last seen
+at least 1,024 tokens back, as in context_gain.py) with the real piece over the same
+span; and report the longest run copied verbatim from the prompt (form, not wholesale
+copying).
+
+    python benchmarks/continuation_form.py --model runs/midi-long \\
+        --midi ../shared/data/midi/planetblupi/music003.mid --prompt 4096 --length 20000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+from context_gain import repeat_positions
+
+from seqformer.cli.sample import sample_lm
+
+
+def longest_copied_run(source: np.ndarray, text: np.ndarray) -> int:
+    """The length of the longest run of `text` that occurs in `source` (binary search over
+    the length with 64-bit rolling hashes)."""
+    base = np.uint64(1_000_003)
+
+    def grams(t: np.ndarray, n: int) -> np.ndarray:
+        t = t.astype(np.uint64) + np.uint64(1)
+        prefix = np.zeros(len(t) + 1, dtype=np.uint64)
+        with np.errstate(over="ignore"):
+            for i, v in enumerate(t):
+                prefix[i + 1] = prefix[i] * base + v
+            power = np.uint64(1)
+            for _ in range(n):
+                power *= base
+            return prefix[n:] - prefix[:-n] * power
+
+    def found(n: int) -> bool:
+        return n == 0 or bool(np.isin(grams(text, n), grams(source, n)).any())
+
+    lo, hi = 0, min(len(source), len(text))
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        lo, hi = (mid, hi) if found(mid) else (lo, mid - 1)
+    return lo
+
+
+def continuation_form(model_dir: Path, piece: Path, prompt_len: int, length: int, seed: int,
+                      temperature: float, k: int, min_distance: int) -> dict:
+    holder = {}
+
+    def prompt_tokens(domain):  # noqa: ANN001, ANN202
+        holder["real"] = list(domain.read(piece))[0].tokens
+        return holder["real"][:prompt_len]
+
+    _, prompt, samples = sample_lm("midi", model_dir, prompt_tokens, length, temperature,
+                                   None, None, seed)
+    real = holder["real"][:prompt_len + length]
+    made = np.concatenate([prompt, samples[0][:length]])
+    share = {}
+    for name, seq in (("real", real), ("sample", made)):
+        repeat, _ = repeat_positions(seq, k, min_distance)
+        share[name] = float(repeat[prompt_len:].mean())
+    return {"model": str(model_dir), "piece": piece.name, "prompt": prompt_len,
+            "length": length, "seed": seed, "temperature": temperature,
+            "repeat_share_real": share["real"], "repeat_share_sample": share["sample"],
+            "longest_copied_run": longest_copied_run(made[:prompt_len], made[prompt_len:])}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", type=Path, required=True)
+    ap.add_argument("--midi", type=Path, required=True)
+    ap.add_argument("--prompt", type=int, default=4096)
+    ap.add_argument("--length", type=int, default=20000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--k", type=int, default=16)
+    ap.add_argument("--min-distance", type=int, default=1024)
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args()
+    r = continuation_form(args.model, args.midi, args.prompt, args.length, args.seed,
+                          args.temperature, args.k, args.min_distance)
+    print(f"| model | piece | prompt | continuation | repeat share (real) | repeat share "
+          f"(sample) | longest run copied from the prompt |\n|---|---|---:|---:|---:|---:|---:|\n"
+          f"| {r['model']} | {r['piece']} | {r['prompt']:,} | {r['length']:,} | "
+          f"{r['repeat_share_real']:.1%} | {r['repeat_share_sample']:.1%} | "
+          f"{r['longest_copied_run']:,} tokens |")
+    if args.json:
+        args.json.write_text(json.dumps(r, indent=1))
+
+
+if __name__ == "__main__":
+    main()
