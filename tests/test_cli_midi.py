@@ -142,7 +142,8 @@ def test_pieces_many_windows_long_get_the_long_context_hint(capsys):
     assert "2 of these pieces are over 4 windows of 1,024 tokens long (the longest 97,000)" in said
     assert "--config midi-long" in said
     for quiet_cfg, lengths in [(cfg, [500, 4096]),
-                               ({**cfg, "model": {"attn": ["local", "match"]}}, [97_000]),
+                               ({**cfg, "model": {"attn": ["local", "match"], "n_layers": 2}},
+                                [97_000]),
                                ({**cfg, "domain": "dna"}, [97_000])]:
         long_context_hint(quiet_cfg, lengths)
         assert capsys.readouterr().err == ""

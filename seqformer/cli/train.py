@@ -87,10 +87,9 @@ def train_lm(domain_name: str, inputs: list[Path], opts: Training, options: dict
 def long_context_hint(cfg: dict, lengths: list[int]) -> None:
     """Pieces many windows long, for a model that sees one window and cannot copy from
     further back: say that the long-context preset exists."""
-    window = int(cfg["data"]["seq_len"])
-    attn = cfg["model"].get("attn")
-    if cfg["domain"] != "midi" or "match" in (attn if isinstance(attn, list) else [attn]):
+    if cfg["domain"] != "midi" or run_config.model_config(cfg).has_match:
         return
+    window = int(cfg["data"]["seq_len"])
     long = [n for n in lengths if n > 4 * window]
     if long:
         note(f"note: {len(long)} of these pieces are over 4 windows of {window:,} tokens long "
