@@ -62,10 +62,28 @@ class RoundLayout:
     look_ahead: int
     back: int  # a query at sorted position i sees keys in [i - back, i + ahead]
     ahead: int
+    in_order: bool = False  # local and full: sorted order is position order
 
     @property
     def rows(self) -> torch.Tensor:  # (G, nb, blk)
         return self.order.view(self.order.shape[0], -1, self.blk)
+
+    def sorted_rows(self, flat: torch.Tensor) -> torch.Tensor:
+        """flat (G * Lp [+ more], ...) in sorted order as blocks (G, nb, blk, ...): a view
+        when the round is in position order, a gather otherwise."""
+        rows = self.rows
+        if self.in_order:
+            return flat[:rows.numel()].view(*rows.shape, *flat.shape[1:])
+        return flat.index_select(0, rows.reshape(-1)).view(*rows.shape, *flat.shape[1:])
+
+    def sorted_padded(self, flat: torch.Tensor) -> torch.Tensor:
+        """flat (G * Lp + 1, D), its last row zero, as the band kernel's key blocks (G,
+        look_back + nb + look_ahead, blk, D), the empty blocks zero."""
+        if self.in_order:
+            pad = (0, 0, 0, 0, self.look_back, self.look_ahead)
+            return F.pad(self.sorted_rows(flat), pad)
+        padded = self.rows_padded(flat.shape[0] - 1)
+        return flat.index_select(0, padded.reshape(-1)).view(*padded.shape, flat.shape[-1])
 
     def rows_padded(self, zero_row: int) -> torch.Tensor:
         """(G, look_back + nb + look_ahead, blk): empty blocks point at the zero row."""
@@ -115,7 +133,7 @@ def _round_layout(kind: str, buckets: torch.Tensor | None, G: int, L: int, Lp: i
     look_ahead = 0 if causal or kind == "full" else min(math.ceil((bs - 1) / blk), nb - 1)
     order = order + torch.arange(G, device=device).unsqueeze(-1) * Lp
     return RoundLayout(order, group.reshape(G, Lp).to(torch.int32).contiguous(), blk, look_back,
-                  look_ahead, back, ahead)
+                       look_ahead, back, ahead, in_order=kind != "lsh")
 
 
 

@@ -22,9 +22,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..config import ConfigError
+from ..layers.dropout import dropout
 from ..precision import acc_dtype
 
 # Scores held at once per block, (B x H x queries x S) elements: bounded working memory
@@ -193,7 +193,7 @@ class CrossAttention(nn.Module):
             o = aligned_cross_attention(q, k, v, idx, real, self.offset_bias)
         B, H, T, D = o.shape
         y = self.to_out(o.transpose(1, 2).reshape(B, T, H * D))
-        return F.dropout(y, self.dropout, self.training)
+        return dropout(y, self.dropout, self.training)
 
     @torch.no_grad()
     def add_to(self, y: torch.Tensor, x: torch.Tensor, memory: torch.Tensor,

@@ -145,16 +145,21 @@ def _forward_and_grads(q, v, buckets, bs, causal, d_out, backend):  # noqa: ANN0
 def _flat_inputs(q: torch.Tensor, v: torch.Tensor, Lp: int
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Scaled queries (G * Lp, D), and keys (the normalized queries) and values with one
-    zero row appended (G * Lp + 1, D), padded to Lp positions."""
+    zero row appended (G * Lp + 1, D), padded to Lp positions: each written once into its
+    new tensor (they are the largest tensors of the step besides the projections')."""
     B, H, L, D = q.shape
-    k = F.normalize(q, dim=-1).to(q.dtype)  # autocast computes norms in float32
-    q = q * D ** -0.5
+    # autocast computes norms in float32
+    inv_norm = torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min_(1e-12).reciprocal_()
 
-    def flat(t: torch.Tensor, zero_row: bool) -> torch.Tensor:
-        t = F.pad(t, (0, 0, 0, Lp - L)).reshape(-1, D)
-        return torch.cat([t, t.new_zeros(1, D)]) if zero_row else t
+    def flat(zero_row: bool, a: torch.Tensor, b: torch.Tensor | float) -> torch.Tensor:
+        out = q.new_empty(B * H * Lp + zero_row, D)
+        body = out[:B * H * Lp].view(B, H, Lp, D)
+        torch.mul(a, b, out=body[:, :, :L])
+        body[:, :, L:].zero_()
+        out[B * H * Lp:].zero_()
+        return out
 
-    return flat(q, False), flat(k, True), flat(v, True)
+    return flat(False, q, D ** -0.5), flat(True, q, inv_norm.to(q.dtype)), flat(True, v, 1.0)
 
 
 def _gather(flat: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -168,8 +173,7 @@ def _round_forward(qf, kf, vf, rd: RoundLayout, bs, causal, backend):  # noqa: A
         out, lse = kernels_flex.flex_band_attention(
             *(_gather(t, rd.order) for t in (qf, kf, vf)), rd.group_flat, bs, causal)
     else:
-        padded = rd.rows_padded(kf.shape[0] - 1)
-        out, lse = band_forward(_gather(qf, rd.rows), _gather(kf, padded), _gather(vf, padded),
+        out, lse = band_forward(rd.sorted_rows(qf), rd.sorted_padded(kf), rd.sorted_padded(vf),
                                 rd.group(), rd.look_back, rd.look_ahead, causal)
     return out.reshape(-1, D), lse.reshape(-1)
 
@@ -215,10 +219,12 @@ def _merge_rounds(qf, kf, vf, rounds, bs, causal, backend):  # noqa: ANN001, ANN
     acc = acc_dtype(qf.dtype)
     out = m = norm = None
     for rd in rounds:
-        o_s, lse_s = _round_forward(qf, kf, vf, rd, bs, causal, backend)
-        rows = rd.order.reshape(-1)
-        o_r = qf.new_empty(o_s.shape, dtype=acc).index_copy_(0, rows, o_s.to(acc))
-        lse_r = qf.new_empty(lse_s.shape, dtype=acc).index_copy_(0, rows, lse_s.to(acc))
+        o_r, lse_r = _round_forward(qf, kf, vf, rd, bs, causal, backend)
+        o_r, lse_r = o_r.to(acc), lse_r.to(acc)
+        if not rd.in_order:
+            rows = rd.order.reshape(-1)
+            o_r = torch.empty_like(o_r).index_copy_(0, rows, o_r)
+            lse_r = torch.empty_like(lse_r).index_copy_(0, rows, lse_r)
         if out is None:
             out, m, norm = o_r, lse_r, torch.ones_like(lse_r)
             continue
@@ -279,14 +285,20 @@ def attention_backward(q: torch.Tensor, v: torch.Tensor, kind: str,
             kernels_flex.round_backward(qf, kf, vf, rd.order, rd.group_flat, bucket_size,
                                         causal, lse, delta, do, (dqf, dkf, dvf))
             continue
-        padded = rd.rows_padded(kf.shape[0] - 1)
         dq_s, dk_s, dv_s = band_backward(
-            _gather(qf, rd.rows), _gather(kf, padded), _gather(vf, padded), rd.group(),
-            rd.look_back, rd.look_ahead, causal, _gather(lse, rd.rows),
-            _gather(delta.unsqueeze(-1), rd.rows).squeeze(-1), _gather(do, rd.rows))
-        dqf.index_add_(0, rd.order.reshape(-1), dq_s.reshape(-1, D))
-        dkf.index_add_(0, padded.reshape(-1), dk_s.reshape(-1, D))
-        dvf.index_add_(0, padded.reshape(-1), dv_s.reshape(-1, D))
+            rd.sorted_rows(qf), rd.sorted_padded(kf), rd.sorted_padded(vf), rd.group(),
+            rd.look_back, rd.look_ahead, causal, rd.sorted_rows(lse), rd.sorted_rows(delta),
+            rd.sorted_rows(do))
+        if rd.in_order:  # the empty blocks' gradients belong to no key
+            nb = dq_s.shape[1]
+            dqf.add_(dq_s.view(dqf.shape))
+            for acc_flat, d_s in ((dkf, dk_s), (dvf, dv_s)):
+                acc_flat[:-1].view(dq_s.shape).add_(d_s[:, rd.look_back:rd.look_back + nb])
+        else:
+            padded = rd.rows_padded(kf.shape[0] - 1)
+            dqf.index_add_(0, rd.order.reshape(-1), dq_s.reshape(-1, D))
+            dkf.index_add_(0, padded.reshape(-1), dk_s.reshape(-1, D))
+            dvf.index_add_(0, padded.reshape(-1), dv_s.reshape(-1, D))
         del dq_s, dk_s, dv_s
     del qf, kf, vf, do, delta
     # keys are the normalized queries k = q / |q|: dq += (dk - k <k, dk>) / |q|

@@ -38,23 +38,27 @@ def _windows(rows: torch.Tensor, g: slice, k0: int, n: int, width: int) -> torch
 
 
 def _setup(blk: int, look_back: int, look_ahead: int, causal: bool, device: torch.device):
-    """The window width in blocks and the masks that are the same for every tile: a key's
-    sorted offset from the query decides causality (within a bucket sorted order is
-    position order) and which key is the query itself."""
+    """The window width in blocks, the mask of keys that are masked in every tile (a key's
+    sorted offset from the query decides causality: within a bucket sorted order is
+    position order; None when none is) and the diagonal that holds each query's own key."""
     width = look_back + look_ahead + 1
     offset = (torch.arange(width * blk, device=device) - look_back * blk
               - torch.arange(blk, device=device).unsqueeze(-1))
-    fixed_ok = offset <= 0 if causal else torch.ones_like(offset, dtype=torch.bool)
-    return width, fixed_ok, offset == 0
+    return width, (offset > 0 if causal else None), look_back * blk
 
 
-def _scores(qt, kw, gq, gk, fixed_ok, is_self):  # noqa: ANN001, ANN202
+def _scores(qt, kw, gq, gk, fixed_bad, self_diagonal):  # noqa: ANN001, ANN202
     # matmuls in the inputs' dtype (bf16 under autocast), softmax in float32 or wider
     s = torch.matmul(qt, kw.transpose(-1, -2))
     s = s.to(torch.promote_types(s.dtype, torch.float32))
     d = gq.unsqueeze(-1) - gk.unsqueeze(-2)
-    ok = (torch.bitwise_and(d, -2) == 0) & fixed_ok  # d in {0, 1}
-    return s.masked_fill_(~ok, float("-inf")).masked_fill_(is_self, SELF_SCORE)
+    bad = torch.bitwise_and(d, -2, out=d) != 0  # d not in {0, 1}
+    if fixed_bad is not None:
+        bad.logical_or_(fixed_bad)
+    s.masked_fill_(bad, float("-inf"))
+    # the query's own key: one diagonal of the tile, not a pass over it
+    s.diagonal(self_diagonal, -2, -1).fill_(SELF_SCORE)
+    return s
 
 
 def _tiles(q, k, group, look_back, width):  # noqa: ANN001, ANN202
@@ -91,12 +95,12 @@ def band_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: torch
     and look_ahead (la) after it. Returns the output (G, nb, blk, D) and the log-sum-exp
     (G, nb, blk), both float32 or wider.
     """
-    width, fixed_ok, is_self = _setup(q.shape[2], look_back, look_ahead, causal, q.device)
+    width, fixed_bad, self_diagonal = _setup(q.shape[2], look_back, look_ahead, causal, q.device)
     acc = acc_dtype(q.dtype)
     out = q.new_empty(q.shape, dtype=acc)
     lse = q.new_empty(q.shape[:-1], dtype=acc)
     for g, k0, n, qt, kw, gq, gk in _tiles(q, k, group, look_back, width):
-        s = _scores(qt, kw, gq, gk, fixed_ok, is_self)
+        s = _scores(qt, kw, gq, gk, fixed_bad, self_diagonal)
         # softmax is one fused pass; the log-sum-exp follows from the largest score and its
         # probability: lse = s_max - log p_max
         m = s.amax(dim=-1)
@@ -120,7 +124,7 @@ def band_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: torc
     `band_forward`; d_out (G, nb, blk, D). Returns dq (like q), dk and dv (like k and v),
     float32 or wider.
     """
-    width, fixed_ok, is_self = _setup(q.shape[2], look_back, look_ahead, causal, q.device)
+    width, fixed_bad, self_diagonal = _setup(q.shape[2], look_back, look_ahead, causal, q.device)
     blk = q.shape[2]
     acc = acc_dtype(q.dtype)
     dq = q.new_empty(q.shape, dtype=acc)
@@ -129,8 +133,8 @@ def band_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, group: torc
     d_out = d_out.to(q.dtype)
     for g, k0, n, qt, kw, gq, gk in _tiles(q, k, group, look_back, width):
         stats = lse[g, k0:k0 + n].unsqueeze(-2)
-        p = _scores(qt, kw, gq, gk, fixed_ok, is_self).sub_(stats[..., 0]).sub_(stats[..., 1])
-        p = p.exp_()
+        p = _scores(qt, kw, gq, gk, fixed_bad, self_diagonal)
+        p = p.sub_(stats[..., 0]).sub_(stats[..., 1]).exp_()
         do = d_out[g, k0:k0 + n]
         dv_w = torch.matmul(p.to(do.dtype).transpose(-1, -2), do)
         # d out_i / d s_ij = p_ij (v_j - out_i): ds = p * (<do, v_j> - delta_i)

@@ -17,6 +17,7 @@ import torch.nn.functional as F
 
 from ..config import ReformerConfig
 from ..decoding.cache import KVCache, LSHCache
+from ..layers.dropout import dropout_mask
 from ..precision import autocast_state
 from .buckets import bucket_order, round_layouts
 from .dispatch import attention_backward, attention_forward, resolve_backend
@@ -118,8 +119,7 @@ class Attention(nn.Module):
         draws the very same one from the replayed RNG."""
         if not self.training or self.dropout == 0:
             return None
-        keep = 1.0 - self.dropout
-        return torch.empty(x.shape, device=x.device).bernoulli_(keep).div_(keep)
+        return dropout_mask(x.shape, self.dropout, x.device)
 
     def _project(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """All heads' queries and values at once (decoding)."""

@@ -6,6 +6,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .dropout import dropout
+
 # chunk_size=None: pieces of at most this many (batch x position) rows, so the d_ff-wide
 # intermediate of a long sequence is bounded (with d_ff 2048, 128 MiB of float32 per
 # copy) while inputs up to this size run in one piece
@@ -31,8 +33,8 @@ class FeedForward(nn.Module):
 
     def block(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self.norm.weight.dtype)  # a float64 residual stream enters in float32
-        h = F.dropout(F.gelu(self.w1(self.norm(x))), self.dropout, self.training)
-        return F.dropout(self.w2(h), self.dropout, self.training)
+        h = dropout(F.gelu(self.w1(self.norm(x))), self.dropout, self.training)
+        return dropout(self.w2(h), self.dropout, self.training)
 
     def chunks(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """The pieces (along the sequence, dim -2) that `forward` processes one by one."""

@@ -11,7 +11,6 @@ from dataclasses import replace
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..attention.cross import Alignment, CrossAttention
 from ..attention.matching import context_buckets, next_bucket
@@ -22,6 +21,7 @@ from ..decoding.generate import generate_tokens
 from ..decoding.sampling import Constraint
 from ..layers.axial_positions import AxialPositionalEmbedding
 from ..layers.chunked_loss import next_token_nll
+from ..layers.dropout import dropout
 from ..layers.embeddings import sum_of_rows
 from ..layers.feedforward import FeedForward
 from ..layers.reversible import (
@@ -102,7 +102,7 @@ class ReformerLM(nn.Module):
                              f"{self.cfg.max_seq_len}")
         positions = torch.arange(start, start + L, device=tokens.device)
         x = sum_of_rows(*self._embedding_rows(tokens, positions, before))
-        return F.dropout(x, self.cfg.dropout, self.training)
+        return dropout(x, self.cfg.dropout, self.training)
 
     def _embedding_rows(self, tokens: torch.Tensor, positions: torch.Tensor,
                         before: torch.Tensor | None) -> tuple[list, list]:
