@@ -41,17 +41,19 @@ from seqformer.core.layers import feedforward
 from seqformer.core.model import lm
 
 TAG = "part:"
-# (part, owner, attribute, runs a forward): the functions labelled, where they are looked up
+# (part, owner, attribute, runs a forward): each function labelled where its callers look
+# it up (attention_forward is called through module.py's import of it)
 PARTS = [
     ("hashing", module.Attention, "_group_buckets", True),
     ("hashing", lm, "context_buckets", True),
     ("sort and layout", buckets, "_round_layout", True),
     ("gathers into sorted order", buckets.RoundLayout, "sorted_rows", False),
     ("gathers into sorted order", buckets.RoundLayout, "sorted_padded", False),
+    ("gathers into sorted order", dispatch, "_gather", False),
     ("band kernel", dispatch, "band_forward", True),
     ("band kernel", dispatch, "band_backward", False),
-    ("rounds: inputs, merge, scatter", dispatch, "attention_forward", True),
-    ("rounds: inputs, merge, scatter", dispatch, "attention_backward", False),
+    ("rounds: inputs, merge, scatter", module, "attention_forward", True),
+    ("rounds: inputs, merge, scatter", module, "attention_backward", False),
     ("attention projections", module.Attention, "_group_qv", True),
     ("attention projections", module.Attention, "_add_output", True),
     ("attention projections", module.Attention, "_backward", False),
@@ -73,9 +75,13 @@ def _labelled(label: str, fn):  # noqa: ANN001, ANN202
 
 
 def label_parts() -> dict[str, str]:
-    """Wrap each function of PARTS in a record_function; returns label -> part."""
+    """Wrap each function of PARTS in a record_function; returns label -> part. A function
+    an older checkout lacks is skipped, so the same script profiles the code before a
+    change (PYTHONPATH=that checkout)."""
     names = {}
     for part, owner, attr, _ in PARTS:
+        if not hasattr(owner, attr):
+            continue
         label = f"{TAG}{owner.__name__}.{attr}"
         setattr(owner, attr, _labelled(label, getattr(owner, attr)))
         names[label] = part

@@ -148,7 +148,7 @@ def _flat_inputs(q: torch.Tensor, v: torch.Tensor, Lp: int
     zero row appended (G * Lp + 1, D), padded to Lp positions: each written once into its
     new tensor (they are the largest tensors of the step besides the projections')."""
     B, H, L, D = q.shape
-    # autocast computes norms in float32
+    # in float32 under autocast; the keys are rounded to q's dtype once, as normalize's are
     inv_norm = torch.linalg.vector_norm(q, dim=-1, keepdim=True).clamp_min_(1e-12).reciprocal_()
 
     def flat(zero_row: bool, a: torch.Tensor, b: torch.Tensor | float) -> torch.Tensor:
@@ -159,7 +159,7 @@ def _flat_inputs(q: torch.Tensor, v: torch.Tensor, Lp: int
         out[B * H * Lp:].zero_()
         return out
 
-    return flat(False, q, D ** -0.5), flat(True, q, inv_norm.to(q.dtype)), flat(True, v, 1.0)
+    return flat(False, q, D ** -0.5), flat(True, q, inv_norm), flat(True, v, 1.0)
 
 
 def _gather(flat: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
