@@ -62,7 +62,13 @@ PARTS = [
     ("embedding", lm.ReformerLM, "_embed", True),
     ("loss", lm, "next_token_nll", True),
 ]
-FORWARD_LABELS = {f"{TAG}{owner.__name__}.{attr}" for _, owner, attr, fwd in PARTS if fwd}
+
+
+def _label(owner, attr: str) -> str:  # noqa: ANN001
+    return f"{TAG}{owner.__name__}.{attr}"
+
+
+FORWARD_LABELS = {_label(owner, attr) for _, owner, attr, fwd in PARTS if fwd}
 REST = "reversible stack, residual streams, rest"
 
 
@@ -82,7 +88,7 @@ def label_parts() -> dict[str, str]:
     for part, owner, attr, _ in PARTS:
         if not hasattr(owner, attr):
             continue
-        label = f"{TAG}{owner.__name__}.{attr}"
+        label = _label(owner, attr)
         setattr(owner, attr, _labelled(label, getattr(owner, attr)))
         names[label] = part
     return names

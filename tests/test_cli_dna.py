@@ -91,12 +91,19 @@ def test_score_tsv_bedgraph_and_both_strands(trained, query, tmp_path):
     assert code == 0 and both.read_text() != tsv.read_text()
 
 
+def context_start(i: int, window: int) -> int:
+    """The documented layout (pipeline/inference.py): with stride S = window // 2, token i
+    is predicted from [sep] and all before it if i < window, else from the window starting
+    at s = S * (1 + (i - window) // S), i.e. from tokens s - 1 .. i - 1."""
+    stride = window // 2
+    return 0 if i < window else stride * (1 + (i - window) // stride) - 1
+
+
 def test_score_context_is_manual_truncation(trained, query, tmp_path):
     """--context N: each base is scored exactly as the model scores it from the documented
-    window of at most N bases before it (inference.context_start), cut by hand."""
+    window of at most N bases before it (`context_start`), cut by hand."""
     import torch
 
-    from seqformer.pipeline.inference import context_start
     from seqformer.pipeline.run_dir import load_run
 
     path, _ = query

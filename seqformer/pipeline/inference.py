@@ -10,7 +10,7 @@ window gets exactly what a single forward over the whole record gives.
 So with window N and stride S = N // 2, token i (0-based) is predicted by the window
 starting at 0 if i < N, from [sep] and all i tokens before it; otherwise by the window
 starting at s = S * (1 + (i - N) // S), from the i - s + 1 tokens t[s-1 .. i-1]: between
-N - S + 1 and N tokens of context (`context_start`).
+N - S + 1 and N tokens of context.
 """
 
 from __future__ import annotations
@@ -48,15 +48,6 @@ def stitched_windows(length: int, window: int, stride: int) -> Iterator[tuple[in
         yield start, kept, end
         kept = end
         start += stride
-
-
-def context_start(i: int, window: int, stride: int | None = None) -> int:
-    """The first token of token i's context when scored in windows of `window` (the
-    layout of the module docstring): i's prediction reads tokens[context_start .. i-1]."""
-    stride = stride or window // 2
-    if i < window:
-        return 0
-    return stride * (1 + (i - window) // stride) - 1
 
 
 def _with_sep(tokens: np.ndarray, sep_id: int, start: int, end: int) -> np.ndarray:

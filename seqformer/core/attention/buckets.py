@@ -43,6 +43,11 @@ def bucket_order(buckets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, tor
     return perm, sorted_buckets.to(buckets.dtype), idx - start
 
 
+def gather_rows(flat: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """flat (N, ...) at the row indices `rows` (any shape): rows.shape + flat.shape[1:]."""
+    return flat.index_select(0, rows.reshape(-1)).view(*rows.shape, *flat.shape[1:])
+
+
 def _groups(is_start: torch.Tensor, rank: torch.Tensor, bucket_size: int) -> torch.Tensor:
     """Group ids along the sorted order: +2 at each bucket start, +1 at each chunk start."""
     step = torch.where(is_start, 2, (rank % bucket_size == 0).to(torch.long))
@@ -74,7 +79,7 @@ class RoundLayout:
         rows = self.rows
         if self.in_order:
             return flat[:rows.numel()].view(*rows.shape, *flat.shape[1:])
-        return flat.index_select(0, rows.reshape(-1)).view(*rows.shape, *flat.shape[1:])
+        return gather_rows(flat, rows)
 
     def sorted_padded(self, flat: torch.Tensor) -> torch.Tensor:
         """flat (G * Lp + 1, D), its last row zero, as the band kernel's key blocks (G,
@@ -82,8 +87,7 @@ class RoundLayout:
         if self.in_order:
             pad = (0, 0, 0, 0, self.look_back, self.look_ahead)
             return F.pad(self.sorted_rows(flat), pad)
-        padded = self.rows_padded(flat.shape[0] - 1)
-        return flat.index_select(0, padded.reshape(-1)).view(*padded.shape, flat.shape[-1])
+        return gather_rows(flat, self.rows_padded(flat.shape[0] - 1))
 
     def rows_padded(self, zero_row: int) -> torch.Tensor:
         """(G, look_back + nb + look_ahead, blk): empty blocks point at the zero row."""

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from ..config import ATTN_BACKENDS
 from ..precision import acc_dtype
 from . import kernels_flex
-from .buckets import RoundLayout, iter_round_layouts, round_layouts
+from .buckets import RoundLayout, gather_rows, iter_round_layouts, round_layouts
 from .kernels_torch import SELF_SCORE, band_backward, band_forward
 from .matching import add_null
 
@@ -162,16 +162,12 @@ def _flat_inputs(q: torch.Tensor, v: torch.Tensor, Lp: int
     return flat(False, q, D ** -0.5), flat(True, q, inv_norm), flat(True, v, 1.0)
 
 
-def _gather(flat: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    return flat.index_select(0, rows.reshape(-1)).view(*rows.shape, flat.shape[-1])
-
-
 def _round_forward(qf, kf, vf, rd: RoundLayout, bs, causal, backend):  # noqa: ANN001, ANN202
     """One round's output and log-sum-exp in sorted order: (G * Lp, D), (G * Lp)."""
     D = qf.shape[-1]
     if backend == "flex":
         out, lse = kernels_flex.flex_band_attention(
-            *(_gather(t, rd.order) for t in (qf, kf, vf)), rd.group_flat, bs, causal)
+            *(gather_rows(t, rd.order) for t in (qf, kf, vf)), rd.group_flat, bs, causal)
     else:
         out, lse = band_forward(rd.sorted_rows(qf), rd.sorted_padded(kf), rd.sorted_padded(vf),
                                 rd.group(), rd.look_back, rd.look_ahead, causal)
