@@ -19,7 +19,7 @@ from .core import (
 )
 from .domains import Domain, Record, get_domain
 from .errors import InputError, OutputError, report_errors
-from .files import atomic_path, check_output
+from .files import atomic_file, atomic_path, check_output
 from .version import __version__
 
 # name -> the module that defines it, imported when the name is first read
@@ -44,7 +44,8 @@ _MODULES = {"midi": "seqformer.domains.midi"}
 
 __all__ = ["ConfigError", "Constraint", "Domain", "InputError", "OutputError",
            "ReformerClassifier", "ReformerConfig", "ReformerEncDec", "ReformerLM", "Record",
-           "__version__", "atomic_path", "check_output", "get_domain", "report_errors",
+           "__version__", "atomic_file", "atomic_path", "check_output", "get_domain",
+           "report_errors",
            *_PIPELINE, *_MODULES]
 
 

@@ -10,7 +10,7 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 from .errors import WRITE_FAILURES, InputError, write_failed
 
@@ -27,12 +27,37 @@ def check_output(path: str | Path, force: bool = False) -> Path:
 
 
 @contextmanager
+def _reporting_write_failures(path: Path) -> Iterator[None]:
+    """A write that fails for want of space, a file-size limit or permission becomes one
+    OutputError naming `path` and saying what is left there."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in WRITE_FAILURES:
+            kept = "the previous file is kept" if path.exists() else "nothing was written"
+            raise write_failed(path, e, kept) from None
+        raise
+
+
+def _move_into_place(tmp: Path, path: Path, keep_previous: Path | None) -> None:
+    if keep_previous is not None and path.exists():
+        _keep(path, keep_previous)
+    os.replace(tmp, path)
+
+
+def _hidden_name(path: Path) -> Path:
+    return path.with_name(f".{path.name}.{os.urandom(4).hex()}.tmp")
+
+
+@contextmanager
 def atomic_path(path: str | Path, keep_previous: Path | None = None) -> Iterator[Path]:
     """Yield a temporary path next to `path`; rename it onto `path` only if the block
     finishes, so an interrupted or failed write leaves the old file (or nothing) behind and
-    no temporary file. A write that fails for want of space, a file-size limit or
-    permission becomes one OutputError naming `path`. keep_previous: where the old file
-    goes (hard-linked there first, so `path` exists at every moment)."""
+    no temporary file (a SIGKILL mid-write leaves a hidden `.NAME.*.tmp`, which a resumed
+    run removes; writers that take a file object use atomic_file, which leaves nothing). A
+    write that fails for want of space, a file-size limit or permission becomes one
+    OutputError naming `path`. keep_previous: where the old file goes (hard-linked there
+    first, so `path` exists at every moment)."""
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,21 +67,70 @@ def atomic_path(path: str | Path, keep_previous: Path | None = None) -> Iterator
     os.close(fd)
     tmp = Path(tmp)
     try:
-        yield tmp
-        # mkstemp makes the file private (0600); give it the mode a plain open() would
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)
-        if keep_previous is not None and path.exists():
-            _keep(path, keep_previous)
-        os.replace(tmp, path)
-    except OSError as e:
-        if e.errno in WRITE_FAILURES:
-            kept = "the previous file is kept" if path.exists() else "nothing was written"
-            raise write_failed(path, e, kept) from None
-        raise
+        with _reporting_write_failures(path):
+            yield tmp
+            # mkstemp makes the file private (0600); give it the mode a plain open() would
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp, 0o666 & ~umask)
+            _move_into_place(tmp, path, keep_previous)
     finally:
         if tmp.exists():
+            tmp.unlink()
+
+
+def _open_unnamed(folder: Path) -> int | None:
+    """A new file in `folder` that has no name (Linux O_TMPFILE), so a process killed while
+    writing it leaves nothing behind; None where the OS or file system has none."""
+    if not hasattr(os, "O_TMPFILE"):
+        return None
+    try:
+        return os.open(folder, os.O_TMPFILE | os.O_RDWR, 0o666)  # the umask applies
+    except OSError as e:
+        if e.errno in (errno.EOPNOTSUPP, errno.EISDIR, errno.EINVAL, errno.ENOENT):
+            return None
+        raise
+
+
+@contextmanager
+def atomic_file(path: str | Path, mode: str = "wb", keep_previous: Path | None = None
+                ) -> Iterator[IO]:
+    """atomic_path for writers that take a file object: yield a file open for writing
+    (`mode` "wb" or "w"), fsynced and moved onto `path` only if the block finishes. The
+    file has no name while it is written (where the OS allows), so even SIGKILL mid-write
+    leaves no temporary file; its name exists only between two syscalls at the end."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = _open_unnamed(path.parent)
+    except OSError as e:
+        raise write_failed(path, e) from None
+    if fd is None:
+        with atomic_path(path, keep_previous) as tmp:
+            with open(tmp, mode) as f:
+                yield f
+            with open(tmp, "rb") as f:
+                os.fsync(f.fileno())
+        return
+    tmp = None
+    try:
+        with _reporting_write_failures(path):
+            # the writer's own descriptor: it may close its file (a `with` over it) while
+            # this one still has to fsync the file and give it its name
+            with open(os.dup(fd), mode) as f:
+                yield f
+            os.fsync(fd)
+            tmp = _hidden_name(path)
+            folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
+            try:  # a dir_fd makes Python call linkat(AT_SYMLINK_FOLLOW), not link()
+                os.link(f"/proc/self/fd/{fd}", tmp.name, dst_dir_fd=folder,
+                        follow_symlinks=True)
+            finally:
+                os.close(folder)
+            _move_into_place(tmp, path, keep_previous)
+    finally:
+        os.close(fd)
+        if tmp is not None and tmp.exists():
             tmp.unlink()
 
 
@@ -104,13 +178,11 @@ def save_torch(obj: object, path: str | Path, keep_previous: Path | None = None)
     """torch.save to `path` atomically and durably (fsynced before the rename)."""
     import torch  # here, not above: the domains write files too and never need torch
 
-    with atomic_path(path, keep_previous) as tmp, open(tmp, "wb") as f:
+    with atomic_file(path, "wb", keep_previous) as f:
         writer = _RecordingWriter(f)
         try:
             torch.save(obj, writer)
-            f.flush()
         except RuntimeError:
             if writer.error is not None:
                 raise writer.error from None
             raise
-        os.fsync(f.fileno())

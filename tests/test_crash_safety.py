@@ -162,3 +162,58 @@ def test_embed_cli_resume_and_refusal_of_other_settings(tmp_path):
     code, out = run_cli("embed", "dna", "--model", run, "--fasta", fasta, "--out", emb,
                         "--resume", "--force")
     assert code == 2 and "written with another model or other options" in out
+
+
+# -- the atomic writers themselves, killed mid-write --------------------------------------------
+_WRITE_THEN_DIE = """
+import os, signal, sys
+from pathlib import Path
+from seqformer.files import atomic_file
+with atomic_file(Path(sys.argv[1]), "wb", keep_previous=Path(sys.argv[2])) as f:
+    f.write(b"half of the new file")
+    f.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_sigkill_mid_write_leaves_the_old_file_and_nothing_else(tmp_path):
+    out, previous = tmp_path / "out.bin", tmp_path / "previous.bin"
+    out.write_bytes(b"old")
+    proc = subprocess.run([sys.executable, "-c", _WRITE_THEN_DIE, str(out), str(previous)])
+    assert proc.returncode == -signal.SIGKILL
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.bin"]  # no temporary file
+    assert out.read_bytes() == b"old"
+
+
+@pytest.mark.parametrize("unnamed", [True, False], ids=["O_TMPFILE", "named temporary"])
+@pytest.mark.parametrize("mode, data", [("wb", b"new\x00bytes"), ("w", "new text\n")])
+def test_atomic_file_replaces_whole_with_a_plain_files_mode(tmp_path, monkeypatch, unnamed,
+                                                            mode, data):
+    from seqformer import files
+
+    if not unnamed:  # a file system without O_TMPFILE
+        monkeypatch.setattr(files, "_open_unnamed", lambda folder: None)
+    out, previous = tmp_path / "out", tmp_path / "previous"
+    out.write_bytes(b"old")
+    plain = tmp_path / "plain"
+    plain.write_bytes(b"")
+    with files.atomic_file(out, mode, keep_previous=previous) as f:
+        f.write(data)
+        f.close()  # writers may close the file they were given (gzip, a `with` over it)
+        assert out.read_bytes() == b"old"  # nothing shows until the block ends
+    assert (out.read_bytes() if mode == "wb" else out.read_text()) == data
+    assert previous.read_bytes() == b"old"
+    assert out.stat().st_mode == plain.stat().st_mode
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "plain", "previous"]
+
+
+def test_atomic_file_failing_block_keeps_the_old_file(tmp_path):
+    from seqformer.files import atomic_file
+
+    out = tmp_path / "out"
+    out.write_text("old")
+    with pytest.raises(ValueError), atomic_file(out, "w") as f:
+        f.write("partial")
+        raise ValueError("the writer failed")
+    assert out.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]

@@ -330,7 +330,8 @@ def test_a_read_only_output_file_system_is_one_clear_error(tiny_dna_run, tmp_pat
     def refuse(*args, **kwargs):
         raise OSError(errno.EROFS, os.strerror(errno.EROFS))
 
-    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)
+    monkeypatch.setattr(files.tempfile, "mkstemp", refuse)  # a named temporary file
+    monkeypatch.setattr(files, "_open_unnamed", refuse)  # an O_TMPFILE one
     code, text = run_cli("score", "dna", "--model", tiny_dna_run, "--fasta", LAMBDA,
                          "--out", tmp_path / "s.tsv")
     assert code == 2 and "s.tsv: cannot write: read-only file system" in text, text

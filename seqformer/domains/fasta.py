@@ -9,7 +9,7 @@ letter = one token, so positions in messages count letters, 1-based, across chun
 
 Writing: ids as headers, 60 letters a line, gzipped when the name ends in .gz (with no time
 stamp or file name in the gzip header, so the same records give the same bytes), and
-atomic (seqformer.files.atomic_path).
+atomic (seqformer.files.atomic_file).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..files import atomic_path
+from ..files import atomic_file
 from .base import Domain, OnSkip, Piece, Record, assemble
 
 __all__ = ["Chunk", "char_at", "check_file", "check_id", "check_ids", "chunks", "no_sequence",
@@ -174,7 +174,7 @@ def write(records: Iterable[Record], path: str | Path, decode: Callable[[Any], s
     in messages ("base", "residue")."""
     path = Path(path)
     seen: set[str] = set()
-    with atomic_path(path) as tmp, tmp.open("wb") as raw_out:
+    with atomic_file(path) as raw_out:
         # mtime=0 and no file name in the header: the same records give the same bytes
         out = (gzip.GzipFile(filename="", mode="wb", fileobj=raw_out, mtime=0,
                              compresslevel=6)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..files import atomic_path
+from ..files import atomic_file
 
 ALPHA = 0.5
 MAX_TABLE = 1 << 22  # entries of the largest order's count table (32 MB as float64)
@@ -84,7 +84,7 @@ class MarkovModel:
         return float(total), n
 
     def save(self, path: Path, extra: dict) -> None:
-        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        with atomic_file(path) as f:
             np.savez_compressed(f, order=self.order, alphabet=self.alphabet,
                                 meta=json.dumps(extra),
                                 **{f"log2p_{j}": t.astype(np.float32)

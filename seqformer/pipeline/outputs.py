@@ -9,20 +9,20 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import OutputError
-from ..files import atomic_path, check_room
+from ..files import atomic_file, atomic_path, check_room
 
 
 def write_tsv(path: Path, header: list[str], rows: list[list]) -> None:
     """A table with a header line, tab-separated."""
-    with atomic_path(path) as tmp:
-        tmp.write_text("\t".join(header) + "\n"
-                       + "".join("\t".join(map(str, row)) + "\n" for row in rows))
+    with atomic_file(path, "w") as f:
+        f.write("\t".join(header) + "\n"
+                + "".join("\t".join(map(str, row)) + "\n" for row in rows))
 
 
 def write_bedgraph(path: Path, name: str, description: str,
                    tracks: list[tuple[str, np.ndarray]]) -> None:
     """A bedGraph track of per-position values, one chromosome per record."""
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
+    with atomic_file(path, "w") as f:
         f.write(f'track type=bedGraph name="{name}" description="{description}"\n')
         for rid, values in tracks:
             for i in range(0, len(values), 1 << 16):  # a block at a time

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,7 +18,7 @@ import numpy as np
 
 from ..domains import Domain, OnSkip, Record, get_domain
 from ..errors import InputError
-from ..files import atomic_path
+from ..files import atomic_file
 
 
 @dataclass
@@ -85,7 +84,7 @@ class TokenStore:
         directory.mkdir(parents=True, exist_ok=True)
         dtype = np.uint8 if domain.vocab_size <= 256 else np.uint16
         records, offset, start, seen = [], 0, 0, {}
-        with atomic_path(directory / "tokens.bin") as tmp, open(tmp, "wb") as f:
+        with atomic_file(directory / "tokens.bin") as f:
             for k, path in enumerate(inputs):
                 for piece in domain.read_pieces(path, on_skip):
                     if piece.first:
@@ -103,14 +102,12 @@ class TokenStore:
                                         "length": offset - start, "input": k})
                         if on_record:
                             on_record(piece.id, offset - start)
-            f.flush()
-            os.fsync(f.fileno())
         if offset == 0:
             raise InputError(f"{', '.join(map(str, inputs))}: no tokens in the input")
         index = {"fingerprint": key, "dtype": np.dtype(dtype).name, "total": offset,
                  "records": records}
-        with atomic_path(directory / "index.json") as tmp:
-            tmp.write_text(json.dumps(index))
+        with atomic_file(directory / "index.json", "w") as f:
+            f.write(json.dumps(index))
         return cls(directory)
 
 
