@@ -3,7 +3,7 @@
 what came 1K+ tokens before (the share of positions whose last 16 tokens were last seen
 at least 1,024 tokens back, as in context_gain.py) with the real piece over the same
 span; and report the longest run copied verbatim from the prompt (form, not wholesale
-copying).
+copying). --grammar samples under the note grammar, as `sample midi` does by default.
 
     python benchmarks/continuation_form.py --model runs/midi-long \\
         --midi ../shared/data/midi/planetblupi/music003.mid --prompt 4096 --length 20000
@@ -48,7 +48,8 @@ def longest_copied_run(source: np.ndarray, text: np.ndarray) -> int:
 
 
 def continuation_form(model_dir: Path, piece: Path, prompt_len: int, length: int, seed: int,
-                      temperature: float, k: int, min_distance: int) -> dict:
+                      temperature: float, k: int, min_distance: int, grammar: bool = False
+                      ) -> dict:
     holder = {}
 
     def prompt_tokens(domain):  # noqa: ANN001, ANN202
@@ -56,7 +57,7 @@ def continuation_form(model_dir: Path, piece: Path, prompt_len: int, length: int
         return holder["real"][:prompt_len]
 
     _, prompt, samples = sample_lm("midi", model_dir, prompt_tokens, length, temperature,
-                                   None, None, seed)
+                                   None, None, seed, grammar=grammar)
     real = holder["real"][:prompt_len + length]
     made = np.concatenate([prompt, samples[0][:length]])
     share = {}
@@ -64,7 +65,7 @@ def continuation_form(model_dir: Path, piece: Path, prompt_len: int, length: int
         repeat, _ = repeat_positions(seq, k, min_distance)
         share[name] = float(repeat[prompt_len:].mean())
     return {"model": str(model_dir), "piece": piece.name, "prompt": prompt_len,
-            "length": length, "seed": seed, "temperature": temperature,
+            "length": length, "seed": seed, "temperature": temperature, "grammar": grammar,
             "repeat_share_real": share["real"], "repeat_share_sample": share["sample"],
             "longest_copied_run": longest_copied_run(made[:prompt_len], made[prompt_len:])}
 
@@ -80,10 +81,11 @@ def main() -> None:
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--min-distance", type=int, default=1024)
+    ap.add_argument("--grammar", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     r = continuation_form(args.model, args.midi, args.prompt, args.length, args.seed,
-                          args.temperature, args.k, args.min_distance)
+                          args.temperature, args.k, args.min_distance, args.grammar)
     print(f"| model | piece | prompt | continuation | repeat share (real) | repeat share "
           f"(sample) | longest run copied from the prompt |\n|---|---|---:|---:|---:|---:|---:|\n"
           f"| {r['model']} | {r['piece']} | {r['prompt']:,} | {r['length']:,} | "

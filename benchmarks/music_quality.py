@@ -10,9 +10,15 @@ distributions (Yang and Lerch, 2018).
     python benchmarks/music_quality.py --generated out/ --reference ../shared/data/midi/bach \\
         --holdout 1
 
-Reference pieces: the last `--holdout` fraction of the files under --reference (the split
-`train midi` makes when no holdout ids are given; 1 = all of them). Both sets are read
-through the MIDI tokenization (10 ms, velocity bins), as the model sees music.
+Reference pieces: the last `--holdout` fraction of the files under each --reference (the
+split `train midi` makes when no holdout ids are given; 1 = all of them), less any piece
+also under --exclude (e.g. data/midi, the bundled sample the main job trains on). Both sets
+are read through the MIDI tokenization (10 ms, velocity bins), as the model sees music.
+
+    # the main job's model against pieces of the same composers it never trained on
+    python benchmarks/music_quality.py --model runs/quick --samples 8 --length 1500 \
+        --reference ../shared/data/midi/{bach,palestrina,monteverdi,josquin} \
+        --holdout 0.1 --exclude data/midi
 """
 
 from __future__ import annotations
@@ -60,8 +66,9 @@ def generate(model_dir: Path, samples: int, length: int, temperature: float,
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--reference", type=Path, required=True)
+    ap.add_argument("--reference", type=Path, nargs="+", required=True)
     ap.add_argument("--holdout", type=float, default=0.1)
+    ap.add_argument("--exclude", type=Path, help="skip reference pieces also found here")
     source = ap.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", type=Path)
     source.add_argument("--generated", type=Path)
@@ -71,9 +78,14 @@ def main() -> None:
     ap.add_argument("--no-grammar", action="store_true")
     args = ap.parse_args()
     domain = get_domain("midi")
-    records = list(domain.read(args.reference))
-    n_ref = max(1, int(round(len(records) * args.holdout)))
-    reference = [piece_features(domain.decode(r.tokens)[0]) for r in records[-n_ref:]]
+    skip = ({r.id.split("/")[-1] for r in domain.read(args.exclude)} if args.exclude
+            else set())
+    reference = []
+    for folder in args.reference:
+        records = list(domain.read(folder))
+        n_ref = max(1, int(round(len(records) * args.holdout)))
+        reference += [piece_features(domain.decode(r.tokens)[0]) for r in records[-n_ref:]
+                      if r.id.split("/")[-1] not in skip]
     if args.model is not None:
         pms, repairs, rate, closed = generate(args.model, args.samples, args.length,
                                               args.temperature, not args.no_grammar)
@@ -85,7 +97,9 @@ def main() -> None:
         generated = [piece_features(domain.decode(r.tokens)[0])
                      for r in domain.read(args.generated)]
         repairs, closed, what = None, 0, f"{len(generated)} pieces under {args.generated}"
-    print(f"generated: {what}; reference: {len(reference)} pieces under {args.reference}")
+    print(f"generated: {what}; reference: {len(reference)} pieces under "
+          f"{', '.join(map(str, args.reference))}"
+          + (f", none also under {args.exclude}" if args.exclude else ""))
     print("| feature | generated (mean) | reference (mean) | overlapping area |")
     print("|---|---:|---:|---:|")
     for key, row in compare(generated, reference).items():

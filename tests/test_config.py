@@ -69,6 +69,8 @@ def test_sampling_filters():
     ("data: {seq_len: lots}", "data.seq_len"),
     ("data: {holdout: 1.5}", "data.holdout"),
     ("data: {rc_augment: maybe}", "data.rc_augment"),
+    ("data: {program_shuffle: 1}", "data.program_shuffle"),
+    ("data: {program_shuffle: true}", "data.program_shuffle"),  # a DNA run has no programs
     ("train: {lr: -1}", "train.lr"),
     ("train: {batch_size: 0}", "train.batch_size"),
     ("train: {precision: fp8}", "train.precision"),

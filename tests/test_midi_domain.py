@@ -446,3 +446,30 @@ def test_render_audio_names_what_is_missing(tmp_path: Path, monkeypatch):
     render_audio(pm, tmp_path / "y.wav", sample_rate=8000)
     with wave.open(str(tmp_path / "y.wav")) as wav:
         assert (wav.getnframes(), wav.getframerate(), wav.getsampwidth()) == (8000, 8000, 2)
+
+
+# ---------------------------------------------------------------- program shuffle (training)
+
+
+def test_shuffle_programs_relabels_instruments_by_one_permutation():
+    midi = get_domain("midi")
+    tokens = next(iter(midi.read(BUNDLED / "planetblupi" / "music003.mid"))).tokens[:20000]
+    tokens = np.asarray(tokens, dtype=np.uint16)  # the token store's dtype
+    is_program = (tokens >= PROGRAM) & (tokens < DRUMS)
+    programs = set(tokens[is_program].tolist())
+    assert len(programs) >= 5 and (tokens == DRUMS).any()
+    seen = set()
+    for seed in range(40):
+        out = midi.shuffle_programs(tokens, np.random.default_rng(seed))
+        assert out.dtype == tokens.dtype and out.shape == tokens.shape
+        assert np.array_equal(out[~is_program], tokens[~is_program])  # drums, notes, time
+        assert ((out[is_program] >= PROGRAM) & (out[is_program] < DRUMS)).all()
+        mapping = dict(zip(tokens[is_program].tolist(), out[is_program].tolist()))
+        # one map for the whole window, and a bijection: the piece's structure is kept
+        assert np.array_equal(out[is_program], [mapping[t] for t in tokens[is_program]])
+        assert len(set(mapping.values())) == len(programs)
+        seen |= set(mapping.values())
+    assert len(seen) > 100  # the draws reach (nearly) every one of the 128 programs
+    # the same draw gives the same window: training data stays reproducible
+    assert np.array_equal(midi.shuffle_programs(tokens, np.random.default_rng(7)),
+                          midi.shuffle_programs(tokens, np.random.default_rng(7)))

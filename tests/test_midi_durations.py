@@ -146,19 +146,6 @@ def test_limits_from_duration_tokens():
     assert limits.max_polyphony == 2 and limits.max_steps == 5
 
 
-def test_limits_of_the_bundled_chorales_match_their_notes():
-    domain = get_domain("midi", vocabulary="durations")
-    records = list(domain.read(BACH))
-    limits = GrammarLimits(**domain.sampling_limits(r.tokens for r in records))
-    most = 0
-    for rec in records:
-        pm, _ = domain.decode(rec.tokens)
-        notes = [n for inst in pm.instruments for n in inst.notes]
-        # sounding at an onset: started at or before it, not yet ended
-        most = max(most, max(sum(m.start <= n.start < m.end for m in notes) for n in notes))
-    assert limits.max_polyphony == most
-
-
 def test_masks_follow_the_duration_grammar():
     limits = GrammarLimits(max_polyphony=2, max_steps=40)
     bare = DurationGrammar(limits, [np.array([SEP])]).allowed()[0]

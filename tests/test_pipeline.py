@@ -171,3 +171,28 @@ def test_run_config_checks_every_field(tmp_path):
     preset.write_text("domain: midi\n")
     with pytest.raises(InputError, match="domain"):
         run_config.resolve("dna", 12, preset)
+
+
+def test_program_shuffle_changes_only_the_programs_of_training_windows(tmp_path):
+    from pathlib import Path
+
+    from seqformer.domains import get_domain
+    from seqformer.domains.midi import DRUMS, PROGRAM
+    from seqformer.pipeline.training import window_augment
+
+    midi = get_domain("midi")
+    piece = Path(__file__).parent.parent / "data" / "midi" / "planetblupi" / "music003.mid"
+    store = TokenStore.build(tmp_path / "store", midi, [piece])
+    train, _ = split_streams(store, 0.0, "records", sep_id=midi.sep_id)
+    off = {"data": {"rc_augment": True, "program_shuffle": False}}
+    on = {"data": {"rc_augment": True, "program_shuffle": True}}
+    assert window_augment(midi, off) is None  # the switch off: the plain windows
+    plain = TrainWindows(train, 2048, n_items=20, seed=5)
+    shuffled = TrainWindows(train, 2048, n_items=20, seed=5, augment=window_augment(midi, on))
+    changed = 0
+    for i in range(20):
+        a, b = plain[i].numpy(), shuffled[i].numpy()
+        is_program = (a >= PROGRAM) & (a < DRUMS)
+        assert np.array_equal(a[~is_program], b[~is_program])  # the same window, same place
+        changed += int((a[is_program] != b[is_program]).any())
+    assert changed >= 18  # a random permutation keeps a window's programs almost never

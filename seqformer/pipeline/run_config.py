@@ -31,6 +31,10 @@ DEFAULTS: dict[str, Any] = {
         "split": "tail",  # "tail": last fraction of each record; "records": whole records
         "holdout_ids": [],  # record ids held out whole for validation (overrides split)
         "rc_augment": True,  # DNA: reverse-complement half the windows
+        # MIDI: relabel the instruments of each window by a random permutation of the 128
+        # programs, so a model reads a piece's instruments from its context (and can copy
+        # programs it never saw in training) instead of learning which ones are common
+        "program_shuffle": False,
         "options": {},  # domain tokenization options, e.g. {softmask: keep}
         "val_windows": 8,  # validation windows per evaluation
         "record_starts": 0.0,  # share of training windows that start at a record's start
@@ -197,6 +201,10 @@ def resolve(domain: str, vocab_size: int, preset: str | Path | None = None,
          data["split"])
     need(isinstance(data["rc_augment"], bool), "data.rc_augment", "must be true or false",
          data["rc_augment"])
+    need(isinstance(data["program_shuffle"], bool), "data.program_shuffle",
+         "must be true or false", data["program_shuffle"])
+    need(not data["program_shuffle"] or domain == "midi", "data.program_shuffle",
+         "relabels MIDI instruments: only for the midi domain", data["program_shuffle"])
     need(integer(data["val_windows"], 0), "data.val_windows", "must be an integer >= 0",
          data["val_windows"])
     need(number(data["record_starts"], 0.0) and data["record_starts"] <= 1.0,

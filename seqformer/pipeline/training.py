@@ -24,7 +24,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 from torch.utils.data import DataLoader
 
-from ..domains import get_domain
+from ..domains import Domain, get_domain
 from ..errors import WRITE_FAILURES, InputError, Interrupted, OutputError, write_failed
 from ..files import atomic_path, save_torch
 from .lightning_module import LMTask, Task
@@ -375,6 +375,26 @@ def fit_and_export(task: Task, data: pl.LightningDataModule, run: Path, train_cf
     return trainer
 
 
+def window_augment(domain: Domain, cfg: dict
+                   ) -> Callable[[np.ndarray, np.random.Generator], np.ndarray] | None:
+    """What the config's data switches do to each training window (validation windows are
+    never changed): rc_augment reverse-complements half of a genome's windows (both
+    strands are equally real), program_shuffle relabels a MIDI window's instruments."""
+    steps = []
+    if cfg["data"]["rc_augment"] and hasattr(domain, "reverse_complement"):
+        steps.append(lambda w, rng: domain.reverse_complement(w) if rng.random() < 0.5 else w)
+    if cfg["data"].get("program_shuffle"):
+        steps.append(domain.shuffle_programs)
+    if not steps:
+        return None
+
+    def augment(window: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        for step in steps:
+            window = step(window, rng)
+        return window
+    return augment
+
+
 def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
           progress: bool = True, on_record: Callable[[str, int], None] | None = None) -> dict:
     """Train per the resolved config; returns a summary (steps, validation bits, paths).
@@ -384,12 +404,7 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
     domain = get_domain(cfg["domain"], **cfg["data"]["options"])
     store = tokenize(cfg, inputs, run, on_record)
     write_config(run, cfg, domain)
-    augment = None
-    if cfg["data"]["rc_augment"] and hasattr(domain, "reverse_complement"):
-        def augment(window: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-            # both strands of a genome are equally real: flip half the windows
-            return domain.reverse_complement(window) if rng.random() < 0.5 else window
-    data = WindowData(store, cfg, domain.pad_id, domain.sep_id, augment)
+    data = WindowData(store, cfg, domain.pad_id, domain.sep_id, window_augment(domain, cfg))
     pl.seed_everything(cfg["train"]["seed"], workers=True, verbose=False)
     task = LMTask(cfg["model"], cfg["train"], domain.pad_id, domain.sep_id)
     has_val = len(data.val_stream) > 1 and cfg["data"]["val_windows"] > 0

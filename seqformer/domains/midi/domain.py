@@ -15,7 +15,7 @@ from . import durations, events
 from .files import load_midi, write_midi
 from .grammar import DurationGrammar, GrammarLimits, MIDIGrammar, limits_from
 from .render import piano_roll_png, render_audio, stats
-from .vocab import DURATION_TOKENS, NOTE_OFF, PAD, SEP, SHIFT, TOKENS
+from .vocab import DRUMS, DURATION_TOKENS, NOTE_OFF, PAD, PROGRAM, SEP, SHIFT, TOKENS
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,16 @@ class MIDIDomain(Domain):
     def ends_note(token: int) -> bool:
         """A note-off (events) or a duration (durations): a token that settles a note."""
         return NOTE_OFF <= token < SHIFT
+
+    @staticmethod
+    def shuffle_programs(tokens: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+        """`tokens` with every program token relabelled by one random permutation of the 128
+        General MIDI programs, drums and all other tokens unchanged: the same music played
+        by other instruments (the training switch data.program_shuffle)."""
+        out = np.array(tokens, copy=True)
+        is_program = (out >= PROGRAM) & (out < DRUMS)
+        out[is_program] = PROGRAM + rng.permutation(128)[out[is_program] - PROGRAM]
+        return out
 
     def sampling_limits(self, sequences: Iterable[np.ndarray]) -> dict[str, Any]:
         return limits_from(sequences, self.vocabulary_name).to_dict()

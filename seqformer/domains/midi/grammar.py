@@ -10,6 +10,13 @@ to its instrument if need be). At the end, `closing` gives the tokens that relea
 whatever still sounds. Limits come from the training data (`limits_from`) and are stored
 with the model.
 
+Texture, for both vocabularies: `max_polyphony` is what the training music typically
+sounds (the POLYPHONY_QUANTILE-th percentile of its polyphony over the time something
+sounds), not its rare maximum, so samples are not denser than the music; time keeps
+moving (after `max_step_tokens` tokens in one moment, the most the training data has,
+only a shift may come); and no token that changes nothing: no velocity right after a
+velocity, no instrument right after an instrument, none naming the current instrument.
+
 The duration vocabulary (durations.py) needs less: a note's duration token comes
 right after its pitch and is at most `max_steps`; a new note needs an instrument and a
 velocity, keeps polyphony within `max_polyphony` and does not start on a pitch its
@@ -41,12 +48,15 @@ from .vocab import (
 )
 
 NOTE_QUANTILE = 99.5  # the longest note allowed: this percentile of the training notes
+POLYPHONY_QUANTILE = 95.0  # the most notes at once: this percentile of sounding time
 
 
 @dataclass
 class GrammarLimits:
     max_polyphony: int
     max_steps: int  # a note's longest duration, in 10 ms steps
+    # the most tokens between two time shifts; None (limits stored before it existed): any
+    max_step_tokens: int | None = None
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -60,6 +70,8 @@ class _Context:
         self.now, self.inst = 0, PROGRAM  # a note before any instrument token: program 0
         self.named = False
         self._seen: set[str] = set()
+        self.in_step = 0  # tokens since time last moved
+        self.last = SEP
 
     def _context(self, token: int) -> None:
         """Apply a shift, velocity, program or drums token (others change nothing)."""
@@ -72,6 +84,26 @@ class _Context:
             self._seen.add("instrument")
         self.named = len(self._seen) == 2
 
+    def _count(self, token: int) -> None:
+        """Keep the tokens of this moment and the last token (after the token's step)."""
+        self.in_step = 0 if SHIFT <= token < VELOCITY else self.in_step + 1
+        self.last = token
+
+    def texture(self, ok: np.ndarray, limits: GrammarLimits) -> np.ndarray:
+        """Narrow `ok` by the texture rules (module docstring); `ok` is kept when they would
+        leave nothing."""
+        keep = ok.copy()
+        if VELOCITY <= self.last < PROGRAM:
+            ok[VELOCITY:PROGRAM] = False
+        if PROGRAM <= self.last <= DRUMS:
+            ok[PROGRAM:DRUMS + 1] = False
+        if "instrument" in self._seen:
+            ok[self.inst] = False
+        if limits.max_step_tokens is not None and self.in_step >= limits.max_step_tokens:
+            ok[:SHIFT] = False
+            ok[VELOCITY:] = False
+        return ok if ok.any() else keep
+
 
 class _Walk(_Context):
     """The state the event tokens describe, as the decoder reads them."""
@@ -83,6 +115,12 @@ class _Walk(_Context):
 
     def step(self, token: int) -> int | None:
         """Apply one token; returns the duration of a note it ended, if any."""
+        ended = self._step(token)
+        if token != SEP:
+            self._count(token)
+        return ended
+
+    def _step(self, token: int) -> int | None:
         if token == SEP:
             self.__init__()
         elif NOTE_ON <= token < NOTE_OFF:
@@ -132,6 +170,12 @@ class _DurationWalk(_Context):
 
     def step(self, token: int) -> int | None:
         """Apply one token; returns the duration of a note it completed, if any."""
+        ended = self._step(token)
+        if token != SEP:
+            self._count(token)
+        return ended
+
+    def _step(self, token: int) -> int | None:
         if DURATION <= token < SHIFT:
             if self.waiting is None:
                 return None
@@ -150,19 +194,45 @@ class _DurationWalk(_Context):
         return None
 
 
+def sounding_time(notes: list[tuple[int, int]]) -> np.ndarray:
+    """time[c]: the steps during which exactly c of `notes` ((onset, end) steps) sound."""
+    if not notes:
+        return np.zeros(1, dtype=np.int64)
+    edges = sorted([(start, 1) for start, _ in notes] + [(end, -1) for _, end in notes])
+    time = np.zeros(len(notes) + 1, dtype=np.int64)
+    count, at = 0, edges[0][0]
+    for t, change in edges:
+        time[count] += t - at
+        count, at = count + change, t
+    return time
+
+
 def limits_from(sequences: Iterable[np.ndarray], vocabulary: str = "events") -> GrammarLimits:
-    """The largest polyphony and the NOTE_QUANTILE-th percentile of note length in the
-    training sequences (token ids of `vocabulary`)."""
-    polyphony, lengths = 1, []
+    """From the training sequences (token ids of `vocabulary`): the POLYPHONY_QUANTILE-th
+    percentile of polyphony over the time something sounds, the NOTE_QUANTILE-th
+    percentile of note length and the most tokens in one moment."""
+    lengths, in_step = [], 1
+    time = np.zeros(1, dtype=np.int64)
     for seq in sequences:
         walk = _DurationWalk() if vocabulary == "durations" else _Walk()
+        notes = []
         for token in np.asarray(seq).tolist():
             ended = walk.step(token)
             if ended is not None:
                 lengths.append(ended)
-            polyphony = max(polyphony, walk.count)
+                start = walk.now - ended if vocabulary != "durations" else walk.now
+                notes.append((start, start + max(ended, 1)))
+            in_step = max(in_step, walk.in_step)
+        piece = sounding_time(notes)
+        if len(piece) > len(time):
+            time = np.pad(time, (0, len(piece) - len(time)))
+        time[:len(piece)] += piece
+    sounding = np.cumsum(time[1:])
+    polyphony = (1 + int(np.searchsorted(sounding, POLYPHONY_QUANTILE / 100 * sounding[-1]))
+                 if len(sounding) and sounding[-1] > 0 else 1)
     steps = int(np.ceil(np.percentile(lengths, NOTE_QUANTILE))) if lengths else 500
-    return GrammarLimits(max_polyphony=polyphony, max_steps=max(1, steps))
+    return GrammarLimits(max_polyphony=polyphony, max_steps=max(1, steps),
+                         max_step_tokens=in_step)
 
 
 class _Grammar:
@@ -227,7 +297,7 @@ class MIDIGrammar(_Grammar):
         room = (self.limits.max_steps - (walk.now - oldest[1]) if oldest is not None
                 else VELOCITY - SHIFT)
         ok[SHIFT:SHIFT + min(room, VELOCITY - SHIFT)] = True  # shifts of 1 .. room steps
-        return ok
+        return walk.texture(ok, self.limits)
 
     def closing(self, index: int = 0) -> list[int]:
         """Tokens that release every note still sounding in sequence `index`."""
@@ -266,7 +336,7 @@ class DurationGrammar(_Grammar):
             for _, inst, pitch in walk.sounding:
                 if inst == walk.inst:
                     ok[NOTE_ON + pitch] = False
-        return ok
+        return walk.texture(ok, self.limits)
 
     def closing(self, index: int = 0) -> list[int]:
         """The shortest duration for a final note still waiting for one, else nothing."""
