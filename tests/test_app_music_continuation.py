@@ -10,9 +10,10 @@ import numpy as np
 import pretty_midi
 import pytest
 import yaml
+from safetensors.torch import load_file, save_file
 
 from seqformer.domains import get_domain, midi
-from seqformer.pipeline.run_dir import load_run
+from seqformer.pipeline.run_dir import WEIGHTS_CONFIG, load_run, weights_fingerprint
 
 from cli_helpers import REPO, load_app_module
 
@@ -198,6 +199,8 @@ def test_bad_input_is_one_clear_error(trained, tmp_path, capsys, case):
         (model / "config.yaml").write_text(yaml.safe_dump(cfg))
         durations = get_domain("midi", vocabulary="durations").vocabulary()
         (model / "vocab.json").write_text(json.dumps(durations))  # checked on load
+        weights = model / "model.safetensors"  # and the fingerprint of the config in it
+        save_file(load_file(weights), weights, {WEIGHTS_CONFIG: weights_fingerprint(cfg)})
     elif case == "no_model":
         model = tmp_path / "nothing_here"
     out = tmp_path / "out.mid"

@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from seqformer.pipeline.inference import partial_path
 from seqformer.pipeline.run_dir import PREVIOUS
@@ -243,6 +244,39 @@ def test_a_truncated_model_file_is_one_clear_error(tiny_dna_run, tmp_path, name)
     code, text = run_cli("score", "dna", "--model", run, "--fasta", LAMBDA, "--out", out)
     assert code == 2 and text.startswith("error:") and str(run / name) in text, text
     assert not out.exists()
+
+
+@pytest.mark.parametrize("edit", [("hash_seed: 0", "hash_seed: 1"),  # same weights' shapes
+                                  ("kmer_embedding: 4", "kmer_embedding: 0"),
+                                  ("softmask: upper", "softmask: keep")])
+def test_a_config_that_does_not_fit_the_weights_is_named(tiny_dna_run, tmp_path, edit):
+    run = tmp_path / "run"
+    shutil.copytree(tiny_dna_run, run)
+    text = (run / "config.yaml").read_text()
+    assert edit[0] in text
+    (run / "config.yaml").write_text(text.replace(edit[0], edit[1]))
+    out = tmp_path / "s.tsv"
+    code, text = run_cli("score", "dna", "--model", run, "--fasta", LAMBDA, "--out", out)
+    assert code == 2 and text.startswith("error:"), text
+    assert f"{run / 'config.yaml'}: its model or tokenization is not the one" in text, text
+    assert not out.exists()
+
+
+def test_weights_without_a_fingerprint_still_load_and_a_mismatch_names_both_files(
+        tiny_dna_run, tmp_path):
+    """Runs saved before model.safetensors carried its config's fingerprint."""
+    run = tmp_path / "run"
+    shutil.copytree(tiny_dna_run, run)
+    weights = run / "model.safetensors"
+    save_file(load_file(weights), weights)  # the same tensors, no metadata
+    code, text = run_cli("score", "dna", "--model", run, "--fasta", LAMBDA,
+                         "--out", tmp_path / "s.tsv")
+    assert code == 0, text
+    config = (run / "config.yaml").read_text()
+    (run / "config.yaml").write_text(config.replace("kmer_embedding: 4", "kmer_embedding: 0"))
+    code, text = run_cli("score", "dna", "--model", run, "--fasta", LAMBDA,
+                         "--out", tmp_path / "t.tsv")
+    assert code == 2 and str(weights) in text and str(run / "config.yaml") in text, text
 
 
 # -- kills at random moments -----------------------------------------------------------------

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 import yaml
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_model, save_model
 
 from ..core import ReformerLM
@@ -114,10 +114,22 @@ def write_config(run: Path, cfg: dict, domain: Domain) -> None:
         tmp.write_text(json.dumps(domain.vocabulary(), indent=1))
 
 
+WEIGHTS_CONFIG = "seqformer.config"  # metadata key of model.safetensors
+
+
+def weights_fingerprint(cfg: dict) -> str:
+    """What in a config decides what the weights mean: the model and the tokenization."""
+    return json.dumps({"model": cfg["model"], "options": cfg.get("data", {}).get("options", {})},
+                      sort_keys=True)
+
+
 def export_weights(run: Path, model: ReformerLM) -> None:
+    """model.safetensors, carrying the fingerprint of the run's config.yaml, so a damaged or
+    edited config.yaml is named as such when the weights are loaded."""
+    metadata = {WEIGHTS_CONFIG: weights_fingerprint(read_config(run))}
     with atomic_path(run / "model.safetensors") as tmp:
         try:
-            save_model(model, str(tmp))
+            save_model(model, str(tmp), metadata=metadata)
         except SafetensorError as e:  # its writer reports a full disk as "(os error 28)"
             code = re.search(r"os error (\d+)", str(e))
             if code is None:
@@ -215,11 +227,20 @@ def load_model_dir(run: str | Path, task: str, build: Callable[[dict], torch.nn.
     its config. `domain` checks that the directory holds a model of that domain."""
     cfg = check_model_dir(run, task, domain)
     weights = Path(run) / "model.safetensors"
-    model = build(cfg)
     try:
-        load_model(model, str(weights), device=str(device))
+        with safe_open(str(weights), "pt") as f:
+            saved = (f.metadata() or {}).get(WEIGHTS_CONFIG)
     except Exception as e:
         raise InputError(f"{weights}: cannot load weights: {e}") from None
+    if saved is not None and saved != weights_fingerprint(cfg):
+        raise InputError(f"{Path(run) / 'config.yaml'}: its model or tokenization is not the "
+                         f"one {weights.name} was trained with (damaged or edited?)")
+    try:
+        model = build(cfg)
+        load_model(model, str(weights), device=str(device))
+    except Exception as e:  # weights from before the fingerprint: either file may be wrong
+        raise InputError(f"{weights}: cannot load weights with {Path(run) / 'config.yaml'}: "
+                         f"{e}") from None
     dom = get_domain(cfg["domain"], **cfg["data"].get("options", {}))
     check_vocabulary(run, dom)
     return model.to(device).eval(), dom, cfg
