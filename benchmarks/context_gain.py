@@ -16,7 +16,9 @@ again: what a perfect copier gets right there.
 Each context N scores every token with at most N preceding tokens of its own record, in
 windows of N overlapping by half (`seqformer score --context N`; docs/long-context.md).
 Contexts beyond the model's max_seq_len are skipped. --first N scores only the first N
-tokens of each record (quicker).
+tokens of each record (quicker). The repeat positions' bits at the longest context are also
+split by the kind of token there (MIDI: on, off, shift, velocity, program, drums; DNA: the
+base), to see which tokens the model fails to copy.
 """
 
 from __future__ import annotations
@@ -61,7 +63,7 @@ def context_gain(model_dir: Path, domain_name: str, files: list[Path], contexts:
     masks = [repeat_positions(t, k, min_distance) for t in tokens]
     repeat = np.concatenate([m[0] for m in masks])
     copy = np.concatenate([m[1] for m in masks])
-    rows = []
+    rows, bits = [], None
     for n in contexts:
         if n > model.max_seq_len:
             print(f"context {n:,}: beyond the model's max_seq_len ({model.max_seq_len:,}), "
@@ -72,10 +74,21 @@ def context_gain(model_dir: Path, domain_name: str, files: list[Path], contexts:
         rows.append({"context": n, "bits": float(bits.mean()),
                      "bits_repeat": float(bits[repeat].mean()) if repeat.any() else None,
                      "bits_rest": float(bits[~repeat].mean())})
-    return {"model": str(model_dir), "records": [r.id for r in records],
-            "tokens": int(len(repeat)), "repeat_share": float(repeat.mean()),
-            "copy_right": float(copy[repeat].mean()) if repeat.any() else None,
-            "k": k, "min_distance": min_distance, "rows": rows}
+    result = {"model": str(model_dir), "records": [r.id for r in records],
+              "tokens": int(len(repeat)), "repeat_share": float(repeat.mean()),
+              "copy_right": float(copy[repeat].mean()) if repeat.any() else None,
+              "k": k, "min_distance": min_distance, "rows": rows}
+    if bits is not None and repeat.any():
+        names = domain.vocabulary()["tokens"]
+        kinds = np.array([names[t].split("_")[0] for t in np.concatenate(tokens)])
+        total = bits[repeat].sum()
+        result["by_kind"] = {
+            kind: {"share": float((kinds[repeat] == kind).mean()),
+                   "bits": float(bits[repeat & (kinds == kind)].mean()),
+                   "median": float(np.median(bits[repeat & (kinds == kind)])),
+                   "share_of_bits": float(bits[repeat & (kinds == kind)].sum() / total)}
+            for kind in sorted(set(kinds[repeat]))}
+    return result
 
 
 def markdown(result: dict) -> str:
@@ -88,6 +101,14 @@ def markdown(result: dict) -> str:
     for r in result["rows"]:
         rep = "-" if r["bits_repeat"] is None else f"{r['bits_repeat']:.3f}"
         lines.append(f"| {r['context']:,} | {r['bits']:.3f} | {rep} | {r['bits_rest']:.3f} |")
+    if "by_kind" in result:
+        lines += ["", f"Repeat positions at context {result['rows'][-1]['context']:,}, by the "
+                  "kind of token there:", "",
+                  "| token | share of repeat positions | bits | median | share of their bits |",
+                  "|---|---:|---:|---:|---:|"]
+        for kind, r in result["by_kind"].items():
+            lines.append(f"| {kind} | {r['share']:.1%} | {r['bits']:.3f} | {r['median']:.3f} "
+                         f"| {r['share_of_bits']:.1%} |")
     return "\n".join(lines)
 
 

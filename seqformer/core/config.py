@@ -47,6 +47,11 @@ class ReformerConfig:
     # it (one hashing round per k), so a token's bucket holds the earlier occurrences of
     # its own context and it reads what followed them (attention/matching.py).
     match_k: tuple[int, ...] = (16,)
+    # Copy mixture (layers/copy.py): for each k, the token that followed the last earlier
+    # occurrence of a position's last k tokens is mixed into the head's distribution with a
+    # learned weight, so a repeat is copied by token id even where the token's embedding is
+    # barely trained. () = off (the paper's plain head). Causal models only.
+    copy_k: tuple[int, ...] = ()
     # Input embedding at position t also sums per-offset embeddings of tokens t-1..t-k+1:
     # a causal k-mer feature, so short-range statistics need no learned relative offsets
     # (absolute axial positions make those slow to learn). 1 = the paper's plain embedding.
@@ -76,6 +81,9 @@ class ReformerConfig:
         if isinstance(self.match_k, int):
             self.match_k = (self.match_k,)
         self.match_k = tuple(self.match_k)
+        if isinstance(self.copy_k, int):
+            self.copy_k = (self.copy_k,)
+        self.copy_k = tuple(self.copy_k)
         self.validate()
         if self.n_buckets is None:
             self.n_buckets = max(2, _next_pow2(math.ceil(self.max_seq_len / self.bucket_size)))
@@ -118,6 +126,11 @@ class ReformerConfig:
         need(len(self.match_k) > 0 and all(isinstance(k, int) and not isinstance(k, bool)
                                             and k > 0 for k in self.match_k),
              "match_k", f"needs one or more positive integers, got {self.match_k!r}")
+        need(all(isinstance(k, int) and not isinstance(k, bool) and k > 0
+                 for k in self.copy_k), "copy_k",
+             f"needs positive integers (or none: off), got {self.copy_k!r}")
+        need(self.causal or not self.copy_k, "copy_k",
+             "copies what followed earlier occurrences: needs a causal model (causal=True)")
         need(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
         if self.axial_shape is not None:
             need(len(self.axial_shape) >= 2 and all(a > 0 for a in self.axial_shape),
@@ -154,6 +167,7 @@ class ReformerConfig:
         d = asdict(self)
         d["axial_shape"] = list(self.axial_shape) if self.axial_shape else None
         d["match_k"] = list(self.match_k)
+        d["copy_k"] = list(self.copy_k)
         return d
 
     @classmethod

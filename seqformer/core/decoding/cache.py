@@ -30,6 +30,18 @@ class LSHCache(KVCache):
 
 
 @dataclass
+class CopyCache:
+    """The copy mixture's state (layers/copy.py): the tokens decoded so far (B, capacity),
+    the context hash of each item 0..capacity per k (B, K, capacity + 1), -1 unset, and the
+    last position's candidates and streaks (B, K)."""
+
+    tokens: torch.Tensor
+    hashes: torch.Tensor
+    last: torch.Tensor
+    streak: torch.Tensor
+
+
+@dataclass
 class DecodeCache:
     """A model's decoding state: each layer's cache (an LSHCache for lsh layers) and what
     the embedding and the cross-attention read at each step."""
@@ -44,6 +56,7 @@ class DecodeCache:
     # `length` on the model's device, advanced by the step itself: the decoding loop never
     # has to send a position to the device nor read one back
     position: torch.Tensor | None = None
+    copy: CopyCache | None = None  # the copy mixture's tokens and context hashes
 
     def select(self, index: torch.Tensor) -> None:
         """Row r becomes a copy of row index[r] (the batch may change size): e.g. each
@@ -57,6 +70,9 @@ class DecodeCache:
             self.cross = [(k[index], v[index]) for k, v in self.cross]
         if self.memory_lengths is not None:
             self.memory_lengths = self.memory_lengths[index]
+        if self.copy is not None:
+            self.copy = CopyCache(*(getattr(self.copy, f.name)[index]
+                                    for f in fields(self.copy)))
 
     def reorder_beams(self, parent: torch.Tensor, start: int) -> None:
         """Row r takes row parent[r]'s state, in place (a compiled step keeps its
@@ -73,3 +89,7 @@ class DecodeCache:
                     t.copy_(t[parent])
         if self.recent is not None:
             self.recent = self.recent[parent]
+        if self.copy is not None:
+            for f in fields(self.copy):
+                t = getattr(self.copy, f.name)
+                t.copy_(t[parent])

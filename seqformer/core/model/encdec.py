@@ -49,6 +49,9 @@ class ReformerEncDec(nn.Module):
             enc_cfg = ReformerConfig.from_dict({**enc_cfg.to_dict(), "causal": False})
         if not dec_cfg.causal:
             raise ConfigError("causal: the decoder must be causal (dec_cfg.causal=True)")
+        if dec_cfg.copy_k:
+            raise ConfigError("copy_k: the copy mixture is for language models, not for an "
+                              "encoder-decoder's decoder")
         if enc_cfg.d_model != dec_cfg.d_model:
             raise ConfigError(f"d_model: the encoder's ({enc_cfg.d_model}) and the decoder's "
                               f"({dec_cfg.d_model}) must be equal")

@@ -21,6 +21,7 @@ from ..decoding.generate import generate_tokens
 from ..decoding.sampling import Constraint
 from ..layers.axial_positions import AxialPositionalEmbedding
 from ..layers.chunked_loss import next_token_nll
+from ..layers.copy import Copies, CopyGate, copy_step, find_copies, mix, mixed_nll, new_copy_cache
 from ..layers.dropout import dropout
 from ..layers.embeddings import sum_of_rows
 from ..layers.feedforward import FeedForward
@@ -70,6 +71,7 @@ class ReformerLM(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.vocab_size, bias=False)
         self.apply(self._init)
+        self.copy_gate = CopyGate(len(cfg.copy_k)) if cfg.copy_k else None
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
         self._compiled: dict = {}  # compile_decoding's steps, by mode
@@ -127,7 +129,7 @@ class ReformerLM(nn.Module):
         """How many past tokens a decoding step reads: the k-mer embedding's and the match
         layers' contexts."""
         match = max(self.cfg.match_k) if self.cfg.has_match else 0
-        return max(self.cfg.kmer_embedding - 1, match)
+        return max(self.cfg.kmer_embedding - 1, match, *self.cfg.copy_k)
 
     def _recent(self, tokens: torch.Tensor, before: torch.Tensor | None) -> torch.Tensor | None:
         """The last `_history` tokens after appending `tokens`, for the next step (the
@@ -169,9 +171,21 @@ class ReformerLM(nn.Module):
             stack = reversible_stack if self.cfg.reversible else plain_stack
         return self.norm(stack(self.layers, x, self._streams(x), src))
 
+    def _logits(self, hidden: torch.Tensor, copies: Copies | None) -> torch.Tensor:
+        """The head's logits of final hidden states; with the copy mixture, its log p."""
+        logits = self.head(hidden)
+        if self.copy_gate is None:
+            return logits
+        return mix(logits, copies.candidates, self.copy_gate(copies))
+
+    def _copies(self, tokens: torch.Tensor) -> Copies | None:
+        if self.copy_gate is None:
+            return None
+        return find_copies(tokens, self.cfg.copy_k, self.cfg.vocab_size)
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """tokens (B, L) -> logits (B, L, vocab_size)."""
-        return self.head(self.hidden_states(tokens))
+        return self._logits(self.hidden_states(tokens), self._copies(tokens))
 
     def loss(self, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
         """Next-token cross-entropy in nats of tokens[:, 1:] given what precedes them.
@@ -182,8 +196,11 @@ class ReformerLM(nn.Module):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
         if tokens.ndim != 2 or tokens.shape[1] < 2:
             raise ValueError("loss needs tokens of shape (batch, length) with length >= 2")
-        nll = next_token_nll(self.hidden_states(tokens[:, :-1]), self.head.weight,
-                             tokens[:, 1:])
+        hidden = self.hidden_states(tokens[:, :-1])
+        nll = next_token_nll(hidden, self.head.weight, tokens[:, 1:])
+        if self.copy_gate is not None:
+            copies = self._copies(tokens[:, :-1])
+            nll = mixed_nll(nll, tokens[:, 1:], copies.candidates, self.copy_gate(copies))
         return nll.mean() if reduction == "mean" else nll.sum() if reduction == "sum" else nll
 
     # -- decoding ---------------------------------------------------------------------
@@ -212,11 +229,14 @@ class ReformerLM(nn.Module):
             x1 = x1 + a
             x2 = x2 + layer.ff(x1)
             caches.append(cache)
-        logits = self.head(self.norm(stream_mean(x1, x2, x.dtype)))
+        copies = self._copies(prompt)
+        logits = self._logits(self.norm(stream_mean(x1, x2, x.dtype)), copies)
         position = torch.tensor(prompt.shape[1], device=prompt.device)
+        copy = (new_copy_cache(prompt, copies, capacity, self.cfg.copy_k, self.cfg.vocab_size)
+                if copies is not None else None)
         return logits, DecodeCache(caches, prompt.shape[1], capacity,
                                    self._recent(prompt, None), cross, src.memory_lengths,
-                                   position)
+                                   position, copy)
 
     @torch.no_grad()
     def step(self, token: torch.Tensor, cache: DecodeCache) -> torch.Tensor:
@@ -247,8 +267,12 @@ class ReformerLM(nn.Module):
                                     positions=t.view(1))
             x1 = x1 + a
             x2 = x2 + layer.ff(x1)
+        copies = None
+        if cache.copy is not None:
+            step = copy_step(cache.copy, token, recent, t, self.cfg.copy_k, self.cfg.vocab_size)
+            copies = Copies(*(c.unsqueeze(1) for c in step))
         t.add_(1)
-        return self.head(self.norm(stream_mean(x1, x2, x.dtype)))[:, 0], recent
+        return self._logits(self.norm(stream_mean(x1, x2, x.dtype)), copies)[:, 0], recent
 
     def compile_decoding(self, mode: str | None = None, enabled: bool = True) -> None:
         """Decode with a torch.compile'd step (one graph for every position: the step's

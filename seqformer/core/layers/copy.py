@@ -1,0 +1,177 @@
+"""Copy mixture: the token that followed the last occurrence of a context, named by its id.
+
+A match layer (attention/matching.py) finds what followed the earlier occurrences of a
+position's context and reads it as a vector; the head must then turn that vector back into
+a token through the (tied) embedding. For a token the training data rarely or never holds
+(a General MIDI program no training piece plays) that embedding is untrained, and the head
+keeps the right answer improbable however clear the repeat.
+
+The copy mixture skips the round trip, as a cache language model or a pointer-generator
+does. For each k in `copy_k`, position p's *candidate* is the token that followed the most
+recent earlier occurrence of x[p-k+1 .. p] (its last k tokens), found exactly (hash, then
+the k tokens compared). The head's distribution and the candidates are mixed:
+
+    p(v) = w_0 softmax(head(h_p))_v + sum_k w_k [v == candidate_k(p)],
+    w = softmax(0, s_1, ..., s_K),
+    s_k = SCALE (t_k log(1 + streak_k(p)) + b_k)      (-inf without a candidate)
+
+so a trusted candidate is likely whatever the head thinks of its token. streak_k(p) is how
+many positions in a row, up to p, candidate k was right. The gate reads only that, not
+h_p: evidence of a repeat that does not depend on which tokens repeat. (A gate of h_p
+learns in a few steps to trust candidates, then drifts once the head copies the training
+data's tokens as well, and on tokens training never showed it is no guide: tested.)
+A candidate and a streak depend only on tokens up to p: the model stays exactly causal and
+prefix consistent. The model's "logits" are then log p. Cost: a sort of L + 1 hashes per
+k, and O(L) memory.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn as nn
+
+from ..attention.matching import context_buckets
+from ..decoding.cache import CopyCache
+
+NO_CANDIDATE = -1e4  # a gate score whose weight is exactly 0 in float32
+# Adam moves a parameter about lr per step, and a gate that trusts a long streak needs a
+# score of several units: the gate's parameters are scaled so that takes tens of steps.
+GATE_SCALE = 8.0
+
+
+def _contexts(ext: torch.Tensor, k: int, k_max: int, n_items: int) -> torch.Tensor:
+    """The k tokens before each item 0..n_items-1: (B, n_items, k), from ext = k_max pad
+    tokens then the sequence."""
+    return ext.unfold(1, k, 1)[:, k_max - k:k_max - k + n_items]
+
+
+def copy_candidates(tokens: torch.Tensor, copy_k: tuple[int, ...], pad: int) -> torch.Tensor:
+    """tokens (B, L) -> (B, L, K) long: for each position p and each k of copy_k, the token
+    that followed the most recent earlier occurrence of tokens[p-k+1 .. p], or -1 where the
+    context has not occurred before (or reaches before the sequence, where `pad` stands)."""
+    B, L = tokens.shape
+    k_max = max(copy_k)
+    hashes = context_buckets(tokens, copy_k, pad)[:, 0].long()  # (B, K, L + 1)
+    ext = torch.cat([tokens.new_full((B, k_max), pad), tokens], dim=1).long()
+    items = torch.arange(L + 1, device=tokens.device)
+    out = []
+    for r, k in enumerate(copy_k):
+        h = hashes[:, r]
+        # items sorted by (hash, position): the one before an item in that order, if it
+        # has the same hash, is the most recent earlier item with its context
+        order = torch.argsort(h * (L + 1) + items, dim=-1)
+        sorted_h = h.gather(-1, order)
+        prev = torch.where(sorted_h[:, 1:] == sorted_h[:, :-1], order[:, :-1], -1)
+        earlier = torch.full_like(h, -1).scatter_(-1, order[:, 1:], prev)[:, 1:]  # items 1..L
+        ctx = _contexts(ext, k, k_max, L + 1)
+        j = earlier.clamp_min(0)
+        same = (ctx.gather(1, j.unsqueeze(-1).expand(B, L, k)) == ctx[:, 1:]).all(-1)
+        # a context holding the pad token starts the sequence: it never occurred before
+        real = (ctx[:, 1:] != pad).all(-1)
+        found = (earlier >= 0) & same & real
+        out.append(torch.where(found, tokens.long().gather(-1, j.clamp_max(L - 1)), -1))
+    return torch.stack(out, dim=-1)
+
+
+def copy_streaks(tokens: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
+    """(B, L, K): for each position p, how many positions q <= p in a row had their token
+    named by the candidate of q - 1."""
+    B, L, K = candidates.shape
+    hit = torch.zeros_like(candidates, dtype=torch.bool)
+    hit[:, 1:] = candidates[:, :-1] == tokens[:, 1:].unsqueeze(-1)
+    idx = torch.arange(L, device=tokens.device).view(1, L, 1)
+    last_miss = torch.where(hit, -1, idx).cummax(dim=1).values
+    return idx - last_miss
+
+
+class Copies(NamedTuple):
+    """A sequence's candidates (B, L, K), -1 for none, and their streaks (B, L, K)."""
+
+    candidates: torch.Tensor
+    streaks: torch.Tensor
+
+
+def find_copies(tokens: torch.Tensor, copy_k: tuple[int, ...], pad: int) -> Copies:
+    candidates = copy_candidates(tokens, copy_k, pad)
+    return Copies(candidates, copy_streaks(tokens, candidates))
+
+
+class CopyGate(nn.Module):
+    """The log weights (..., K + 1) of the head's distribution and of each candidate."""
+
+    def __init__(self, n_k: int):
+        super().__init__()
+        self.trust = nn.Parameter(torch.zeros(n_k))  # per unit of log(1 + streak)
+        self.bias = nn.Parameter(torch.zeros(n_k))
+
+    def forward(self, copies: Copies) -> torch.Tensor:
+        """log weights (..., K + 1), float32; a missing candidate's weight is 0."""
+        s = GATE_SCALE * (self.trust * torch.log1p(copies.streaks.float()) + self.bias)
+        s = torch.where(copies.candidates >= 0, s, torch.full_like(s, NO_CANDIDATE))
+        return torch.log_softmax(torch.cat([torch.zeros_like(s[..., :1]), s], dim=-1), -1)
+
+
+def mix(logits: torch.Tensor, candidates: torch.Tensor, log_weights: torch.Tensor
+        ) -> torch.Tensor:
+    """The head's logits (..., V) -> log p (..., V) of the copy mixture."""
+    log_p = torch.log_softmax(logits.to(log_weights.dtype), -1) + log_weights[..., :1]
+    for k in range(candidates.shape[-1]):
+        at = candidates[..., k:k + 1].clamp_min(0)
+        log_p = log_p.scatter(-1, at, torch.logaddexp(log_p.gather(-1, at),
+                                                      log_weights[..., k + 1:k + 2]))
+    return log_p
+
+
+def mixed_nll(nll: torch.Tensor, targets: torch.Tensor, candidates: torch.Tensor,
+              log_weights: torch.Tensor) -> torch.Tensor:
+    """-log p(target) of the copy mixture (...), from the head's own nll (...)."""
+    hits = torch.where(candidates == targets.unsqueeze(-1), log_weights[..., 1:],
+                       torch.full_like(log_weights[..., 1:], NO_CANDIDATE))
+    terms = torch.cat([(log_weights[..., 0] - nll).unsqueeze(-1), hits], dim=-1)
+    return -torch.logsumexp(terms, dim=-1)
+
+
+def new_copy_cache(prompt: torch.Tensor, copies: Copies, capacity: int,
+                   copy_k: tuple[int, ...], pad: int) -> CopyCache:
+    """The state after `prompt` (B, P), whose copies are `copies`."""
+    B, P = prompt.shape
+    tokens = prompt.new_full((B, capacity), pad, dtype=torch.long)
+    tokens[:, :P] = prompt
+    hashes = torch.full((B, len(copy_k), capacity + 1), -1, dtype=torch.long,
+                        device=prompt.device)
+    hashes[:, :, :P + 1] = context_buckets(prompt, copy_k, pad)[:, 0]
+    return CopyCache(tokens, hashes, copies.candidates[:, -1].clone(),
+                     copies.streaks[:, -1].clone())
+
+
+def copy_step(cache: CopyCache, token: torch.Tensor, recent: torch.Tensor, t: torch.Tensor,
+              copy_k: tuple[int, ...], pad: int) -> Copies:
+    """Append `token` (B,) at position t (a 0-d tensor) and return its copies (each (B, K)),
+    as find_copies gives them for the whole sequence. recent: (B, >= max(copy_k)) the last
+    tokens, `token` last. Fixed shapes: the earlier occurrence is found by a pass over the
+    cache's hashes."""
+    B, K, T = cache.hashes.shape
+    cache.tokens.index_copy_(1, t.view(1), token.long().view(B, 1))
+    item = t + 1
+    own = context_buckets(recent[:, -max(copy_k):], copy_k, pad)[:, 0, :, -1].long()  # (B, K)
+    cache.hashes.index_copy_(2, item.view(1), own.unsqueeze(-1))
+    idx = torch.arange(T, device=token.device)
+    # the latest earlier item whose context is the same k tokens (hash, then compared)
+    out = []
+    for r, k in enumerate(copy_k):
+        same_hash = (cache.hashes[:, r] == own[:, r:r + 1]) & (idx < item)
+        j = torch.where(same_hash, idx, -1).amax(-1)  # (B,)
+        back = torch.arange(k, 0, -1, device=token.device)
+        at = (j.unsqueeze(-1) - back).clamp(0, cache.tokens.shape[1] - 1)
+        ctx = torch.where(j.unsqueeze(-1) - back >= 0, cache.tokens.gather(1, at), pad)
+        mine = recent[:, -k:].long()
+        found = (j >= 0) & (ctx == mine).all(-1) & (mine != pad).all(-1)
+        nxt = cache.tokens.gather(1, j.clamp(0, cache.tokens.shape[1] - 1).unsqueeze(-1))[:, 0]
+        out.append(torch.where(found, nxt, -1))
+    candidates = torch.stack(out, dim=-1)
+    hit = cache.last == token.long().unsqueeze(-1)
+    cache.streak.copy_(torch.where(hit, cache.streak + 1, 0))
+    cache.last.copy_(candidates)
+    return Copies(candidates, cache.streak.clone())

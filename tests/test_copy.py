@@ -1,0 +1,220 @@
+"""The copy mixture (model.copy_k): candidates against a plain search, the model against its
+plain counterpart and a hand-made mixture, the chunked loss against full logits, cached
+decoding, and copying tokens that training never showed."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from seqformer.core import ReformerConfig, ReformerLM
+from seqformer.core.config import ConfigError
+from seqformer.core.layers.copy import copy_candidates, find_copies
+
+
+def candidates_reference(x: list[int], k: int) -> list[int]:
+    """For each position p: the token after the latest q < p whose k tokens ending at q
+    equal the k ending at p, or -1."""
+    out = []
+    for p in range(len(x)):
+        found = -1
+        if p - k + 1 >= 0:
+            for q in range(p - 1, k - 2, -1):
+                if x[q - k + 1:q + 1] == x[p - k + 1:p + 1]:
+                    found = x[q + 1]
+                    break
+        out.append(found)
+    return out
+
+
+def repetitive(L: int, B: int = 2, seed: int = 0, vocab: int = 11) -> torch.Tensor:
+    """A random phrase repeated with random changes, so contexts recur."""
+    g = torch.Generator().manual_seed(seed)
+    phrase = torch.randint(0, vocab, (B, 17), generator=g)
+    x = phrase.repeat(1, L // 17 + 1)[:, :L].clone()
+    change = torch.rand(B, L, generator=g) < 0.15
+    return torch.where(change, torch.randint(0, vocab, (B, L), generator=g), x)
+
+
+@pytest.mark.parametrize("vocab", [2, 3, 7])
+def test_candidates_are_the_token_after_the_latest_earlier_occurrence(vocab):
+    x = repetitive(120, B=3, seed=vocab, vocab=vocab)
+    copy_k = (1, 3, 8)
+    got = copy_candidates(x, copy_k, pad=vocab)
+    assert got.shape == (3, 120, 3)
+    for b in range(3):
+        for r, k in enumerate(copy_k):
+            assert got[b, :, r].tolist() == candidates_reference(x[b].tolist(), k)
+    assert (got[..., 0] >= 0).sum() > 0 and (got[..., 2] >= 0).sum() > 0  # some found
+
+
+def test_a_streak_counts_the_candidates_right_in_a_row():
+    x = torch.tensor([[1, 2, 3, 1, 2, 3, 1, 2, 0, 1, 2, 3]])
+    copies = find_copies(x, (1,), pad=4)
+    assert copies.candidates[0, :, 0].tolist() == [-1, -1, -1, 2, 3, 1, 2, 3, -1, 2, 0, 1]
+    # right at positions 4, 5, 6, 7 (2, 3, 1, 2 named by the candidates before), then 10
+    assert copies.streaks[0, :, 0].tolist() == [0, 0, 0, 0, 1, 2, 3, 4, 0, 0, 1, 0]
+
+
+def tiny(**kw) -> ReformerConfig:
+    base = dict(vocab_size=11, d_model=32, n_layers=2, n_heads=2, d_ff=64,
+                attn=["local", "match"], bucket_size=8, n_hashes=2, max_seq_len=256,
+                match_k=(2, 3), copy_k=(2, 5))
+    base.update(kw)
+    return ReformerConfig(**base)
+
+
+def with_gate(cfg: ReformerConfig, seed: int = 0) -> ReformerLM:
+    """A model whose copy gate is not where it starts in training."""
+    torch.manual_seed(seed)
+    m = ReformerLM(cfg).eval()
+    with torch.no_grad():
+        m.copy_gate.bias.normal_(0, 0.3)
+        m.copy_gate.trust.normal_(0, 0.3)
+    return m
+
+
+def plain_twin(m: ReformerLM) -> ReformerLM:
+    plain = ReformerLM(tiny(copy_k=())).eval()
+    missing, unexpected = plain.load_state_dict(m.state_dict(), strict=False)
+    assert not missing and sorted(unexpected) == ["copy_gate.bias", "copy_gate.trust"]
+    return plain
+
+
+def test_without_candidates_or_trust_it_is_the_plain_model():
+    m = with_gate(tiny())
+    plain = plain_twin(m)
+    fresh = torch.randperm(11, generator=torch.Generator().manual_seed(0))
+    no_repeats = fresh.view(1, 11)  # no context occurs twice: no candidates
+    x = repetitive(90)
+    with torch.no_grad():
+        torch.testing.assert_close(m(no_repeats), torch.log_softmax(plain(no_repeats), -1),
+                                   atol=1e-6, rtol=0)
+        m.copy_gate.bias.fill_(-1e4)  # a gate that never trusts a candidate
+        torch.testing.assert_close(m(x), torch.log_softmax(plain(x), -1), atol=1e-6, rtol=0)
+
+
+def test_log_probs_are_the_hand_made_mixture():
+    m = with_gate(tiny())
+    plain = plain_twin(m)
+    x = repetitive(90)
+    with torch.no_grad():
+        probs = torch.softmax(plain(x).double(), -1)
+        copies = find_copies(x, (2, 5), 11)
+        cands = copies.candidates
+        gates = 8 * (m.copy_gate.trust.double() * torch.log1p(copies.streaks.double())
+                     + m.copy_gate.bias.double())
+        expect = torch.empty_like(probs)
+        for b in range(2):
+            for p in range(90):
+                scores = [0.0] + [gates[b, p, r].item() for r in range(2)
+                                  if cands[b, p, r] >= 0]
+                w = torch.softmax(torch.tensor(scores, dtype=torch.float64), 0)
+                expect[b, p] = w[0] * probs[b, p]
+                for weight, r in zip(w[1:], [r for r in range(2) if cands[b, p, r] >= 0]):
+                    expect[b, p, cands[b, p, r]] += weight
+        torch.testing.assert_close(m(x).double(), expect.log(), atol=1e-5, rtol=1e-5)
+    assert (cands >= 0).float().mean() > 0.3 and copies.streaks.max() > 3
+
+
+def test_chunked_loss_and_its_gradients_equal_full_logits(monkeypatch):
+    import seqformer.core.layers.chunked_loss as chunked
+    monkeypatch.setattr(chunked, "ROWS", 37)  # several blocks, the last one partial
+    cfg = tiny(reversible=False, dropout=0.0)
+    a, b = with_gate(cfg), with_gate(cfg)
+    x = repetitive(120, seed=3)
+    loss_a = a.loss(x)
+    logits = b(x[:, :-1])
+    loss_b = F.cross_entropy(logits.reshape(-1, 11), x[:, 1:].reshape(-1))
+    torch.testing.assert_close(loss_a, loss_b, atol=1e-5, rtol=1e-5)
+    loss_a.backward()
+    loss_b.backward()
+    for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+        torch.testing.assert_close(pa.grad, pb.grad, atol=1e-5, rtol=1e-4, msg=name)
+    assert a.copy_gate.bias.grad.abs().sum() > 0 and a.copy_gate.trust.grad.abs().sum() > 0
+
+
+def test_exactly_causal_and_prefix_consistent():
+    m = with_gate(tiny())
+    x = repetitive(80)
+    with torch.no_grad():
+        full = m(x)
+        for t in (1, 9, 40, 80):
+            torch.testing.assert_close(m(x[:, :t]), full[:, :t], atol=1e-5, rtol=1e-5)
+        for t in (4, 30, 61):
+            x2 = x.clone()
+            x2[:, t] = (x2[:, t] + 1) % 11
+            out = m(x2)
+            torch.testing.assert_close(out[:, :t], full[:, :t], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("kw", [dict(), dict(attn="lsh", copy_k=(1,)),
+                                dict(attn="local", copy_k=(3, 12), kmer_embedding=4)],
+                         ids=str)
+def test_cached_decoding_equals_the_full_forward(kw):
+    m = with_gate(tiny(**kw))
+    x = repetitive(90)
+    with torch.no_grad():
+        full = m(x)
+    logits, cache = m.prefill(x[:, :13], capacity=90)
+    torch.testing.assert_close(logits, full[:, :13], atol=1e-4, rtol=0)
+    for t in range(13, 90):
+        torch.testing.assert_close(m.step(x[:, t], cache), full[:, t], atol=1e-4, rtol=0)
+
+
+def test_beam_rows_keep_their_own_history():
+    """select (one row per beam) and reorder_beams move the copy state with the row."""
+    m = with_gate(tiny())
+    x = repetitive(60, B=2)
+    rows = torch.tensor([1, 0, 1])
+    with torch.no_grad():
+        full = m(x)[rows]
+        _, cache = m.prefill(x[:, :20], capacity=60)
+        cache.select(rows)
+        other = repetitive(60, B=1, seed=5)[0]
+        for t in range(20, 30):  # the third row goes its own way...
+            m.step(torch.stack([x[1, t], x[0, t], other[t]]), cache)
+        cache.reorder_beams(torch.tensor([0, 1, 0]), start=20)  # ...and takes the first's
+        for t in range(30, 60):
+            torch.testing.assert_close(m.step(x[rows, t], cache), full[:, t], atol=1e-4,
+                                       rtol=0)
+
+
+def test_config_checks():
+    with pytest.raises(ConfigError, match="copy_k: .*needs a causal model"):
+        tiny(causal=False, attn="lsh")
+    with pytest.raises(ConfigError, match="copy_k: needs positive integers"):
+        tiny(copy_k=(0,))
+    assert ReformerConfig.from_dict(tiny(copy_k=4).to_dict()).copy_k == (4,)
+
+
+def _repeat_batch(g: torch.Generator, low: int, high: int, B: int = 16, half: int = 64):
+    first = torch.randint(low, high, (B, half), generator=g)
+    return torch.cat([first, first], dim=1)
+
+
+@pytest.mark.parametrize("copy_k,copies", [((4,), True), ((), False)])
+def test_copies_tokens_it_never_saw_in_training(copy_k, copies):
+    """Trained on repeated random sequences of tokens 0-15 only, the model meets repeats
+    of tokens 16-31, whose embeddings training never moved: with the copy bonus it copies
+    them (loss near 0 on the repeat), without it (the same match-layer model) it cannot."""
+    torch.manual_seed(0)
+    cfg = ReformerConfig(vocab_size=32, d_model=64, n_layers=2, n_heads=2, d_ff=128,
+                         attn=["local", "match"], bucket_size=32, n_hashes=2, match_k=(4,),
+                         copy_k=copy_k, max_seq_len=256)
+    model = ReformerLM(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(60):
+        loss = model.loss(_repeat_batch(g, 0, 16))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.eval()
+    with torch.no_grad():
+        nll = model.loss(_repeat_batch(torch.Generator().manual_seed(99), 16, 32),
+                         reduction="none")
+    repeat = nll[:, 64 + 4:].mean().item()  # once the 4-token context has repeated
+    if copies:
+        assert repeat < 0.3
+    else:
+        assert repeat > 2.0
