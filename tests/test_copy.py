@@ -10,6 +10,8 @@ from seqformer.core import ReformerConfig, ReformerLM
 from seqformer.core.config import ConfigError
 from seqformer.core.layers.copy import copy_candidates, find_copies
 
+from test_model import assert_decoding_is_the_full_forward
+
 
 def candidates_reference(x: list[int], k: int) -> list[int]:
     """For each position p: the token after the latest q < p whose k tokens ending at q
@@ -151,14 +153,7 @@ def test_exactly_causal_and_prefix_consistent():
                                 dict(attn="local", copy_k=(3, 12), kmer_embedding=4)],
                          ids=str)
 def test_cached_decoding_equals_the_full_forward(kw):
-    m = with_gate(tiny(**kw))
-    x = repetitive(90)
-    with torch.no_grad():
-        full = m(x)
-    logits, cache = m.prefill(x[:, :13], capacity=90)
-    torch.testing.assert_close(logits, full[:, :13], atol=1e-4, rtol=0)
-    for t in range(13, 90):
-        torch.testing.assert_close(m.step(x[:, t], cache), full[:, t], atol=1e-4, rtol=0)
+    assert_decoding_is_the_full_forward(with_gate(tiny(**kw)), repetitive(90))
 
 
 def test_beam_rows_keep_their_own_history():

@@ -74,16 +74,21 @@ DECODE_CASES = [
 ]
 
 
-@pytest.mark.parametrize("case", DECODE_CASES, ids=lambda c: str(c))
-def test_cached_decoding_matches_full_forward(case):
-    m = model(**case)
-    x = tokens(90)
+def assert_decoding_is_the_full_forward(m: ReformerLM, x: torch.Tensor, prompt: int = 13
+                                        ) -> None:
+    """Prefill x[:, :prompt], then one step per token: each position's logits are the
+    full forward's."""
     with torch.no_grad():
         full = m(x)
-    logits, cache = m.prefill(x[:, :13], capacity=90)
-    torch.testing.assert_close(logits, full[:, :13], atol=1e-4, rtol=0)
-    for t in range(13, 90):
+    logits, cache = m.prefill(x[:, :prompt], capacity=x.shape[1])
+    torch.testing.assert_close(logits, full[:, :prompt], atol=1e-4, rtol=0)
+    for t in range(prompt, x.shape[1]):
         torch.testing.assert_close(m.step(x[:, t], cache), full[:, t], atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("case", DECODE_CASES, ids=lambda c: str(c))
+def test_cached_decoding_matches_full_forward(case):
+    assert_decoding_is_the_full_forward(model(**case), tokens(90))
 
 
 @pytest.mark.parametrize("kind", KINDS)

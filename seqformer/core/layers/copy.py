@@ -32,7 +32,7 @@ from typing import NamedTuple
 import torch
 import torch.nn as nn
 
-from ..attention.matching import context_buckets
+from ..attention.matching import context_buckets, next_bucket
 from ..decoding.cache import CopyCache
 
 NO_CANDIDATE = -1e4  # a gate score whose weight is exactly 0 in float32
@@ -71,7 +71,7 @@ def copy_candidates(tokens: torch.Tensor, copy_k: tuple[int, ...], pad: int) -> 
         # a context holding the pad token starts the sequence: it never occurred before
         real = (ctx[:, 1:] != pad).all(-1)
         found = (earlier >= 0) & same & real
-        out.append(torch.where(found, tokens.long().gather(-1, j.clamp_max(L - 1)), -1))
+        out.append(torch.where(found, tokens.long().gather(-1, j), -1))  # j < item <= L
     return torch.stack(out, dim=-1)
 
 
@@ -152,10 +152,10 @@ def copy_step(cache: CopyCache, token: torch.Tensor, recent: torch.Tensor, t: to
     as find_copies gives them for the whole sequence. recent: (B, >= max(copy_k)) the last
     tokens, `token` last. Fixed shapes: the earlier occurrence is found by a pass over the
     cache's hashes."""
-    B, K, T = cache.hashes.shape
+    B, _, T = cache.hashes.shape
     cache.tokens.index_copy_(1, t.view(1), token.long().view(B, 1))
     item = t + 1
-    own = context_buckets(recent[:, -max(copy_k):], copy_k, pad)[:, 0, :, -1].long()  # (B, K)
+    own = next_bucket(recent, copy_k, pad).long()  # (B, K)
     cache.hashes.index_copy_(2, item.view(1), own.unsqueeze(-1))
     idx = torch.arange(T, device=token.device)
     # the latest earlier item whose context is the same k tokens (hash, then compared)
@@ -168,7 +168,7 @@ def copy_step(cache: CopyCache, token: torch.Tensor, recent: torch.Tensor, t: to
         ctx = torch.where(j.unsqueeze(-1) - back >= 0, cache.tokens.gather(1, at), pad)
         mine = recent[:, -k:].long()
         found = (j >= 0) & (ctx == mine).all(-1) & (mine != pad).all(-1)
-        nxt = cache.tokens.gather(1, j.clamp(0, cache.tokens.shape[1] - 1).unsqueeze(-1))[:, 0]
+        nxt = cache.tokens.gather(1, j.clamp_min(0).unsqueeze(-1))[:, 0]  # j <= t
         out.append(torch.where(found, nxt, -1))
     candidates = torch.stack(out, dim=-1)
     hit = cache.last == token.long().unsqueeze(-1)

@@ -126,8 +126,8 @@ class ReformerLM(nn.Module):
 
     @property
     def _history(self) -> int:
-        """How many past tokens a decoding step reads: the k-mer embedding's and the match
-        layers' contexts."""
+        """How many past tokens a decoding step reads: the k-mer embedding's, the match
+        layers' and the copy mixture's contexts."""
         match = max(self.cfg.match_k) if self.cfg.has_match else 0
         return max(self.cfg.kmer_embedding - 1, match, *self.cfg.copy_k)
 
