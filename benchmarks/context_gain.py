@@ -15,10 +15,11 @@ again: what a perfect copier gets right there.
 
 Each context N scores every token with at most N preceding tokens of its own record, in
 windows of N overlapping by half (`seqformer score --context N`; docs/long-context.md).
-Contexts beyond the model's max_seq_len are skipped. --first N scores only the first N
-tokens of each record (quicker). The repeat positions' bits at the longest context are also
-split by the kind of token there (MIDI: on, off, shift, velocity, program, drums; DNA: the
-base), to see which tokens the model fails to copy.
+Contexts beyond the model's max_seq_len are skipped, except with the copy mixture: then
+the windows are max_seq_len long and the copy mixture reads the rest. --first N scores
+only the first N tokens of each record (quicker). The repeat positions' bits at the
+longest context are also split by the kind of token there (MIDI: on, off, shift,
+velocity, program, drums; DNA: the base), to see which tokens the model fails to copy.
 """
 
 from __future__ import annotations
@@ -65,11 +66,14 @@ def context_gain(model_dir: Path, domain_name: str, files: list[Path], contexts:
     copy = np.concatenate([m[1] for m in masks])
     rows, bits = [], None
     for n in contexts:
-        if n > model.max_seq_len:
+        if n > model.max_seq_len and model.copy_gate is None:
             print(f"context {n:,}: beyond the model's max_seq_len ({model.max_seq_len:,}), "
                   "skipped")
             continue
-        bits = -np.concatenate([token_log_likelihoods(model, t, domain.sep_id, n)
+        # beyond max_seq_len the copy mixture alone reads the rest (`score --context`)
+        window = min(n, model.max_seq_len)
+        bits = -np.concatenate([token_log_likelihoods(model, t, domain.sep_id, window,
+                                                      context=n)
                                 for t in tokens]) / np.log(2)
         rows.append({"context": n, "bits": float(bits.mean()),
                      "bits_repeat": float(bits[repeat].mean()) if repeat.any() else None,

@@ -22,13 +22,13 @@ def test_repeat_positions_are_contexts_last_seen_far_back():
     assert near[3008:3100].all() and near[2508:2700].all()
 
 
-def _planted(seed: int, n_blocks: int = 4) -> str:
-    """Random bases in which each 400-base block is repeated 1,600 bases later."""
+def _planted(seed: int, n_blocks: int = 4, gap: int = 1200) -> str:
+    """Random bases in which each 400-base block is repeated 400 + gap bases later."""
     rng = np.random.default_rng(seed)
     parts = []
     for _ in range(n_blocks):
-        block, gap = rng.choice(list("ACGT"), 400), rng.choice(list("ACGT"), 1200)
-        parts += [block, gap, block, rng.choice(list("ACGT"), 300)]
+        block, between = rng.choice(list("ACGT"), 400), rng.choice(list("ACGT"), gap)
+        parts += [block, between, block, rng.choice(list("ACGT"), 300)]
     return "".join("".join(p) for p in parts)
 
 
@@ -36,7 +36,8 @@ def test_a_trained_long_context_model_copies_only_with_the_context_to_see_the_re
     """End to end: trained on records with planted repeats 1,600 bases back, a model with a
     match layer and the copy mixture scores the repeats of a new record at least a quarter
     lower with a 2,048-token context than with 512, which cannot see them; elsewhere the
-    context changes little."""
+    context changes little. Repeats 3,400 back, beyond its 2,048-token window, it copies
+    when the copy mixture reads a context of 8,192."""
     train = tmp_path / "train.fa"
     train.write_text("".join(f">r{i}\n{_planted(i)}\n" for i in range(4)))
     run = tmp_path / "run"
@@ -57,3 +58,13 @@ def test_a_trained_long_context_model_copies_only_with_the_context_to_see_the_re
     assert short["bits_repeat"] > 1.8  # a random base: 2 bits
     assert full["bits_repeat"] < 0.75 * short["bits_repeat"], result
     assert abs(full["bits_rest"] - short["bits_rest"]) < 0.2, result
+
+    far = tmp_path / "far.fa"
+    far.write_text(f">far\n{_planted(98, gap=3000)}\n")
+    result = context_gain.context_gain(run, "dna", [far], [2048, 8192], k=20,
+                                       min_distance=1024, first=None)
+    window, beyond = result["rows"]
+    assert result["repeat_share"] > 0.05
+    assert window["bits_repeat"] > 1.8, result  # out of the window's reach
+    assert beyond["bits_repeat"] < 0.75 * window["bits_repeat"], result
+    assert abs(beyond["bits_rest"] - window["bits_rest"]) < 0.2, result

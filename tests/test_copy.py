@@ -156,6 +156,74 @@ def test_cached_decoding_equals_the_full_forward(kw):
     assert_decoding_is_the_full_forward(with_gate(tiny(**kw)), repetitive(90))
 
 
+def test_copy_history_reaches_back_beyond_the_window():
+    """forward(window, copy_history=h): the window's own attention and head, mixed with the
+    candidates of the whole sequence h + window (against the plain search); without h it
+    is the window alone."""
+    m = with_gate(tiny())
+    plain = plain_twin(m)
+    x = repetitive(150, seed=5)
+    h, w = x[:, :70], x[:, 70:]
+    with torch.no_grad():
+        got = m(w, copy_history=h)
+        probs = torch.softmax(plain(w).double(), -1)
+        copies = find_copies(x, (2, 5), 11)
+        cands, streaks = copies.candidates[:, 70:], copies.streaks[:, 70:]
+        for b in range(2):
+            for r, k in enumerate((2, 5)):
+                assert cands[b, :, r].tolist() == candidates_reference(x[b].tolist(), k)[70:]
+        gates = 8 * (m.copy_gate.trust.double() * torch.log1p(streaks.double())
+                     + m.copy_gate.bias.double())
+        gates = torch.where(cands >= 0, gates, -torch.inf)
+        w_all = torch.softmax(torch.cat([torch.zeros_like(gates[..., :1]), gates], -1), -1)
+        expect = w_all[..., :1] * probs
+        for r in range(2):
+            expect.scatter_add_(-1, cands[..., r:r + 1].clamp_min(0),
+                                torch.where(cands[..., r:r + 1] >= 0, w_all[..., r + 1:r + 2], 0))
+        torch.testing.assert_close(got.double(), expect.log(), atol=1e-5, rtol=1e-5)
+        # the history finds candidates the window alone does not have
+        alone = find_copies(w, (2, 5), 11).candidates
+        assert ((cands >= 0) & (alone < 0)).sum() > 10
+        torch.testing.assert_close(m(w, copy_history=h[:, :0]), m(w), atol=0, rtol=0)
+        nll = m.loss(x[:, 70:], reduction="none", copy_history=h)
+        want = -got[:, :-1].gather(-1, x[:, 71:, None])[..., 0]
+        torch.testing.assert_close(nll, want, atol=1e-5, rtol=1e-5)
+
+
+def test_decoding_with_copy_history_equals_the_full_forward():
+    x = repetitive(160, seed=6)
+    assert_decoding_is_the_full_forward(with_gate(tiny()), x[:, 60:], copy_history=x[:, :60])
+    # a prompt shorter than the longest context: the step reads its context from history
+    assert_decoding_is_the_full_forward(with_gate(tiny()), x[:, 60:], prompt=2,
+                                        copy_history=x[:, :60])
+
+
+def test_scores_with_a_context_beyond_the_window_are_manual_truncation():
+    """token_log_likelihoods(window=W, context=N > W): token i is scored by its window of
+    the documented layout, whose copy mixture also reads the N - W positions before it."""
+    import numpy as np
+
+    from seqformer.pipeline.inference import token_log_likelihoods
+
+    m = with_gate(tiny())
+    tokens = repetitive(200, B=1, seed=7)[0].numpy()
+    sep, W, N = 10, 48, 100
+    got = token_log_likelihoods(m, tokens, sep, W, context=N)
+    seq = torch.tensor([sep, *tokens])
+    for i in (0, 30, 47, 48, 60, 71, 72, 100, 150, 199):
+        s = 0 if i < W else W // 2 * (1 + (i - W) // (W // 2))
+        before = seq[max(0, s - (N - W)):s]
+        with torch.no_grad():
+            nll = m.loss(seq[s:i + 2][None], reduction="none",
+                         copy_history=before[None] if len(before) else None)
+        assert abs(got[i] + nll[0, -1].item()) < 1e-5, i
+    window_only = token_log_likelihoods(m, tokens, sep, W)
+    assert np.allclose(got[:W], window_only[:W], atol=1e-6)  # the first window has no past
+    assert np.abs(got[W:] - window_only[W:]).max() > 1e-3
+    with pytest.raises(ValueError, match="needs a model with the copy mixture"):
+        token_log_likelihoods(plain_twin(m), tokens, sep, W, context=N)
+
+
 def test_beam_rows_keep_their_own_history():
     """select (one row per beam) and reorder_beams move the copy state with the row."""
     m = with_gate(tiny())
@@ -213,3 +281,25 @@ def test_copies_tokens_it_never_saw_in_training(copy_k, copies):
         assert repeat < 0.3
     else:
         assert repeat > 2.0
+
+
+def test_samples_copy_from_before_a_context_restart():
+    """Past max_seq_len the sampler restarts its attention from the last half window; the
+    copy mixture keeps the whole prompt and sample. A 40-token phrase that no half window
+    holds whole is still continued, greedily, by a gate that trusts every candidate."""
+    import numpy as np
+
+    from seqformer.pipeline.inference import sample_batch
+
+    m = with_gate(tiny(max_seq_len=64, copy_k=(4,)))
+    with torch.no_grad():
+        m.copy_gate.bias.fill_(10.0)  # weight ~1 for any candidate
+    phrase = torch.randint(0, 10, (40,), generator=torch.Generator().manual_seed(1)).tolist()
+    cyclic = phrase + phrase[:3]
+    assert len({tuple(cyclic[i:i + 4]) for i in range(40)}) == 40  # no 4 tokens recur
+    prompt = np.array([10] + phrase * 3)  # the separator, then the phrase 3 times
+    new, _ = sample_batch(m, prompt, 150, 1, temperature=0.0, compile=False)
+    assert new[0].tolist() == (phrase * 8)[:150]
+    # the attention's window alone (the last 32 tokens) never holds 4 tokens twice
+    with torch.no_grad():
+        assert (find_copies(torch.tensor([phrase[-32:]]), (4,), 11).candidates < 0).all()

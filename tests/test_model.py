@@ -74,13 +74,13 @@ DECODE_CASES = [
 ]
 
 
-def assert_decoding_is_the_full_forward(m: ReformerLM, x: torch.Tensor, prompt: int = 13
-                                        ) -> None:
+def assert_decoding_is_the_full_forward(m: ReformerLM, x: torch.Tensor, prompt: int = 13,
+                                        **history: torch.Tensor) -> None:
     """Prefill x[:, :prompt], then one step per token: each position's logits are the
-    full forward's."""
+    full forward's. history: copy_history=... (the copy mixture's)."""
     with torch.no_grad():
-        full = m(x)
-    logits, cache = m.prefill(x[:, :prompt], capacity=x.shape[1])
+        full = m(x, **history)
+    logits, cache = m.prefill(x[:, :prompt], capacity=x.shape[1], **history)
     torch.testing.assert_close(logits, full[:, :prompt], atol=1e-4, rtol=0)
     for t in range(prompt, x.shape[1]):
         torch.testing.assert_close(m.step(x[:, t], cache), full[:, t], atol=1e-4, rtol=0)

@@ -10,6 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from ..core import ReformerLM
 from ..domains import Domain
 from ..domains.annotations import read_bed
 from ..errors import InputError
@@ -48,20 +49,32 @@ Regions = Annotated[Path | None, typer.Option(
 Context = Annotated[int | None, typer.Option(
     "--context", help="score each token with at most this many preceding tokens of its "
     "record, in windows of this length overlapping by half (default: the model's training "
-    "window)")]
+    "window). Beyond the model's max_seq_len, with the copy mixture: windows of the training "
+    "length, and the copy mixture reads the rest")]
 Flank = Annotated[int | None, typer.Option(
     "--flank", help="bases of the record 5' of a feature read as its context (default: "
     "enough to fill the window, at least half of it)")]
 
 
-def scoring_window(context: int | None, cfg: dict, max_seq_len: int) -> int:
-    """The window tokens are scored in: --context, or the training window."""
+def scoring_window(context: int | None, cfg: dict, model: ReformerLM,
+                   beyond_window: bool = True) -> tuple[int, int]:
+    """(window, context): tokens are scored in windows of `window`, each with at most
+    `context` preceding tokens: --context, or the training window. A context beyond the
+    model's max_seq_len is read by the copy mixture alone (model.copy_k), when
+    beyond_window allows it."""
+    max_seq_len = model.max_seq_len
     if context is None:
-        return int(cfg["data"]["seq_len"])
-    if not 2 <= context <= max_seq_len:
-        raise InputError(f"--context {context}: must be between 2 and the model's "
-                         f"max_seq_len ({max_seq_len:,})")
-    return context
+        window = int(cfg["data"]["seq_len"])
+        return window, window
+    if context < 2:
+        raise InputError(f"--context {context}: must be at least 2")
+    if context <= max_seq_len:
+        return context, context
+    if not beyond_window or model.copy_gate is None:
+        raise InputError(f"--context {context}: beyond the model's max_seq_len "
+                         f"({max_seq_len:,}); only a model with the copy mixture "
+                         "(model.copy_k) reads further back, and only when scoring records")
+    return min(int(cfg["data"]["seq_len"]), max_seq_len), context
 
 
 def score_records(domain_name: str, model_dir: Path, inputs: list[Path], out_path: Path | None,
@@ -69,7 +82,7 @@ def score_records(domain_name: str, model_dir: Path, inputs: list[Path], out_pat
                   context: int | None = None) -> None:
     """A row per record: log-likelihood, bits per token, perplexity, the Markov baseline's
     bits and, for timed records (MIDI), nats per second; per-base tracks on request.
-    context: the scoring window (`scoring_window`)."""
+    context: at most this many preceding tokens per token (`scoring_window`)."""
     for p in (out_path, per_base):
         if p is not None:
             check_output(p, force)
@@ -80,16 +93,18 @@ def score_records(domain_name: str, model_dir: Path, inputs: list[Path], out_pat
             raise InputError(f"--per-base {per_base}: writing bigWig needs pyBigWig: pip install "
                              "'seqformer[tracks]' (a .bedgraph path needs nothing)") from None
     model, domain, cfg = load_run(model_dir, domain_name)
-    window = scoring_window(context, cfg, model.max_seq_len)
+    window, context = scoring_window(context, cfg, model)
     records = read_all(domain, inputs)
     scores, per_position = [], []
     with progress() as bar:
         task = bar.add_task("scoring", total=sum(len(r.tokens) for r in records))
         for rec in records:
-            ll = token_log_likelihoods(model, rec.tokens, domain.sep_id, window)
+            ll = token_log_likelihoods(model, rec.tokens, domain.sep_id, window,
+                                       context=context)
             if both_strands:
                 rc = domain.reverse_complement(rec.tokens)
-                ll = 0.5 * (ll + token_log_likelihoods(model, rc, domain.sep_id, window)[::-1])
+                ll = 0.5 * (ll + token_log_likelihoods(model, rc, domain.sep_id, window,
+                                                       context=context)[::-1])
             scores.append(RecordScore(rec.id, len(rec.tokens), float(ll.sum())))
             if per_base is not None:
                 per_position.append((rec.id, ll))
@@ -105,7 +120,7 @@ def score_records(domain_name: str, model_dir: Path, inputs: list[Path], out_pat
     if per_second:
         columns.append("nll nats/s")
         header.append("nll_nats_per_second")
-    table = Table(title=f"{model_dir.name}: log-likelihood, at most {window:,} tokens of "
+    table = Table(title=f"{model_dir.name}: log-likelihood, at most {context:,} tokens of "
                         "context")
     for col in columns:
         table.add_column(col, justify="right" if col != "record" else "left")
@@ -179,7 +194,7 @@ def score_each_feature(model_dir: Path, inputs: list[Path], out_path: Path | Non
     if out_path is not None:
         check_output(out_path, force)
     model, domain, cfg = load_run(model_dir, "dna")
-    window = scoring_window(context, cfg, model.max_seq_len)
+    window, _ = scoring_window(context, cfg, model, beyond_window=False)
     pairs = selected_features(domain, inputs, features, regions, flank, window)
     with progress() as bar:
         task = bar.add_task("scoring features", total=sum(len(r.tokens) for _, r in pairs))

@@ -59,32 +59,47 @@ def _with_sep(tokens: np.ndarray, sep_id: int, start: int, end: int) -> np.ndarr
 
 
 def _windows_of(tokens: np.ndarray, sep_id: int, length: int, window: int, stride: int,
-                fn: Callable[[torch.Tensor], torch.Tensor], device: str | torch.device,
-                lookahead: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
-    """Apply fn to each window (1, w) of the first `length` positions of [sep] + tokens
-    (plus `lookahead` more positions, for next-token targets) and yield (keep_from, kept
-    outputs)."""
+                fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
+                device: str | torch.device, lookahead: int = 0, history: int = 0
+                ) -> Iterator[tuple[int, torch.Tensor]]:
+    """Apply fn(x, before) to each window x (1, w) of the first `length` positions of
+    [sep] + tokens (plus `lookahead` more positions, for next-token targets), with `before`
+    the up to `history` positions that precede it (1, h) or None, and yield (keep_from,
+    kept outputs)."""
+    def part(a: int, b: int) -> torch.Tensor:
+        x = _with_sep(tokens, sep_id, a, b).astype(np.int64)
+        return torch.from_numpy(x).to(device).unsqueeze(0)
+
     for start, keep_from, keep_to in stitched_windows(length, window, stride):
         end = min(start + window, length) + lookahead
-        x = _with_sep(tokens, sep_id, start, end).astype(np.int64)
-        out = fn(torch.from_numpy(x).to(device).unsqueeze(0))[0]
+        before = part(max(0, start - history), start) if history and start else None
+        out = fn(part(start, end), before)[0]
         yield keep_from, out[keep_from - start:keep_to - start]
 
 
 @torch.no_grad()
 def token_log_likelihoods(model: ReformerLM, tokens: np.ndarray, sep_id: int, window: int,
-                          stride: int | None = None, device: str | torch.device = "cpu"
-                          ) -> np.ndarray:
-    """log P(token_i | [sep] + tokens[:i]) in nats for every token, float64 (n,)."""
+                          stride: int | None = None, device: str | torch.device = "cpu",
+                          context: int | None = None) -> np.ndarray:
+    """log P(token_i | [sep] + tokens[:i]) in nats for every token, float64 (n,).
+
+    context > window (a model with the copy mixture): each window's copy mixture also
+    reads the context - window positions before it, so every token is scored with at most
+    `context` preceding tokens, the last window - stride to window of them attended."""
     n = len(tokens)
     out = np.empty(n, dtype=np.float64)
+    history = max(0, (context or window) - window)
+    if history and model.copy_gate is None:
+        raise ValueError(f"a context of {context} beyond the window ({window}) needs a model "
+                         "with the copy mixture (model.copy_k)")
 
-    def logp(x: torch.Tensor) -> torch.Tensor:  # the window plus its last position's target
-        return -model.loss(x, reduction="none")
+    def logp(x: torch.Tensor, before: torch.Tensor | None) -> torch.Tensor:
+        # the window plus its last position's target
+        return -model.loss(x, reduction="none", copy_history=before)
 
     # input position i holds [sep] + tokens at i and predicts token i
     for keep_from, lp in _windows_of(tokens, sep_id, n, window, stride or window // 2, logp,
-                                     device, lookahead=1):
+                                     device, lookahead=1, history=history):
         out[keep_from:keep_from + lp.shape[0]] = lp.double().cpu().numpy()
     return out
 
@@ -204,7 +219,7 @@ def embed_records(model: ReformerLM, records, sep_id: int, window: int, out: Pat
                 # input position i + 1 holds token i: drop the leading separator's output
                 for keep_from, h in _windows_of(rec.tokens, sep_id, len(rec.tokens) + 1, window,
                                                 stride,
-                                                lambda x: model.hidden_states(x, layer=layer),
+                                                lambda x, _: model.hidden_states(x, layer=layer),
                                                 device):
                     first = keep_from - 1  # the token h[0] belongs to (-1: the separator)
                     h = h[max(0, skip - first):]
@@ -315,8 +330,10 @@ def sample_batch(model: ReformerLM, prompt: np.ndarray, n_tokens: int, num_sampl
 
     Past the model's max_seq_len the cache cannot grow (positions are absolute), so the
     context restarts from the last half window: exact within a context, approximate
-    across the restart. Tokens stay on the device until the end: without a constraint or
-    seeded generators (which draw on the CPU) nothing is read back per token."""
+    across the restart. The copy mixture (model.copy_k) keeps every token: its candidates
+    come from the whole prompt and sample, across restarts. Tokens stay on the device
+    until the end: without a constraint or seeded generators (which draw on the CPU)
+    nothing is read back per token."""
     gens = ([torch.Generator().manual_seed(seed + k) for k in range(num_samples)]
             if seed is not None else None)
     bias = torch.zeros(model.cfg.vocab_size, device=device)
@@ -333,11 +350,15 @@ def sample_batch(model: ReformerLM, prompt: np.ndarray, n_tokens: int, num_sampl
 
     seq = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=device)
     seq_ctx = seq[-(ctx // 2):] if len(seq) >= ctx else seq
+    copy_capacity = len(seq) + n_tokens  # fixed: one compiled step serves every restart
     t0 = time.perf_counter()
     new = torch.empty(num_samples, n_tokens, dtype=torch.long, device=device)
     with torch.inference_mode():
         logits, cache = model.prefill(seq_ctx.expand(num_samples, -1),
-                                      capacity=room(len(seq_ctx), n_tokens))
+                                      capacity=room(len(seq_ctx), n_tokens),
+                                      copy_history=seq[:len(seq) - len(seq_ctx)].expand(
+                                          num_samples, -1),
+                                      copy_capacity=copy_capacity)
         nxt = logits[:, -1]
         for i in range(n_tokens):
             nxt, removed = apply_constraint(nxt + bias, constraint)
@@ -351,10 +372,12 @@ def sample_batch(model: ReformerLM, prompt: np.ndarray, n_tokens: int, num_sampl
                 break
             if cache.length >= cache.capacity:  # context full: restart from the last half
                 keep = ctx // 2
-                recent = torch.cat([seq.expand(num_samples, -1), new[:, :i + 1]], 1)
-                recent = recent[:, -keep:]
+                seen = torch.cat([seq.expand(num_samples, -1), new[:, :i + 1]], 1)
+                recent = seen[:, -keep:]
                 logits, cache = model.prefill(recent, capacity=room(recent.shape[1],
-                                                                     n_tokens - i - 1))
+                                                                     n_tokens - i - 1),
+                                              copy_history=seen[:, :-keep],
+                                              copy_capacity=copy_capacity)
                 nxt = logits[:, -1]
             else:
                 nxt = model.step(tok, cache)

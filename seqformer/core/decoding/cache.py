@@ -31,14 +31,17 @@ class LSHCache(KVCache):
 
 @dataclass
 class CopyCache:
-    """The copy mixture's state (layers/copy.py): the tokens decoded so far (B, capacity),
-    the context hash of each item 0..capacity per k (B, K, capacity + 1), -1 unset, and the
-    last position's candidates and streaks (B, K)."""
+    """The copy mixture's state (layers/copy.py): the tokens so far (B, capacity), the
+    copy history first, the context hash of each item 0..capacity per k (B, K, capacity +
+    1), -1 unset, the last position's candidates and streaks (B, K), and how many tokens
+    it holds (B,), the same in every row: a tensor, so that a compiled step serves any
+    length of history."""
 
     tokens: torch.Tensor
     hashes: torch.Tensor
     last: torch.Tensor
     streak: torch.Tensor
+    length: torch.Tensor
 
 
 @dataclass

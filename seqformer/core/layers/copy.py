@@ -133,40 +133,44 @@ def mixed_nll(nll: torch.Tensor, targets: torch.Tensor, candidates: torch.Tensor
     return -torch.logsumexp(terms, dim=-1)
 
 
-def new_copy_cache(prompt: torch.Tensor, copies: Copies, capacity: int,
+def new_copy_cache(tokens: torch.Tensor, copies: Copies, capacity: int,
                    copy_k: tuple[int, ...], pad: int) -> CopyCache:
-    """The state after `prompt` (B, P), whose copies are `copies`."""
-    B, P = prompt.shape
-    tokens = prompt.new_full((B, capacity), pad, dtype=torch.long)
-    tokens[:, :P] = prompt
+    """The state after `tokens` (B, T): a prompt, or the copy history then the prompt, whose
+    last position's copies are `copies`; room for `capacity` >= T tokens in all."""
+    B, T = tokens.shape
+    buf = tokens.new_full((B, capacity), pad, dtype=torch.long)
+    buf[:, :T] = tokens
     hashes = torch.full((B, len(copy_k), capacity + 1), -1, dtype=torch.long,
-                        device=prompt.device)
-    hashes[:, :, :P + 1] = context_buckets(prompt, copy_k, pad)[:, 0]
-    return CopyCache(tokens, hashes, copies.candidates[:, -1].clone(),
-                     copies.streaks[:, -1].clone())
+                        device=tokens.device)
+    hashes[:, :, :T + 1] = context_buckets(tokens, copy_k, pad)[:, 0]
+    return CopyCache(buf, hashes, copies.candidates[:, -1].clone(),
+                     copies.streaks[:, -1].clone(), tokens.new_full((B,), T, dtype=torch.long))
 
 
-def copy_step(cache: CopyCache, token: torch.Tensor, recent: torch.Tensor, t: torch.Tensor,
-              copy_k: tuple[int, ...], pad: int) -> Copies:
-    """Append `token` (B,) at position t (a 0-d tensor) and return its copies (each (B, K)),
-    as find_copies gives them for the whole sequence. recent: (B, >= max(copy_k)) the last
-    tokens, `token` last. Fixed shapes: the earlier occurrence is found by a pass over the
-    cache's hashes."""
+def copy_step(cache: CopyCache, token: torch.Tensor, copy_k: tuple[int, ...], pad: int
+              ) -> Copies:
+    """Append `token` (B,) and return its copies (each (B, K)), as find_copies gives them
+    for the whole sequence. Fixed shapes: the earlier occurrence is found by a pass over
+    the cache's hashes."""
     B, _, T = cache.hashes.shape
-    cache.tokens.index_copy_(1, t.view(1), token.long().view(B, 1))
+    t = cache.length[:1]  # every row has the same length
+    cache.tokens.index_copy_(1, t, token.long().view(B, 1))
     item = t + 1
+    k_max = max(copy_k)
+    back = torch.arange(k_max - 1, -1, -1, device=token.device)
+    at = t - back  # the last k_max positions, token last; pad before the sequence
+    recent = torch.where(at >= 0, cache.tokens[:, at.clamp_min(0)], pad)  # (B, k_max)
     own = next_bucket(recent, copy_k, pad).long()  # (B, K)
-    cache.hashes.index_copy_(2, item.view(1), own.unsqueeze(-1))
+    cache.hashes.index_copy_(2, item, own.unsqueeze(-1))
     idx = torch.arange(T, device=token.device)
     # the latest earlier item whose context is the same k tokens (hash, then compared)
     out = []
     for r, k in enumerate(copy_k):
         same_hash = (cache.hashes[:, r] == own[:, r:r + 1]) & (idx < item)
         j = torch.where(same_hash, idx, -1).amax(-1)  # (B,)
-        back = torch.arange(k, 0, -1, device=token.device)
-        at = (j.unsqueeze(-1) - back).clamp(0, cache.tokens.shape[1] - 1)
-        ctx = torch.where(j.unsqueeze(-1) - back >= 0, cache.tokens.gather(1, at), pad)
-        mine = recent[:, -k:].long()
+        before = j.unsqueeze(-1) - back[k_max - k:] - 1  # item j's context: tokens j-k..j-1
+        ctx = torch.where(before >= 0, cache.tokens.gather(1, before.clamp_min(0)), pad)
+        mine = recent[:, k_max - k:]
         found = (j >= 0) & (ctx == mine).all(-1) & (mine != pad).all(-1)
         nxt = cache.tokens.gather(1, j.clamp_min(0).unsqueeze(-1))[:, 0]  # j <= t
         out.append(torch.where(found, nxt, -1))
@@ -174,4 +178,5 @@ def copy_step(cache: CopyCache, token: torch.Tensor, recent: torch.Tensor, t: to
     hit = cache.last == token.long().unsqueeze(-1)
     cache.streak.copy_(torch.where(hit, cache.streak + 1, 0))
     cache.last.copy_(candidates)
+    cache.length.add_(1)
     return Copies(candidates, cache.streak.clone())

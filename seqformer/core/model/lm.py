@@ -126,10 +126,10 @@ class ReformerLM(nn.Module):
 
     @property
     def _history(self) -> int:
-        """How many past tokens a decoding step reads: the k-mer embedding's, the match
-        layers' and the copy mixture's contexts."""
+        """How many past tokens a decoding step reads: the k-mer embedding's and the match
+        layers' contexts (the copy mixture keeps its own tokens)."""
         match = max(self.cfg.match_k) if self.cfg.has_match else 0
-        return max(self.cfg.kmer_embedding - 1, match, *self.cfg.copy_k)
+        return max(self.cfg.kmer_embedding - 1, match)
 
     def _recent(self, tokens: torch.Tensor, before: torch.Tensor | None) -> torch.Tensor | None:
         """The last `_history` tokens after appending `tokens`, for the next step (the
@@ -178,20 +178,31 @@ class ReformerLM(nn.Module):
             return logits
         return mix(logits, copies.candidates, self.copy_gate(copies))
 
-    def _copies(self, tokens: torch.Tensor) -> Copies | None:
+    def _copies(self, tokens: torch.Tensor, copy_history: torch.Tensor | None = None
+                ) -> Copies | None:
         if self.copy_gate is None:
             return None
-        return find_copies(tokens, self.cfg.copy_k, self.cfg.vocab_size)
+        if copy_history is None or copy_history.shape[1] == 0:
+            return find_copies(tokens, self.cfg.copy_k, self.cfg.vocab_size)
+        H = copy_history.shape[1]
+        full = find_copies(torch.cat([copy_history, tokens], dim=1), self.cfg.copy_k,
+                           self.cfg.vocab_size)
+        return Copies(full.candidates[:, H:], full.streaks[:, H:])
 
-    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
-        """tokens (B, L) -> logits (B, L, vocab_size)."""
-        return self._logits(self.hidden_states(tokens), self._copies(tokens))
+    def forward(self, tokens: torch.Tensor, copy_history: torch.Tensor | None = None
+                ) -> torch.Tensor:
+        """tokens (B, L) -> logits (B, L, vocab_size). copy_history (B, H): tokens that
+        precede `tokens`, read by the copy mixture only (the window's attention starts at
+        tokens[:, 0]): with copy_k, a model reaches further back than its window."""
+        return self._logits(self.hidden_states(tokens), self._copies(tokens, copy_history))
 
-    def loss(self, tokens: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    def loss(self, tokens: torch.Tensor, reduction: str = "mean",
+             copy_history: torch.Tensor | None = None) -> torch.Tensor:
         """Next-token cross-entropy in nats of tokens[:, 1:] given what precedes them.
 
         reduction "mean" (a scalar), "sum" or "none" ((B, L - 1)). The head runs a block of
-        rows at a time: the (L, vocab_size) logits and their gradient never exist at once."""
+        rows at a time: the (L, vocab_size) logits and their gradient never exist at once.
+        copy_history: as in forward."""
         if reduction not in ("mean", "sum", "none"):
             raise ValueError(f"reduction must be 'mean', 'sum' or 'none', got {reduction!r}")
         if tokens.ndim != 2 or tokens.shape[1] < 2:
@@ -199,16 +210,19 @@ class ReformerLM(nn.Module):
         hidden = self.hidden_states(tokens[:, :-1])
         nll = next_token_nll(hidden, self.head.weight, tokens[:, 1:])
         if self.copy_gate is not None:
-            copies = self._copies(tokens[:, :-1])
+            copies = self._copies(tokens[:, :-1], copy_history)
             nll = mixed_nll(nll, tokens[:, 1:], copies.candidates, self.copy_gate(copies))
         return nll.mean() if reduction == "mean" else nll.sum() if reduction == "sum" else nll
 
     # -- decoding ---------------------------------------------------------------------
     @torch.no_grad()
-    def prefill(self, prompt: torch.Tensor, capacity: int, src: Source = NO_SOURCE
+    def prefill(self, prompt: torch.Tensor, capacity: int, src: Source = NO_SOURCE,
+                copy_history: torch.Tensor | None = None, copy_capacity: int | None = None
                 ) -> tuple[torch.Tensor, DecodeCache]:
         """Logits for a prompt (B, P) and a cache with room for `capacity` positions; a
-        decoder's source (src.memory) is projected once into every layer's cache."""
+        decoder's source (src.memory) is projected once into every layer's cache.
+        copy_history (B, H): tokens before the prompt that only the copy mixture reads (as
+        in forward), in a cache of copy_capacity tokens (default H + capacity)."""
         if not self.cfg.causal:
             raise ValueError("decoding needs a causal model (causal=True)")
         if capacity > self.cfg.max_seq_len:
@@ -229,11 +243,18 @@ class ReformerLM(nn.Module):
             x1 = x1 + a
             x2 = x2 + layer.ff(x1)
             caches.append(cache)
-        copies = self._copies(prompt)
+        copies = self._copies(prompt, copy_history)
         logits = self._logits(self.norm(stream_mean(x1, x2, x.dtype)), copies)
         position = torch.tensor(prompt.shape[1], device=prompt.device)
-        copy = (new_copy_cache(prompt, copies, capacity, self.cfg.copy_k, self.cfg.vocab_size)
-                if copies is not None else None)
+        copy = None
+        if copies is not None:
+            seen = prompt if copy_history is None else torch.cat([copy_history, prompt], 1)
+            need = seen.shape[1] - prompt.shape[1] + capacity
+            if copy_capacity is not None and copy_capacity < need:
+                raise ValueError(f"copy_capacity {copy_capacity} holds less than the copy "
+                                 f"history and the capacity ({need})")
+            copy = new_copy_cache(seen, copies, copy_capacity or need, self.cfg.copy_k,
+                                  self.cfg.vocab_size)
         return logits, DecodeCache(caches, prompt.shape[1], capacity,
                                    self._recent(prompt, None), cross, src.memory_lengths,
                                    position, copy)
@@ -269,7 +290,7 @@ class ReformerLM(nn.Module):
             x2 = x2 + layer.ff(x1)
         copies = None
         if cache.copy is not None:
-            step = copy_step(cache.copy, token, recent, t, self.cfg.copy_k, self.cfg.vocab_size)
+            step = copy_step(cache.copy, token, self.cfg.copy_k, self.cfg.vocab_size)
             copies = Copies(*(c.unsqueeze(1) for c in step))
         t.add_(1)
         return self._logits(self.norm(stream_mean(x1, x2, x.dtype)), copies)[:, 0], recent
