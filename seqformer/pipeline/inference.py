@@ -350,7 +350,9 @@ def sample_batch(model: ReformerLM, prompt: np.ndarray, n_tokens: int, num_sampl
 
     seq = torch.as_tensor(np.asarray(prompt, dtype=np.int64), device=device)
     seq_ctx = seq[-(ctx // 2):] if len(seq) >= ctx else seq
-    copy_capacity = len(seq) + n_tokens  # fixed: one compiled step serves every restart
+    # fixed, so that one compiled step serves every restart; room for the history and a
+    # whole context after it, as prefill asks even when fewer tokens are left to decode
+    copy_capacity = len(seq) + n_tokens + ctx
     t0 = time.perf_counter()
     new = torch.empty(num_samples, n_tokens, dtype=torch.long, device=device)
     with torch.inference_mode():
