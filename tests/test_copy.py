@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from seqformer.core import ReformerConfig, ReformerLM
 from seqformer.core.config import ConfigError
-from seqformer.core.layers.copy import copy_candidates, find_copies
+from seqformer.core.layers.copy import Copies, copy_candidates, find_copies
 
 from test_model import assert_decoding_is_the_full_forward
 
@@ -95,27 +95,34 @@ def test_without_candidates_or_trust_it_is_the_plain_model():
         torch.testing.assert_close(m(x), torch.log_softmax(plain(x), -1), atol=1e-6, rtol=0)
 
 
+def hand_made_mixture(m: ReformerLM, probs: torch.Tensor, copies: Copies) -> torch.Tensor:
+    """log p of the copy mixture, one position at a time in float64, from the plain model's
+    probabilities (B, L, V) and the candidates and streaks (B, L, K)."""
+    cands = copies.candidates
+    gates = 8 * (m.copy_gate.trust.double() * torch.log1p(copies.streaks.double())
+                 + m.copy_gate.bias.double())
+    expect = torch.empty_like(probs)
+    B, L, K = cands.shape
+    for b in range(B):
+        for p in range(L):
+            present = [r for r in range(K) if cands[b, p, r] >= 0]
+            scores = [0.0] + [gates[b, p, r].item() for r in present]
+            w = torch.softmax(torch.tensor(scores, dtype=torch.float64), 0)
+            expect[b, p] = w[0] * probs[b, p]
+            for weight, r in zip(w[1:], present):
+                expect[b, p, cands[b, p, r]] += weight
+    return expect.log()
+
+
 def test_log_probs_are_the_hand_made_mixture():
     m = with_gate(tiny())
     plain = plain_twin(m)
     x = repetitive(90)
     with torch.no_grad():
-        probs = torch.softmax(plain(x).double(), -1)
         copies = find_copies(x, (2, 5), 11)
-        cands = copies.candidates
-        gates = 8 * (m.copy_gate.trust.double() * torch.log1p(copies.streaks.double())
-                     + m.copy_gate.bias.double())
-        expect = torch.empty_like(probs)
-        for b in range(2):
-            for p in range(90):
-                scores = [0.0] + [gates[b, p, r].item() for r in range(2)
-                                  if cands[b, p, r] >= 0]
-                w = torch.softmax(torch.tensor(scores, dtype=torch.float64), 0)
-                expect[b, p] = w[0] * probs[b, p]
-                for weight, r in zip(w[1:], [r for r in range(2) if cands[b, p, r] >= 0]):
-                    expect[b, p, cands[b, p, r]] += weight
-        torch.testing.assert_close(m(x).double(), expect.log(), atol=1e-5, rtol=1e-5)
-    assert (cands >= 0).float().mean() > 0.3 and copies.streaks.max() > 3
+        expect = hand_made_mixture(m, torch.softmax(plain(x).double(), -1), copies)
+        torch.testing.assert_close(m(x).double(), expect, atol=1e-5, rtol=1e-5)
+    assert (copies.candidates >= 0).float().mean() > 0.3 and copies.streaks.max() > 3
 
 
 def test_chunked_loss_and_its_gradients_equal_full_logits(monkeypatch):
@@ -167,20 +174,14 @@ def test_copy_history_reaches_back_beyond_the_window():
     with torch.no_grad():
         got = m(w, copy_history=h)
         probs = torch.softmax(plain(w).double(), -1)
-        copies = find_copies(x, (2, 5), 11)
-        cands, streaks = copies.candidates[:, 70:], copies.streaks[:, 70:]
+        full = find_copies(x, (2, 5), 11)
+        copies = Copies(full.candidates[:, 70:], full.streaks[:, 70:])
+        cands = copies.candidates
         for b in range(2):
             for r, k in enumerate((2, 5)):
                 assert cands[b, :, r].tolist() == candidates_reference(x[b].tolist(), k)[70:]
-        gates = 8 * (m.copy_gate.trust.double() * torch.log1p(streaks.double())
-                     + m.copy_gate.bias.double())
-        gates = torch.where(cands >= 0, gates, -torch.inf)
-        w_all = torch.softmax(torch.cat([torch.zeros_like(gates[..., :1]), gates], -1), -1)
-        expect = w_all[..., :1] * probs
-        for r in range(2):
-            expect.scatter_add_(-1, cands[..., r:r + 1].clamp_min(0),
-                                torch.where(cands[..., r:r + 1] >= 0, w_all[..., r + 1:r + 2], 0))
-        torch.testing.assert_close(got.double(), expect.log(), atol=1e-5, rtol=1e-5)
+        expect = hand_made_mixture(m, probs, copies)
+        torch.testing.assert_close(got.double(), expect, atol=1e-5, rtol=1e-5)
         # the history finds candidates the window alone does not have
         alone = find_copies(w, (2, 5), 11).candidates
         assert ((cands >= 0) & (alone < 0)).sum() > 10
