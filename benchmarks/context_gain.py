@@ -6,7 +6,12 @@ DNA) occurred earlier in the same record and their most recent earlier occurrenc
 least --min-distance tokens back (1,024): exactly the positions a model with a 1K
 receptive field cannot copy, and one that reads its context can make nearly free. The
 "copy" column is how often the token that followed that earlier occurrence follows
-again: what a perfect copier gets right there.
+again: what a perfect copier gets right there. For DNA, *inverted repeat positions* are
+those whose k bases' reverse complement last occurred that far back (and that are not
+repeat positions): a model with reverse-complement copies (model.copy_complement) can copy
+the other strand there; "elsewhere" is then neither kind. --forward-copies-only scores such
+a model with its reverse-complement candidates dropped (the forward ones and their gate
+weights kept): what the other strand adds, on the same weights.
 
     python benchmarks/context_gain.py --model runs/midi-long \\
         --midi ../shared/data/midi/planetblupi/music003.mid \\
@@ -20,6 +25,9 @@ the windows are max_seq_len long and the copy mixture reads the rest. --first N 
 only the first N tokens of each record (quicker). The repeat positions' bits at the
 longest context are also split by the kind of token there (MIDI: on, off, shift,
 velocity, program, drums; DNA: the base), to see which tokens the model fails to copy.
+--tail F scores only the last F of each record (the held-out tail of a `split: tail` run,
+rounded as training rounds it), with the rest of the record as its context: a repeat's
+earlier occurrence may then lie anywhere in the record.
 """
 
 from __future__ import annotations
@@ -29,41 +37,78 @@ import json
 from pathlib import Path
 
 import numpy as np
+import torch
 
+from seqformer.core import ReformerLM
 from seqformer.pipeline.inference import token_log_likelihoods
 from seqformer.pipeline.run_dir import load_run
 
 
-def repeat_positions(tokens: np.ndarray, k: int, min_distance: int
-                     ) -> tuple[np.ndarray, np.ndarray]:
+def repeat_positions(tokens: np.ndarray, k: int, min_distance: int,
+                     complement: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(repeat, copy_right), bool (n,): position i is a repeat when tokens[i-k:i] occurred
     before and its latest earlier occurrence, tokens[j-k:j] with j < i, has i - j >=
-    min_distance; copy_right: tokens[j] == tokens[i] there."""
+    min_distance; copy_right: tokens[j] == tokens[i] there. With `complement` (id -> id),
+    the inverted repeats instead: the latest tokens[j-k:j] that is the reverse complement
+    of tokens[i-k:i], and copy_right: complement[tokens[j-k-1]] == tokens[i]."""
     n = len(tokens)
     repeat = np.zeros(n, dtype=bool)
     copy_right = np.zeros(n, dtype=bool)
     if n <= k:
         return repeat, copy_right
-    windows = np.lib.stride_tricks.sliding_window_view(np.asarray(tokens, dtype=np.int64), k)
+    tokens = np.asarray(tokens, dtype=np.int64)
+    windows = np.lib.stride_tricks.sliding_window_view(tokens, k)
+    if complement is not None:
+        mirrored = np.lib.stride_tricks.sliding_window_view(complement[tokens][::-1], k)
     last: dict[bytes, int] = {}
     for i in range(k, n):
         key = windows[i - k].tobytes()  # tokens[i-k:i]
-        j = last.get(key)
-        if j is not None and i - j >= min_distance:
-            repeat[i] = True
-            copy_right[i] = tokens[j] == tokens[i]
+        last_key = last.get(key)
         last[key] = i
+        if complement is None:
+            j = last_key
+        else:  # tokens[i-k:i] reverse-complemented, read from the mirrored sequence
+            j = last.get(mirrored[n - i].tobytes())
+        if j is not None and i - j >= min_distance and (complement is None or j > k):
+            repeat[i] = True
+            copy_right[i] = (tokens[j] if complement is None
+                             else complement[tokens[j - k - 1]]) == tokens[i]
     return repeat, copy_right
 
 
+def drop_reverse_copies(model: ReformerLM) -> None:
+    """A copy_complement model -> the same model with forward copy candidates only."""
+    n = len(model.cfg.copy_k)
+    if not model.cfg.copy_complement:
+        raise SystemExit("--forward-copies-only: the model has no reverse-complement copies")
+    model.cfg.copy_complement = ()
+    model.copy_complement = None
+    gate = model.copy_gate
+    gate.trust, gate.bias = (torch.nn.Parameter(p.detach()[:n]) for p in (gate.trust, gate.bias))
+
+
 def context_gain(model_dir: Path, domain_name: str, files: list[Path], contexts: list[int],
-                 k: int, min_distance: int, first: int | None) -> dict:
+                 k: int, min_distance: int, first: int | None,
+                 forward_copies_only: bool = False, tail: float | None = None) -> dict:
     model, domain, _ = load_run(model_dir, domain_name)
+    if forward_copies_only:
+        drop_reverse_copies(model)
     records = [rec for f in files for rec in domain.read(f)]
     tokens = [rec.tokens[:first] if first else rec.tokens for rec in records]
+    starts = [len(t) - int(round(len(t) * tail)) if tail else 0 for t in tokens]
+
+    def scored(masks: list[np.ndarray]) -> np.ndarray:
+        return np.concatenate([m[s:] for m, s in zip(masks, starts)])
+
     masks = [repeat_positions(t, k, min_distance) for t in tokens]
-    repeat = np.concatenate([m[0] for m in masks])
-    copy = np.concatenate([m[1] for m in masks])
+    repeat = scored([m[0] for m in masks])
+    copy = scored([m[1] for m in masks])
+    inverted = np.zeros_like(repeat)
+    if hasattr(domain, "complement_ids"):
+        complement = np.array(domain.complement_ids())
+        inverted = scored([repeat_positions(t, k, min_distance, complement)[0]
+                           for t in tokens]) & ~repeat
+    rest = ~repeat & ~inverted
     rows, bits = [], None
     for n in contexts:
         if n > model.max_seq_len and model.copy_gate is None:
@@ -73,18 +118,21 @@ def context_gain(model_dir: Path, domain_name: str, files: list[Path], contexts:
         # beyond max_seq_len the copy mixture alone reads the rest (`score --context`)
         window = min(n, model.max_seq_len)
         bits = -np.concatenate([token_log_likelihoods(model, t, domain.sep_id, window,
-                                                      context=n)
-                                for t in tokens]) / np.log(2)
+                                                      context=n, start=s)
+                                for t, s in zip(tokens, starts)]) / np.log(2)
         rows.append({"context": n, "bits": float(bits.mean()),
                      "bits_repeat": float(bits[repeat].mean()) if repeat.any() else None,
-                     "bits_rest": float(bits[~repeat].mean())})
+                     "bits_inverted": float(bits[inverted].mean()) if inverted.any() else None,
+                     "bits_rest": float(bits[rest].mean())})
     result = {"model": str(model_dir), "records": [r.id for r in records],
               "tokens": int(len(repeat)), "repeat_share": float(repeat.mean()),
+              "inverted_share": float(inverted.mean()),
               "copy_right": float(copy[repeat].mean()) if repeat.any() else None,
-              "k": k, "min_distance": min_distance, "rows": rows}
+              "k": k, "min_distance": min_distance, "tail": tail, "rows": rows}
     if bits is not None and repeat.any():
         names = domain.vocabulary()["tokens"]
-        kinds = np.array([names[t].split("_")[0] for t in np.concatenate(tokens)])
+        kinds = np.array([names[t].split("_")[0]
+                          for t in np.concatenate([t[s:] for t, s in zip(tokens, starts)])])
         total = bits[repeat].sum()
         result["by_kind"] = {
             kind: {"share": float((kinds[repeat] == kind).mean()),
@@ -96,15 +144,23 @@ def context_gain(model_dir: Path, domain_name: str, files: list[Path], contexts:
 
 
 def markdown(result: dict) -> str:
-    lines = [f"{result['model']} on {', '.join(result['records'])}: {result['tokens']:,} "
-             f"tokens, {result['repeat_share']:.1%} repeat positions (last {result['k']} "
-             f"tokens seen >= {result['min_distance']:,} back; a copy is right "
-             f"{(result['copy_right'] or 0):.1%} of the time there)", "",
-             "| context | bits/token | on repeat positions | elsewhere |",
-             "|---:|---:|---:|---:|"]
+    scope = (f" (the last {result['tail']:.0%} of each, given the rest)" if result.get("tail")
+             else "")
+    lines = [f"{result['model']} on {', '.join(result['records'])}{scope}: "
+             f"{result['tokens']:,} tokens, {result['repeat_share']:.1%} repeat positions "
+             f"(last {result['k']} tokens seen >= {result['min_distance']:,} back; a copy is right "
+             f"{(result['copy_right'] or 0):.1%} of the time there)"
+             + (f"; {result['inverted_share']:.1%} inverted repeat positions"
+                if result["inverted_share"] else ""), "",
+             "| context | bits/token | on repeat positions |"
+             + (" on inverted repeats |" if result["inverted_share"] else "")
+             + " elsewhere |",
+             "|---:|---:|---:|" + ("---:|" if result["inverted_share"] else "") + "---:|"]
     for r in result["rows"]:
-        rep = "-" if r["bits_repeat"] is None else f"{r['bits_repeat']:.3f}"
-        lines.append(f"| {r['context']:,} | {r['bits']:.3f} | {rep} | {r['bits_rest']:.3f} |")
+        cells = [f"{r['context']:,}", f"{r['bits']:.3f}"]
+        for key in ("bits_repeat", "bits_inverted")[:2 if result["inverted_share"] else 1]:
+            cells.append("-" if r[key] is None else f"{r[key]:.3f}")
+        lines.append("| " + " | ".join(cells + [f"{r['bits_rest']:.3f}"]) + " |")
     if "by_kind" in result:
         lines += ["", f"Repeat positions at context {result['rows'][-1]['context']:,}, by the "
                   "kind of token there:", "",
@@ -128,11 +184,15 @@ def main() -> None:
     ap.add_argument("--min-distance", type=int, default=1024)
     ap.add_argument("--first", type=int, help="score only the first N tokens of each record")
     ap.add_argument("--json", type=Path, help="also write the result here")
+    ap.add_argument("--tail", type=float,
+                    help="score only the last fraction of each record, given the rest")
+    ap.add_argument("--forward-copies-only", action="store_true",
+                    help="drop a model's reverse-complement copy candidates")
     args = ap.parse_args()
     domain = "midi" if args.midi else "dna"
     k = args.k or (16 if domain == "midi" else 20)
     result = context_gain(args.model, domain, args.midi or args.fasta, args.contexts, k,
-                          args.min_distance, args.first)
+                          args.min_distance, args.first, args.forward_copies_only, args.tail)
     print(markdown(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))

@@ -110,12 +110,31 @@ def test_every_shipped_language_model_preset_resolves_to_a_valid_model(preset):
 
     from cli_helpers import REPO
 
+    from seqformer.domains import get_domain
+
     path = REPO / "configs" / f"{preset}.yaml"
     domain = "midi" if preset.startswith("midi") else "dna"
-    cfg = model_config(resolve(domain, 400, path))
-    assert cfg.max_seq_len >= resolve(domain, 400, path)["data"]["seq_len"]
+    vocab = get_domain(domain).vocab_size
+    cfg = model_config(resolve(domain, vocab, path))
+    assert cfg.max_seq_len >= resolve(domain, vocab, path)["data"]["seq_len"]
     if preset.endswith("-long"):  # the long-context presets read 16K tokens with match layers
         assert cfg.has_match and cfg.max_seq_len >= 16384
+
+
+def test_copy_complement_true_takes_the_domains_map():
+    from seqformer.errors import InputError
+    from seqformer.pipeline.run_config import resolve
+
+    copy = ["model.copy_k=[8]"]
+    cfg = resolve("dna", 12, None, overrides=copy + ["model.copy_complement=true"])
+    #                   pad sep A  C  G  T  N  a  c  g  t  n
+    assert cfg["model"]["copy_complement"] == [0, 1, 5, 4, 3, 2, 6, 10, 9, 8, 7, 11]
+    assert resolve("dna", 12, None, overrides=copy + ["model.copy_complement=false"]
+                   )["model"]["copy_complement"] == []
+    with pytest.raises(InputError, match="model.copy_complement: .*the midi domain has one"):
+        resolve("midi", 400, None, overrides=copy + ["model.copy_complement=true"])
+    with pytest.raises(InputError, match="model.copy_complement: .*needs copy_k"):
+        resolve("dna", 12, None, overrides=["model.copy_complement=true"])
 
 
 def test_match_k_round_trips_through_a_saved_config():

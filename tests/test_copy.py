@@ -49,6 +49,62 @@ def test_candidates_are_the_token_after_the_latest_earlier_occurrence(vocab):
     assert (got[..., 0] >= 0).sum() > 0 and (got[..., 2] >= 0).sum() > 0  # some found
 
 
+COMPLEMENT = [0, 1, 5, 4, 3, 2, 6, 7, 10, 9, 8]  # 2<->5, 3<->4, 8<->10; 0, 1, 6, 7, 9 fixed
+
+
+def reverse_candidates_reference(x: list[int], k: int) -> list[int]:
+    """For each position p: where the reverse complement of x[p-k+1 .. p] occurs with the
+    latest start s (s + k - 1 <= p), the complement of x[s - 1]; -1 if nowhere or s = 0."""
+    out = []
+    for p in range(len(x)):
+        found = -1
+        if p - k + 1 >= 0:
+            wanted = [COMPLEMENT[t] for t in reversed(x[p - k + 1:p + 1])]
+            for s in range(p - k + 1, -1, -1):
+                if x[s:s + k] == wanted:
+                    found = COMPLEMENT[x[s - 1]] if s > 0 else -1
+                    break
+        out.append(found)
+    return out
+
+
+def inverted_repeats(L: int, B: int = 2, seed: int = 0, vocab: int = 11) -> torch.Tensor:
+    """Random tokens with copies of earlier stretches, most reverse-complemented, every
+    12 tokens."""
+    g = torch.Generator().manual_seed(seed)
+    comp = torch.tensor(COMPLEMENT)
+    x = torch.randint(2, 6, (B, L), generator=g)  # the four "bases" mostly
+    x[torch.rand(B, L, generator=g) < 0.05] = 8
+    for b in range(B):
+        at = 0
+        while at < L - 12:
+            n = int(torch.randint(8, 25, (1,), generator=g))
+            src = int(torch.randint(0, max(1, at - n), (1,), generator=g)) if at > n else 0
+            piece = x[b, src:src + n].clone()
+            if torch.rand(1, generator=g) < 0.7:
+                piece = comp[piece.flip(0)]
+            x[b, at + 12:at + 12 + n] = piece[:L - at - 12]
+            at += 12 + n
+    return x
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_reverse_candidates_are_the_base_the_other_strand_reads_next(seed):
+    x = inverted_repeats(200, B=2, seed=seed)
+    copy_k = (1, 3, 8)
+    got = copy_candidates(x, copy_k, pad=11, complement=torch.tensor(COMPLEMENT + [11]))
+    assert got.shape == (2, 200, 6)
+    for b in range(2):
+        for r, k in enumerate(copy_k):
+            assert got[b, :, r].tolist() == candidates_reference(x[b].tolist(), k)
+            assert got[b, :, 3 + r].tolist() == reverse_candidates_reference(x[b].tolist(), k)
+    assert (got[..., 5] >= 0).float().mean() > 0.1  # the 8-token ones are often found
+    # a palindrome finds itself: the reverse complement of its last k tokens is itself
+    pal = torch.tensor([[7, 6, 2, 3, 4, 5, 9]])  # 2 3 4 5 reads 2 3 4 5 on the other strand
+    got = copy_candidates(pal, (4,), pad=11, complement=torch.tensor(COMPLEMENT + [11]))
+    assert got[0, :, 1].tolist() == [-1, -1, -1, -1, -1, 6, -1]  # 6 = complement of 6
+
+
 def test_a_streak_counts_the_candidates_right_in_a_row():
     x = torch.tensor([[1, 2, 3, 1, 2, 3, 1, 2, 0, 1, 2, 3]])
     copies = find_copies(x, (1,), pad=4)
@@ -199,9 +255,11 @@ def test_decoding_with_copy_history_equals_the_full_forward():
                                         copy_history=x[:, :60])
 
 
-def test_scores_with_a_context_beyond_the_window_are_manual_truncation():
-    """token_log_likelihoods(window=W, context=N > W): token i is scored by its window of
-    the documented layout, whose copy mixture also reads the N - W positions before it."""
+@pytest.mark.parametrize("start", [0, 10, 101])
+def test_scores_with_a_context_beyond_the_window_are_manual_truncation(start):
+    """token_log_likelihoods(window=W, context=N > W, start=S): token i >= S is scored by
+    its window of the documented layout (laid from S - W/2 on), whose copy mixture also
+    reads the N - W positions before it."""
     import numpy as np
 
     from seqformer.pipeline.inference import token_log_likelihoods
@@ -209,20 +267,46 @@ def test_scores_with_a_context_beyond_the_window_are_manual_truncation():
     m = with_gate(tiny())
     tokens = repetitive(200, B=1, seed=7)[0].numpy()
     sep, W, N = 10, 48, 100
-    got = token_log_likelihoods(m, tokens, sep, W, context=N)
+    got = token_log_likelihoods(m, tokens, sep, W, context=N, start=start)
+    assert got.shape == (200 - start,)
     seq = torch.tensor([sep, *tokens])
-    for i in (0, 30, 47, 48, 60, 71, 72, 100, 150, 199):
-        s = 0 if i < W else W // 2 * (1 + (i - W) // (W // 2))
+    first = max(0, start - W // 2)
+    for i in (0, 30, 47, 48, 60, 71, 72, 100, 101, 124, 150, 199):
+        if i < start:
+            continue
+        s = first + (0 if i - first < W else W // 2 * (1 + (i - first - W) // (W // 2)))
         before = seq[max(0, s - (N - W)):s]
         with torch.no_grad():
             nll = m.loss(seq[s:i + 2][None], reduction="none",
                          copy_history=before[None] if len(before) else None)
-        assert abs(got[i] + nll[0, -1].item()) < 1e-5, i
+        assert abs(got[i - start] + nll[0, -1].item()) < 1e-5, i
+    if start:
+        return
     window_only = token_log_likelihoods(m, tokens, sep, W)
     assert np.allclose(got[:W], window_only[:W], atol=1e-6)  # the first window has no past
     assert np.abs(got[W:] - window_only[W:]).max() > 1e-3
     with pytest.raises(ValueError, match="needs a model with the copy mixture"):
         token_log_likelihoods(plain_twin(m), tokens, sep, W, context=N)
+
+
+def test_reverse_complement_copies_are_causal_and_decode_as_the_full_forward():
+    m = with_gate(tiny(copy_complement=COMPLEMENT))
+    assert m.copy_gate.trust.shape == (4,)
+    x = inverted_repeats(160, seed=2)
+    with torch.no_grad():
+        full = m(x)
+        copies = find_copies(x, (2, 5), 11, m.copy_complement)
+        probs = torch.softmax(plain_twin(m)(x).double(), -1)
+        torch.testing.assert_close(full.double(), hand_made_mixture(m, probs, copies),
+                                   atol=1e-5, rtol=1e-5)
+        for t in (3, 50, 131):
+            torch.testing.assert_close(m(x[:, :t]), full[:, :t], atol=1e-5, rtol=1e-5)
+            x2 = x.clone()
+            x2[:, t] = (x2[:, t] + 1) % 11
+            torch.testing.assert_close(m(x2)[:, :t], full[:, :t], atol=1e-5, rtol=0)
+    assert (copies.candidates[..., 3] >= 0).float().mean() > 0.2
+    assert_decoding_is_the_full_forward(m, x)
+    assert_decoding_is_the_full_forward(m, x[:, 60:], prompt=2, copy_history=x[:, :60])
 
 
 def test_beam_rows_keep_their_own_history():
@@ -249,6 +333,16 @@ def test_config_checks():
     with pytest.raises(ConfigError, match="copy_k: needs positive integers"):
         tiny(copy_k=(0,))
     assert ReformerConfig.from_dict(tiny(copy_k=4).to_dict()).copy_k == (4,)
+    with pytest.raises(ConfigError, match="copy_complement: .*needs copy_k"):
+        tiny(copy_k=(), copy_complement=COMPLEMENT)
+    with pytest.raises(ConfigError, match="copy_complement: must map each of the 11"):
+        tiny(copy_complement=COMPLEMENT[:10])
+    with pytest.raises(ConfigError, match="copy_complement: must map"):
+        tiny(copy_complement=[1, 0, 3, 2, 4, 5, 6, 7, 8, 9, 2])  # not an involution
+    with pytest.raises(ConfigError, match="`true` is for run configs"):
+        tiny(copy_complement=True)
+    cfg = ReformerConfig.from_dict(tiny(copy_complement=COMPLEMENT).to_dict())
+    assert cfg.copy_complement == tuple(COMPLEMENT) and cfg.n_copy_candidates == 4
 
 
 def _repeat_batch(g: torch.Generator, low: int, high: int, B: int = 16, half: int = 64):

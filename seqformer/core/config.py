@@ -52,6 +52,10 @@ class ReformerConfig:
     # learned weight, so a repeat is copied by token id even where the token's embedding is
     # barely trained. () = off (the paper's plain head). Causal models only.
     copy_k: tuple[int, ...] = ()
+    # With copy_k, also copy across strands (DNA): token id -> id of its complement, for
+    # every id (an involution); each k then has a reverse-complement candidate too, for
+    # inverted repeats. () = off. Run configs take `true` for the domain's own map.
+    copy_complement: tuple[int, ...] = ()
     # Input embedding at position t also sums per-offset embeddings of tokens t-1..t-k+1:
     # a causal k-mer feature, so short-range statistics need no learned relative offsets
     # (absolute axial positions make those slow to learn). 1 = the paper's plain embedding.
@@ -84,6 +88,8 @@ class ReformerConfig:
         if isinstance(self.copy_k, int):
             self.copy_k = (self.copy_k,)
         self.copy_k = tuple(self.copy_k)
+        if not isinstance(self.copy_complement, bool):
+            self.copy_complement = tuple(self.copy_complement)
         self.validate()
         if self.n_buckets is None:
             self.n_buckets = max(2, _next_pow2(math.ceil(self.max_seq_len / self.bucket_size)))
@@ -131,6 +137,17 @@ class ReformerConfig:
              f"needs positive integers (or none: off), got {self.copy_k!r}")
         need(self.causal or not self.copy_k, "copy_k",
              "copies what followed earlier occurrences: needs a causal model (causal=True)")
+        comp = self.copy_complement
+        need(not isinstance(comp, bool), "copy_complement",
+             f"takes the map itself here (`true` is for run configs, which fill in the "
+             f"domain's), got {comp!r}")
+        if comp:
+            need(bool(self.copy_k), "copy_complement",
+                 "adds reverse-complement candidates to the copy mixture: needs copy_k")
+            need(sorted(comp) == list(range(self.vocab_size))
+                 and all(comp[c] == i for i, c in enumerate(comp)), "copy_complement",
+                 f"must map each of the {self.vocab_size} token ids to its complement, "
+                 f"each id's complement's complement being itself, got {list(comp)!r}")
         need(0.0 <= self.dropout < 1.0, "dropout", f"must be in [0, 1), got {self.dropout}")
         if self.axial_shape is not None:
             need(len(self.axial_shape) >= 2 and all(a > 0 for a in self.axial_shape),
@@ -146,6 +163,10 @@ class ReformerConfig:
     @property
     def has_match(self) -> bool:
         return any(self.layer_attn(i) == "match" for i in range(self.n_layers))
+
+    @property
+    def n_copy_candidates(self) -> int:
+        return len(self.copy_k) * (2 if self.copy_complement else 1)
 
     @property
     def d_head(self) -> int:
@@ -168,6 +189,7 @@ class ReformerConfig:
         d["axial_shape"] = list(self.axial_shape) if self.axial_shape else None
         d["match_k"] = list(self.match_k)
         d["copy_k"] = list(self.copy_k)
+        d["copy_complement"] = list(self.copy_complement)
         return d
 
     @classmethod

@@ -108,6 +108,10 @@ class DNADomain(fasta.FastaDomain):
 
     # ---- sequences <-> tokens -------------------------------------------------------
 
+    def complement_ids(self) -> list[int]:
+        """Each token id's complement (model.copy_complement)."""
+        return _COMPLEMENT.tolist()
+
     def reverse_complement(self, tokens: Any) -> np.ndarray:
         """Reverse complement of token ids along the last axis (A<->T, C<->G, N->N, lowercase
         likewise, pad and sep unchanged); keeps the input's integer dtype."""

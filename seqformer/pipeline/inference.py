@@ -60,9 +60,9 @@ def _with_sep(tokens: np.ndarray, sep_id: int, start: int, end: int) -> np.ndarr
 
 def _windows_of(tokens: np.ndarray, sep_id: int, length: int, window: int, stride: int,
                 fn: Callable[[torch.Tensor, torch.Tensor | None], torch.Tensor],
-                device: str | torch.device, lookahead: int = 0, history: int = 0
-                ) -> Iterator[tuple[int, torch.Tensor]]:
-    """Apply fn(x, before) to each window x (1, w) of the first `length` positions of
+                device: str | torch.device, lookahead: int = 0, history: int = 0,
+                first: int = 0) -> Iterator[tuple[int, torch.Tensor]]:
+    """Apply fn(x, before) to each window x (1, w) of positions first..length - 1 of
     [sep] + tokens (plus `lookahead` more positions, for next-token targets), with `before`
     the up to `history` positions that precede it (1, h) or None, and yield (keep_from,
     kept outputs)."""
@@ -70,7 +70,8 @@ def _windows_of(tokens: np.ndarray, sep_id: int, length: int, window: int, strid
         x = _with_sep(tokens, sep_id, a, b).astype(np.int64)
         return torch.from_numpy(x).to(device).unsqueeze(0)
 
-    for start, keep_from, keep_to in stitched_windows(length, window, stride):
+    for start, keep_from, keep_to in stitched_windows(length - first, window, stride):
+        start, keep_from, keep_to = start + first, keep_from + first, keep_to + first
         end = min(start + window, length) + lookahead
         before = part(max(0, start - history), start) if history and start else None
         out = fn(part(start, end), before)[0]
@@ -80,14 +81,19 @@ def _windows_of(tokens: np.ndarray, sep_id: int, length: int, window: int, strid
 @torch.no_grad()
 def token_log_likelihoods(model: ReformerLM, tokens: np.ndarray, sep_id: int, window: int,
                           stride: int | None = None, device: str | torch.device = "cpu",
-                          context: int | None = None) -> np.ndarray:
-    """log P(token_i | [sep] + tokens[:i]) in nats for every token, float64 (n,).
+                          context: int | None = None, start: int = 0) -> np.ndarray:
+    """log P(token_i | [sep] + tokens[:i]) in nats for every token i >= start, float64
+    (n - start,).
 
     context > window (a model with the copy mixture): each window's copy mixture also
     reads the context - window positions before it, so every token is scored with at most
-    `context` preceding tokens, the last window - stride to window of them attended."""
+    `context` preceding tokens, the last window - stride to window of them attended.
+    start > 0: the tokens before it are context only (a held-out tail scored given its
+    chromosome): the windows are laid from position start - (window - stride) on, so the
+    first scored token, like every later one, has window - stride to window attended."""
     n = len(tokens)
-    out = np.empty(n, dtype=np.float64)
+    stride = stride or window // 2
+    out = np.empty(n - start, dtype=np.float64)
     history = max(0, (context or window) - window)
     if history and model.copy_gate is None:
         raise ValueError(f"a context of {context} beyond the window ({window}) needs a model "
@@ -98,9 +104,12 @@ def token_log_likelihoods(model: ReformerLM, tokens: np.ndarray, sep_id: int, wi
         return -model.loss(x, reduction="none", copy_history=before)
 
     # input position i holds [sep] + tokens at i and predicts token i
-    for keep_from, lp in _windows_of(tokens, sep_id, n, window, stride or window // 2, logp,
-                                     device, lookahead=1, history=history):
-        out[keep_from:keep_from + lp.shape[0]] = lp.double().cpu().numpy()
+    first = max(0, start - (window - stride))
+    for keep_from, lp in _windows_of(tokens, sep_id, n, window, stride, logp, device,
+                                     lookahead=1, history=history, first=first):
+        lp = lp[max(0, start - keep_from):]
+        at = max(keep_from, start) - start
+        out[at:at + lp.shape[0]] = lp.double().cpu().numpy()
     return out
 
 

@@ -177,6 +177,7 @@ def resolve(domain: str, vocab_size: int, preset: str | Path | None = None,
         raise InputError(f"task: the config is for {cfg['task']!r}, not {task!r}")
     cfg["domain"] = domain
     cfg["model"]["vocab_size"] = vocab_size
+    _resolve_complement(cfg["model"], domain)
     if task == "seq2seq":
         _resolve_encoder(cfg, source)
     model = model_config(cfg)
@@ -238,6 +239,21 @@ def resolve(domain: str, vocab_size: int, preset: str | Path | None = None,
             need(isinstance(clf[key], bool), f"classify.{key}", "must be true or false",
                  clf[key])
     return cfg
+
+
+def _resolve_complement(model: dict, domain: str) -> None:
+    """model.copy_complement: true/false -> the domain's complement map / off."""
+    wanted = model.get("copy_complement")
+    if wanted is False:
+        model["copy_complement"] = []
+    elif wanted is True:
+        from ..domains import get_domain
+
+        complement = getattr(get_domain(domain), "complement_ids", None)
+        if complement is None:
+            raise InputError(f"model.copy_complement: copies across the two strands of a "
+                             f"genome; the {domain} domain has one strand")
+        model["copy_complement"] = complement()
 
 
 def _resolve_encoder(cfg: dict, source: tuple[str, int]) -> None:

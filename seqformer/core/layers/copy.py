@@ -23,6 +23,14 @@ data's tokens as well, and on tokens training never showed it is no guide: teste
 A candidate and a streak depend only on tokens up to p: the model stays exactly causal and
 prefix consistent. The model's "logits" are then log p. Cost: a sort of L + 1 hashes per
 k, and O(L) memory.
+
+Reverse-complement candidates (DNA, `copy_complement`): a genome repeats on both strands,
+and an inverted repeat reads, going forward, the earlier copy backwards and complemented.
+For each k there is then a second candidate: where the reverse complement of x[p-k+1 .. p]
+occurred latest as x[j .. j+k-1] (j + k - 1 <= p: it may overlap the context, as in a
+hairpin), the complement of x[j-1], the base the other strand reads next. In yeast S288c's
+chromosomes 1.26% of bases have a forward 20-base match at least 1,024 bases back in their
+chromosome and 1.20% a reverse one; only 0.44% have both (docs/long-context.md).
 """
 
 from __future__ import annotations
@@ -47,10 +55,13 @@ def _contexts(ext: torch.Tensor, k: int, k_max: int, n_items: int) -> torch.Tens
     return ext.unfold(1, k, 1)[:, k_max - k:k_max - k + n_items]
 
 
-def copy_candidates(tokens: torch.Tensor, copy_k: tuple[int, ...], pad: int) -> torch.Tensor:
+def copy_candidates(tokens: torch.Tensor, copy_k: tuple[int, ...], pad: int,
+                    complement: torch.Tensor | None = None) -> torch.Tensor:
     """tokens (B, L) -> (B, L, K) long: for each position p and each k of copy_k, the token
     that followed the most recent earlier occurrence of tokens[p-k+1 .. p], or -1 where the
-    context has not occurred before (or reaches before the sequence, where `pad` stands)."""
+    context has not occurred before (or reaches before the sequence, where `pad` stands).
+    With `complement` (token id -> its partner's id, pad -> pad; pad + 1 entries), K is
+    2 len(copy_k): then each k's reverse-complement candidate, in the same order."""
     B, L = tokens.shape
     k_max = max(copy_k)
     hashes = context_buckets(tokens, copy_k, pad)[:, 0].long()  # (B, K, L + 1)
@@ -72,7 +83,43 @@ def copy_candidates(tokens: torch.Tensor, copy_k: tuple[int, ...], pad: int) -> 
         real = (ctx[:, 1:] != pad).all(-1)
         found = (earlier >= 0) & same & real
         out.append(torch.where(found, tokens.long().gather(-1, j), -1))  # j < item <= L
+    if complement is not None:
+        out += [_reverse_candidates(tokens, hashes[:, r], ext, k, k_max, pad, complement)
+                for r, k in enumerate(copy_k)]
     return torch.stack(out, dim=-1)
+
+
+def _reverse_candidates(tokens: torch.Tensor, forward: torch.Tensor, ext: torch.Tensor,
+                        k: int, k_max: int, pad: int, complement: torch.Tensor
+                        ) -> torch.Tensor:
+    """(B, L): each position's reverse-complement candidate for k, or -1. forward (B, L + 1)
+    holds each item's hash of its k tokens before it, ext the sequence after k_max pads."""
+    B, L = tokens.shape
+    items = torch.arange(L + 1, device=tokens.device)
+    # item i's reverse-complemented context, hashed as context_buckets hashes a forward
+    # one: it is the context of item L + k - i of the reversed, complemented sequence
+    mirrored = context_buckets(complement[tokens.long()].flip(1), (k,), pad)[:, 0, 0].long()
+    valid = items >= k
+    wanted = torch.where(valid, mirrored.gather(-1, (L + k - items).clamp(max=L).expand(B, -1)),
+                         -1)
+    # items (sources, by their forward hash) and queries (by the wanted hash) in one order
+    # of (hash, item, source first): the last source at or before a query is the latest
+    # item j <= i holding that hash, if the hashes agree
+    span = 2 * (L + 1)
+    keys = torch.cat([forward * span + 2 * items, wanted * span + 2 * items + 1], dim=-1)
+    order = torch.argsort(keys, dim=-1)
+    sorted_keys = keys.gather(-1, order)
+    last_source = torch.where(order <= L, sorted_keys, -1).cummax(dim=-1).values
+    last = torch.empty_like(last_source).scatter_(-1, order, last_source)[:, L + 1:]
+    j = (last % span) // 2
+    found = valid & (last >= 0) & (last // span == wanted)
+    ctx = _contexts(ext, k, k_max, L + 1)
+    mine = ctx[:, 1:]  # items 1..L: positions 0..L-1
+    j, found = j[:, 1:], found[:, 1:]
+    theirs = ctx.gather(1, j.unsqueeze(-1).expand(B, L, k))
+    found &= (theirs == complement[mine].flip(-1)).all(-1) & (mine != pad).all(-1) & (j > k)
+    before = tokens.long().gather(-1, (j - k - 1).clamp_min(0))  # the base before x[j-k..]
+    return torch.where(found, complement[before], -1)
 
 
 def copy_streaks(tokens: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor:
@@ -93,8 +140,9 @@ class Copies(NamedTuple):
     streaks: torch.Tensor
 
 
-def find_copies(tokens: torch.Tensor, copy_k: tuple[int, ...], pad: int) -> Copies:
-    candidates = copy_candidates(tokens, copy_k, pad)
+def find_copies(tokens: torch.Tensor, copy_k: tuple[int, ...], pad: int,
+                complement: torch.Tensor | None = None) -> Copies:
+    candidates = copy_candidates(tokens, copy_k, pad, complement)
     return Copies(candidates, copy_streaks(tokens, candidates))
 
 
@@ -147,8 +195,8 @@ def new_copy_cache(tokens: torch.Tensor, copies: Copies, capacity: int,
                      copies.streaks[:, -1].clone(), tokens.new_full((B,), T, dtype=torch.long))
 
 
-def copy_step(cache: CopyCache, token: torch.Tensor, copy_k: tuple[int, ...], pad: int
-              ) -> Copies:
+def copy_step(cache: CopyCache, token: torch.Tensor, copy_k: tuple[int, ...], pad: int,
+              complement: torch.Tensor | None = None) -> Copies:
     """Append `token` (B,) and return its copies (each (B, K)), as find_copies gives them
     for the whole sequence. Fixed shapes: the earlier occurrence is found by a pass over
     the cache's hashes."""
@@ -174,6 +222,16 @@ def copy_step(cache: CopyCache, token: torch.Tensor, copy_k: tuple[int, ...], pa
         found = (j >= 0) & (ctx == mine).all(-1) & (mine != pad).all(-1)
         nxt = cache.tokens.gather(1, j.clamp_min(0).unsqueeze(-1))[:, 0]  # j <= t
         out.append(torch.where(found, nxt, -1))
+    for r, k in enumerate(copy_k if complement is not None else ()):
+        # the latest item j <= item whose context is the reverse complement of ours
+        wanted = complement[recent[:, k_max - k:]].flip(-1)  # (B, k)
+        same_hash = (cache.hashes[:, r] == next_bucket(wanted, (k,), pad)) & (idx <= item)
+        j = torch.where(same_hash, idx, -1).amax(-1)
+        before = j.unsqueeze(-1) - back[k_max - k:] - 1
+        ctx = torch.where(before >= 0, cache.tokens.gather(1, before.clamp_min(0)), pad)
+        found = (j > k) & (ctx == wanted).all(-1) & (wanted != pad).all(-1)
+        prev = cache.tokens.gather(1, (j - k - 1).clamp_min(0).unsqueeze(-1))[:, 0]
+        out.append(torch.where(found, complement[prev], -1))
     candidates = torch.stack(out, dim=-1)
     hit = cache.last == token.long().unsqueeze(-1)
     cache.streak.copy_(torch.where(hit, cache.streak + 1, 0))

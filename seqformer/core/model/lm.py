@@ -71,7 +71,11 @@ class ReformerLM(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.vocab_size, bias=False)
         self.apply(self._init)
-        self.copy_gate = CopyGate(len(cfg.copy_k)) if cfg.copy_k else None
+        self.copy_gate = CopyGate(cfg.n_copy_candidates) if cfg.copy_k else None
+        # the complement map, pad (vocab_size: before the sequence) to itself
+        self.register_buffer("copy_complement", torch.tensor([*cfg.copy_complement,
+                                                              cfg.vocab_size])
+                             if cfg.copy_complement else None, persistent=False)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
         self._compiled: dict = {}  # compile_decoding's steps, by mode
@@ -183,10 +187,11 @@ class ReformerLM(nn.Module):
         if self.copy_gate is None:
             return None
         if copy_history is None or copy_history.shape[1] == 0:
-            return find_copies(tokens, self.cfg.copy_k, self.cfg.vocab_size)
+            return find_copies(tokens, self.cfg.copy_k, self.cfg.vocab_size,
+                               self.copy_complement)
         H = copy_history.shape[1]
         full = find_copies(torch.cat([copy_history, tokens], dim=1), self.cfg.copy_k,
-                           self.cfg.vocab_size)
+                           self.cfg.vocab_size, self.copy_complement)
         return Copies(full.candidates[:, H:], full.streaks[:, H:])
 
     def forward(self, tokens: torch.Tensor, copy_history: torch.Tensor | None = None
@@ -290,7 +295,8 @@ class ReformerLM(nn.Module):
             x2 = x2 + layer.ff(x1)
         copies = None
         if cache.copy is not None:
-            step = copy_step(cache.copy, token, self.cfg.copy_k, self.cfg.vocab_size)
+            step = copy_step(cache.copy, token, self.cfg.copy_k, self.cfg.vocab_size,
+                             self.copy_complement)
             copies = Copies(*(c.unsqueeze(1) for c in step))
         t.add_(1)
         return self._logits(self.norm(stream_mean(x1, x2, x.dtype)), copies)[:, 0], recent
