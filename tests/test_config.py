@@ -106,11 +106,10 @@ LM_PRESETS = ["dna-quick", "dna-tiny", "dna-ecoli-cpu", "dna-ecoli-gpu", "dna-10
 
 @pytest.mark.parametrize("preset", LM_PRESETS)
 def test_every_shipped_language_model_preset_resolves_to_a_valid_model(preset):
+    from seqformer.domains import get_domain
     from seqformer.pipeline.run_config import model_config, resolve
 
     from cli_helpers import REPO
-
-    from seqformer.domains import get_domain
 
     path = REPO / "configs" / f"{preset}.yaml"
     domain = "midi" if preset.startswith("midi") else "dna"
