@@ -229,26 +229,38 @@ def check_the_note_grammar(run: Path, tmp_path: Path) -> None:
                          CHORALES / "heldout" / "soprano", "--out", tmp_path / "beams",
                          "--grammar", "--num-beams", "2")
     assert code != 0 and "--no-grammar" in text and "Traceback" not in text
+    # by default the grammar is on (nothing to repair), except with beams
+    for extra, flag in (([], "no note repaired"), (["--no-grammar"], "the MIDI decoder dropped"),
+                        (["--num-beams", "2"], "targets")):
+        code, text = run_cli("sample", "seq2seq", "--model", run, "--source",
+                             CHORALES / "heldout" / "soprano", "--out",
+                             tmp_path / f"out{len(extra)}{extra[:1]}", "--seed", "0",
+                             "--max-length", "80", *extra)
+        assert code == 0 and flag in " ".join(text.split()), text
 
 
-def test_a_midi_target_closes_only_with_no_note_sounding() -> None:
+def test_a_midi_target_may_close_at_any_step_and_its_notes_are_released() -> None:
     from seqformer.domains.midi import NOTE_OFF, NOTE_ON, PROGRAM, SHIFT, VELOCITY
     from seqformer.pipeline.seq2seq import UntilClosed
 
     midi = get_domain("midi")
     sep = midi.sep_id
-    rule = UntilClosed(midi.constraint(None, [np.array([sep])] * 2), sep)
-    no_mass = torch.zeros(2)
-    for a, b in ((PROGRAM, PROGRAM), (VELOCITY, VELOCITY), (NOTE_ON + 60, NOTE_ON + 62)):
-        rule.update(torch.tensor([a, b]), no_mass)
-    assert not rule.allowed()[:, sep].any()
-    rule.update(torch.tensor([SHIFT, SHIFT]), no_mass)
-    rule.update(torch.tensor([NOTE_OFF + 60, NOTE_ON + 64]), no_mass)  # row 1: two sound
-    assert rule.allowed()[:, sep].tolist() == [True, False]
-    rule.update(torch.tensor([sep, SHIFT]), no_mass)  # row 0 closes; row 1 is cut off
-    rule.update(torch.tensor([NOTE_ON + 50, SHIFT]), no_mass)  # after its end: ignored
+    rule = UntilClosed(midi.constraint(None, [np.array([sep])] * 3), sep)
+    no_mass = torch.zeros(3)
+    for a in (PROGRAM, VELOCITY):
+        rule.update(torch.tensor([a, a, a]), no_mass)
+    rule.update(torch.tensor([NOTE_ON + 60, NOTE_ON + 62, NOTE_ON + 60]), no_mass)
+    assert rule.allowed()[:, sep].all()  # with notes sounding too
+    assert not rule.allowed()[:, NOTE_OFF + 60].any()  # the grammar still holds
+    rule.update(torch.tensor([SHIFT, SHIFT, SHIFT]), no_mass)
+    rule.update(torch.tensor([NOTE_OFF + 60, NOTE_ON + 64, NOTE_ON + 67]), no_mass)
+    # row 0 closes with nothing sounding, row 2 with two notes, row 1 is cut off
+    rule.update(torch.tensor([sep, SHIFT, sep]), no_mass)
+    rule.update(torch.tensor([NOTE_ON + 50, SHIFT, NOTE_ON + 50]), no_mass)  # after the end
     assert rule.closing(0) == []
     assert sorted(rule.closing(1)) == [NOTE_OFF + 62, NOTE_OFF + 64]
+    # 67 began in the last step: time moves on before it ends
+    assert rule.closing(2) == [SHIFT, NOTE_OFF + 60, NOTE_OFF + 67]
 
 
 def test_within_keeps_targets_to_the_domain_and_never_closes_them_empty() -> None:

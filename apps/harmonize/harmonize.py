@@ -82,8 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--pieces", type=int, default=4, help="chorales to harmonize")
     ap.add_argument("--out", default=None, help="default: <model>/harmonized")
-    ap.add_argument("--grammar", action="store_true",
-                    help="sample under the MIDI note grammar (see README)")
+    ap.add_argument("--grammar", action=argparse.BooleanOptionalAction, default=True,
+                    help="sample under the MIDI note grammar (default; see README)")
     args = ap.parse_args(argv)
     out = Path(args.out or Path(args.model) / "harmonized")
     out.mkdir(parents=True, exist_ok=True)

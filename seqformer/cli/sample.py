@@ -218,11 +218,11 @@ def sample_seq2seq(model: ModelOpt, source: SourceOpt,
                    num_beams: Annotated[int, typer.Option(
                        "--num-beams", help="> 1: beam search for the likeliest target "
                        "instead of sampling (--temperature/--top-k/--top-p unused)")] = 1,
-                   grammar: Annotated[bool, typer.Option(
+                   grammar: Annotated[bool | None, typer.Option(
                        "--grammar/--no-grammar", help="MIDI targets: the note grammar of "
-                       "`sample midi` (no unmatched note-off; a target closes with no note "
-                       "sounding). Off by default: a model that loses track of its notes "
-                       "gets stuck under it (see apps/harmonize)")] = False,
+                       "`sample midi` (no unmatched note-off; the notes still sounding when "
+                       "a target closes are released). Default: on, except with "
+                       "--num-beams")] = None,
                    force: Force = False) -> None:
     """A target for each source record, sampled until the model closes it (or
     --max-length). Sample k draws with seed + k."""
@@ -230,6 +230,8 @@ def sample_seq2seq(model: ModelOpt, source: SourceOpt,
     if num_beams < 1:
         raise InputError(f"--num-beams {num_beams}: must be at least 1")
     encdec, source_domain, target_domain, cfg = load_seq2seq(model)
+    if grammar is None:
+        grammar = num_beams == 1
     rules = target_grammar(target_domain, lambda: sampling_limits(model)) if grammar else None
     if rules is not None and num_beams > 1:
         raise InputError("--num-beams with the MIDI note grammar is not supported: add "
@@ -257,13 +259,17 @@ def sample_seq2seq(model: ModelOpt, source: SourceOpt,
                             num_beams=num_beams)
     made = [Record(r.id, t) for r, t in zip(records, targets)]
     if paths is None:
-        target_domain.write(made, out_path)
+        repairs = [target_domain.write(made, out_path)]
         written = str(out_path)
     else:
-        for rec, p in zip(made, paths):
-            target_domain.write([rec], p)
+        repairs = [target_domain.write([rec], p) for rec, p in zip(made, paths)]
         written = f"{len(paths)} files in {out_path}"
     unclosed = sum(len(t) == (max_length or limit) for t in targets)
     closing = f"; {unclosed} reached --max-length unclosed" if unclosed else ""
+    if target_domain.name == "midi":  # what the MIDI decoder had to fix (none under the grammar)
+        fixed = {k: sum(r[k] for r in repairs) for k in ("unmatched_note_off", "unclosed_note")}
+        closing += (f"; the MIDI decoder dropped {fixed['unmatched_note_off']} unmatched "
+                    f"note-offs and closed {fixed['unclosed_note']} notes" if any(fixed.values())
+                    else "; no note repaired")
     out.print(f"wrote {written} ({len(made)} targets, {sum(map(len, targets)):,} "
               f"tokens{closing})")

@@ -218,11 +218,13 @@ class Within:
 
 
 class UntilClosed:
-    """A target domain's grammar (MIDI's note grammar) as a seq2seq constraint: the
-    separator that closes a target is allowed once the grammar says the row could end
-    (no note left sounding; a grammar for continuations never ends one itself), and a
-    closed row's walk stops there, so `closing(k)` gives the tokens that settle what a row
-    cut off by the length limit left open."""
+    """A target domain's grammar (MIDI's note grammar) as a seq2seq constraint. The
+    separator that closes a target is allowed at any step, and a closed row's walk stops
+    there, so `closing(k)` gives the tokens that release what the row left sounding, when
+    it closed or was cut off by the length limit (translate appends them), as `sample midi`
+    releases what sounds at the end of a sample. (Allowing the separator only with no note
+    sounding kept a harmonizer that had lost track of a note writing to the length limit:
+    docs/seq2seq.md.)"""
 
     def __init__(self, grammar, sep_id: int):  # noqa: ANN001
         self.grammar, self.sep_id = grammar, sep_id
@@ -230,7 +232,7 @@ class UntilClosed:
 
     def allowed(self) -> np.ndarray:
         mask = self.grammar.allowed()  # a new array each call
-        mask[:, self.sep_id] = self.grammar.settled()
+        mask[:, self.sep_id] = True
         return mask
 
     def update(self, tokens: torch.Tensor, removed: torch.Tensor) -> None:
