@@ -230,7 +230,8 @@ def check_the_note_grammar(run: Path, tmp_path: Path) -> None:
                          "--grammar", "--num-beams", "2")
     assert code != 0 and "--no-grammar" in text and "Traceback" not in text
     # by default the grammar is on (nothing to repair), except with beams
-    for extra, flag in (([], "no note repaired"), (["--no-grammar"], "the MIDI decoder dropped"),
+    for extra, flag in (([], "no note repaired"), (["--free-end"], "no note repaired"),
+                        (["--no-grammar"], "the MIDI decoder dropped"),
                         (["--num-beams", "2"], "targets")):
         code, text = run_cli("sample", "seq2seq", "--model", run, "--source",
                              CHORALES / "heldout" / "soprano", "--out",
@@ -261,6 +262,31 @@ def test_a_midi_target_may_close_at_any_step_and_its_notes_are_released() -> Non
     assert sorted(rule.closing(1)) == [NOTE_OFF + 62, NOTE_OFF + 64]
     # 67 began in the last step: time moves on before it ends
     assert rule.closing(2) == [SHIFT, NOTE_OFF + 60, NOTE_OFF + 67]
+
+
+def test_a_midi_target_given_its_sources_time_closes_exactly_at_its_end() -> None:
+    from seqformer.domains.midi import NOTE_OFF, NOTE_ON, PROGRAM, SHIFT, VELOCITY
+    from seqformer.pipeline.seq2seq import target_grammar
+
+    midi = get_domain("midi")
+    sep = midi.sep_id
+    sources = [np.array([PROGRAM, VELOCITY, NOTE_ON + 72, SHIFT + steps - 1, NOTE_OFF + 72])
+               for steps in (10, 5)]  # a 10-step and a 5-step melody
+    rule = target_grammar(midi, lambda: None, midi)(sources)
+    assert rule.ends == [10, 5]
+    no_mass = torch.zeros(2)
+    for a in (PROGRAM, VELOCITY, NOTE_ON + 60):
+        rule.update(torch.tensor([a, a]), no_mass)
+    assert not rule.allowed()[:, sep].any()  # not before the source's end
+    rule.update(torch.tensor([SHIFT + 4, SHIFT + 4]), no_mass)  # 5 steps on
+    allowed = rule.allowed()
+    assert not allowed[0, sep] and allowed[0, NOTE_OFF + 60]
+    assert allowed[1].tolist() == [t == sep for t in range(midi.vocab_size)]  # only the end
+    rule.update(torch.tensor([NOTE_OFF + 60, sep]), no_mass)
+    assert rule.closing(1) == [NOTE_OFF + 60]  # released before the end
+    # without a timed source domain (or for a domain without a grammar) no ends are kept
+    assert target_grammar(midi, lambda: None)(sources).ends is None
+    assert target_grammar(midi, lambda: None, get_domain("dna"))(sources).ends is None
 
 
 def test_within_keeps_targets_to_the_domain_and_never_closes_them_empty() -> None:

@@ -84,6 +84,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", default=None, help="default: <model>/harmonized")
     ap.add_argument("--grammar", action=argparse.BooleanOptionalAction, default=True,
                     help="sample under the MIDI note grammar (default; see README)")
+    ap.add_argument("--end-with-soprano", action=argparse.BooleanOptionalAction, default=True,
+                    help="under the grammar, close the voices when the soprano ends")
     args = ap.parse_args(argv)
     out = Path(args.out or Path(args.model) / "harmonized")
     out.mkdir(parents=True, exist_ok=True)
@@ -98,7 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = sorted(range(len(sopranos)), key=lambda k: len(sopranos[k].tokens))
     chosen = [k for k in chosen if len(atbs[k].tokens) + 2 <= model.max_target_len]
     chosen = chosen[::max(1, len(chosen) // args.pieces)][:args.pieces]
-    grammar = (target_grammar(atb, lambda: read_sampling_limits(args.model))
+    grammar = (target_grammar(atb, lambda: read_sampling_limits(args.model),
+                              soprano if args.end_with_soprano else None)
                if args.grammar else None)
     made = translate(model, [sopranos[k].tokens for k in chosen], atb.sep_id,
                      model.max_target_len - 1, args.temperature, seed=args.seed,

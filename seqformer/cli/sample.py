@@ -223,6 +223,10 @@ def sample_seq2seq(model: ModelOpt, source: SourceOpt,
                        "`sample midi` (no unmatched note-off; the notes still sounding when "
                        "a target closes are released). Default: on, except with "
                        "--num-beams")] = None,
+                   end_with_source: Annotated[bool, typer.Option(
+                       "--end-with-source/--free-end", help="MIDI to MIDI under the "
+                       "grammar: each target closes when its time reaches its source's end "
+                       "(a harmonization's voices end with the melody)")] = True,
                    force: Force = False) -> None:
     """A target for each source record, sampled until the model closes it (or
     --max-length). Sample k draws with seed + k."""
@@ -232,7 +236,8 @@ def sample_seq2seq(model: ModelOpt, source: SourceOpt,
     encdec, source_domain, target_domain, cfg = load_seq2seq(model)
     if grammar is None:
         grammar = num_beams == 1
-    rules = target_grammar(target_domain, lambda: sampling_limits(model)) if grammar else None
+    rules = (target_grammar(target_domain, lambda: sampling_limits(model),
+                            source_domain if end_with_source else None) if grammar else None)
     if rules is not None and num_beams > 1:
         raise InputError("--num-beams with the MIDI note grammar is not supported: add "
                          "--no-grammar")

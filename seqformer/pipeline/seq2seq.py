@@ -226,13 +226,21 @@ class UntilClosed:
     sounding kept a harmonizer that had lost track of a note writing to the length limit:
     docs/seq2seq.md.)"""
 
-    def __init__(self, grammar, sep_id: int):  # noqa: ANN001
+    def __init__(self, grammar, sep_id: int, ends: list[int] | None = None):  # noqa: ANN001
+        """ends: each row's source's end (time steps): the row then closes exactly when its
+        own time reaches it, neither before nor after."""
         self.grammar, self.sep_id = grammar, sep_id
         self.closed = np.zeros(len(grammar.walks), dtype=bool)
+        self.ends = ends
 
     def allowed(self) -> np.ndarray:
         mask = self.grammar.allowed()  # a new array each call
         mask[:, self.sep_id] = True
+        if self.ends is not None:  # a row closes when its time reaches its source's end
+            for row, (walk, end) in enumerate(zip(self.grammar.walks, self.ends)):
+                if walk.now >= end:
+                    mask[row] = False
+                mask[row, self.sep_id] = walk.now >= end
         return mask
 
     def update(self, tokens: torch.Tensor, removed: torch.Tensor) -> None:
@@ -244,17 +252,29 @@ class UntilClosed:
         return self.grammar.closing(index)
 
 
-def target_grammar(domain: Domain, read_limits: Callable[[], dict | None]
+def target_grammar(domain: Domain, read_limits: Callable[[], dict | None],
+                   source_domain: Domain | None = None
                    ) -> Callable[[list[np.ndarray]], UntilClosed] | None:
     """For `translate(constraint=)`: the target domain's grammar for each batch of
     sources, or None for a domain without one (then `read_limits`, which reads what
-    training stored, e.g. `run_dir.read_sampling_limits`, is not called)."""
+    training stored, e.g. `run_dir.read_sampling_limits`, is not called). With a
+    `source_domain` that has a grammar too (MIDI to MIDI), each target closes exactly when
+    its time reaches its source's end: a harmonization's voices end with the melody."""
     start = np.array([domain.sep_id])
     if domain.constraint(None, [start]) is None:
         return None
     limits = read_limits()
-    return lambda rows: UntilClosed(domain.constraint(limits, [start] * len(rows)),
-                                    domain.sep_id)
+    timed = source_domain is not None and source_domain.constraint(None, [start]) is not None
+
+    def rule(rows: list[np.ndarray]) -> UntilClosed:
+        ends = None
+        if timed:  # the source's time, walked by its own grammar
+            first = np.array([source_domain.sep_id])
+            walks = source_domain.constraint(None, [np.concatenate([first, r]) for r in rows])
+            ends = [w.now for w in walks.walks]
+        return UntilClosed(domain.constraint(limits, [start] * len(rows)), domain.sep_id, ends)
+
+    return rule
 
 
 @torch.no_grad()
