@@ -285,6 +285,8 @@ def test_a_midi_target_given_its_sources_time_closes_exactly_at_its_end() -> Non
     rule.update(torch.tensor([NOTE_OFF + 60, sep]), no_mass)
     assert rule.closing(1) == [NOTE_OFF + 60]  # released before the end
     # without a timed source domain (or for a domain without a grammar) no ends are kept
+    # a source with no time still leaves its target one step, so it never closes empty
+    assert target_grammar(midi, lambda: None, midi)([np.array([PROGRAM])]).ends == [1]
     assert target_grammar(midi, lambda: None)(sources).ends is None
     assert target_grammar(midi, lambda: None, get_domain("dna"))(sources).ends is None
 

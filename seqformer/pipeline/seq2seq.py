@@ -271,7 +271,8 @@ def target_grammar(domain: Domain, read_limits: Callable[[], dict | None],
         if timed:  # the source's time, walked by its own grammar
             first = np.array([source_domain.sep_id])
             walks = source_domain.constraint(None, [np.concatenate([first, r]) for r in rows])
-            ends = [w.now for w in walks.walks]
+            # at least one step: a target is never closed empty (Within)
+            ends = [max(1, w.now) for w in walks.walks]
         return UntilClosed(domain.constraint(limits, [start] * len(rows)), domain.sep_id, ends)
 
     return rule
