@@ -139,11 +139,6 @@ class _Walk(_Context):
             self._context(token)
         return None
 
-    @property
-    def settled(self) -> bool:
-        """Whether a piece could end here: no note left sounding."""
-        return self.count == 0
-
     def oldest(self) -> tuple[tuple[int, int], int] | None:
         """The sounding note with the earliest onset, and that onset."""
         live = [(q[0], key) for key, q in self.sounding.items() if q]
@@ -162,11 +157,6 @@ class _DurationWalk(_Context):
     @property
     def count(self) -> int:
         return len(self.sounding) + (self.waiting is not None)
-
-    @property
-    def settled(self) -> bool:
-        """Whether a piece could end here: no note waiting for its duration."""
-        return self.waiting is None
 
     def step(self, token: int) -> int | None:
         """Apply one token; returns the duration of a note it completed, if any."""
@@ -254,10 +244,6 @@ class _Grammar:
 
     def allowed(self) -> np.ndarray:
         return np.stack([self._allowed_one(w) for w in self.walks])
-
-    def settled(self) -> np.ndarray:
-        """(B,) whether each sequence could end now (seq2seq targets close only then)."""
-        return np.array([w.settled for w in self.walks])
 
     def update(self, tokens, removed, rows: Iterable[bool] | None = None) -> None:  # noqa: ANN001
         """Step each sequence by its token; `rows`: only those marked True (the others,
