@@ -17,6 +17,7 @@ import yaml
 
 from ..core import Alignment, ConfigError, ReformerConfig
 from ..core.model.classifier import POOLS
+from ..domains import get_domain
 from ..errors import InputError
 
 PRECISIONS = ("auto", "32-true", "bf16-mixed", "16-mixed", "bf16-true", "64-true")
@@ -247,8 +248,6 @@ def _resolve_complement(model: dict, domain: str) -> None:
     if wanted is False:
         model["copy_complement"] = []
     elif wanted is True:
-        from ..domains import get_domain
-
         complement = getattr(get_domain(domain), "complement_ids", None)
         if complement is None:
             raise InputError(f"model.copy_complement: copies across the two strands of a "

@@ -237,10 +237,9 @@ class UntilClosed:
         mask = self.grammar.allowed()  # a new array each call
         mask[:, self.sep_id] = True
         if self.ends is not None:  # a row closes when its time reaches its source's end
-            for row, (walk, end) in enumerate(zip(self.grammar.walks, self.ends)):
-                if walk.now >= end:
-                    mask[row] = False
-                mask[row, self.sep_id] = walk.now >= end
+            done = np.array([w.now for w in self.grammar.walks]) >= self.ends
+            mask[done] = False
+            mask[:, self.sep_id] = done
         return mask
 
     def update(self, tokens: torch.Tensor, removed: torch.Tensor) -> None:

@@ -211,13 +211,19 @@ def copy_step(cache: CopyCache, token: torch.Tensor, copy_k: tuple[int, ...], pa
     own = next_bucket(recent, copy_k, pad).long()  # (B, K)
     cache.hashes.index_copy_(2, item, own.unsqueeze(-1))
     idx = torch.arange(T, device=token.device)
+
+    def latest(r: int, k: int, h: torch.Tensor, upto: torch.Tensor
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """The latest item j < upto whose hash for k is h (B, 1), -1 for none (B,), and
+        its context, tokens j-k..j-1 (B, k), pad before the sequence."""
+        j = torch.where((cache.hashes[:, r] == h) & (idx < upto), idx, -1).amax(-1)
+        before = j.unsqueeze(-1) - back[k_max - k:] - 1
+        return j, torch.where(before >= 0, cache.tokens.gather(1, before.clamp_min(0)), pad)
+
     # the latest earlier item whose context is the same k tokens (hash, then compared)
     out = []
     for r, k in enumerate(copy_k):
-        same_hash = (cache.hashes[:, r] == own[:, r:r + 1]) & (idx < item)
-        j = torch.where(same_hash, idx, -1).amax(-1)  # (B,)
-        before = j.unsqueeze(-1) - back[k_max - k:] - 1  # item j's context: tokens j-k..j-1
-        ctx = torch.where(before >= 0, cache.tokens.gather(1, before.clamp_min(0)), pad)
+        j, ctx = latest(r, k, own[:, r:r + 1], item)
         mine = recent[:, k_max - k:]
         found = (j >= 0) & (ctx == mine).all(-1) & (mine != pad).all(-1)
         nxt = cache.tokens.gather(1, j.clamp_min(0).unsqueeze(-1))[:, 0]  # j <= t
@@ -225,10 +231,7 @@ def copy_step(cache: CopyCache, token: torch.Tensor, copy_k: tuple[int, ...], pa
     for r, k in enumerate(copy_k if complement is not None else ()):
         # the latest item j <= item whose context is the reverse complement of ours
         wanted = complement[recent[:, k_max - k:]].flip(-1)  # (B, k)
-        same_hash = (cache.hashes[:, r] == next_bucket(wanted, (k,), pad)) & (idx <= item)
-        j = torch.where(same_hash, idx, -1).amax(-1)
-        before = j.unsqueeze(-1) - back[k_max - k:] - 1
-        ctx = torch.where(before >= 0, cache.tokens.gather(1, before.clamp_min(0)), pad)
+        j, ctx = latest(r, k, next_bucket(wanted, (k,), pad), item + 1)
         found = (j > k) & (ctx == wanted).all(-1) & (wanted != pad).all(-1)
         prev = cache.tokens.gather(1, (j - k - 1).clamp_min(0).unsqueeze(-1))[:, 0]
         out.append(torch.where(found, complement[prev], -1))
