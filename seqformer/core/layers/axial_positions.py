@@ -30,6 +30,11 @@ class AxialPositionalEmbedding(nn.Module):
             rest = torch.div(rest, n, rounding_mode="floor")
         return digits[::-1]
 
+    def tables(self) -> list[torch.Tensor]:
+        """One (n, d_model) table per axis. Read by name: torch 2.11's Dynamo cannot unpack
+        a ParameterList (`*self.axes`) inside a compiled decoding step."""
+        return [getattr(self.axes, str(i)) for i in range(len(self.shape))]
+
     def forward(self, positions: torch.Tensor) -> torch.Tensor:
         """positions: LongTensor of any shape -> (*positions.shape, d_model)."""
-        return sum(table[i] for table, i in zip(self.axes, self.indices(positions)))
+        return sum(table[i] for table, i in zip(self.tables(), self.indices(positions)))

@@ -117,7 +117,7 @@ class ReformerLM(nn.Module):
         kmer_embedding k, the tokens 1..k-1 back (from `before` across the start)."""
         B, L = tokens.shape
         ids = [tokens, *self.pos.indices(positions)]
-        tables = [self.embed.weight, *self.pos.axes]
+        tables = [self.embed.weight, *self.pos.tables()]
         k, V = self.cfg.kmer_embedding, self.cfg.vocab_size
         if k > 1:
             before = (tokens.new_full((B, k - 1), V) if before is None
