@@ -48,8 +48,8 @@ def longest_copied_run(source: np.ndarray, text: np.ndarray) -> int:
 
 
 def continuation_form(model_dir: Path, piece: Path, prompt_len: int, length: int, seed: int,
-                      temperature: float, k: int, min_distance: int, grammar: bool = False
-                      ) -> dict:
+                      temperature: float, k: int, min_distance: int, grammar: bool = False,
+                      top_k: int | None = None, top_p: float | None = None) -> dict:
     holder = {}
 
     def prompt_tokens(domain):  # noqa: ANN001, ANN202
@@ -57,7 +57,7 @@ def continuation_form(model_dir: Path, piece: Path, prompt_len: int, length: int
         return holder["real"][:prompt_len]
 
     _, prompt, samples = sample_lm("midi", model_dir, prompt_tokens, length, temperature,
-                                   None, None, seed, grammar=grammar)
+                                   top_k, top_p, seed, grammar=grammar)
     real = holder["real"][:prompt_len + length]
     made = np.concatenate([prompt, samples[0][:length]])
     share = {}
@@ -65,7 +65,8 @@ def continuation_form(model_dir: Path, piece: Path, prompt_len: int, length: int
         repeat, _ = repeat_positions(seq, k, min_distance)
         share[name] = float(repeat[prompt_len:].mean())
     return {"model": str(model_dir), "piece": piece.name, "prompt": prompt_len,
-            "length": length, "seed": seed, "temperature": temperature, "grammar": grammar,
+            "length": length, "seed": seed, "temperature": temperature, "top_k": top_k,
+            "top_p": top_p, "grammar": grammar,
             "repeat_share_real": share["real"], "repeat_share_sample": share["sample"],
             "longest_copied_run": longest_copied_run(made[:prompt_len], made[prompt_len:])}
 
@@ -79,13 +80,16 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=20000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--temperature", type=float, default=1.0)
+    ap.add_argument("--top-k", type=int, help="sample among the k likeliest tokens")
+    ap.add_argument("--top-p", type=float, help="nucleus: the likeliest tokens up to mass p")
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--min-distance", type=int, default=1024)
     ap.add_argument("--grammar", action="store_true")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     r = continuation_form(args.model, args.midi, args.prompt, args.length, args.seed,
-                          args.temperature, args.k, args.min_distance, args.grammar)
+                          args.temperature, args.k, args.min_distance, args.grammar,
+                          args.top_k, args.top_p)
     print(f"| model | piece | prompt | continuation | repeat share (real) | repeat share "
           f"(sample) | longest run copied from the prompt |\n|---|---|---:|---:|---:|---:|---:|\n"
           f"| {r['model']} | {r['piece']} | {r['prompt']:,} | {r['length']:,} | "

@@ -304,3 +304,10 @@ def test_harmonize_scores_and_writes_pieces_from_a_trained_run(tmp_path) -> None
     assert piece["repairs"]["unmatched_note_off"] == 0 and piece["repairs"]["unclosed_note"] == 0
     name = piece["id"].replace("/", "_")
     assert load_midi(out / f"{name}.mid").instruments and (out / f"{name}.png").stat().st_size
+    # --pieces 0 only scores: the same bits, no piece sampled or written
+    scored = tmp_path / "scored"
+    assert app.main(["--model", str(run), "--data", str(data), "--pieces", "0",
+                     "--out", str(scored)]) == 0
+    only = json.loads((scored / "metrics.json").read_text())
+    assert only["bits"] == metrics["bits"] and only["pieces"] == []
+    assert not list(scored.glob("*.mid"))

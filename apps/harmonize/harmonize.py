@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--split", default="heldout")
     ap.add_argument("--temperature", type=float, default=0.8)
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--pieces", type=int, default=4, help="chorales to harmonize")
+    ap.add_argument("--pieces", type=int, default=4, help="chorales to harmonize (0: only score)")
     ap.add_argument("--out", default=None, help="default: <model>/harmonized")
     ap.add_argument("--grammar", action=argparse.BooleanOptionalAction, default=True,
                     help="sample under the MIDI note grammar (default; see README)")
@@ -95,6 +95,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{run}: {got['bits_per_token']:.4f} bits per ATB token, "
               f"{got['bits_per_chorale']:,.1f} per chorale, on {got['pairs']} {args.split} "
               "chorales")
+    pieces = []
+    if args.pieces > 0:
+        pieces = harmonize(args, out)
+    (out / "metrics.json").write_text(json.dumps({"bits": scores, "pieces": pieces},
+                                                 indent=1, default=str))
+    print(f"wrote {out / 'metrics.json'}")
+    return 0
+
+
+def harmonize(args: argparse.Namespace, out: Path) -> list[dict]:
+    """Sample alto, tenor and bass for --pieces held-out sopranos; write each as MIDI and a
+    piano roll; return each piece's voices against Bach's."""
     model, soprano, atb, _ = load_seq2seq(args.model)
     sopranos, atbs = read_pairs(Path(args.data) / args.split, soprano, atb)
     chosen = sorted(range(len(sopranos)), key=lambda k: len(sopranos[k].tokens))
@@ -124,10 +136,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                          f" ({report[v]['outside_observed']} outside)"
                          for v in voices.ATB)
         print(f"{name}: {line}; wrote {name}.mid and {name}.png")
-    (out / "metrics.json").write_text(json.dumps({"bits": scores, "pieces": pieces},
-                                                 indent=1, default=str))
-    print(f"wrote {out / 'metrics.json'}")
-    return 0
+    return pieces
 
 
 if __name__ == "__main__":
