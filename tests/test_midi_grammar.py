@@ -3,6 +3,8 @@ sampling under it leaves nothing for the decoder to repair."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -40,6 +42,7 @@ def test_limits_from_hand_made_sequences():
     seq = np.array([SEP, on(60), on(64), shift(3), off(60), off(70), shift(2), off(64)])
     limits = limits_from([seq] * 10)
     assert limits.max_polyphony == 2 and limits.max_steps == 5  # 99.5th pct of {3, 5}
+    assert limits.pitch_ranges == [[PROGRAM, 60, 64]]  # no program token: program 0
 
 
 def test_masks_follow_the_note_grammar():
@@ -102,6 +105,34 @@ def test_limits_of_the_bundled_chorales_match_their_notes(vocabulary):
     assert 4 <= limits.max_polyphony <= 5  # four voices, now and then one divided
     assert limits.max_step_tokens == max(tokens_between_shifts(r.tokens).max()
                                          for r in records)
+    # each instrument's range is its decoded notes' lowest and highest pitch
+    spans: dict[int, list[int]] = {}
+    for piece in pieces:
+        for inst in piece.instruments:
+            token = DRUMS if inst.is_drum else PROGRAM + inst.program
+            pitches = [n.pitch for n in inst.notes] + spans.get(token, [])
+            spans[token] = [min(pitches), max(pitches)]
+    assert limits.pitch_ranges == [[token, *span] for token, span in sorted(spans.items())]
+
+
+@pytest.mark.parametrize("vocabulary", ["events", "durations"])
+def test_an_instrument_starts_notes_only_within_its_training_range(vocabulary):
+    domain = get_domain("midi", vocabulary=vocabulary)
+    limits = GrammarLimits(max_polyphony=4, max_steps=100,
+                           pitch_ranges=[[PROGRAM + 32, 28, 55], [PROGRAM + 73, 60, 96]])
+    # JSON (sampling.json) and back: the same limits
+    assert GrammarLimits(**json.loads(json.dumps(limits.to_dict()))) == limits
+    named = [SEP, VELOCITY + 16, PROGRAM + 32]
+    ok = domain.constraint(limits.to_dict(), [np.array(named)]).allowed()[0]
+    assert ok[on(28)] and ok[on(55)] and not ok[on(27)] and not ok[on(56)]
+    ok = domain.constraint(limits.to_dict(), [np.array(named + [PROGRAM + 73])]).allowed()[0]
+    assert not ok[on(59)] and ok[on(60)] and ok[on(96)] and not ok[on(97)]
+    # an instrument the training music never played is not limited, nor is any instrument
+    # under limits stored before ranges were
+    ok = domain.constraint(limits.to_dict(), [np.array(named + [PROGRAM + 5])]).allowed()[0]
+    assert ok[on(0)] and ok[on(127)]
+    old = {k: v for k, v in limits.to_dict().items() if k != "pitch_ranges"}
+    assert domain.constraint(old, [np.array(named)]).allowed()[0][on(0)]
 
 
 def test_texture_rules_mask_tokens_that_change_nothing_and_keep_time_moving():

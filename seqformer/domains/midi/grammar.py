@@ -10,6 +10,11 @@ to its instrument if need be). At the end, `closing` gives the tokens that relea
 whatever still sounds. Limits come from the training data (`limits_from`) and are stored
 with the model.
 
+Ranges, for both vocabularies: an instrument the training music plays starts notes only
+within the lowest and highest pitch it played there (`pitch_ranges`); a bass voice does not
+climb into the soprano's register, nor a flute below its lowest note. An instrument the
+training music never played (a primer's, say) is not limited.
+
 Texture, for both vocabularies: `max_polyphony` is what the training music typically
 sounds (the POLYPHONY_QUANTILE-th percentile of its polyphony over the time something
 sounds), not its rare maximum, so samples are not denser than the music; time keeps
@@ -57,6 +62,15 @@ class GrammarLimits:
     max_steps: int  # a note's longest duration, in 10 ms steps
     # the most tokens between two time shifts; None (limits stored before it existed): any
     max_step_tokens: int | None = None
+    # [instrument token, lowest pitch, highest pitch] for each instrument the training music
+    # plays (lists, so the limits survive a round trip through JSON); None: no ranges
+    pitch_ranges: list[list[int]] | None = None
+
+    def __post_init__(self) -> None:
+        self._range_of = {inst: (low, high) for inst, low, high in self.pitch_ranges or []}
+
+    def range_of(self, instrument: int) -> tuple[int, int] | None:
+        return self._range_of.get(instrument)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -90,9 +104,13 @@ class _Context:
         self.last = token
 
     def texture(self, ok: np.ndarray, limits: GrammarLimits) -> np.ndarray:
-        """Narrow `ok` by the texture rules (module docstring); `ok` is kept when they would
-        leave nothing."""
+        """Narrow `ok` by the range and texture rules (module docstring); `ok` is kept when
+        they would leave nothing."""
         keep = ok.copy()
+        span = limits.range_of(self.inst)
+        if span is not None:
+            ok[NOTE_ON:NOTE_ON + span[0]] = False
+            ok[NOTE_ON + span[1] + 1:NOTE_ON + 128] = False
         if VELOCITY <= self.last < PROGRAM:
             ok[VELOCITY:PROGRAM] = False
         if PROGRAM <= self.last <= DRUMS:
@@ -200,13 +218,17 @@ def sounding_time(notes: list[tuple[int, int]]) -> np.ndarray:
 def limits_from(sequences: Iterable[np.ndarray], vocabulary: str = "events") -> GrammarLimits:
     """From the training sequences (token ids of `vocabulary`): the POLYPHONY_QUANTILE-th
     percentile of polyphony over the time something sounds, the NOTE_QUANTILE-th
-    percentile of note length and the most tokens in one moment."""
+    percentile of note length, the most tokens in one moment and each instrument's range."""
     lengths, in_step = [], 1
     time = np.zeros(1, dtype=np.int64)
+    ranges: dict[int, list[int]] = {}  # instrument -> [lowest, highest] pitch started
     for seq in sequences:
         walk = _DurationWalk() if vocabulary == "durations" else _Walk()
         notes = []
         for token in np.asarray(seq).tolist():
+            if NOTE_ON <= token < NOTE_ON + 128:
+                span = ranges.setdefault(walk.inst, [token - NOTE_ON] * 2)
+                span[0], span[1] = min(span[0], token - NOTE_ON), max(span[1], token - NOTE_ON)
             ended = walk.step(token)
             if ended is not None:
                 lengths.append(ended)
@@ -222,7 +244,8 @@ def limits_from(sequences: Iterable[np.ndarray], vocabulary: str = "events") -> 
                  if len(sounding) and sounding[-1] > 0 else 1)
     steps = int(np.ceil(np.percentile(lengths, NOTE_QUANTILE))) if lengths else 500
     return GrammarLimits(max_polyphony=polyphony, max_steps=max(1, steps),
-                         max_step_tokens=in_step)
+                         max_step_tokens=in_step,
+                         pitch_ranges=[[inst, *span] for inst, span in sorted(ranges.items())])
 
 
 class _Grammar:
