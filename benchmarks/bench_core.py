@@ -94,6 +94,7 @@ def configure(d_model: int, n_layers: int, n_hashes: int, backend: str, n_heads:
 
 
 BACKEND = "torch"
+HEAD_GROUP: int | None = None  # seqformer's head_group_size (None: chosen by length)
 
 
 def model_flops_per_step(length: int) -> float:
@@ -117,6 +118,7 @@ def build_seqformer(length: int, attn: str | list[str] = "lsh"):  # noqa: ANN201
         vocab_size=VOCAB, d_model=D_MODEL, n_layers=N_LAYERS, n_heads=N_HEADS, d_ff=D_FF,
         attn=attn, bucket_size=BUCKET, n_hashes=N_HASHES, causal=True, reversible=True,
         ff_chunk_size=None, max_seq_len=length, dropout=0.0, attn_backend=BACKEND,
+        head_group_size=HEAD_GROUP,
     )  # fmt: skip
     model = core.ReformerLM(cfg)
     return model, model
@@ -257,6 +259,8 @@ def worker_main(args: argparse.Namespace) -> None:
 
     impl, length = args.worker[0], int(args.worker[1])
     configure(args.d_model, args.layers, args.hashes, args.backend, args.heads)
+    global HEAD_GROUP
+    HEAD_GROUP = args.head_group_size or None
     if args.mem_limit_gb:
         # a peer that wants more fails with MemoryError in its own cell, instead of waking
         # the OOM killer, which may pick another process of the machine
@@ -310,6 +314,7 @@ def run_one(impl: str, length: int, args: argparse.Namespace, script: Path = Pat
         "--d-model", str(args.d_model), "--layers", str(args.layers), "--hashes", str(args.hashes),
         "--heads", str(args.heads), "--backend", args.backend,
         "--mem-limit-gb", str(args.mem_limit_gb),
+        "--head-group-size", str(args.head_group_size),
     ] + (["--bf16"] if args.bf16 else []) + (["--optimizer"] if args.optimizer else [])  # fmt: skip
     env = dict(os.environ)
     # seqformer imports from the checkout even when it is not pip-installed.
@@ -424,7 +429,8 @@ def environment_lines(args: argparse.Namespace) -> list[str]:
         f"d_ff {D_FF}, bucket/chunk {BUCKET}, {N_HASHES} hashes, batch 1"
         + (", bf16 autocast" if args.bf16 else ", float32")
         + (", AdamW step included" if args.optimizer else ", forward + backward")
-        + f", seqformer attention backend: {args.backend}",
+        + f", seqformer attention backend: {args.backend}"
+        + (f", head_group_size {args.head_group_size}" if args.head_group_size else ""),
         "- MFU (seqformer only, CUDA): model FLOPs / time / peak, model FLOPs = 6 x "
         "non-embedding dense parameters x L + 12 x layers x hashes x L x 2 x bucket x "
         f"d_model (attention), peak {args.peak_tflops:g} TFLOP/s; MFU + recompute also "
@@ -458,6 +464,8 @@ def parse_args(argv: list[str] | None = None, impls: tuple[str, ...] = IMPLS,
     p.add_argument("--heads", type=int, default=N_HEADS)
     p.add_argument("--backend", choices=("torch", "triton", "flex", "auto"), default="torch",
                    help="seqformer's attention backend")
+    p.add_argument("--head-group-size", type=int, default=0,
+                   help="seqformer's heads per attention pass (0 = its default, by length)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (every implementation)")
     p.add_argument("--optimizer", action="store_true", help="include an AdamW step")
     p.add_argument("--peak-tflops", type=float, default=989.0,

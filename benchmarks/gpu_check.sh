@@ -4,7 +4,8 @@
 #   1. the Triton kernel's tests on CUDA (values and gradients against the PyTorch kernel,
 #      float32 and bf16, match attention's null key) and the backends' first-use check;
 #   2. training steps against FlashAttention (SDPA) and HuggingFace at 16K, 64K and 256K;
-#   3. the MFU configuration (d_model 1024, 16 heads) at 64K;
+#   3. seqformer at 64K and 128K with all heads in one pass; the MFU configuration
+#      (d_model 1024, 16 heads) at 64K;
 #   4. a 1M-token training step's peak memory;
 #   5. decoding speed, eager against compiled, of a model trained here for a few steps;
 #   6. with FASTA set, the dna-100k preset (131K windows, copies on both strands) trained
@@ -33,6 +34,11 @@ step tests.txt 150 $py -m pytest -q -x tests/test_triton_attention.py \
 step speed.md 170 $py benchmarks/bench_core.py --device cuda --bf16 --backend triton \
     --impls seqformer,sdpa,hf --lengths 16384 65536 262144 --repeats 3 \
     --warmup-max-len 262144 --timeout 45
+# the 64K step ran at half the tokens/s of 256K on an H200 with heads one at a time (the
+# default from 64K on, GROUP_ROWS); all four heads in one pass, to compare with speed.md
+step groups.md 60 $py benchmarks/bench_core.py --device cuda --bf16 --backend triton \
+    --impls seqformer --lengths 65536 131072 --head-group-size 4 --repeats 3 \
+    --warmup-max-len 131072 --timeout 28
 step mfu.md 40 $py benchmarks/bench_core.py --device cuda --bf16 --backend triton \
     --impls seqformer --d-model 1024 --heads 16 --lengths 65536 --repeats 3 \
     --warmup-max-len 65536 --timeout 35
