@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Every GPU check in one call, for a session lent a GPU (about 9 minutes on an H200; each
-# step has its own timeout, so one that hangs cannot take the others' time):
+# Every GPU check in one call, for a session lent a GPU: about 8 minutes on an H200 without
+# FASTA, 9 with it (the steps' own times on 2026-12-04). Each step has its own timeout, so
+# one that hangs cannot take the others' time:
 #   1. the Triton kernel's tests on CUDA (values and gradients against the PyTorch kernel,
 #      float32 and bf16, match attention's null key) and the backends' first-use check;
 #   2. training steps against FlashAttention (SDPA) and HuggingFace at 16K, 64K and 256K;
