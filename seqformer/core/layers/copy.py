@@ -84,21 +84,23 @@ def copy_candidates(tokens: torch.Tensor, copy_k: tuple[int, ...], pad: int,
         found = (earlier >= 0) & same & real
         out.append(torch.where(found, tokens.long().gather(-1, j), -1))  # j < item <= L
     if complement is not None:
-        out += [_reverse_candidates(tokens, hashes[:, r], ext, k, k_max, pad, complement)
+        # item i's reverse-complemented context, hashed as a forward one: it is the context
+        # of item L + k - i of the reversed, complemented sequence
+        mirrored = context_buckets(complement[tokens.long()].flip(1), copy_k, pad)[:, 0].long()
+        out += [_reverse_candidates(tokens, hashes[:, r], mirrored[:, r], ext, k, k_max, pad,
+                                    complement)
                 for r, k in enumerate(copy_k)]
     return torch.stack(out, dim=-1)
 
 
-def _reverse_candidates(tokens: torch.Tensor, forward: torch.Tensor, ext: torch.Tensor,
-                        k: int, k_max: int, pad: int, complement: torch.Tensor
-                        ) -> torch.Tensor:
+def _reverse_candidates(tokens: torch.Tensor, forward: torch.Tensor, mirrored: torch.Tensor,
+                        ext: torch.Tensor, k: int, k_max: int, pad: int,
+                        complement: torch.Tensor) -> torch.Tensor:
     """(B, L): each position's reverse-complement candidate for k, or -1. forward (B, L + 1)
-    holds each item's hash of its k tokens before it, ext the sequence after k_max pads."""
+    holds each item's hash of its k tokens before it, mirrored the same hashes of the
+    reversed, complemented sequence, ext the sequence after k_max pads."""
     B, L = tokens.shape
     items = torch.arange(L + 1, device=tokens.device)
-    # item i's reverse-complemented context, hashed as context_buckets hashes a forward
-    # one: it is the context of item L + k - i of the reversed, complemented sequence
-    mirrored = context_buckets(complement[tokens.long()].flip(1), (k,), pad)[:, 0, 0].long()
     valid = items >= k
     wanted = torch.where(valid, mirrored.gather(-1, (L + k - items).clamp(max=L).expand(B, -1)),
                          -1)
