@@ -85,11 +85,13 @@ def hf_num_buckets(length: int) -> int | list[int]:
     return 2**pow2
 
 
-def configure(d_model: int, n_layers: int, n_hashes: int, backend: str, n_heads: int = 4
-              ) -> None:
-    """Set the shared configuration (--d-model, --layers, --hashes, --backend, --heads)."""
-    global D_MODEL, N_LAYERS, N_HASHES, N_HEADS, HEAD_DIM, D_FF, BACKEND
+def configure(d_model: int, n_layers: int, n_hashes: int, backend: str, n_heads: int = 4,
+              head_group_size: int = 0) -> None:
+    """Set the shared configuration (--d-model, --layers, --hashes, --backend, --heads,
+    --head-group-size)."""
+    global D_MODEL, N_LAYERS, N_HASHES, N_HEADS, HEAD_DIM, D_FF, BACKEND, HEAD_GROUP
     D_MODEL, N_LAYERS, N_HASHES, N_HEADS, BACKEND = d_model, n_layers, n_hashes, n_heads, backend
+    HEAD_GROUP = head_group_size or None
     HEAD_DIM, D_FF = d_model // N_HEADS, 4 * d_model
 
 
@@ -258,9 +260,8 @@ def worker_main(args: argparse.Namespace) -> None:
     import torch
 
     impl, length = args.worker[0], int(args.worker[1])
-    configure(args.d_model, args.layers, args.hashes, args.backend, args.heads)
-    global HEAD_GROUP
-    HEAD_GROUP = args.head_group_size or None
+    configure(args.d_model, args.layers, args.hashes, args.backend, args.heads,
+              args.head_group_size)
     if args.mem_limit_gb:
         # a peer that wants more fails with MemoryError in its own cell, instead of waking
         # the OOM killer, which may pick another process of the machine
@@ -478,7 +479,8 @@ def parse_args(argv: list[str] | None = None, impls: tuple[str, ...] = IMPLS,
     p.set_defaults(**defaults)
     args = p.parse_args(argv)
 
-    configure(args.d_model, args.layers, args.hashes, args.backend, args.heads)
+    configure(args.d_model, args.layers, args.hashes, args.backend, args.heads,
+              args.head_group_size)
     args.impls = [i.strip() for i in args.impls.split(",") if i.strip()]
     unknown = set(args.impls) - set(impls)
     if unknown:
