@@ -295,11 +295,59 @@ def test_neighbour_design_follows_the_context_and_backs_off():
     assert translate(design) == "MKGKA"
 
 
+def test_wider_windows_back_off_to_narrower_ones():
+    # with 2 residues each side, K in "GKG" is AAG; "AKA" was never seen two-wide and
+    # backs off to the one-wide window, then to K's overall codon
+    proteins = ["MGGKGG"] * 5 + ["MAGKGA"] * 6 + ["MAKA"] * 3
+    cds = (["ATGGGCGGCAAGGGCGGCTAA"] * 5 + ["ATGGCGGGCAAAGGCGCGTAA"] * 6
+           + ["ATGGCGAAAGCGTAA"] * 3)
+    usage = codons.CodonUsage.from_cds(cds)
+    wide = codons.NeighbourUsage.from_pairs(proteins, cds, width=2)
+    assert wide.contexts("MKG") == ["^MKG$", "MKG$$"]
+    assert codons.codons(codons.neighbour_codon_design("MGGKGG", usage, wide))[3] == "AAG"
+    assert codons.codons(codons.neighbour_codon_design("MAGKGA", usage, wide))[3] == "AAA"
+    # "GKG" one-wide: 5 AAG against 6 AAA, so AAA; "AKA" seen 3 times (< 5): K overall
+    narrow = codons.NeighbourUsage.from_pairs(proteins, cds, width=1)
+    assert codons.codons(codons.neighbour_codon_design("MGGKGG", usage, narrow))[3] == "AAA"
+    assert codons.codons(codons.neighbour_codon_design("MAKA", usage, narrow))[2] == "AAA"
+    # split by a label per gene: each label's own counts
+    split = codons.NeighbourUsage.from_pairs(proteins, cds, classes=[0] * 5 + [1] * 9)
+    assert codons.codons(codons.neighbour_codon_design("MGGKGG", usage, split, label=0))[3] \
+        == "AAG"
+
+
+def test_identity_by_gc_band():
+    natives = {"low": "ATGAAATTTTAA", "mid": "ATGGCGAAAGGCTAA", "high": "ATGGCGGGCTAA"}
+    assert [codons.gc_band(codons.gc_content(n)) for n in natives.values()] == [
+        "<45%", "45-50%", ">=55%"]
+    designs = {"low": "ATGAAGTTTTAA", "mid": "ATGGCGAAAGGCTAA", "high": "ATGGCAGGGTAA"}
+    bands = codons.identity_by_gc_band(designs, natives)
+    assert list(bands) == ["<45%", "45-50%", "50-55%", ">=55%"]
+    assert bands["<45%"] == {"n": 1, "codon_identity": pytest.approx(2 / 3)}
+    assert bands["45-50%"] == {"n": 1, "codon_identity": 1.0}
+    assert bands["50-55%"]["n"] == 0 and math.isnan(bands["50-55%"]["codon_identity"])
+    assert bands[">=55%"] == {"n": 1, "codon_identity": pytest.approx(1 / 3)}
+    got = codons.evaluate(designs, natives, codons.CodonUsage.from_cds(natives.values()))
+    assert [got[c] for c in codons.band_columns()][:2] == [pytest.approx(2 / 3), 1.0]
+    assert got["genes_gc>=55%"] == 1
+
+
 def test_baseline_script_on_the_sample(capsys):
     assert baseline.main(["--data", str(SAMPLE), "--split", "sample_heldout",
                           "--train-split", "sample_train"]) == 0
     out = capsys.readouterr().out
-    assert "most_frequent" in out and "uniform" in out
+    assert "most_frequent" in out and "uniform" in out and ">=55%" in out
+
+
+def test_ceiling_script_on_the_sample(capsys):
+    import ceiling
+
+    got = ceiling.ceiling(SAMPLE, widths=(0, 1), oracle_bands=(2,), heldout="sample_heldout",
+                          train_split="sample_train")
+    ref = baseline.baselines(SAMPLE, "sample_heldout", train_split="sample_train")
+    assert got["width 0"]["codon_identity"] == ref["most_frequent"]["codon_identity"]
+    assert got["width 1"]["codon_identity"] == ref["neighbours"]["codon_identity"]
+    assert 0 < got["oracle GC3/2"]["codon_identity"] < 1
 
 
 # ---- data ------------------------------------------------------------------------------

@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from codons import (  # noqa: E402
     CodonUsage,
     NeighbourUsage,
+    band_columns,
     evaluate,
     most_frequent_codon_design,
     neighbour_codon_design,
@@ -59,12 +60,23 @@ def baselines(data_dir: str | Path = DEFAULT_OUT, split: str = "heldout", seed: 
     return {name: evaluate(d, natives, usage) for name, d in designs.items()}
 
 
-def table(results: dict[str, dict[str, float]]) -> str:
-    widths = [max(len(c), 6) + 2 for c in COLUMNS]
-    lines = [f"{'baseline':<14}" + "".join(f"{c:>{w}}" for c, w in zip(COLUMNS, widths))]
+def table(results: dict[str, dict[str, float]], columns: Sequence[str] = COLUMNS,
+          first: str = "baseline", strip: str = "") -> str:
+    """One row per entry of `results`, one column per key (its name less `strip`)."""
+    names = [c.removeprefix(strip) for c in columns]
+    widths = [max(len(n), 6) + 2 for n in names]
+    lines = [f"{first:<14}" + "".join(f"{n:>{w}}" for n, w in zip(names, widths))]
     for name, r in results.items():
-        lines.append(f"{name:<14}" + "".join(f"{r[c]:>{w}.4f}" for c, w in zip(COLUMNS, widths)))
+        lines.append(f"{name:<14}" + "".join(f"{r[c]:>{w}.4f}" for c, w in zip(columns, widths)))
     return "\n".join(lines)
+
+
+def band_table(results: dict[str, dict[str, float]], first: str = "baseline") -> str:
+    """Codon identity per band of the native genes' GC content."""
+    some = next(iter(results.values()))
+    genes = ", ".join(str(int(some[c])) for c in band_columns("genes_gc"))
+    return (f"codon identity by the native gene's GC content (genes: {genes})\n"
+            + table(results, band_columns(), first, strip="codon_identity_gc"))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -81,6 +93,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     n = next(iter(results.values()))["n"]
     print(f"{n} {args.split} genes, codon usage from {args.train_split}")
     print(table(results))
+    print(band_table(results))
     return 0
 
 

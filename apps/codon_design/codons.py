@@ -29,10 +29,11 @@ Metrics:
 
 from __future__ import annotations
 
+import bisect
 import math
 import random
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from Bio.Data import CodonTable
@@ -137,44 +138,58 @@ def most_frequent_codon_design(protein: str, usage: CodonUsage) -> str:
 
 @dataclass
 class NeighbourUsage:
-    """Sense-codon counts per (previous residue, residue, next residue) of the training
-    genes ('^' before the first residue, '$' after the last): the most frequent codon in a
-    residue's immediate context, a stronger baseline than its most frequent codon overall
-    and an estimate of how much a design can gain from local context alone."""
+    """Sense-codon counts per window of residues around each residue of the training genes
+    (`width` residues each side, '^' before the first residue and '$' after the last; every
+    narrower window is counted too): the most frequent codon in a residue's context. Width
+    1, (previous, residue, next), is a stronger baseline than the most frequent codon and
+    an estimate of what a design gains from local context alone.
 
-    counts: dict[tuple[str, str, str], Counter] = field(default_factory=dict)
+    `classes` (one label per gene, optional) splits the counts by gene: ceiling.py labels
+    each gene with its own GC3 band to measure what knowing the gene's codon bias would
+    be worth."""
+
+    width: int = 1
+    counts: dict[tuple, Counter] = field(default_factory=dict)
 
     @classmethod
-    def from_pairs(cls, proteins: Iterable[str], cds_seqs: Iterable[str]) -> NeighbourUsage:
-        usage = cls()
+    def from_pairs(cls, proteins: Iterable[str], cds_seqs: Iterable[str], width: int = 1,
+                   classes: Iterable | None = None) -> NeighbourUsage:
+        usage = cls(width)
+        labels = iter(classes) if classes is not None else None
         for protein, cds in zip(proteins, cds_seqs):
+            label = next(labels) if labels is not None else None
             cs = codons(cds.upper())
-            for i, key in enumerate(cls.contexts(protein), start=1):
-                usage.counts.setdefault(key, Counter())[cs[i]] += 1
+            for i, window in enumerate(usage.contexts(protein), start=1):
+                for w in range(width + 1):
+                    key = (label, window[width - w:width + w + 1])
+                    usage.counts.setdefault(key, Counter())[cs[i]] += 1
         return usage
 
-    @staticmethod
-    def contexts(protein: str) -> list[tuple[str, str, str]]:
-        """(previous, residue, next) of residues 1..n-1 (the start codon's is not used)."""
-        ends = "^" + protein + "$"
-        return [(ends[i], ends[i + 1], ends[i + 2]) for i in range(1, len(protein))]
+    def contexts(self, protein: str) -> list[str]:
+        """The windows of residues 1..n-1 (the start codon's is not used)."""
+        w = self.width
+        ends = "^" * w + protein + "$" * w
+        return [ends[i:i + 2 * w + 1] for i in range(1, len(protein))]
 
-    def top_codon(self, key: tuple[str, str, str], fallback: CodonUsage,
-                  min_count: int = 5) -> str:
-        """The context's most frequent codon; the residue's overall one when the context
-        was seen fewer than min_count times."""
-        seen = self.counts.get(key)
-        if seen is None or sum(seen.values()) < min_count:
-            return fallback.top_codon(key[1])
-        return most_frequent(seen, seen)
+    def top_codon(self, window: str, fallback: CodonUsage, min_count: int = 5,
+                  label=None) -> str:
+        """The most frequent codon of the widest window (centred on the residue) seen at
+        least min_count times; the residue's overall one when none was."""
+        w = self.width
+        for narrower in range(w, -1, -1):
+            seen = self.counts.get((label, window[w - narrower:w + narrower + 1]))
+            if seen is not None and sum(seen.values()) >= min_count:
+                return most_frequent(seen, seen)
+        return fallback.top_codon(window[w])
 
 
-def neighbour_codon_design(protein: str, usage: CodonUsage, neighbours: NeighbourUsage
-                           ) -> str:
-    """The most frequent start codon, then each residue's most frequent codon given its
-    two neighbouring residues, then the most frequent stop codon."""
+def neighbour_codon_design(protein: str, usage: CodonUsage, neighbours: NeighbourUsage,
+                           label=None) -> str:
+    """The most frequent start codon, then each residue's most frequent codon given the
+    residues around it, then the most frequent stop codon."""
     protein = _check_protein(protein)
-    body = "".join(neighbours.top_codon(key, usage) for key in neighbours.contexts(protein))
+    body = "".join(neighbours.top_codon(window, usage, label=label)
+                   for window in neighbours.contexts(protein))
     return usage.top_start() + body + usage.top_stop()
 
 
@@ -235,6 +250,31 @@ def translates_to(cds: str, protein: str) -> bool:
         return False
 
 
+GC_BANDS = (0.45, 0.50, 0.55)  # the held-out natives: 56, 78, 224 and 51 genes
+
+
+def gc_band(gc: float, edges: Sequence[float] = GC_BANDS) -> str:
+    """The band of `edges` holding `gc`, e.g. '<45%', '45-50%', '>=55%'."""
+    pct = [round(100 * e) for e in edges]
+    i = bisect.bisect_right(edges, gc)
+    if i == 0:
+        return f"<{pct[0]}%"
+    return f">={pct[-1]}%" if i == len(edges) else f"{pct[i - 1]}-{pct[i]}%"
+
+
+def identity_by_gc_band(designs: Mapping[str, str], natives: Mapping[str, str],
+                        edges: Sequence[float] = GC_BANDS) -> dict[str, dict[str, float]]:
+    """{band of the native gene's GC content: {"n": genes, "codon_identity": their mean}},
+    bands in increasing GC (designs with the natives' number of codons only)."""
+    per_band: dict[str, list[float]] = {gc_band(x, edges): [] for x in (-1.0, *edges)}
+    for gid, design in designs.items():
+        native = natives[gid]
+        if len(design) == len(native):
+            per_band[gc_band(gc_content(native), edges)].append(codon_identity(design, native))
+    return {band: {"n": len(v), "codon_identity": sum(v) / len(v) if v else math.nan}
+            for band, v in per_band.items()}
+
+
 def evaluate(designs: Mapping[str, str], natives: Mapping[str, str], usage: CodonUsage
              ) -> dict[str, float]:
     """Means over the designed genes (every id of `designs` must be in `natives`):
@@ -244,7 +284,10 @@ def evaluate(designs: Mapping[str, str], natives: Mapping[str, str], usage: Codo
     - cai_design, cai_native: CAI with the weights of `usage`;
     - gc_design, gc_native: GC content of the whole CDS (stop codon included);
     - translates: the fraction of designs that are complete genes encoding the native's
-      protein (1.0 for any design made under `constraint.SynonymousCodons`).
+      protein (1.0 for any design made under `constraint.SynonymousCodons`);
+    - codon_identity_gc<band>: codon_identity over the genes whose native GC content is in
+      that band of GC_BANDS (`band_columns()`), nan for an empty band; genes_gc<band>:
+      how many genes that is.
 
     Identity is only counted for designs with the native's number of codons; `n` is the
     number of genes, `n_same_length` how many had that length."""
@@ -276,4 +319,13 @@ def evaluate(designs: Mapping[str, str], natives: Mapping[str, str], usage: Codo
     for key, values in out.items():
         finite = [v for v in values if not math.isnan(v)]
         result[key] = sum(finite) / len(finite) if finite else math.nan
+    for band, r in identity_by_gc_band(designs, natives).items():
+        result[f"codon_identity_gc{band}"] = r["codon_identity"]
+        result[f"genes_gc{band}"] = r["n"]
     return result
+
+
+def band_columns(prefix: str = "codon_identity_gc") -> list[str]:
+    """evaluate's per-band keys of one kind (identity; "genes_gc": gene counts), in
+    increasing GC."""
+    return [f"{prefix}{gc_band(x)}" for x in (-1.0, *GC_BANDS)]

@@ -5,9 +5,10 @@
 
 Each protein of the split is decoded under `SynonymousCodons` (every design translates
 back to exactly its protein), then compared with its native gene and with the
-most-frequent-codon baseline (`codons.evaluate`: codon identity, CAI, GC). The model's own
-bits per base on the native genes come too (`score seq2seq`'s likelihood, without any
-constraint). Writes designs.fa and metrics.json into --out.
+most-frequent-codon and neighbours baselines (`codons.evaluate`: codon identity, CAI, GC,
+identity by the native's GC band). The model's own bits per base on the native genes come
+too (`score seq2seq`'s likelihood, without any constraint).
+Writes designs.fa and metrics.json into --out.
 """
 
 from __future__ import annotations
@@ -22,7 +23,14 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from codons import CodonUsage, evaluate, most_frequent_codon_design  # noqa: E402
+from baseline import band_table  # noqa: E402
+from codons import (  # noqa: E402
+    CodonUsage,
+    NeighbourUsage,
+    evaluate,
+    most_frequent_codon_design,
+    neighbour_codon_design,
+)
 from constraint import SynonymousCodons  # noqa: E402
 from prepare import DEFAULT_OUT, load_pairs  # noqa: E402
 
@@ -76,8 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out or Path(args.model) / "designs")
     out.mkdir(parents=True, exist_ok=True)
-    _, train_cds = load_pairs(args.data, "train")
+    train_proteins, train_cds = load_pairs(args.data, "train")
     usage = CodonUsage.from_cds(train_cds.values())
+    neighbours = NeighbourUsage.from_pairs(train_proteins.values(),
+                                           (train_cds[k] for k in train_proteins))
     proteins, natives = load_pairs(args.data, args.split)
     if args.limit:
         proteins = dict(list(proteins.items())[:args.limit])
@@ -86,9 +96,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     designs = design(args.model, proteins, args.temperature, args.seed, args.batch_size,
                      args.beams)
     minutes = (time.perf_counter() - t0) / 60
-    baseline = {k: most_frequent_codon_design(p, usage) for k, p in proteins.items()}
     results = {"model": evaluate(designs, natives, usage),
-               "most_frequent": evaluate(baseline, natives, usage),
+               "most_frequent": evaluate({k: most_frequent_codon_design(p, usage)
+                                          for k, p in proteins.items()}, natives, usage),
+               "neighbours": evaluate({k: neighbour_codon_design(p, usage, neighbours)
+                                       for k, p in proteins.items()}, natives, usage),
                "model_bits_per_base_on_natives": native_bits(args.model, proteins, natives),
                "genes": len(proteins), "temperature": args.temperature, "beams": args.beams,
                "design_minutes": minutes}
@@ -100,8 +112,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     how = f"{args.beams} beams" if args.beams > 1 else f"temperature {args.temperature:g}"
     print(f"{len(proteins)} {args.split} genes, designed in {minutes:.1f} min ({how})")
     print(f"{'':<14}" + "".join(f"{c:>16}" for c in cols))
-    for name in ("model", "most_frequent"):
+    names = ("model", "most_frequent", "neighbours")
+    for name in names:
         print(f"{name:<14}" + "".join(f"{results[name][c]:>16.4f}" for c in cols))
+    print(band_table({name: results[name] for name in names}, "design"))
     print(f"model bits/base on the native genes: {results['model_bits_per_base_on_natives']:.4f}")
     print(f"wrote {out / 'designs.fa'} and {out / 'metrics.json'}")
     return 0
