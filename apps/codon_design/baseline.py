@@ -40,16 +40,16 @@ COLUMNS = ("codon_identity", "codon_identity_pooled", "cai_design", "cai_native"
            "gc_design", "gc_native", "translates")
 
 
-def baselines(data_dir: str | Path = DEFAULT_OUT, split: str = "heldout", seed: int = 0,
-              train_split: str = "train") -> dict[str, dict[str, float]]:
-    """{baseline name: evaluate(...)} for the proteins of `split`."""
+def baseline_designs(proteins: dict[str, str], data_dir: str | Path = DEFAULT_OUT,
+                     seed: int = 0, train_split: str = "train"
+                     ) -> tuple[CodonUsage, dict[str, dict[str, str]]]:
+    """The training genes' codon usage, and {baseline name: {id: design}} for `proteins`."""
     train_proteins, train_cds = load_pairs(data_dir, train_split)
-    proteins, natives = load_pairs(data_dir, split)
     usage = CodonUsage.from_cds(train_cds.values())
     neighbours = NeighbourUsage.from_pairs(train_proteins.values(),
                                            (train_cds[k] for k in train_proteins))
     rng = random.Random(seed)
-    designs = {
+    return usage, {
         "most_frequent": {k: most_frequent_codon_design(p, usage) for k, p in proteins.items()},
         "neighbours": {k: neighbour_codon_design(p, usage, neighbours)
                        for k, p in proteins.items()},
@@ -57,6 +57,13 @@ def baselines(data_dir: str | Path = DEFAULT_OUT, split: str = "heldout", seed: 
         "uniform": {k: sampled_codon_design(p, usage, rng, uniform=True)
                     for k, p in proteins.items()},
     }
+
+
+def baselines(data_dir: str | Path = DEFAULT_OUT, split: str = "heldout", seed: int = 0,
+              train_split: str = "train") -> dict[str, dict[str, float]]:
+    """{baseline name: evaluate(...)} for the proteins of `split`."""
+    proteins, natives = load_pairs(data_dir, split)
+    usage, designs = baseline_designs(proteins, data_dir, seed, train_split)
     return {name: evaluate(d, natives, usage) for name, d in designs.items()}
 
 

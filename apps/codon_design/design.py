@@ -23,14 +23,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baseline import band_table  # noqa: E402
-from codons import (  # noqa: E402
-    CodonUsage,
-    NeighbourUsage,
-    evaluate,
-    most_frequent_codon_design,
-    neighbour_codon_design,
-)
+from baseline import band_table, baseline_designs  # noqa: E402
+from codons import evaluate  # noqa: E402
 from constraint import SynonymousCodons  # noqa: E402
 from prepare import DEFAULT_OUT, load_pairs  # noqa: E402
 
@@ -84,10 +78,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     out = Path(args.out or Path(args.model) / "designs")
     out.mkdir(parents=True, exist_ok=True)
-    train_proteins, train_cds = load_pairs(args.data, "train")
-    usage = CodonUsage.from_cds(train_cds.values())
-    neighbours = NeighbourUsage.from_pairs(train_proteins.values(),
-                                           (train_cds[k] for k in train_proteins))
     proteins, natives = load_pairs(args.data, args.split)
     if args.limit:
         proteins = dict(list(proteins.items())[:args.limit])
@@ -96,11 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     designs = design(args.model, proteins, args.temperature, args.seed, args.batch_size,
                      args.beams)
     minutes = (time.perf_counter() - t0) / 60
+    usage, baseline = baseline_designs(proteins, args.data)
     results = {"model": evaluate(designs, natives, usage),
-               "most_frequent": evaluate({k: most_frequent_codon_design(p, usage)
-                                          for k, p in proteins.items()}, natives, usage),
-               "neighbours": evaluate({k: neighbour_codon_design(p, usage, neighbours)
-                                       for k, p in proteins.items()}, natives, usage),
+               **{name: evaluate(baseline[name], natives, usage)
+                  for name in ("most_frequent", "neighbours")},
                "model_bits_per_base_on_natives": native_bits(args.model, proteins, natives),
                "genes": len(proteins), "temperature": args.temperature, "beams": args.beams,
                "design_minutes": minutes}
