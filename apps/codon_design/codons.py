@@ -262,11 +262,16 @@ def gc_band(gc: float, edges: Sequence[float] = GC_BANDS) -> str:
     return f">={pct[-1]}%" if i == len(edges) else f"{pct[i - 1]}-{pct[i]}%"
 
 
+def gc_bands(edges: Sequence[float] = GC_BANDS) -> list[str]:
+    """The bands of `edges`, in increasing GC."""
+    return [gc_band(x, edges) for x in (-1.0, *edges)]
+
+
 def identity_by_gc_band(designs: Mapping[str, str], natives: Mapping[str, str],
                         edges: Sequence[float] = GC_BANDS) -> dict[str, dict[str, float]]:
     """{band of the native gene's GC content: {"n": genes, "codon_identity": their mean}},
     bands in increasing GC (designs with the natives' number of codons only)."""
-    per_band: dict[str, list[float]] = {gc_band(x, edges): [] for x in (-1.0, *edges)}
+    per_band: dict[str, list[float]] = {band: [] for band in gc_bands(edges)}
     for gid, design in designs.items():
         native = natives[gid]
         if len(design) == len(native):
@@ -328,4 +333,4 @@ def evaluate(designs: Mapping[str, str], natives: Mapping[str, str], usage: Codo
 def band_columns(prefix: str = "codon_identity_gc") -> list[str]:
     """evaluate's per-band keys of one kind (identity; "genes_gc": gene counts), in
     increasing GC."""
-    return [f"{prefix}{gc_band(x)}" for x in (-1.0, *GC_BANDS)]
+    return [f"{prefix}{band}" for band in gc_bands()]
