@@ -55,15 +55,16 @@ def real_proteins(sample_train):
 # ---- the constraint -------------------------------------------------------------------
 
 
-def run_constrained(proteins, seed, temperature, bias=None, extra=3):
+def run_constrained(proteins, seed, temperature, bias=None, extra=3, domain="dna"):
     """Sample from random logits under the constraint: the per-row token lists."""
-    constraint = SynonymousCodons(proteins)
+    constraint = SynonymousCodons(proteins, domain=domain)
+    vocab = get_domain(domain).vocab_size
     gen = torch.Generator().manual_seed(seed)
     for _ in range(constraint.max_steps + extra):
         mask = constraint.allowed()
-        assert mask.shape == (len(proteins), len(TOKENS)) and mask.dtype == torch.bool
+        assert mask.shape == (len(proteins), vocab) and mask.dtype == torch.bool
         assert mask.any(dim=-1).all()  # never all-False, also after the end
-        logits = torch.randn(len(proteins), len(TOKENS), generator=gen)
+        logits = torch.randn(len(proteins), vocab, generator=gen)
         if bias is not None:
             logits = logits + bias
         logits, removed = apply_constraint(logits, constraint)
@@ -73,24 +74,26 @@ def run_constrained(proteins, seed, temperature, bias=None, extra=3):
     return constraint
 
 
-def check_rows(constraint, proteins, extra=3):
+def check_rows(constraint, proteins, extra=3, domain="dna"):
+    tokens = get_domain(domain).tokens
     for b, protein in enumerate(proteins):
         row = constraint.tokens[b]
-        n = 3 * (len(protein) + 1)
+        n = (len(protein) + 1) * (1 if domain == "cds" else 3)  # steps to the stop's end
         assert constraint.steps[b] == n + 1
-        cds = "".join(TOKENS[i] for i in row[:n])
-        assert set(cds) <= set("ACGT")
-        assert row[n] == ID["<sep>"]
-        assert row[n + 1:] == [ID["<pad>"]] * (constraint.max_steps + extra - n - 1)
+        cds = "".join(tokens[i] for i in row[:n])
+        assert set(cds) <= set("ACGT") and len(cds) == 3 * (len(protein) + 1)
+        assert row[n] == tokens.index("<sep>")
+        assert row[n + 1:] == [tokens.index("<pad>")] * (constraint.max_steps + extra - n - 1)
         assert translate(cds) == protein  # a complete gene encoding exactly the protein
         assert cds[:3] in ("ATG", "GTG", "TTG") and cds[-3:] in ("TAA", "TAG", "TGA")
         assert constraint.cds()[b] == cds
 
 
+@pytest.mark.parametrize("domain", ["dna", "cds"])
 @pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
-def test_random_logits_always_give_the_protein(real_proteins, seed):
-    constraint = run_constrained(real_proteins, seed, temperature=1.0)
-    check_rows(constraint, real_proteins)
+def test_random_logits_always_give_the_protein(real_proteins, seed, domain):
+    constraint = run_constrained(real_proteins, seed, temperature=1.0, domain=domain)
+    check_rows(constraint, real_proteins, domain=domain)
     # the masks removed some of the random distribution's mass at every step of every row
     assert (constraint.removed_steps == torch.tensor(constraint.steps)).all()
     assert (constraint.removed > 0).all()
@@ -103,9 +106,11 @@ def test_sampling_explores_synonyms(real_proteins):
     assert sum(x != y for x, y in zip(a, b)) >= len(real_proteins) - 2
 
 
-def test_greedy(real_proteins):
+@pytest.mark.parametrize("domain", ["dna", "cds"])
+def test_greedy(real_proteins, domain):
     for seed in (0, 1):
-        check_rows(run_constrained(real_proteins, seed, temperature=0.0), real_proteins)
+        check_rows(run_constrained(real_proteins, seed, temperature=0.0, domain=domain),
+                   real_proteins, domain=domain)
 
 
 def test_logits_that_want_to_stop_early_are_overridden(real_proteins):
@@ -185,6 +190,23 @@ def test_every_synonym_is_reachable_and_nothing_else(aa):
         assert ok == (codon in family), codon
 
 
+def test_per_codon_masks_are_each_residues_synonyms():
+    """Over the CDS domain (one token per codon) each step allows exactly the residue's
+    codons: the start codons first, the stops after the last residue."""
+    tokens = get_domain("cds").tokens
+    protein = "M" + codons.AMINO_ACIDS + "W"
+    c = SynonymousCodons([protein], domain="cds")
+    assert c.max_steps == len(protein) + 2
+    families = [("ATG", "GTG", "TTG")] + [codons.SYNONYMS[aa] for aa in protein[1:]]
+    for family in [*families, codons.STOP_CODONS]:
+        mask = c.allowed()[0]
+        assert {tokens[i] for i in range(len(tokens)) if mask[i]} == set(family)
+        c.update(torch.tensor([tokens.index(family[-1])]))
+    assert {tokens[i] for i in range(len(tokens)) if c.allowed()[0][i]} == {"<sep>"}
+    c.update(torch.tensor([tokens.index("<sep>")]))
+    assert c.done and translate(c.cds()[0]) == protein
+
+
 def test_a_rejected_token_raises_and_records_nothing():
     c = SynonymousCodons(["MK", "MA"])
     with pytest.raises(ValueError, match="row 0, step 0: token"):
@@ -213,7 +235,7 @@ def test_bad_proteins_are_refused():
 def test_ids_come_from_the_domain():
     c = SynonymousCodons(["M"])
     assert c.vocab_size == len(TOKENS)
-    assert c.base_ids == {b: TOKENS.index(b) for b in "ACGT"}
+    assert c.letter_ids == {b: TOKENS.index(b) for b in "ACGT"}
     assert (c.pad, c.sep) == (TOKENS.index("<pad>"), TOKENS.index("<sep>"))
 
 

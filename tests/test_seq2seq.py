@@ -314,12 +314,26 @@ def test_within_keeps_targets_to_the_domain_and_never_closes_them_empty() -> Non
     assert alone.allowed().all()  # after its end a row may take anything (it is cut off)
 
 
-def test_codon_designs_from_a_trained_model_translate_back_to_their_proteins(codon_run: Path
-                                                                            ) -> None:
-    """apps/codon_design/design.py end to end: the model decodes under SynonymousCodons."""
+@pytest.fixture(scope="module")
+def codon_token_run(tmp_path_factory) -> Path:
+    """The same pairs with the target read one token per codon (the CDS domain)."""
+    out = tmp_path_factory.mktemp("s2s") / "cds"
+    args = train_args(out)
+    args[args.index("dna")] = "cds"
+    code, text = run_cli(*args, "train.max_steps=4")
+    assert code == 0, text
+    return out
+
+
+@pytest.mark.parametrize("run", ["codon_run", "codon_token_run"])
+def test_codon_designs_from_a_trained_model_translate_back_to_their_proteins(
+        run: str, request: pytest.FixtureRequest) -> None:
+    """apps/codon_design/design.py end to end: the model decodes under SynonymousCodons,
+    over bases or over codons."""
     import importlib.util
     import sys
 
+    model_dir = request.getfixturevalue(run)
     app = REPO / "apps" / "codon_design"
     sys.path.insert(0, str(app))
     try:
@@ -331,14 +345,30 @@ def test_codon_designs_from_a_trained_model_translate_back_to_their_proteins(cod
     finally:
         sys.path.remove(str(app))
     proteins = read_fasta(HELD_PROTEIN)
-    designs = design.design(codon_run, proteins, temperature=1.0, seed=0)
+    designs = design.design(model_dir, proteins, temperature=1.0, seed=0)
     assert list(designs) == list(proteins)
     for rid, cds in designs.items():
         assert translates_to(cds, proteins[rid]), rid
     assert designs != {k: v for k, v in read_fasta(HELD_CDS).items()}  # sampled, not copied
-    beamed = design.design(codon_run, proteins, beams=3)
+    beamed = design.design(model_dir, proteins, beams=3)
     for rid, cds in beamed.items():
         assert translates_to(cds, proteins[rid]), rid
+    bits = design.native_bits(model_dir, proteins, read_fasta(HELD_CDS))
+    assert 0 < bits < 8  # per base, over bases or codons alike
+
+
+def test_a_target_that_is_not_whole_codons_is_one_error(tmp_path) -> None:
+    cds = {r.id: r.tokens for r in get_domain("dna").read(CDS)}
+    broken = tmp_path / "cds.fa"
+    first = next(iter(cds))
+    get_domain("dna").write([Record(k, v[:-1] if k == first else v) for k, v in cds.items()],
+                            broken)
+    args = train_args(tmp_path / "run", target=broken)
+    args[args.index("dna")] = "cds"
+    code, text = run_cli(*args)
+    assert code == 2 and "Traceback" not in text, text
+    assert f"record {first!r} has" in text and "not a whole number of codons" in text
+    assert not (tmp_path / "run" / "model.safetensors").exists()
 
 
 def test_sample_with_beams_writes_the_likeliest_target(codon_run: Path, tmp_path) -> None:
@@ -374,7 +404,7 @@ def test_aligned_cross_attention_is_one_config_switch(tmp_path) -> None:
         assert code == 2 and says in text and "Traceback" not in text, (bad, text)
 
 
-@pytest.mark.parametrize("app, source, target", [("codon_design/codon.yaml", "protein", "dna"),
+@pytest.mark.parametrize("app, source, target", [("codon_design/codon.yaml", "protein", "cds"),
                                                  ("harmonize/harmonize.yaml", "midi", "midi")])
 def test_the_apps_presets_build_their_models(app: str, source: str, target: str) -> None:
     from seqformer.pipeline.run_config import resolve
@@ -383,5 +413,5 @@ def test_the_apps_presets_build_their_models(app: str, source: str, target: str)
     cfg = resolve(target, get_domain(target).vocab_size, REPO / "apps" / app, task="seq2seq",
                   source=(source, get_domain(source).vocab_size))
     model = build_model(cfg)
-    if app.startswith("codon"):  # the aligned cross-attention, 3 bases per residue
-        assert model.alignment.ratio == 3 and model.tie_positions
+    if app.startswith("codon"):  # the aligned cross-attention, one codon per residue
+        assert model.alignment.ratio == 1 and model.tie_positions

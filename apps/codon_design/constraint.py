@@ -3,7 +3,8 @@ sequence for the given protein.
 
 It follows the protocol of `seqformer.core.decoding.sampling` (`allowed()` -> (B, V) boolean mask,
 `update(tokens, removed)`), over the DNA domain's vocabulary (token ids read from
-`seqformer.domains.get_domain("dna").tokens`, upper-case bases only).
+`seqformer.domains.get_domain("dna").tokens`, upper-case bases only) or the CDS domain's
+(one token per codon: the layout below with one step per codon instead of three).
 
 Target layout, for a protein of n residues (no '*'):
 
@@ -56,7 +57,7 @@ class SynonymousCodons:
             residue 0 like any other (for fragments that do not begin a gene).
         stop_codons: the codons allowed after the last residue.
         domain: the target domain (default: "dna"); its tokens must include <pad>, <sep>
-            and A, C, G, T.
+            and A, C, G, T, or (one step per codon, e.g. "cds") the 64 codons.
 
     State: `step` (B,) tokens taken so far per row (after the BOS), `tokens` the chosen
     ids, `removed` (B,) the summed probability mass the masks took from the model's
@@ -71,13 +72,16 @@ class SynonymousCodons:
         if isinstance(proteins, str):
             raise TypeError("proteins: a list of protein strings, not one string")
         tokens = list(get_domain(domain).tokens)
-        for t in ("<pad>", "<sep>", "A", "C", "G", "T"):
+        self.per_codon = "AAA" in tokens
+        letters = _CODE.forward_table.keys() | _CODE.stop_codons if self.per_codon else "ACGT"
+        for t in ("<pad>", "<sep>", *letters):
             if t not in tokens:
                 raise ValueError(f"domain {domain!r} has no token {t!r}")
         self.vocab_size = len(tokens)
         self.pad, self.sep = tokens.index("<pad>"), tokens.index("<sep>")
-        self.base_ids = {b: tokens.index(b) for b in "ACGT"}
-        self._base_of = {i: b for b, i in self.base_ids.items()}
+        self.letter_ids = {b: tokens.index(b) for b in letters}  # bases, or codons per_codon
+        self._letter_of = {i: b for b, i in self.letter_ids.items()}
+        self.width = 1 if self.per_codon else 3  # steps per codon
 
         families = {aa: [c for c, a in _CODE.forward_table.items() if a == aa]
                     for aa in set(_CODE.forward_table.values())}
@@ -119,7 +123,7 @@ class SynonymousCodons:
         self._done = np.zeros(self.vocab_size, bool)
         self._done[self.pad] = True
         b = len(self.proteins)
-        self.steps = [3 * len(f) + 1 for f in self._families]
+        self.steps = [self.width * len(f) + 1 for f in self._families]
         self.max_steps = max(self.steps)
         self.step = [0] * b
         self.tokens: list[list[int]] = [[] for _ in range(b)]
@@ -141,18 +145,20 @@ class SynonymousCodons:
         if mask is None:
             mask = np.zeros(self.vocab_size, bool)
             for c in family:
-                if c.startswith(prefix):
-                    mask[self.base_ids[c[len(prefix)]]] = True
+                if self.per_codon:
+                    mask[self.letter_ids[c]] = True
+                elif c.startswith(prefix):
+                    mask[self.letter_ids[c[len(prefix)]]] = True
             self._masks[key] = mask
         return mask
 
     def _row_mask(self, b: int) -> np.ndarray:
         t, fams = self.step[b], self._families[b]
-        if t < 3 * len(fams):
-            codon, offset = divmod(t, 3)
-            prefix = "".join(self._base_of[i] for i in self.tokens[b][3 * codon:t])
+        if t < self.width * len(fams):
+            codon = t // self.width
+            prefix = "".join(self._letter_of[i] for i in self.tokens[b][self.width * codon:t])
             return self._mask(fams[codon], prefix)
-        return self._end if t == 3 * len(fams) else self._done
+        return self._end if t == self.width * len(fams) else self._done
 
     def allowed(self) -> torch.Tensor:
         """(B, V) bool: the tokens each row may take next."""
@@ -192,5 +198,5 @@ class SynonymousCodons:
     def cds(self) -> list[str]:
         """The bases written so far in each row (the CDS with its stop codon once the row
         is done), without <sep> and <pad>."""
-        return ["".join(self._base_of[i] for i in row if i in self._base_of)
+        return ["".join(self._letter_of[i] for i in row if i in self._letter_of)
                 for row in self.tokens]

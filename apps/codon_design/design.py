@@ -41,26 +41,27 @@ def design(model_dir: str | Path, proteins: dict[str, str], temperature: float =
            seed: int = 0, batch_size: int = 16, beams: int = 1) -> dict[str, str]:
     """{id: designed CDS (stop codon included)} for {id: protein}. beams > 1: each design
     is beam search's likeliest CDS (temperature unused)."""
-    model, protein_domain, dna, _ = load_seq2seq(model_dir)
+    model, protein_domain, target, _ = load_seq2seq(model_dir)
     ids = list(proteins)
     sources = [protein_domain.encode(proteins[i]) for i in ids]
-    longest = max(3 * (len(p) + 1) + 1 for p in proteins.values())
-    targets = translate(model, sources, dna.sep_id, longest, temperature, seed=seed,
+    longest = SynonymousCodons(list(proteins.values()), domain=target.name).max_steps
+    targets = translate(model, sources, target.sep_id, longest, temperature, seed=seed,
                         constraint=lambda rows: SynonymousCodons(
-                            [protein_domain.decode(r) for r in rows]),
-                        allowed=dna.generatable(), batch_size=batch_size,
+                            [protein_domain.decode(r) for r in rows], domain=target.name),
+                        allowed=target.generatable(), batch_size=batch_size,
                         num_beams=beams)
-    return {i: dna.decode(t) for i, t in zip(ids, targets)}
+    return {i: target.decode(t) for i, t in zip(ids, targets)}
 
 
 def native_bits(model_dir: str | Path, proteins: dict[str, str], natives: dict[str, str]
                 ) -> float:
     """The model's bits per base of the native genes given their proteins (the closing
-    separator counted as one more token per gene)."""
-    model, protein_domain, dna, _ = load_seq2seq(model_dir)
-    pairs = [(protein_domain.encode(proteins[i]), dna.encode(natives[i])) for i in proteins]
-    lls = target_log_likelihoods(model, pairs, dna.sep_id)
-    return float(-sum(ll.sum() for ll in lls) / np.log(2) / sum(len(ll) for ll in lls))
+    separator counted as one more token per gene, for a model over bases or over codons)."""
+    model, protein_domain, target, _ = load_seq2seq(model_dir)
+    pairs = [(protein_domain.encode(proteins[i]), target.encode(natives[i])) for i in proteins]
+    lls = target_log_likelihoods(model, pairs, target.sep_id)
+    bases = sum(len(natives[i]) + 1 for i in proteins)
+    return float(-sum(ll.sum() for ll in lls) / np.log(2) / bases)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

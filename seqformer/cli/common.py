@@ -177,7 +177,7 @@ def report_skip(path: str, reason: str) -> str:
 
 
 def unit(domain_name: str) -> str:
-    return "base" if domain_name == "dna" else "token"
+    return {"dna": "base", "cds": "codon"}.get(domain_name, "token")
 
 
 def against_baseline(bits: float, baseline: dict, unit: str) -> str:

@@ -10,6 +10,7 @@ from .base import Domain, InputError, OnSkip, Record
 # name -> "module:class", imported on first use so one domain's dependencies never
 # slow down or break another
 _DOMAINS = {
+    "cds": "seqformer.domains.cds:CDSDomain",
     "dna": "seqformer.domains.dna:DNADomain",
     "midi": "seqformer.domains.midi:MIDIDomain",
     "protein": "seqformer.domains.protein:ProteinDomain",
