@@ -28,6 +28,7 @@ import numpy as np
 from ..errors import InputError
 from . import fasta
 from .base import Piece
+from .dna import TOKENS as DNA_TOKENS
 from .dna import DNADomain
 
 __all__ = ["CDSDomain", "CODONS"]
@@ -36,12 +37,11 @@ CODONS = tuple("".join(c) for c in product("ACGT", repeat=3))
 TOKENS = ("<pad>", "<sep>", *CODONS, "NNN")
 PAD, SEP = 0, 1
 UNKNOWN = TOKENS.index("NNN")
-_FIRST_CODON = 2
+_FIRST_CODON = TOKENS.index(CODONS[0])
 
-# DNA token id (A C G T = 2..5, N = 6; soft-masking is read as upper case) -> base index,
-# 4 for N
-_BASE_OF_DNA = np.full(12, 4, np.int64)
-_BASE_OF_DNA[2:6] = np.arange(4)
+# DNA token id -> base index (A C G T: 0-3), 4 for N (soft-masking is read as upper case)
+_BASE_OF_DNA = np.array([("ACGT".index(t) if t in ("A", "C", "G", "T") else 4)
+                         for t in DNA_TOKENS], np.int64)
 _CODON_BYTES = np.frombuffer("".join(t if len(t) == 3 else "???" for t in TOKENS).encode(),
                              np.uint8).reshape(-1, 3)
 
