@@ -271,11 +271,17 @@ def identity_by_gc_band(designs: Mapping[str, str], natives: Mapping[str, str],
                         edges: Sequence[float] = GC_BANDS) -> dict[str, dict[str, float]]:
     """{band of the native gene's GC content: {"n": genes, "codon_identity": their mean}},
     bands in increasing GC (designs with the natives' number of codons only)."""
+    return _identity_by_band(((gc_content(natives[g]), codon_identity(d, natives[g]))
+                              for g, d in designs.items() if len(d) == len(natives[g])),
+                             edges)
+
+
+def _identity_by_band(gc_and_identity: Iterable[tuple[float, float]],
+                      edges: Sequence[float] = GC_BANDS) -> dict[str, dict[str, float]]:
+    """identity_by_gc_band from each gene's (native GC, identity)."""
     per_band: dict[str, list[float]] = {band: [] for band in gc_bands(edges)}
-    for gid, design in designs.items():
-        native = natives[gid]
-        if len(design) == len(native):
-            per_band[gc_band(gc_content(native), edges)].append(codon_identity(design, native))
+    for gc, identity in gc_and_identity:
+        per_band[gc_band(gc, edges)].append(identity)
     return {band: {"n": len(v), "codon_identity": sum(v) / len(v) if v else math.nan}
             for band, v in per_band.items()}
 
@@ -304,19 +310,21 @@ def evaluate(designs: Mapping[str, str], natives: Mapping[str, str], usage: Codo
         raise ValueError("no designs")
     w = usage.weights()
     ident, same, total = [], 0, 0
+    banded = []  # (native GC, identity) of the genes whose identity counts
     out: dict[str, list[float]] = {k: [] for k in ("cai_design", "cai_native", "gc_design",
                                                    "gc_native", "translates")}
     for gid, design in designs.items():
         native = natives[gid]
         protein = str(Seq(native).translate(table=TABLE, cds=True))
+        out["gc_native"].append(gc_content(native))
         if len(design) == len(native):
             ident.append(codon_identity(design, native))
+            banded.append((out["gc_native"][-1], ident[-1]))
             total += len(protein)
             same += round(ident[-1] * len(protein))
         out["cai_design"].append(cai(design, w) if len(design) % 3 == 0 else math.nan)
         out["cai_native"].append(cai(native, w))
         out["gc_design"].append(gc_content(design))
-        out["gc_native"].append(gc_content(native))
         out["translates"].append(float(translates_to(design, protein)))
     result: dict[str, float] = {"n": len(designs), "n_same_length": len(ident)}
     result["codon_identity"] = sum(ident) / len(ident) if ident else math.nan
@@ -324,7 +332,7 @@ def evaluate(designs: Mapping[str, str], natives: Mapping[str, str], usage: Codo
     for key, values in out.items():
         finite = [v for v in values if not math.isnan(v)]
         result[key] = sum(finite) / len(finite) if finite else math.nan
-    for band, r in identity_by_gc_band(designs, natives).items():
+    for band, r in _identity_by_band(banded).items():
         result[f"codon_identity_gc{band}"] = r["codon_identity"]
         result[f"genes_gc{band}"] = r["n"]
     return result
