@@ -13,11 +13,12 @@ from seqformer.pipeline.inference import sample_batch
 pytestmark = pytest.mark.skipif(not hasattr(torch, "compile"), reason="needs torch.compile")
 
 
-def tiny_model(copy_k: tuple[int, ...] = ()) -> ReformerLM:
+def tiny_model(copy_k: tuple[int, ...] = (), copy_pointer: int = 0) -> ReformerLM:
     torch.manual_seed(0)
     cfg = ReformerConfig(vocab_size=40, d_model=32, n_layers=4, n_heads=2, d_ff=64,
                          attn=["lsh", "local", "full", "match"], bucket_size=8, n_hashes=2,
-                         max_seq_len=128, kmer_embedding=3, match_k=(1, 4), copy_k=copy_k)
+                         max_seq_len=128, kmer_embedding=3, match_k=(1, 4), copy_k=copy_k,
+                         copy_pointer=copy_pointer)
     model = ReformerLM(cfg).eval()
     if copy_k:
         with torch.no_grad():
@@ -25,11 +26,11 @@ def tiny_model(copy_k: tuple[int, ...] = ()) -> ReformerLM:
     return model
 
 
-@pytest.mark.parametrize("copy_k", [(), (1, 3)])
-def test_compiled_step_matches_eager_and_compiles_once(copy_k):
+@pytest.mark.parametrize("copy_k,copy_pointer", [((), 0), ((1, 3), 0), ((1, 3), 5)])
+def test_compiled_step_matches_eager_and_compiles_once(copy_k, copy_pointer):
     from torch._dynamo.utils import counters
 
-    model = tiny_model(copy_k)
+    model = tiny_model(copy_k, copy_pointer)
     x = torch.randint(2, 40, (2, 90))
     _, eager_cache = model.prefill(x[:, :10], capacity=128)
     eager = [model.step(x[:, t], eager_cache) for t in range(10, 90)]

@@ -8,7 +8,14 @@ import torch.nn.functional as F
 
 from seqformer.core import ReformerConfig, ReformerLM
 from seqformer.core.config import ConfigError
-from seqformer.core.layers.copy import Copies, copy_candidates, find_copies
+from seqformer.core.layers.copy import (
+    POINTER_WINDOW,
+    Copies,
+    context_hashes,
+    copy_candidates,
+    far_pointer,
+    find_copies,
+)
 
 from test_model import assert_decoding_is_the_full_forward
 
@@ -113,6 +120,61 @@ def test_a_streak_counts_the_candidates_right_in_a_row():
     assert copies.streaks[0, :, 0].tolist() == [0, 0, 0, 0, 1, 2, 3, 4, 0, 0, 1, 0]
 
 
+def pointer_reference(x: list[int], copy_k: tuple[int, ...], min_distance: int
+                      ) -> list[tuple[int, int, int]]:
+    """For each position p, one at a time: the far pointer's (distance, candidate,
+    mismatches). The distance is set to p + 1 - j for the latest j <= p + 1 - min_distance
+    where the longest k of copy_k whose last k tokens occurred there did (x[j-k:j] ==
+    x[p-k+1:p+1]), else kept from p - 1."""
+    out, d = [], -1
+    for p in range(len(x)):
+        item = p + 1
+        for k in sorted(copy_k):
+            js = [j for j in range(k, item - min_distance + 1)
+                  if item >= k and x[j - k:j] == x[item - k:item]]
+            if js:
+                d = item - max(js)
+        candidate = x[item - d] if d > 0 else -1
+        agree = sum(d > 0 and m - d >= 0 and x[m] == x[m - d]
+                    for m in range(max(0, p - POINTER_WINDOW + 1), p + 1))
+        out.append((d, candidate, POINTER_WINDOW - agree))
+    return out
+
+
+@pytest.mark.parametrize("min_distance", [1, 20, 40])
+def test_the_far_pointer_keeps_its_copy_through_changed_tokens(min_distance):
+    x = repetitive(150, B=2, seed=min_distance)
+    copy_k = (3, 6)
+    candidate, mismatches, distance = far_pointer(x, context_hashes(x, copy_k, 11), copy_k,
+                                                  11, min_distance)
+    for b in range(2):
+        want = pointer_reference(x[b].tolist(), copy_k, min_distance)
+        assert distance[b].tolist() == [w[0] for w in want]
+        assert candidate[b].tolist() == [w[1] for w in want]
+        assert mismatches[b].tolist() == [w[2] for w in want]
+    # the phrase repeats every 17 tokens with changes: the pointer copies from a multiple
+    # of 17 back nearly everywhere, at least min_distance back, and stays through changes
+    d = distance[:, 60:]
+    assert ((d % 17 == 0) & (d >= min_distance)).float().mean() > 0.9
+    assert (candidate[:, 60:] >= 0).all()
+
+
+def test_without_a_far_occurrence_there_is_no_pointer():
+    x = torch.tensor([[1, 2, 3, 1, 2, 3, 4, 5, 6, 7]])
+    copies = find_copies(x, (2,), pad=11, pointer=4)
+    # 1 2 recurs 3 back, closer than 4: no pointer anywhere
+    assert copies.candidates[0, :, -1].tolist() == [-1] * 10
+    assert copies.distance[0].tolist() == [-1] * 10
+    assert copies.streaks[0, :, -1].tolist() == [POINTER_WINDOW] * 10
+    copies = find_copies(x, (2,), pad=11, pointer=3)
+    # from position 4 (the second "1 2") it copies 3 back, and keeps that past the repeat
+    assert copies.distance[0].tolist() == [-1] * 4 + [3] * 6
+    assert copies.candidates[0, :, -1].tolist() == [-1] * 4 + [3, 1, 2, 3, 4, 5]
+    # tokens 3, 4, 5 equal those 3 before them; 6 on differ
+    assert copies.streaks[0, :, -1].tolist() == [POINTER_WINDOW - n for n in
+                                                 (0, 0, 0, 0, 2, 3, 3, 3, 3, 3)]
+
+
 def tiny(**kw) -> ReformerConfig:
     base = dict(vocab_size=11, d_model=32, n_layers=2, n_heads=2, d_ff=64,
                 attn=["local", "match"], bucket_size=8, n_hashes=2, max_seq_len=256,
@@ -170,15 +232,20 @@ def hand_made_mixture(m: ReformerLM, probs: torch.Tensor, copies: Copies) -> tor
     return expect.log()
 
 
-def test_log_probs_are_the_hand_made_mixture():
-    m = with_gate(tiny())
+POINTER = 20  # the tests' far pointer: the phrases repeat every 17 tokens
+
+
+@pytest.mark.parametrize("pointer", [0, POINTER])
+def test_log_probs_are_the_hand_made_mixture(pointer):
+    m = with_gate(tiny(copy_pointer=pointer))
     plain = plain_twin(m)
     x = repetitive(90)
     with torch.no_grad():
-        copies = find_copies(x, (2, 5), 11)
+        copies = find_copies(x, (2, 5), 11, pointer=pointer)
         expect = hand_made_mixture(m, torch.softmax(plain(x).double(), -1), copies)
         torch.testing.assert_close(m(x).double(), expect, atol=1e-5, rtol=1e-5)
     assert (copies.candidates >= 0).float().mean() > 0.3 and copies.streaks.max() > 3
+    assert copies.candidates.shape[-1] == 2 + bool(pointer)
 
 
 def test_chunked_loss_and_its_gradients_equal_full_logits(monkeypatch):
@@ -198,8 +265,9 @@ def test_chunked_loss_and_its_gradients_equal_full_logits(monkeypatch):
     assert a.copy_gate.bias.grad.abs().sum() > 0 and a.copy_gate.trust.grad.abs().sum() > 0
 
 
-def test_exactly_causal_and_prefix_consistent():
-    m = with_gate(tiny())
+@pytest.mark.parametrize("pointer", [0, POINTER])
+def test_exactly_causal_and_prefix_consistent(pointer):
+    m = with_gate(tiny(copy_pointer=pointer))
     x = repetitive(80)
     with torch.no_grad():
         full = m(x)
@@ -213,25 +281,27 @@ def test_exactly_causal_and_prefix_consistent():
 
 
 @pytest.mark.parametrize("kw", [dict(), dict(attn="lsh", copy_k=(1,)),
-                                dict(attn="local", copy_k=(3, 12), kmer_embedding=4)],
+                                dict(attn="local", copy_k=(3, 12), kmer_embedding=4),
+                                dict(copy_pointer=POINTER),
+                                dict(attn="local", copy_k=(1, 4), copy_pointer=3)],
                          ids=str)
 def test_cached_decoding_equals_the_full_forward(kw):
     assert_decoding_is_the_full_forward(with_gate(tiny(**kw)), repetitive(90))
 
 
-def test_copy_history_reaches_back_beyond_the_window():
+@pytest.mark.parametrize("pointer", [0, POINTER])
+def test_copy_history_reaches_back_beyond_the_window(pointer):
     """forward(window, copy_history=h): the window's own attention and head, mixed with the
     candidates of the whole sequence h + window (against the plain search); without h it
     is the window alone."""
-    m = with_gate(tiny())
+    m = with_gate(tiny(copy_pointer=pointer))
     plain = plain_twin(m)
     x = repetitive(150, seed=5)
     h, w = x[:, :70], x[:, 70:]
     with torch.no_grad():
         got = m(w, copy_history=h)
         probs = torch.softmax(plain(w).double(), -1)
-        full = find_copies(x, (2, 5), 11)
-        copies = Copies(full.candidates[:, 70:], full.streaks[:, 70:])
+        copies = find_copies(x, (2, 5), 11, pointer=pointer).after(70)
         cands = copies.candidates
         for b in range(2):
             for r, k in enumerate((2, 5)):
@@ -239,7 +309,7 @@ def test_copy_history_reaches_back_beyond_the_window():
         expect = hand_made_mixture(m, probs, copies)
         torch.testing.assert_close(got.double(), expect, atol=1e-5, rtol=1e-5)
         # the history finds candidates the window alone does not have
-        alone = find_copies(w, (2, 5), 11).candidates
+        alone = find_copies(w, (2, 5), 11, pointer=pointer).candidates
         assert ((cands >= 0) & (alone < 0)).sum() > 10
         torch.testing.assert_close(m(w, copy_history=h[:, :0]), m(w), atol=0, rtol=0)
         nll = m.loss(x[:, 70:], reduction="none", copy_history=h)
@@ -247,12 +317,13 @@ def test_copy_history_reaches_back_beyond_the_window():
         torch.testing.assert_close(nll, want, atol=1e-5, rtol=1e-5)
 
 
-def test_decoding_with_copy_history_equals_the_full_forward():
+@pytest.mark.parametrize("pointer", [0, POINTER])
+def test_decoding_with_copy_history_equals_the_full_forward(pointer):
     x = repetitive(160, seed=6)
-    assert_decoding_is_the_full_forward(with_gate(tiny()), x[:, 60:], copy_history=x[:, :60])
+    m = with_gate(tiny(copy_pointer=pointer))
+    assert_decoding_is_the_full_forward(m, x[:, 60:], copy_history=x[:, :60])
     # a prompt shorter than the longest context: the step reads its context from history
-    assert_decoding_is_the_full_forward(with_gate(tiny()), x[:, 60:], prompt=2,
-                                        copy_history=x[:, :60])
+    assert_decoding_is_the_full_forward(m, x[:, 60:], prompt=2, copy_history=x[:, :60])
 
 
 @pytest.mark.parametrize("start", [0, 10, 101])
@@ -309,9 +380,10 @@ def test_reverse_complement_copies_are_causal_and_decode_as_the_full_forward():
     assert_decoding_is_the_full_forward(m, x[:, 60:], prompt=2, copy_history=x[:, :60])
 
 
-def test_beam_rows_keep_their_own_history():
+@pytest.mark.parametrize("pointer", [0, POINTER])
+def test_beam_rows_keep_their_own_history(pointer):
     """select (one row per beam) and reorder_beams move the copy state with the row."""
-    m = with_gate(tiny())
+    m = with_gate(tiny(copy_pointer=pointer))
     x = repetitive(60, B=2)
     rows = torch.tensor([1, 0, 1])
     with torch.no_grad():
@@ -343,6 +415,13 @@ def test_config_checks():
         tiny(copy_complement=True)
     cfg = ReformerConfig.from_dict(tiny(copy_complement=COMPLEMENT).to_dict())
     assert cfg.copy_complement == tuple(COMPLEMENT) and cfg.n_copy_candidates == 4
+    for bad in (-1, True, 2.5):
+        with pytest.raises(ConfigError, match="copy_pointer: needs a distance >= 0"):
+            tiny(copy_pointer=bad)
+    with pytest.raises(ConfigError, match="copy_pointer: .*needs copy_k"):
+        tiny(copy_k=(), copy_pointer=8)
+    cfg = ReformerConfig.from_dict(tiny(copy_pointer=8).to_dict())
+    assert cfg.copy_pointer == 8 and cfg.n_copy_candidates == 3
 
 
 def _repeat_batch(g: torch.Generator, low: int, high: int, B: int = 16, half: int = 64):
@@ -398,3 +477,27 @@ def test_samples_copy_from_before_a_context_restart():
     # the attention's window alone (the last 32 tokens) never holds 4 tokens twice
     with torch.no_grad():
         assert (find_copies(torch.tensor([phrase[-32:]]), (4,), 11).candidates < 0).all()
+
+
+@pytest.mark.parametrize("pointer", [True, False])
+def test_a_sampled_repeat_survives_a_changed_token(pointer):
+    """The prompt repeats a 40-token phrase, then changes one token of the repeat. A gate
+    that trusts the far pointer continues the phrase through the change, greedily; its
+    plain counterpart (the same model, the pointer never trusted) has no candidate right
+    after the change and leaves the phrase."""
+    import numpy as np
+
+    from seqformer.pipeline.inference import sample_batch
+
+    m = with_gate(tiny(copy_k=(4,), copy_pointer=POINTER))
+    with torch.no_grad():
+        m.copy_gate.trust.zero_()
+        m.copy_gate.bias.copy_(torch.tensor([-1e3, 10.0 if pointer else -1e3]))
+    phrase = torch.randint(0, 10, (40,), generator=torch.Generator().manual_seed(2)).tolist()
+    changed = (phrase[20] + 1) % 10
+    prompt = np.array([10] + phrase + phrase[:20] + [changed])
+    new, _ = sample_batch(m, prompt, 60, 1, temperature=0.0, compile=False)
+    # 40 tokens back from the end of the phrase is the repeat with its change
+    varied = phrase[:20] + [changed] + phrase[21:]
+    follows = new[0].tolist() == (phrase[21:] + varied * 2)[:60]
+    assert follows == pointer

@@ -56,6 +56,11 @@ class ReformerConfig:
     # every id (an involution); each k then has a reverse-complement candidate too, for
     # inverted repeats. () = off. Run configs take `true` for the domain's own map.
     copy_complement: tuple[int, ...] = ()
+    # With copy_k, also a far copy pointer: a copy of what lies at least this many tokens
+    # back, set where a copy_k context last occurred that far back and kept through
+    # substitutions, trusted by its mismatches over the last 32 positions, so a sampled
+    # repeat survives a changed token (layers/copy.py). 0 = off.
+    copy_pointer: int = 0
     # Input embedding at position t also sums per-offset embeddings of tokens t-1..t-k+1:
     # a causal k-mer feature, so short-range statistics need no learned relative offsets
     # (absolute axial positions make those slow to learn). 1 = the paper's plain embedding.
@@ -137,6 +142,11 @@ class ReformerConfig:
              f"needs positive integers (or none: off), got {self.copy_k!r}")
         need(self.causal or not self.copy_k, "copy_k",
              "copies what followed earlier occurrences: needs a causal model (causal=True)")
+        need(isinstance(self.copy_pointer, int) and not isinstance(self.copy_pointer, bool)
+             and self.copy_pointer >= 0, "copy_pointer",
+             f"needs a distance >= 0 (0: off), got {self.copy_pointer!r}")
+        need(bool(self.copy_k) or not self.copy_pointer, "copy_pointer",
+             "is set where a copy_k context occurred: needs copy_k")
         comp = self.copy_complement
         need(not isinstance(comp, bool), "copy_complement",
              f"takes the map itself here (`true` is for run configs, which fill in the "
@@ -166,7 +176,7 @@ class ReformerConfig:
 
     @property
     def n_copy_candidates(self) -> int:
-        return len(self.copy_k) * (2 if self.copy_complement else 1)
+        return len(self.copy_k) * (2 if self.copy_complement else 1) + bool(self.copy_pointer)
 
     @property
     def d_head(self) -> int:

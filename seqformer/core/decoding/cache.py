@@ -33,15 +33,16 @@ class LSHCache(KVCache):
 class CopyCache:
     """The copy mixture's state (layers/copy.py): the tokens so far (B, capacity), the
     copy history first, the context hash of each item 0..capacity per k (B, K, capacity +
-    1), -1 unset, the last position's candidates and streaks (B, K), and how many tokens
+    1), -1 unset, the last position's candidates and streaks (B, K), how many tokens
     it holds (B,), the same in every row: a tensor, so that a compiled step serves any
-    length of history."""
+    length of history; and the far pointer's distance (B,), -1 for none (or no pointer)."""
 
     tokens: torch.Tensor
     hashes: torch.Tensor
     last: torch.Tensor
     streak: torch.Tensor
     length: torch.Tensor
+    distance: torch.Tensor
 
 
 @dataclass

@@ -31,6 +31,17 @@ occurred latest as x[j .. j+k-1] (j + k - 1 <= p: it may overlap the context, as
 hairpin), the complement of x[j-1], the base the other strand reads next. In yeast S288c's
 chromosomes 1.26% of bases have a forward 20-base match at least 1,024 bases back in their
 chromosome and 1.20% a reverse one; only 0.44% have both (docs/long-context.md).
+
+The far pointer (`copy_pointer` = D > 0): a sample that is repeating a section leaves it at
+the first token it changes, since every candidate's context then holds that token for the
+next k positions. The pointer is a copy that survives substitutions. Its distance d is set
+at each position where one of the copy_k contexts last occurred at least D tokens back
+(the longest such k; d is then the distance to that occurrence) and kept where none did;
+its candidate is x[p + 1 - d] and its evidence, in place of a streak, is how many of the
+last POINTER_WINDOW tokens differ from those d back (the gate learns to trust few
+mismatches). Exactly causal, like the others. In planetblupi's training pieces
+(D = 1,024, copy_k [8, 16]), the candidate is right at 99.8% of the positions with no
+mismatch, 81% with one and 59% with eight.
 """
 
 from __future__ import annotations
@@ -43,6 +54,7 @@ import torch.nn as nn
 from ..attention.matching import context_buckets, next_bucket
 from ..decoding.cache import CopyCache
 
+POINTER_WINDOW = 32  # the far pointer's evidence: its mismatches over this many positions
 NO_CANDIDATE = -1e4  # a gate score whose weight is exactly 0 in float32
 # Adam moves a parameter about lr per step, and a gate that trusts a long streak needs a
 # score of several units: the gate's parameters are scaled so that takes tens of steps.
@@ -55,8 +67,14 @@ def _contexts(ext: torch.Tensor, k: int, k_max: int, n_items: int) -> torch.Tens
     return ext.unfold(1, k, 1)[:, k_max - k:k_max - k + n_items]
 
 
+def context_hashes(tokens: torch.Tensor, copy_k: tuple[int, ...], pad: int) -> torch.Tensor:
+    """(B, K, L + 1) long: each item's hash of the k tokens before it, per k of copy_k."""
+    return context_buckets(tokens, copy_k, pad)[:, 0].long()
+
+
 def copy_candidates(tokens: torch.Tensor, copy_k: tuple[int, ...], pad: int,
-                    complement: torch.Tensor | None = None) -> torch.Tensor:
+                    complement: torch.Tensor | None = None,
+                    hashes: torch.Tensor | None = None) -> torch.Tensor:
     """tokens (B, L) -> (B, L, K) long: for each position p and each k of copy_k, the token
     that followed the most recent earlier occurrence of tokens[p-k+1 .. p], or -1 where the
     context has not occurred before (or reaches before the sequence, where `pad` stands).
@@ -64,7 +82,8 @@ def copy_candidates(tokens: torch.Tensor, copy_k: tuple[int, ...], pad: int,
     2 len(copy_k): then each k's reverse-complement candidate, in the same order."""
     B, L = tokens.shape
     k_max = max(copy_k)
-    hashes = context_buckets(tokens, copy_k, pad)[:, 0].long()  # (B, K, L + 1)
+    if hashes is None:
+        hashes = context_hashes(tokens, copy_k, pad)
     ext = torch.cat([tokens.new_full((B, k_max), pad), tokens], dim=1).long()
     items = torch.arange(L + 1, device=tokens.device)
     out = []
@@ -135,17 +154,79 @@ def copy_streaks(tokens: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor
     return idx - last_miss
 
 
+def far_pointer(tokens: torch.Tensor, hashes: torch.Tensor, copy_k: tuple[int, ...],
+                pad: int, min_distance: int
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The far pointer of each position (module docstring): its candidate (B, L), -1 for
+    none, its mismatches over the last POINTER_WINDOW tokens (B, L) and its distance (B, L),
+    -1 for none. hashes: context_hashes(tokens, copy_k, pad)."""
+    B, L = tokens.shape
+    k_max = max(copy_k)
+    ext = torch.cat([tokens.new_full((B, k_max), pad), tokens], dim=1).long()
+    items = torch.arange(L + 1, device=tokens.device)
+    distance = torch.full((B, L + 1), -1, dtype=torch.long, device=tokens.device)
+    for r, k in sorted(enumerate(copy_k), key=lambda rk: rk[1]):  # the longest k last
+        h = hashes[:, r]
+        keys, order = torch.sort(h * (L + 1) + items, dim=-1)
+        # the latest item j <= i - min_distance with item i's hash: the last key at or
+        # below (hash, i - min_distance) in (hash, item) order, if its hash is the same
+        at = torch.searchsorted(keys, h * (L + 1) + items - min_distance, right=True) - 1
+        j = order.gather(-1, at.clamp_min(0))
+        ctx = _contexts(ext, k, k_max, L + 1)
+        same = (ctx.gather(1, j.unsqueeze(-1).expand(B, L + 1, k)) == ctx).all(-1)
+        found = ((at >= 0) & (items >= min_distance) & (h.gather(-1, j) == h) & same
+                 & (ctx != pad).all(-1))
+        distance = torch.where(found, items - j, distance)
+    # kept where no context was found: from the latest item that found one
+    last = torch.where(distance >= 0, items, -1).cummax(dim=-1).values
+    distance = torch.where(last >= 0, distance.gather(-1, last.clamp_min(0)), -1)[:, 1:]
+    pos = torch.arange(L, device=tokens.device)
+    src = (pos + 1 - distance).clamp(0, L - 1)  # item p + 1 - d: p + 1 - d <= p
+    candidate = torch.where(distance > 0, tokens.long().gather(-1, src), -1)
+    return candidate, _mismatches(tokens, pos, distance), distance
+
+
+def _mismatches(tokens: torch.Tensor, pos: torch.Tensor, distance: torch.Tensor
+                ) -> torch.Tensor:
+    """How many of tokens[p - POINTER_WINDOW + 1 .. p] differ from the tokens distance[p]
+    before them (or have none), for each position p (B, n) of tokens (B, L)."""
+    m = pos.unsqueeze(-1) - torch.arange(POINTER_WINDOW, device=pos.device)  # (n, W)
+    back = m - distance.unsqueeze(-1)  # (B, n, W)
+    B = tokens.shape[0]
+    x = tokens.long()
+    same = ((m >= 0) & (back >= 0) & (distance.unsqueeze(-1) > 0)
+            & (x.gather(-1, m.clamp_min(0).reshape(1, -1).expand(B, -1)).view_as(back)
+               == x.gather(-1, back.clamp(0, x.shape[1] - 1).reshape(B, -1)).view_as(back)))
+    return POINTER_WINDOW - same.sum(-1)
+
+
 class Copies(NamedTuple):
-    """A sequence's candidates (B, L, K), -1 for none, and their streaks (B, L, K)."""
+    """A sequence's candidates (B, L, K), -1 for none, and the evidence the gate reads for
+    each (B, L, K): a streak, or the far pointer's mismatches (its last column); with the
+    far pointer, its distance (B, L), -1 for none."""
 
     candidates: torch.Tensor
     streaks: torch.Tensor
+    distance: torch.Tensor | None = None
+
+    def after(self, n: int) -> Copies:
+        """The copies of positions n.. (a copy history's are dropped)."""
+        return Copies(self.candidates[:, n:], self.streaks[:, n:],
+                      None if self.distance is None else self.distance[:, n:])
 
 
 def find_copies(tokens: torch.Tensor, copy_k: tuple[int, ...], pad: int,
-                complement: torch.Tensor | None = None) -> Copies:
-    candidates = copy_candidates(tokens, copy_k, pad, complement)
-    return Copies(candidates, copy_streaks(tokens, candidates))
+                complement: torch.Tensor | None = None, pointer: int = 0) -> Copies:
+    """Every position's candidates and streaks; with `pointer` > 0, the far pointer of that
+    minimum distance as the last candidate."""
+    hashes = context_hashes(tokens, copy_k, pad)
+    candidates = copy_candidates(tokens, copy_k, pad, complement, hashes)
+    streaks = copy_streaks(tokens, candidates)
+    if not pointer:
+        return Copies(candidates, streaks)
+    candidate, mismatches, distance = far_pointer(tokens, hashes, copy_k, pad, pointer)
+    return Copies(torch.cat([candidates, candidate.unsqueeze(-1)], -1),
+                  torch.cat([streaks, mismatches.unsqueeze(-1)], -1), distance)
 
 
 class CopyGate(nn.Module):
@@ -193,15 +274,18 @@ def new_copy_cache(tokens: torch.Tensor, copies: Copies, capacity: int,
     hashes = torch.full((B, len(copy_k), capacity + 1), -1, dtype=torch.long,
                         device=tokens.device)
     hashes[:, :, :T + 1] = context_buckets(tokens, copy_k, pad)[:, 0]
+    distance = (copies.distance[:, -1].clone() if copies.distance is not None
+                else tokens.new_full((B,), -1, dtype=torch.long))
     return CopyCache(buf, hashes, copies.candidates[:, -1].clone(),
-                     copies.streaks[:, -1].clone(), tokens.new_full((B,), T, dtype=torch.long))
+                     copies.streaks[:, -1].clone(), tokens.new_full((B,), T, dtype=torch.long),
+                     distance)
 
 
 def copy_step(cache: CopyCache, token: torch.Tensor, copy_k: tuple[int, ...], pad: int,
-              complement: torch.Tensor | None = None) -> Copies:
-    """Append `token` (B,) and return its copies (each (B, K)), as find_copies gives them
-    for the whole sequence. Fixed shapes: the earlier occurrence is found by a pass over
-    the cache's hashes."""
+              complement: torch.Tensor | None = None, pointer: int = 0) -> Copies:
+    """Append `token` (B,) and return its copies (each (B, K); the distance (B,)), as
+    find_copies gives them for the whole sequence. Fixed shapes: the earlier occurrence
+    is found by a pass over the cache's hashes."""
     B, _, T = cache.hashes.shape
     t = cache.length[:1]  # every row has the same length
     cache.tokens.index_copy_(1, t, token.long().view(B, 1))
@@ -237,9 +321,21 @@ def copy_step(cache: CopyCache, token: torch.Tensor, copy_k: tuple[int, ...], pa
         found = (j > k) & (ctx == wanted).all(-1) & (wanted != pad).all(-1)
         prev = cache.tokens.gather(1, (j - k - 1).clamp_min(0).unsqueeze(-1))[:, 0]
         out.append(torch.where(found, complement[prev], -1))
+    if pointer:
+        distance = cache.distance
+        for r, k in sorted(enumerate(copy_k), key=lambda rk: rk[1]):  # the longest k last
+            j, ctx = latest(r, k, own[:, r:r + 1], item - pointer + 1)
+            mine = recent[:, k_max - k:]
+            found = (j >= 0) & (ctx == mine).all(-1) & (mine != pad).all(-1)
+            distance = torch.where(found, item - j, distance)
+        cache.distance.copy_(distance)
+        src = (item - distance).clamp(0, T - 2).unsqueeze(-1)  # item - d <= t
+        out.append(torch.where(distance > 0, cache.tokens.gather(1, src)[:, 0], -1))
     candidates = torch.stack(out, dim=-1)
     hit = cache.last == token.long().unsqueeze(-1)
     cache.streak.copy_(torch.where(hit, cache.streak + 1, 0))
+    if pointer:
+        cache.streak[:, -1] = _mismatches(cache.tokens, t, cache.distance.unsqueeze(-1))[:, 0]
     cache.last.copy_(candidates)
     cache.length.add_(1)
-    return Copies(candidates, cache.streak.clone())
+    return Copies(candidates, cache.streak.clone(), cache.distance.clone())

@@ -186,13 +186,10 @@ class ReformerLM(nn.Module):
                 ) -> Copies | None:
         if self.copy_gate is None:
             return None
-        if copy_history is None or copy_history.shape[1] == 0:
-            return find_copies(tokens, self.cfg.copy_k, self.cfg.vocab_size,
-                               self.copy_complement)
-        H = copy_history.shape[1]
-        full = find_copies(torch.cat([copy_history, tokens], dim=1), self.cfg.copy_k,
-                           self.cfg.vocab_size, self.copy_complement)
-        return Copies(full.candidates[:, H:], full.streaks[:, H:])
+        H = 0 if copy_history is None else copy_history.shape[1]
+        seen = torch.cat([copy_history, tokens], dim=1) if H else tokens
+        return find_copies(seen, self.cfg.copy_k, self.cfg.vocab_size, self.copy_complement,
+                           self.cfg.copy_pointer).after(H)
 
     def forward(self, tokens: torch.Tensor, copy_history: torch.Tensor | None = None
                 ) -> torch.Tensor:
@@ -296,7 +293,7 @@ class ReformerLM(nn.Module):
         copies = None
         if cache.copy is not None:
             step = copy_step(cache.copy, token, self.cfg.copy_k, self.cfg.vocab_size,
-                             self.copy_complement)
+                             self.copy_complement, self.cfg.copy_pointer)
             copies = Copies(*(c.unsqueeze(1) for c in step))
         t.add_(1)
         return self._logits(self.norm(stream_mean(x1, x2, x.dtype)), copies)[:, 0], recent
