@@ -3,7 +3,9 @@
 what came 1K+ tokens before (the share of positions whose last 16 tokens were last seen
 at least 1,024 tokens back, as in context_gain.py) with the real piece over the same
 span; and report the longest run copied verbatim from the prompt (form, not wholesale
-copying). --grammar samples under the note grammar, as `sample midi` does by default.
+copying) and how many distinct 16-token contexts each holds (a sample that loops a few
+bars repeats as much as the piece, with far less material). --grammar samples under the
+note grammar, as `sample midi` does by default.
 
     python benchmarks/continuation_form.py --model runs/midi-long \\
         --midi ../shared/data/midi/planetblupi/music003.mid --prompt 4096 --length 20000
@@ -60,14 +62,18 @@ def continuation_form(model_dir: Path, piece: Path, prompt_len: int, length: int
                                    top_k, top_p, seed, grammar=grammar)
     real = holder["real"][:prompt_len + length]
     made = np.concatenate([prompt, samples[0][:length]])
-    share = {}
+    share, distinct = {}, {}
     for name, seq in (("real", real), ("sample", made)):
         repeat, _ = repeat_positions(seq, k, min_distance)
         share[name] = float(repeat[prompt_len:].mean())
+        contexts = np.lib.stride_tricks.sliding_window_view(np.asarray(seq[prompt_len:]), k)
+        distinct[name] = len(np.unique(contexts, axis=0))
     return {"model": str(model_dir), "piece": piece.name, "prompt": prompt_len,
             "length": length, "seed": seed, "temperature": temperature, "top_k": top_k,
             "top_p": top_p, "grammar": grammar,
             "repeat_share_real": share["real"], "repeat_share_sample": share["sample"],
+            "distinct_contexts_real": distinct["real"],
+            "distinct_contexts_sample": distinct["sample"],
             "longest_copied_run": longest_copied_run(made[:prompt_len], made[prompt_len:])}
 
 
@@ -91,10 +97,12 @@ def main() -> None:
                           args.temperature, args.k, args.min_distance, args.grammar,
                           args.top_k, args.top_p)
     print(f"| model | piece | prompt | continuation | repeat share (real) | repeat share "
-          f"(sample) | longest run copied from the prompt |\n|---|---|---:|---:|---:|---:|---:|\n"
+          f"(sample) | longest run copied from the prompt | distinct {args.k}-token contexts "
+          f"(real / sample) |\n|---|---|---:|---:|---:|---:|---:|---:|\n"
           f"| {r['model']} | {r['piece']} | {r['prompt']:,} | {r['length']:,} | "
           f"{r['repeat_share_real']:.1%} | {r['repeat_share_sample']:.1%} | "
-          f"{r['longest_copied_run']:,} tokens |")
+          f"{r['longest_copied_run']:,} tokens | {r['distinct_contexts_real']:,} / "
+          f"{r['distinct_contexts_sample']:,} |")
     if args.json:
         args.json.write_text(json.dumps(r, indent=1))
 

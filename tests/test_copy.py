@@ -141,22 +141,22 @@ def pointer_reference(x: list[int], copy_k: tuple[int, ...], min_distance: int
     return out
 
 
-@pytest.mark.parametrize("min_distance", [1, 20, 40])
-def test_the_far_pointer_keeps_its_copy_through_changed_tokens(min_distance):
+@pytest.mark.parametrize("min_distance,pointer_k", [(1, ()), (20, ()), (40, ()), (20, (6,))])
+def test_the_far_pointer_keeps_its_copy_through_changed_tokens(min_distance, pointer_k):
     x = repetitive(150, B=2, seed=min_distance)
     copy_k = (3, 6)
     candidate, mismatches, distance = far_pointer(x, context_hashes(x, copy_k, 11), copy_k,
-                                                  11, min_distance)
+                                                  11, min_distance, pointer_k)
     for b in range(2):
-        want = pointer_reference(x[b].tolist(), copy_k, min_distance)
+        want = pointer_reference(x[b].tolist(), pointer_k or copy_k, min_distance)
         assert distance[b].tolist() == [w[0] for w in want]
         assert candidate[b].tolist() == [w[1] for w in want]
         assert mismatches[b].tolist() == [w[2] for w in want]
     # the phrase repeats every 17 tokens with changes: the pointer copies from a multiple
     # of 17 back nearly everywhere, at least min_distance back, and stays through changes
-    d = distance[:, 60:]
+    d = distance[:, 90:]
     assert ((d % 17 == 0) & (d >= min_distance)).float().mean() > 0.9
-    assert (candidate[:, 60:] >= 0).all()
+    assert (candidate[:, 90:] >= 0).float().mean() > 0.9
 
 
 def test_without_a_far_occurrence_there_is_no_pointer():
@@ -190,13 +190,16 @@ def with_gate(cfg: ReformerConfig, seed: int = 0) -> ReformerLM:
     with torch.no_grad():
         m.copy_gate.bias.normal_(0, 0.3)
         m.copy_gate.trust.normal_(0, 0.3)
+        if m.copy_gate.by_mismatches is not None:
+            m.copy_gate.by_mismatches.normal_(0, 0.3)
     return m
 
 
 def plain_twin(m: ReformerLM) -> ReformerLM:
     plain = ReformerLM(tiny(copy_k=())).eval()
     missing, unexpected = plain.load_state_dict(m.state_dict(), strict=False)
-    assert not missing and sorted(unexpected) == ["copy_gate.bias", "copy_gate.trust"]
+    assert not missing and {"copy_gate.bias", "copy_gate.trust"} <= set(unexpected)
+    assert all(k.startswith("copy_gate.") for k in unexpected)
     return plain
 
 
@@ -217,8 +220,12 @@ def hand_made_mixture(m: ReformerLM, probs: torch.Tensor, copies: Copies) -> tor
     """log p of the copy mixture, one position at a time in float64, from the plain model's
     probabilities (B, L, V) and the candidates and streaks (B, L, K)."""
     cands = copies.candidates
-    gates = 8 * (m.copy_gate.trust.double() * torch.log1p(copies.streaks.double())
-                 + m.copy_gate.bias.double())
+    gate = m.copy_gate
+    n = gate.trust.shape[0]
+    gates = 8 * (gate.trust.double() * torch.log1p(copies.streaks[..., :n].double())
+                 + gate.bias.double())
+    if gate.by_mismatches is not None:  # the far pointer: a score per count of mismatches
+        gates = torch.cat([gates, 8 * gate.by_mismatches.double()[copies.streaks[..., n:]]], -1)
     expect = torch.empty_like(probs)
     B, L, K = cands.shape
     for b in range(B):
@@ -283,7 +290,8 @@ def test_exactly_causal_and_prefix_consistent(pointer):
 @pytest.mark.parametrize("kw", [dict(), dict(attn="lsh", copy_k=(1,)),
                                 dict(attn="local", copy_k=(3, 12), kmer_embedding=4),
                                 dict(copy_pointer=POINTER),
-                                dict(attn="local", copy_k=(1, 4), copy_pointer=3)],
+                                dict(attn="local", copy_k=(1, 4), copy_pointer=3,
+                                     copy_pointer_k=(4,))],
                          ids=str)
 def test_cached_decoding_equals_the_full_forward(kw):
     assert_decoding_is_the_full_forward(with_gate(tiny(**kw)), repetitive(90))
@@ -420,8 +428,10 @@ def test_config_checks():
             tiny(copy_pointer=bad)
     with pytest.raises(ConfigError, match="copy_pointer: .*needs copy_k"):
         tiny(copy_k=(), copy_pointer=8)
-    cfg = ReformerConfig.from_dict(tiny(copy_pointer=8).to_dict())
-    assert cfg.copy_pointer == 8 and cfg.n_copy_candidates == 3
+    with pytest.raises(ConfigError, match=r"copy_pointer_k: must be lengths of copy_k \[2, 5\]"):
+        tiny(copy_pointer=8, copy_pointer_k=[3])
+    cfg = ReformerConfig.from_dict(tiny(copy_pointer=8, copy_pointer_k=[5]).to_dict())
+    assert cfg.copy_pointer == 8 and cfg.copy_pointer_k == (5,) and cfg.n_copy_candidates == 3
 
 
 def _repeat_batch(g: torch.Generator, low: int, high: int, B: int = 16, half: int = 64):
@@ -491,8 +501,8 @@ def test_a_sampled_repeat_survives_a_changed_token(pointer):
 
     m = with_gate(tiny(copy_k=(4,), copy_pointer=POINTER))
     with torch.no_grad():
-        m.copy_gate.trust.zero_()
-        m.copy_gate.bias.copy_(torch.tensor([-1e3, 10.0 if pointer else -1e3]))
+        m.copy_gate.bias.fill_(-1e3)
+        m.copy_gate.by_mismatches.fill_(10.0 if pointer else -1e3)
     phrase = torch.randint(0, 10, (40,), generator=torch.Generator().manual_seed(2)).tolist()
     changed = (phrase[20] + 1) % 10
     prompt = np.array([10] + phrase + phrase[:20] + [changed])

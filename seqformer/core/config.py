@@ -61,6 +61,9 @@ class ReformerConfig:
     # substitutions, trusted by its mismatches over the last 32 positions, so a sampled
     # repeat survives a changed token (layers/copy.py). 0 = off.
     copy_pointer: int = 0
+    # The copy_k contexts that set the far pointer; () = all of them. Short ones re-point
+    # it at chance matches.
+    copy_pointer_k: tuple[int, ...] = ()
     # Input embedding at position t also sums per-offset embeddings of tokens t-1..t-k+1:
     # a causal k-mer feature, so short-range statistics need no learned relative offsets
     # (absolute axial positions make those slow to learn). 1 = the paper's plain embedding.
@@ -93,6 +96,7 @@ class ReformerConfig:
         if isinstance(self.copy_k, int):
             self.copy_k = (self.copy_k,)
         self.copy_k = tuple(self.copy_k)
+        self.copy_pointer_k = tuple(self.copy_pointer_k)
         if not isinstance(self.copy_complement, bool):
             self.copy_complement = tuple(self.copy_complement)
         self.validate()
@@ -147,6 +151,8 @@ class ReformerConfig:
              f"needs a distance >= 0 (0: off), got {self.copy_pointer!r}")
         need(bool(self.copy_k) or not self.copy_pointer, "copy_pointer",
              "is set where a copy_k context occurred: needs copy_k")
+        need(all(k in self.copy_k for k in self.copy_pointer_k), "copy_pointer_k",
+             f"must be lengths of copy_k {list(self.copy_k)}, got {list(self.copy_pointer_k)}")
         comp = self.copy_complement
         need(not isinstance(comp, bool), "copy_complement",
              f"takes the map itself here (`true` is for run configs, which fill in the "
@@ -199,6 +205,7 @@ class ReformerConfig:
         d["axial_shape"] = list(self.axial_shape) if self.axial_shape else None
         d["match_k"] = list(self.match_k)
         d["copy_k"] = list(self.copy_k)
+        d["copy_pointer_k"] = list(self.copy_pointer_k)
         d["copy_complement"] = list(self.copy_complement)
         return d
 

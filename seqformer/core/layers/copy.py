@@ -38,10 +38,10 @@ next k positions. The pointer is a copy that survives substitutions. Its distanc
 at each position where one of the copy_k contexts last occurred at least D tokens back
 (the longest such k; d is then the distance to that occurrence) and kept where none did;
 its candidate is x[p + 1 - d] and its evidence, in place of a streak, is how many of the
-last POINTER_WINDOW tokens differ from those d back (the gate learns to trust few
-mismatches). Exactly causal, like the others. In planetblupi's training pieces
-(D = 1,024, copy_k [8, 16]), the candidate is right at 99.8% of the positions with no
-mismatch, 81% with one and 59% with eight.
+last POINTER_WINDOW tokens differ from those d back (the gate learns a score for each
+count). Exactly causal, like the others. In planetblupi's training pieces (D = 1,024,
+set by 8- and 16-token contexts), the candidate is right at 99.8% of the positions with
+no mismatch, 81% with one and 59% with eight.
 """
 
 from __future__ import annotations
@@ -154,18 +154,26 @@ def copy_streaks(tokens: torch.Tensor, candidates: torch.Tensor) -> torch.Tensor
     return idx - last_miss
 
 
+def _setting(copy_k: tuple[int, ...], pointer_k: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(row of copy_k, k) of the contexts that set the far pointer (all of copy_k if
+    pointer_k is empty), the longest last."""
+    return sorted(((r, k) for r, k in enumerate(copy_k) if not pointer_k or k in pointer_k),
+                  key=lambda rk: rk[1])
+
+
 def far_pointer(tokens: torch.Tensor, hashes: torch.Tensor, copy_k: tuple[int, ...],
-                pad: int, min_distance: int
+                pad: int, min_distance: int, pointer_k: tuple[int, ...] = ()
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The far pointer of each position (module docstring): its candidate (B, L), -1 for
-    none, its mismatches over the last POINTER_WINDOW tokens (B, L) and its distance (B, L),
-    -1 for none. hashes: context_hashes(tokens, copy_k, pad)."""
+    """The far pointer of each position (module docstring), set by the contexts of
+    pointer_k (default: all of copy_k): its candidate (B, L), -1 for none, its mismatches
+    over the last POINTER_WINDOW tokens (B, L) and its distance (B, L), -1 for none.
+    hashes: context_hashes(tokens, copy_k, pad)."""
     B, L = tokens.shape
     k_max = max(copy_k)
     ext = torch.cat([tokens.new_full((B, k_max), pad), tokens], dim=1).long()
     items = torch.arange(L + 1, device=tokens.device)
     distance = torch.full((B, L + 1), -1, dtype=torch.long, device=tokens.device)
-    for r, k in sorted(enumerate(copy_k), key=lambda rk: rk[1]):  # the longest k last
+    for r, k in _setting(copy_k, pointer_k):
         h = hashes[:, r]
         keys, order = torch.sort(h * (L + 1) + items, dim=-1)
         # the latest item j <= i - min_distance with item i's hash: the last key at or
@@ -216,30 +224,42 @@ class Copies(NamedTuple):
 
 
 def find_copies(tokens: torch.Tensor, copy_k: tuple[int, ...], pad: int,
-                complement: torch.Tensor | None = None, pointer: int = 0) -> Copies:
+                complement: torch.Tensor | None = None, pointer: int = 0,
+                pointer_k: tuple[int, ...] = ()) -> Copies:
     """Every position's candidates and streaks; with `pointer` > 0, the far pointer of that
-    minimum distance as the last candidate."""
+    minimum distance (set by the contexts of pointer_k) as the last candidate."""
     hashes = context_hashes(tokens, copy_k, pad)
     candidates = copy_candidates(tokens, copy_k, pad, complement, hashes)
     streaks = copy_streaks(tokens, candidates)
     if not pointer:
         return Copies(candidates, streaks)
-    candidate, mismatches, distance = far_pointer(tokens, hashes, copy_k, pad, pointer)
+    candidate, mismatches, distance = far_pointer(tokens, hashes, copy_k, pad, pointer,
+                                                  pointer_k)
     return Copies(torch.cat([candidates, candidate.unsqueeze(-1)], -1),
                   torch.cat([streaks, mismatches.unsqueeze(-1)], -1), distance)
 
 
 class CopyGate(nn.Module):
-    """The log weights (..., K + 1) of the head's distribution and of each candidate."""
+    """The log weights (..., K + 1) of the head's distribution and of each candidate. The
+    far pointer (the last candidate, with `pointer`) has a score per count of mismatches:
+    with trust x log(1 + mismatches) + bias, a 30-minute model gave it weight 0.22 at one
+    mismatch, where it is right 82% of the time (docs/long-context.md)."""
 
-    def __init__(self, n_k: int):
+    def __init__(self, n_k: int, pointer: bool = False):
         super().__init__()
-        self.trust = nn.Parameter(torch.zeros(n_k))  # per unit of log(1 + streak)
-        self.bias = nn.Parameter(torch.zeros(n_k))
+        n_streaks = n_k - pointer
+        self.trust = nn.Parameter(torch.zeros(n_streaks))  # per unit of log(1 + streak)
+        self.bias = nn.Parameter(torch.zeros(n_streaks))
+        self.by_mismatches = (nn.Parameter(torch.zeros(POINTER_WINDOW + 1)) if pointer
+                              else None)
 
     def forward(self, copies: Copies) -> torch.Tensor:
         """log weights (..., K + 1), float32; a missing candidate's weight is 0."""
-        s = GATE_SCALE * (self.trust * torch.log1p(copies.streaks.float()) + self.bias)
+        n = self.trust.shape[0]
+        s = GATE_SCALE * (self.trust * torch.log1p(copies.streaks[..., :n].float())
+                          + self.bias)
+        if self.by_mismatches is not None:
+            s = torch.cat([s, GATE_SCALE * self.by_mismatches[copies.streaks[..., n:]]], -1)
         s = torch.where(copies.candidates >= 0, s, torch.full_like(s, NO_CANDIDATE))
         return torch.log_softmax(torch.cat([torch.zeros_like(s[..., :1]), s], dim=-1), -1)
 
@@ -282,7 +302,8 @@ def new_copy_cache(tokens: torch.Tensor, copies: Copies, capacity: int,
 
 
 def copy_step(cache: CopyCache, token: torch.Tensor, copy_k: tuple[int, ...], pad: int,
-              complement: torch.Tensor | None = None, pointer: int = 0) -> Copies:
+              complement: torch.Tensor | None = None, pointer: int = 0,
+              pointer_k: tuple[int, ...] = ()) -> Copies:
     """Append `token` (B,) and return its copies (each (B, K); the distance (B,)), as
     find_copies gives them for the whole sequence. Fixed shapes: the earlier occurrence
     is found by a pass over the cache's hashes."""
@@ -323,7 +344,7 @@ def copy_step(cache: CopyCache, token: torch.Tensor, copy_k: tuple[int, ...], pa
         out.append(torch.where(found, complement[prev], -1))
     if pointer:
         distance = cache.distance
-        for r, k in sorted(enumerate(copy_k), key=lambda rk: rk[1]):  # the longest k last
+        for r, k in _setting(copy_k, pointer_k):
             j, ctx = latest(r, k, own[:, r:r + 1], item - pointer + 1)
             mine = recent[:, k_max - k:]
             found = (j >= 0) & (ctx == mine).all(-1) & (mine != pad).all(-1)

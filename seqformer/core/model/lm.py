@@ -71,7 +71,8 @@ class ReformerLM(nn.Module):
         self.norm = nn.LayerNorm(d)
         self.head = nn.Linear(d, cfg.vocab_size, bias=False)
         self.apply(self._init)
-        self.copy_gate = CopyGate(cfg.n_copy_candidates) if cfg.copy_k else None
+        self.copy_gate = (CopyGate(cfg.n_copy_candidates, pointer=bool(cfg.copy_pointer))
+                          if cfg.copy_k else None)
         # the complement map, pad (vocab_size: before the sequence) to itself
         self.register_buffer("copy_complement", torch.tensor([*cfg.copy_complement,
                                                               cfg.vocab_size])
@@ -189,7 +190,7 @@ class ReformerLM(nn.Module):
         H = 0 if copy_history is None else copy_history.shape[1]
         seen = torch.cat([copy_history, tokens], dim=1) if H else tokens
         return find_copies(seen, self.cfg.copy_k, self.cfg.vocab_size, self.copy_complement,
-                           self.cfg.copy_pointer).after(H)
+                           self.cfg.copy_pointer, self.cfg.copy_pointer_k).after(H)
 
     def forward(self, tokens: torch.Tensor, copy_history: torch.Tensor | None = None
                 ) -> torch.Tensor:
@@ -293,7 +294,8 @@ class ReformerLM(nn.Module):
         copies = None
         if cache.copy is not None:
             step = copy_step(cache.copy, token, self.cfg.copy_k, self.cfg.vocab_size,
-                             self.copy_complement, self.cfg.copy_pointer)
+                             self.copy_complement, self.cfg.copy_pointer,
+                             self.cfg.copy_pointer_k)
             copies = Copies(*(c.unsqueeze(1) for c in step))
         t.add_(1)
         return self._logits(self.norm(stream_mean(x1, x2, x.dtype)), copies)[:, 0], recent
