@@ -475,17 +475,3 @@ def test_prepare_is_reproducible(prepared, tmp_path):
                          "--max-bases", "200000"]) == 0
     for name in ("train_cds.fa", "heldout_protein.fa", "summary.json"):
         assert (tmp_path / name).read_bytes() == (prepared / name).read_bytes()
-
-
-def test_the_consensus_design_takes_each_codon_most_designs_chose():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("codon_design_app", APP / "design.py")
-    design = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(design)
-    # M K G *: AAA/AAG for K, four glycine codons, two stops
-    designs = ["ATGAAAGGTTAA", "ATGAAGGGCTAA", "ATGAAGGGATGA", "ATGAAAGGCTGA"]
-    # K: AAA and AAG tie, the earliest wins; G: GGC twice; the stops tie
-    assert design.consensus(designs) == "ATGAAAGGCTAA"
-    assert design.consensus(designs[1:]) == "ATGAAGGGCTGA"
-    assert codons.translates_to(design.consensus(designs), "MKG")

@@ -1,7 +1,7 @@
 """Design coding sequences with a trained protein -> DNA encoder-decoder, and score them.
 
     python apps/codon_design/design.py --model runs/codon [--split heldout] \
-        [--temperature 0 | --beams K | --consensus N] [--out runs/codon/designs]
+        [--temperature 0 | --beams K] [--out runs/codon/designs]
 
 Each protein of the split is decoded under `SynonymousCodons` (every design translates
 back to exactly its protein), then compared with its native gene and with the
@@ -17,7 +17,6 @@ import argparse
 import json
 import sys
 import time
-from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -38,27 +37,10 @@ from seqformer import (  # noqa: E402
 )
 
 
-def consensus(designs: list[str]) -> str:
-    """Each codon the one most of `designs` (CDSs of one protein) chose, the earliest among
-    ties. Over samples of the model, that is the design with the highest expected codon
-    identity to the native gene (minimum Bayes risk under that loss); greedy decoding
-    instead follows its own earlier codons."""
-    columns = zip(*([d[i:i + 3] for i in range(0, len(d), 3)] for d in designs))
-    return "".join(Counter(column).most_common(1)[0][0] for column in columns)
-
-
 def design(model_dir: str | Path, proteins: dict[str, str], temperature: float = 0.0,
-           seed: int = 0, batch_size: int = 16, beams: int = 1, samples: int = 1
-           ) -> dict[str, str]:
+           seed: int = 0, batch_size: int = 16, beams: int = 1) -> dict[str, str]:
     """{id: designed CDS (stop codon included)} for {id: protein}. beams > 1: each design
-    is beam search's likeliest CDS (temperature unused). samples > 1: the consensus of
-    that many designs sampled at `temperature` (1 where it is 0)."""
-    if samples > 1:
-        ids = [i for i in proteins for _ in range(samples)]
-        drawn = design(model_dir, {f"{i}#{k}": proteins[i] for k, i in enumerate(ids)},
-                       temperature or 1.0, seed, batch_size)
-        return {i: consensus(list(drawn.values())[n * samples:(n + 1) * samples])
-                for n, i in enumerate(proteins)}
+    is beam search's likeliest CDS (temperature unused)."""
     model, protein_domain, target, _ = load_seq2seq(model_dir)
     ids = list(proteins)
     sources = [protein_domain.encode(proteins[i]) for i in ids]
@@ -90,9 +72,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     ap.add_argument("--beams", type=int, default=1,
                     help="> 1: beam search for the likeliest CDS")
-    ap.add_argument("--consensus", type=int, default=1, metavar="N",
-                    help="> 1: each codon the most frequent among N sampled designs "
-                         "(at --temperature, 1 if 0): the highest expected identity")
     ap.add_argument("--batch-size", type=int, default=16, help="proteins decoded together")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=None, help="only the first N proteins")
@@ -106,7 +85,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     natives = {k: natives[k] for k in proteins}
     t0 = time.perf_counter()
     designs = design(args.model, proteins, args.temperature, args.seed, args.batch_size,
-                     args.beams, args.consensus)
+                     args.beams)
     minutes = (time.perf_counter() - t0) / 60
     usage, baseline = baseline_designs(proteins, args.data)
     results = {"model": evaluate(designs, natives, usage),
@@ -114,16 +93,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                   for name in ("most_frequent", "neighbours")},
                "model_bits_per_base_on_natives": native_bits(args.model, proteins, natives),
                "genes": len(proteins), "temperature": args.temperature, "beams": args.beams,
-               "consensus": args.consensus,
                "design_minutes": minutes}
     dna = get_domain("dna")
     dna.write([Record(k, dna.encode(v)) for k, v in designs.items()], out / "designs.fa")
     (out / "metrics.json").write_text(json.dumps(results, indent=1))
     cols = ("codon_identity", "cai_design", "cai_native", "gc_design", "gc_native",
             "translates")
-    how = (f"{args.beams} beams" if args.beams > 1 else
-           f"consensus of {args.consensus} samples at temperature {args.temperature or 1:g}"
-           if args.consensus > 1 else f"temperature {args.temperature:g}")
+    how = f"{args.beams} beams" if args.beams > 1 else f"temperature {args.temperature:g}"
     print(f"{len(proteins)} {args.split} genes, designed in {minutes:.1f} min ({how})")
     print(f"{'':<14}" + "".join(f"{c:>16}" for c in cols))
     names = ("model", "most_frequent", "neighbours")
