@@ -51,7 +51,8 @@ def longest_copied_run(source: np.ndarray, text: np.ndarray) -> int:
 
 def continuation_form(model_dir: Path, piece: Path, prompt_len: int, length: int, seed: int,
                       temperature: float, k: int, min_distance: int, grammar: bool = False,
-                      top_k: int | None = None, top_p: float | None = None) -> dict:
+                      top_k: int | None = None, top_p: float | None = None,
+                      trust_pointer: bool = False) -> dict:
     holder = {}
 
     def prompt_tokens(domain):  # noqa: ANN001, ANN202
@@ -59,7 +60,8 @@ def continuation_form(model_dir: Path, piece: Path, prompt_len: int, length: int
         return holder["real"][:prompt_len]
 
     _, prompt, samples = sample_lm("midi", model_dir, prompt_tokens, length, temperature,
-                                   top_k, top_p, seed, grammar=grammar)
+                                   top_k, top_p, seed, grammar=grammar,
+                                   trust_pointer=trust_pointer)
     real = holder["real"][:prompt_len + length]
     made = np.concatenate([prompt, samples[0][:length]])
     share, distinct = {}, {}
@@ -70,7 +72,7 @@ def continuation_form(model_dir: Path, piece: Path, prompt_len: int, length: int
         distinct[name] = len(np.unique(contexts, axis=0))
     return {"model": str(model_dir), "piece": piece.name, "prompt": prompt_len,
             "length": length, "seed": seed, "temperature": temperature, "top_k": top_k,
-            "top_p": top_p, "grammar": grammar,
+            "top_p": top_p, "grammar": grammar, "trust_pointer": trust_pointer,
             "repeat_share_real": share["real"], "repeat_share_sample": share["sample"],
             "distinct_contexts_real": distinct["real"],
             "distinct_contexts_sample": distinct["sample"],
@@ -91,11 +93,13 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=16)
     ap.add_argument("--min-distance", type=int, default=1024)
     ap.add_argument("--grammar", action="store_true")
+    ap.add_argument("--trust-pointer", action="store_true",
+                    help="as `sample midi --trust-pointer` (models with model.copy_pointer)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     r = continuation_form(args.model, args.midi, args.prompt, args.length, args.seed,
                           args.temperature, args.k, args.min_distance, args.grammar,
-                          args.top_k, args.top_p)
+                          args.top_k, args.top_p, args.trust_pointer)
     print(f"| model | piece | prompt | continuation | repeat share (real) | repeat share "
           f"(sample) | longest run copied from the prompt | distinct {args.k}-token contexts "
           f"(real / sample) |\n|---|---|---:|---:|---:|---:|---:|---:|\n"

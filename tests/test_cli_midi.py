@@ -147,3 +147,27 @@ def test_pieces_many_windows_long_get_the_long_context_hint(capsys):
                                ({**cfg, "domain": "dna"}, [97_000])]:
         long_context_hint(quiet_cfg, lengths)
         assert capsys.readouterr().err == ""
+
+
+def test_trust_pointer_samples_with_the_training_hit_rates(trained, pieces, tmp_path):
+    """A run with the far pointer stores how often it was right per mismatch count
+    (pointer.json); `sample midi --trust-pointer` samples with them. A model without the
+    pointer is refused with one message, and writes nothing."""
+    import json
+
+    run_dir = tmp_path / "pointer"
+    code, text = run("train", "midi", "--midi", pieces, "--out", run_dir, "--max-steps", 3,
+                     "--batch-size", 2, *TINY, "model.copy_k=[4, 8]", "model.copy_pointer=16")
+    assert code == 0, text
+    rates = json.loads((run_dir / "pointer.json").read_text())["hit_rate_by_mismatches"]
+    assert len(rates) == 33 and all(0 <= r <= 1 for r in rates) and max(rates) > 0.5
+    out = tmp_path / "held.mid"
+    code, text = run("sample", "midi", "--model", run_dir, "--length", 100, "--out", out,
+                     "--seed", 0, "--trust-pointer", "--no-grammar")
+    assert code == 0 and out.exists(), text
+    plain = tmp_path / "plain.mid"
+    code, text = run("sample", "midi", "--model", trained, "--length", 100, "--out", plain,
+                     "--trust-pointer")
+    assert code == 2 and "Traceback" not in text, text
+    assert "pointer.json" in text and "model.copy_pointer" in text
+    assert not plain.exists()

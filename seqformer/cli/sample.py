@@ -15,7 +15,7 @@ from ..domains import Domain, Record
 from ..errors import InputError
 from ..files import check_output
 from ..pipeline.inference import decide_compile, sample_batch
-from ..pipeline.run_dir import load_run
+from ..pipeline.run_dir import load_run, read_pointer_hit_rates
 from ..pipeline.seq2seq import check_sources, load_seq2seq, target_grammar, translate
 from .common import (
     Force,
@@ -63,7 +63,7 @@ def checked_device(name: str) -> str:
 def sample_lm(domain_name: str, model_dir: Path, prompt_tokens: Callable[[Domain], np.ndarray],
               length: int, temperature: float, top_k: int | None, top_p: float | None,
               seed: int | None, grammar: bool = False, num_samples: int = 1,
-              device: str = "cpu", compile: bool | None = None
+              device: str = "cpu", compile: bool | None = None, trust_pointer: bool = False
               ) -> tuple[Domain, np.ndarray, list[np.ndarray]]:
     """(domain, prompt, [new tokens of each sample]); the samples are decoded as one batch.
     With `grammar`, sampled under the domain's grammar (limits from the model directory)
@@ -89,6 +89,7 @@ def sample_lm(domain_name: str, model_dir: Path, prompt_tokens: Callable[[Domain
                   f"({context:,}): continuing from its last {context // 2:,} tokens")
     constraint = (domain.constraint(sampling_limits(model_dir), [prompt] * num_samples)
                   if grammar else None)
+    pointer_trust = read_pointer_hit_rates(model_dir) if trust_pointer else None
     if compile is None and decide_compile(None, length * num_samples, device):
         err.print("compiling the decoding step first (--no-compile to skip)")
         compile = True
@@ -97,7 +98,8 @@ def sample_lm(domain_name: str, model_dir: Path, prompt_tokens: Callable[[Domain
         new, rate = sample_batch(model, prompt, length, num_samples, temperature, top_k, top_p,
                                  seed, allowed=domain.generatable(),
                                  on_token=lambda n: bar.advance(task, n),
-                                 device=device, constraint=constraint, compile=compile)
+                                 device=device, constraint=constraint, compile=compile,
+                                 pointer_trust=pointer_trust)
     batch = f" ({num_samples} samples as one batch)" if num_samples > 1 else ""
     err.print(f"{length * num_samples:,} tokens at {rate:,.0f} tokens/s{batch}")
     samples = list(new)
@@ -167,7 +169,11 @@ def sample_midi(model: ModelOpt, length: Length,
                     "second note-on of a sounding pitch, polyphony and note length within "
                     "the training data's")] = True,
                 num_samples: NumSamples = 1, device: DeviceOpt = "auto",
-                compile: CompileOpt = None) -> None:
+                compile: CompileOpt = None,
+                trust_pointer: Annotated[bool, typer.Option(
+                    "--trust-pointer", help="hold repeats: trust the far pointer "
+                    "(model.copy_pointer) as often as it was right in training")] = False
+                ) -> None:
     """Generate music; writes the .mid (primer + continuation) and a piano-roll PNG (with
     --num-samples K: piece_1.mid ... piece_K.mid, each with its PNG)."""
     outputs = [numbered(out_path, k, num_samples) for k in range(1, num_samples + 1)]
@@ -185,7 +191,8 @@ def sample_midi(model: ModelOpt, length: Length,
         return list(domain.read(primer))[0].tokens
 
     domain, p, samples = sample_lm("midi", model, primer_tokens, length, temperature, top_k,
-                                   top_p, seed, grammar, num_samples, device, compile)
+                                   top_p, seed, grammar, num_samples, device, compile,
+                                   trust_pointer)
     for path, new in zip(outputs, samples):
         pm, repairs = domain.decode(np.concatenate([p, new]))
         png = path.with_suffix(".png")

@@ -20,7 +20,7 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from ..core import Constraint, ReformerLM, sample_next
+from ..core.decoding.cache import CopyCache
 from ..core.decoding.sampling import apply_constraint
 from ..domains import Record
 from ..domains.annotations import Feature, feature_tokens, select
@@ -319,13 +320,25 @@ def decide_compile(compile: bool | None, total_tokens: int, device: str | torch.
     return shutil.which(inductor_config.cpp.cxx[-1]) is not None
 
 
+def _trust_pointer(log_p: torch.Tensor, copy: CopyCache, trust: torch.Tensor
+                   ) -> torch.Tensor:
+    """log((1 - w) p + w [v == candidate]) for the far pointer's candidate (the copy
+    cache's last), w = trust[its mismatches]; p unchanged where it has none."""
+    candidate, mismatches = copy.last[:, -1], copy.streak[:, -1]
+    w = torch.where(candidate >= 0, trust[mismatches.clamp(0, len(trust) - 1)], 0.0)
+    p = log_p.float().softmax(-1) * (1 - w).unsqueeze(-1)
+    p.scatter_add_(-1, candidate.clamp_min(0).unsqueeze(-1), w.unsqueeze(-1))
+    return p.log()
+
+
 def sample_batch(model: ReformerLM, prompt: np.ndarray, n_tokens: int, num_samples: int,
                  temperature: float = 1.0, top_k: int | None = None,
                  top_p: float | None = None, seed: int | None = None,
                  allowed: list[int] | None = None,
                  on_token: Callable[[int], None] | None = None,
                  device: str | torch.device = "cpu", constraint: Constraint | None = None,
-                 compile: bool | None = None) -> tuple[np.ndarray, float]:
+                 compile: bool | None = None, pointer_trust: Sequence[float] | None = None
+                 ) -> tuple[np.ndarray, float]:
     """Continue `prompt` (token ids, starting with the separator) by n_tokens in
     `num_samples` sequences decoded as one batch with the decoding cache, emitting only
     `allowed` token ids and those `constraint` allows (see core/decoding/sampling.py; one row per
@@ -342,7 +355,18 @@ def sample_batch(model: ReformerLM, prompt: np.ndarray, n_tokens: int, num_sampl
     across the restart. The copy mixture (model.copy_k) keeps every token: its candidates
     come from the whole prompt and sample, across restarts. Tokens stay on the device
     until the end: without a constraint or seeded generators (which draw on the CPU)
-    nothing is read back per token."""
+    nothing is read back per token.
+
+    pointer_trust (one weight per count of mismatches, `read_pointer_hit_rates`): a
+    sampling rule for models with the far pointer (model.copy_pointer), not their
+    likelihood: each step's distribution p becomes (1 - w) p + w [v == the pointer's
+    candidate], w = pointer_trust[its mismatches], so a sample holds a repeat about as often
+    as the pointer is right in the training data (the trained gate trusts it far less after
+    a changed token; docs/long-context.md)."""
+    if pointer_trust is not None and not model.cfg.copy_pointer:
+        raise ValueError("pointer_trust needs a model with the far pointer (copy_pointer)")
+    trust = (torch.tensor(pointer_trust, dtype=torch.float32, device=device)
+             if pointer_trust is not None else None)
     gens = ([torch.Generator().manual_seed(seed + k) for k in range(num_samples)]
             if seed is not None else None)
     bias = torch.zeros(model.cfg.vocab_size, device=device)
@@ -372,6 +396,8 @@ def sample_batch(model: ReformerLM, prompt: np.ndarray, n_tokens: int, num_sampl
                                       copy_capacity=copy_capacity)
         nxt = logits[:, -1]
         for i in range(n_tokens):
+            if trust is not None:
+                nxt = _trust_pointer(nxt, cache.copy, trust)
             nxt, removed = apply_constraint(nxt + bias, constraint)
             tok = sample_next(nxt, temperature, top_k, top_p, gens)
             if constraint is not None:

@@ -43,6 +43,7 @@ from .windows import split_streams
 
 BASELINE = "baseline.npz"
 SAMPLING = "sampling.json"
+POINTER = "pointer.json"  # how often the far pointer is right in training (model.copy_pointer)
 PREVIOUS = "previous.ckpt"  # checkpoints/: last.ckpt before its latest rewrite, to fall back on
 
 
@@ -66,6 +67,18 @@ def read_sampling_limits(run: str | Path) -> dict | None:
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError) as e:
+        raise InputError(f"{path}: unreadable ({e})") from None
+
+
+def read_pointer_hit_rates(run: str | Path) -> list[float]:
+    """The far pointer's hit rate per count of mismatches in the run's training data."""
+    path = Path(run) / POINTER
+    if not path.is_file():
+        raise InputError(f"{path}: no such file: the model has no far pointer "
+                         f"(model.copy_pointer), or was trained before it was stored")
+    try:
+        return [float(r) for r in json.loads(path.read_text())["hit_rate_by_mismatches"]]
+    except (OSError, ValueError, KeyError, TypeError) as e:
         raise InputError(f"{path}: unreadable ({e})") from None
 
 

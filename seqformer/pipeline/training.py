@@ -24,6 +24,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 from torch.utils.data import DataLoader
 
+from ..core.layers.copy import pointer_hit_rates
 from ..domains import Domain, get_domain
 from ..errors import WRITE_FAILURES, InputError, Interrupted, OutputError, write_failed
 from ..files import atomic_path, save_torch
@@ -32,6 +33,7 @@ from .markov import fit_baseline, split_at
 from .progress import PlainProgress, TrainingBar
 from .run_dir import (
     BASELINE,
+    POINTER,
     PREVIOUS,
     SAMPLING,
     check_run_dir,
@@ -263,6 +265,16 @@ def store_sampling_limits(run: Path, domain, records: Iterable[np.ndarray]) -> N
 
 
 
+def store_pointer_hit_rates(run: Path, model_cfg, records: Iterable[np.ndarray]) -> None:  # noqa: ANN001
+    """run/pointer.json: how often the far pointer is right in the training records, per
+    count of mismatches (`sample --trust-pointer`)."""
+    rates = pointer_hit_rates((torch.from_numpy(np.asarray(r, dtype=np.int64)) for r in records),
+                              model_cfg.copy_k, model_cfg.vocab_size, model_cfg.copy_pointer,
+                              model_cfg.copy_pointer_k)
+    with atomic_path(run / POINTER) as tmp:
+        tmp.write_text(json.dumps({"hit_rate_by_mismatches": rates}, indent=1))
+
+
 def quiet_foreign_warnings() -> None:
     """Filter what a user of the command line cannot act on: deprecations raised inside
     Lightning and torch, and Lightning's advice that does not apply here."""
@@ -414,6 +426,9 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
     val = trainer.callback_metrics.get("val_bits")
     train = data.train_stream
     store_sampling_limits(run, domain, (train.store.tokens[o:o + n] for o, n in train.segments))
+    if task.model.cfg.copy_pointer:
+        store_pointer_hit_rates(run, task.model.cfg,
+                                (train.store.tokens[o:o + n] for o, n in train.segments))
     baseline = (markov_baseline(run, data.train_stream, data.val_stream, cfg["data"]["seq_len"],
                                 cfg["data"]["val_windows"], (domain.pad_id, domain.sep_id))
                 if has_val else None)

@@ -46,6 +46,7 @@ no mismatch, 81% with one and 59% with eight.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
@@ -237,6 +238,28 @@ def find_copies(tokens: torch.Tensor, copy_k: tuple[int, ...], pad: int,
                                                   pointer_k)
     return Copies(torch.cat([candidates, candidate.unsqueeze(-1)], -1),
                   torch.cat([streaks, mismatches.unsqueeze(-1)], -1), distance)
+
+
+def pointer_hit_rates(records: Iterable[torch.Tensor], copy_k: tuple[int, ...], pad: int,
+                      pointer: int, pointer_k: tuple[int, ...] = ()) -> list[float]:
+    """For each count of mismatches 0..POINTER_WINDOW: how often the far pointer's
+    candidate is the next token in `records` (1-D token tensors), 0.0 for a count never
+    seen. A sampler that trusts the pointer as often as it is right (`sample_batch`'s
+    pointer_trust) uses them."""
+    hits = torch.zeros(POINTER_WINDOW + 1, dtype=torch.float64)
+    seen = torch.zeros(POINTER_WINDOW + 1, dtype=torch.float64)
+    for tokens in records:
+        x = torch.as_tensor(tokens, dtype=torch.long).view(1, -1)
+        if x.shape[1] < 2:
+            continue
+        candidate, mismatches, _ = far_pointer(x, context_hashes(x, copy_k, pad), copy_k, pad,
+                                               pointer, pointer_k)
+        has = candidate[0, :-1] >= 0
+        count = mismatches[0, :-1][has]
+        seen += torch.bincount(count, minlength=POINTER_WINDOW + 1)
+        right = (candidate[0, :-1] == x[0, 1:])[has]
+        hits += torch.bincount(count[right], minlength=POINTER_WINDOW + 1)
+    return (hits / seen.clamp_min(1)).tolist()
 
 
 class CopyGate(nn.Module):
