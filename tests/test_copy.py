@@ -369,13 +369,14 @@ def test_scores_with_a_context_beyond_the_window_are_manual_truncation(start):
         token_log_likelihoods(plain_twin(m), tokens, sep, W, context=N)
 
 
-def test_reverse_complement_copies_are_causal_and_decode_as_the_full_forward():
-    m = with_gate(tiny(copy_complement=COMPLEMENT))
-    assert m.copy_gate.trust.shape == (4,)
+@pytest.mark.parametrize("pointer", [0, POINTER])
+def test_reverse_complement_copies_are_causal_and_decode_as_the_full_forward(pointer):
+    m = with_gate(tiny(copy_complement=COMPLEMENT, copy_pointer=pointer))
+    assert m.copy_gate.trust.shape == (4,)  # the far pointer, if any, has its own scores
     x = inverted_repeats(160, seed=2)
     with torch.no_grad():
         full = m(x)
-        copies = find_copies(x, (2, 5), 11, m.copy_complement)
+        copies = find_copies(x, (2, 5), 11, m.copy_complement, pointer)
         probs = torch.softmax(plain_twin(m)(x).double(), -1)
         torch.testing.assert_close(full.double(), hand_made_mixture(m, probs, copies),
                                    atol=1e-5, rtol=1e-5)
