@@ -24,6 +24,7 @@ from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
 from torch.utils.data import DataLoader
 
+from ..core.config import ReformerConfig
 from ..core.layers.copy import pointer_hit_rates
 from ..domains import Domain, get_domain
 from ..errors import WRITE_FAILURES, InputError, Interrupted, OutputError, write_failed
@@ -265,7 +266,8 @@ def store_sampling_limits(run: Path, domain, records: Iterable[np.ndarray]) -> N
 
 
 
-def store_pointer_hit_rates(run: Path, model_cfg, records: Iterable[np.ndarray]) -> None:  # noqa: ANN001
+def store_pointer_hit_rates(run: Path, model_cfg: ReformerConfig,
+                            records: Iterable[np.ndarray]) -> None:
     """run/pointer.json: how often the far pointer is right in the training records, per
     count of mismatches (`sample --trust-pointer`)."""
     rates = pointer_hit_rates((torch.from_numpy(np.asarray(r, dtype=np.int64)) for r in records),
@@ -425,10 +427,10 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
         return {}
     val = trainer.callback_metrics.get("val_bits")
     train = data.train_stream
-    store_sampling_limits(run, domain, (train.store.tokens[o:o + n] for o, n in train.segments))
+    records = [train.store.tokens[o:o + n] for o, n in train.segments]  # views
+    store_sampling_limits(run, domain, records)
     if task.model.cfg.copy_pointer:
-        store_pointer_hit_rates(run, task.model.cfg,
-                                (train.store.tokens[o:o + n] for o, n in train.segments))
+        store_pointer_hit_rates(run, task.model.cfg, records)
     baseline = (markov_baseline(run, data.train_stream, data.val_stream, cfg["data"]["seq_len"],
                                 cfg["data"]["val_windows"], (domain.pad_id, domain.sep_id))
                 if has_val else None)

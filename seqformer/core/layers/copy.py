@@ -35,8 +35,9 @@ chromosome and 1.20% a reverse one; only 0.44% have both (docs/long-context.md).
 The far pointer (`copy_pointer` = D > 0): a sample that is repeating a section leaves it at
 the first token it changes, since every candidate's context then holds that token for the
 next k positions. The pointer is a copy that survives substitutions. Its distance d is set
-at each position where one of the copy_k contexts last occurred at least D tokens back
-(the longest such k; d is then the distance to that occurrence) and kept where none did;
+at each position where one of its contexts (`copy_pointer_k`, default all of copy_k) last
+occurred at least D tokens back (the longest such k; d is then the distance to that
+occurrence) and kept where none did;
 its candidate is x[p + 1 - d] and its evidence, in place of a streak, is how many of the
 last POINTER_WINDOW tokens differ from those d back (the gate learns a score for each
 count). Exactly causal, like the others. In planetblupi's training pieces (D = 1,024,
@@ -265,8 +266,8 @@ def pointer_hit_rates(records: Iterable[torch.Tensor], copy_k: tuple[int, ...], 
 class CopyGate(nn.Module):
     """The log weights (..., K + 1) of the head's distribution and of each candidate. The
     far pointer (the last candidate, with `pointer`) has a score per count of mismatches:
-    with trust x log(1 + mismatches) + bias, a 30-minute model gave it weight 0.22 at one
-    mismatch, where it is right 82% of the time (docs/long-context.md)."""
+    with trust x log(1 + mismatches) + bias, a 30-minute model gave it weight 0.22 beside
+    the head at one mismatch, where it is right 82% of the time (docs/long-context.md)."""
 
     def __init__(self, n_k: int, pointer: bool = False):
         super().__init__()
