@@ -505,14 +505,19 @@ def test_a_sampled_repeat_survives_a_changed_token(pointer):
     with torch.no_grad():
         m.copy_gate.bias.fill_(-1e3)
         m.copy_gate.by_mismatches.fill_(10.0 if pointer else -1e3)
+    prompt, held = phrase_with_a_change()
+    new, _ = sample_batch(m, np.array(prompt), 60, 1, temperature=0.0, compile=False)
+    assert (new[0].tolist() == held) == pointer
+
+
+def phrase_with_a_change() -> tuple[list[int], list[int]]:
+    """A prompt (the separator, a 40-token phrase, then its first 21 tokens with the last
+    changed) and its next 60 tokens if the repeat is held: 40 tokens back from the end of
+    the phrase is the repeat with its change."""
     phrase = torch.randint(0, 10, (40,), generator=torch.Generator().manual_seed(2)).tolist()
     changed = (phrase[20] + 1) % 10
-    prompt = np.array([10] + phrase + phrase[:20] + [changed])
-    new, _ = sample_batch(m, prompt, 60, 1, temperature=0.0, compile=False)
-    # 40 tokens back from the end of the phrase is the repeat with its change
     varied = phrase[:20] + [changed] + phrase[21:]
-    follows = new[0].tolist() == (phrase[21:] + varied * 2)[:60]
-    assert follows == pointer
+    return [10] + phrase + varied[:21], (phrase[21:] + varied * 2)[:60]
 
 
 def test_pointer_hit_rates_count_how_often_each_mismatch_count_was_right():
@@ -540,13 +545,11 @@ def test_a_sampler_that_trusts_the_pointer_holds_the_repeat(trusted):
     from seqformer.pipeline.inference import sample_batch
 
     m = with_gate(tiny(copy_k=(4,), copy_pointer=POINTER))
-    phrase = torch.randint(0, 10, (40,), generator=torch.Generator().manual_seed(2)).tolist()
-    changed = (phrase[20] + 1) % 10
-    prompt = np.array([10] + phrase + phrase[:20] + [changed])
+    prompt, held = phrase_with_a_change()
+    prompt = np.array(prompt)
     trust = [1.0] * (POINTER_WINDOW + 1) if trusted else None
     new, _ = sample_batch(m, prompt, 60, 1, temperature=1.0, seed=0, compile=False,
                           pointer_trust=trust)
-    varied = phrase[:20] + [changed] + phrase[21:]
-    assert (new[0].tolist() == (phrase[21:] + varied * 2)[:60]) == trusted
+    assert (new[0].tolist() == held) == trusted
     with pytest.raises(ValueError, match="far pointer"):
         sample_batch(with_gate(tiny()), prompt, 5, 1, pointer_trust=trust or [1.0])
