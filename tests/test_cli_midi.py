@@ -165,6 +165,10 @@ def test_trust_pointer_samples_with_the_training_hit_rates(trained, pieces, tmp_
     code, text = run("sample", "midi", "--model", run_dir, "--length", 100, "--out", out,
                      "--seed", 0, "--trust-pointer", "--no-grammar")
     assert code == 0 and out.exists(), text
+    assert "under the note grammar" not in text
+    code, text = run("sample", "midi", "--model", run_dir, "--length", 50, "--out",
+                     tmp_path / "grammar.mid", "--seed", 0, "--trust-pointer")
+    assert code == 0 and "--trust-pointer under the note grammar" in text, text
     plain = tmp_path / "plain.mid"
     code, text = run("sample", "midi", "--model", trained, "--length", 100, "--out", plain,
                      "--trust-pointer")
