@@ -133,6 +133,13 @@ def test_an_instrument_starts_notes_only_within_its_training_range(vocabulary):
     assert ok[on(0)] and ok[on(127)]
     old = {k: v for k, v in limits.to_dict().items() if k != "pitch_ranges"}
     assert domain.constraint(old, [np.array(named)]).allowed()[0][on(0)]
+    # what the prompt plays on an instrument widens its range (a held-out piece may take
+    # it lower or higher than the training music did)
+    def note(p):  # noqa: ANN001, ANN202 (durations: a pitch, then its duration)
+        return [on(p), shift(1), off(p)] if vocabulary == "events" else [on(p), off(0)]
+    played = named + note(24) + note(60) + [shift(8)]  # both notes over
+    ok = domain.constraint(limits.to_dict(), [np.array(played)]).allowed()[0]
+    assert ok[on(24)] and ok[on(60)] and not ok[on(23)] and not ok[on(61)]
 
 
 def test_texture_rules_mask_tokens_that_change_nothing_and_keep_time_moving():
