@@ -92,7 +92,7 @@ def sample_lm(domain_name: str, model_dir: Path, prompt_tokens: Callable[[Domain
     pointer_trust = read_pointer_hit_rates(model_dir) if trust_pointer else None
     if trust_pointer and grammar:
         err.print("--trust-pointer under the note grammar: its masks break most repeats "
-                  "(2.5% repeat positions against 86% without it, docs/long-context.md); "
+                  "(2.7% repeat positions against 86% without it, docs/long-context.md); "
                   "add --no-grammar to hold them")
     if compile is None and decide_compile(None, length * num_samples, device):
         err.print("compiling the decoding step first (--no-compile to skip)")
