@@ -38,6 +38,7 @@ def codon_run(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("s2s") / "codon"
     code, text = run_cli(*train_args(out))
     assert code == 0, text
+    assert "bits per target base" in text, text  # the target is DNA, read per base
     return out
 
 
@@ -322,6 +323,7 @@ def codon_token_run(tmp_path_factory) -> Path:
     args[args.index("dna")] = "cds"
     code, text = run_cli(*args, "train.max_steps=4")
     assert code == 0, text
+    assert "bits per target codon" in text, text
     return out
 
 

@@ -188,6 +188,7 @@ def train_seq2seq_pairs(
                   f"pairs ({summary['n_val']:,} held out) in {summary['minutes']:.1f} min -> "
                   f"{summary['run']}")
         if not math.isnan(summary["val_bits"]):
-            out.print(f"validation {summary['val_bits']:.4f} bits per target token")
+            out.print(f"validation {summary['val_bits']:.4f} bits per target "
+                      f"{unit(target_domain)}")
 
 
