@@ -4,8 +4,10 @@ what came 1K+ tokens before (the share of positions whose last 16 tokens were la
 at least 1,024 tokens back, as in context_gain.py) with the real piece over the same
 span; and report the longest run copied verbatim from the prompt (form, not wholesale
 copying) and how many distinct 16-token contexts each holds (a sample that loops a few
-bars repeats as much as the piece, with far less material). --grammar samples under the
-note grammar, as `sample midi` does by default.
+bars repeats as much as the piece, with far less material). Texture, of the decoded
+prompt and continuation: mean polyphony over the time something sounds, the longest note
+(seconds) and the notes the decoder had to close at the end (music_quality_features.py).
+--grammar samples under the note grammar, as `sample midi` does by default.
 
     python benchmarks/continuation_form.py --model runs/midi-long \\
         --midi ../shared/data/midi/planetblupi/music003.mid --prompt 4096 --length 20000
@@ -19,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 from context_gain import repeat_positions
+from music_quality_features import piece_features
 
 from seqformer.cli.sample import sample_lm
+from seqformer.domains import Domain
 
 
 def longest_copied_run(source: np.ndarray, text: np.ndarray) -> int:
@@ -49,6 +53,14 @@ def longest_copied_run(source: np.ndarray, text: np.ndarray) -> int:
     return lo
 
 
+def texture(domain: Domain, tokens: np.ndarray) -> dict:
+    pm, repairs = domain.decode(tokens)
+    features = piece_features(pm)
+    return {"mean_polyphony": features["mean_polyphony"],
+            "longest_note_s": features["duration_max"],
+            "unclosed_notes": repairs.get("unclosed_note", 0)}
+
+
 def continuation_form(model_dir: Path, piece: Path, prompt_len: int, length: int, seed: int,
                       temperature: float, k: int, min_distance: int, grammar: bool = False,
                       top_k: int | None = None, top_p: float | None = None,
@@ -59,11 +71,14 @@ def continuation_form(model_dir: Path, piece: Path, prompt_len: int, length: int
         holder["real"] = list(domain.read(piece))[0].tokens
         return holder["real"][:prompt_len]
 
-    _, prompt, samples = sample_lm("midi", model_dir, prompt_tokens, length, temperature,
+    domain, prompt, samples = sample_lm("midi", model_dir, prompt_tokens, length, temperature,
                                    top_k, top_p, seed, grammar=grammar,
                                    trust_pointer=trust_pointer)
     real = holder["real"][:prompt_len + length]
     made = np.concatenate([prompt, samples[0][:length]])
+    tex = {"real": texture(domain, real),
+           # with the grammar's closing tokens, as `sample midi` writes it
+           "sample": texture(domain, np.concatenate([prompt, samples[0]]))}
     share, distinct = {}, {}
     for name, seq in (("real", real), ("sample", made)):
         repeat, _ = repeat_positions(seq, k, min_distance)
@@ -76,7 +91,8 @@ def continuation_form(model_dir: Path, piece: Path, prompt_len: int, length: int
             "repeat_share_real": share["real"], "repeat_share_sample": share["sample"],
             "distinct_contexts_real": distinct["real"],
             "distinct_contexts_sample": distinct["sample"],
-            "longest_copied_run": longest_copied_run(made[:prompt_len], made[prompt_len:])}
+            "longest_copied_run": longest_copied_run(made[:prompt_len], made[prompt_len:]),
+            **{f"{key}_{name}": value for name, t in tex.items() for key, value in t.items()}}
 
 
 def main() -> None:
@@ -102,11 +118,16 @@ def main() -> None:
                           args.top_k, args.top_p, args.trust_pointer)
     print(f"| model | piece | prompt | continuation | repeat share (real) | repeat share "
           f"(sample) | longest run copied from the prompt | distinct {args.k}-token contexts "
-          f"(real / sample) |\n|---|---|---:|---:|---:|---:|---:|---:|\n"
+          f"(real / sample) | mean polyphony (real / sample) | longest note, s (real / "
+          f"sample) | notes left sounding (real / sample) |\n"
+          f"|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n"
           f"| {r['model']} | {r['piece']} | {r['prompt']:,} | {r['length']:,} | "
           f"{r['repeat_share_real']:.1%} | {r['repeat_share_sample']:.1%} | "
           f"{r['longest_copied_run']:,} tokens | {r['distinct_contexts_real']:,} / "
-          f"{r['distinct_contexts_sample']:,} |")
+          f"{r['distinct_contexts_sample']:,} | {r['mean_polyphony_real']:.1f} / "
+          f"{r['mean_polyphony_sample']:.1f} | {r['longest_note_s_real']:.1f} / "
+          f"{r['longest_note_s_sample']:.1f} | {r['unclosed_notes_real']:,} / "
+          f"{r['unclosed_notes_sample']:,} |")
     if args.json:
         args.json.write_text(json.dumps(r, indent=1))
 

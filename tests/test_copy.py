@@ -553,3 +553,52 @@ def test_a_sampler_that_trusts_the_pointer_holds_the_repeat(trusted):
     assert (new[0].tolist() == held) == trusted
     with pytest.raises(ValueError, match="far pointer"):
         sample_batch(with_gate(tiny()), prompt, 5, 1, pointer_trust=trust or [1.0])
+
+
+class _Refusing:
+    """A constraint that refuses `refused` always and, at step `at`, allows only `forced`
+    (as the note grammar does when a note is held too long)."""
+
+    def __init__(self, refused: int, forced: int, at: int):
+        self.refused, self.forced, self.at, self.step = refused, forced, at, 0
+
+    def allowed(self) -> torch.Tensor:
+        ok = torch.ones(1, 11, dtype=torch.bool)
+        ok[0, self.refused] = False
+        if self.step == self.at:
+            ok[0] = False
+            ok[0, self.forced] = True
+        return ok
+
+    def update(self, tokens: torch.Tensor, removed: torch.Tensor) -> None:
+        self.step += 1
+
+
+def test_a_trusted_copy_passes_the_constraint_but_not_its_forced_moves():
+    """A copied token is the piece's own material: a constraint's refusal (a grammar that
+    reads the sample's state, not the source's) does not break the repeat, but a forced
+    move (the only token allowed) is inserted before the copied token, and the copy goes on
+    after it, the move not counted as a mismatch. The model's own draws keep to the
+    constraint."""
+    import numpy as np
+
+    from seqformer.pipeline.inference import sample_batch
+
+    m = with_gate(tiny(copy_k=(4,), copy_pointer=POINTER))
+    phrase = torch.randint(0, 10, (40,), generator=torch.Generator().manual_seed(2)).tolist()
+    prompt = np.array([10] + phrase * 2 + phrase[:21])  # the pointer ends with no mismatch
+    held = (phrase[21:] + phrase * 2)[:60]
+    refused, forced = held[2], (held[8] + 1) % 10
+    # trusted only without a mismatch: had the forced move counted, or the pointer's count
+    # against the tokens one step off after it, the copy would stop
+    trust = [1.0] + [0.0] * POINTER_WINDOW
+    new, _ = sample_batch(m, prompt, 60, 1, temperature=1.0, seed=0, compile=False,
+                          constraint=_Refusing(refused, forced, at=8), pointer_trust=trust)
+    want = prompt.tolist()  # the move inserted: the phrase goes on after it, 41 tokens long
+    for i in range(60):
+        want.append(forced if i == 8 else want[-40 if i < 8 else -41])
+    assert new[0].tolist() == want[len(prompt):]
+    assert refused in new[0].tolist()
+    drawn, _ = sample_batch(m, prompt, 60, 1, temperature=1.0, seed=0, compile=False,
+                            constraint=_Refusing(refused, forced, at=8))
+    assert refused not in drawn[0].tolist() and drawn[0, 8] == forced

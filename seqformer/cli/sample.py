@@ -90,10 +90,6 @@ def sample_lm(domain_name: str, model_dir: Path, prompt_tokens: Callable[[Domain
     constraint = (domain.constraint(sampling_limits(model_dir), [prompt] * num_samples)
                   if grammar else None)
     pointer_trust = read_pointer_hit_rates(model_dir) if trust_pointer else None
-    if trust_pointer and grammar:
-        err.print("--trust-pointer under the note grammar: its masks break most repeats "
-                  "(2.7% repeat positions against 86% without it, docs/long-context.md); "
-                  "add --no-grammar to hold them")
     if compile is None and decide_compile(None, length * num_samples, device):
         err.print("compiling the decoding step first (--no-compile to skip)")
         compile = True
@@ -194,6 +190,10 @@ def sample_midi(model: ModelOpt, length: Length,
             return np.zeros(0, dtype=np.int64)
         return list(domain.read(primer))[0].tokens
 
+    if trust_pointer and not grammar:
+        err.print("--trust-pointer without the note grammar: what a draw between copies "
+                  "starts is never released, and notes sound for minutes "
+                  "(docs/long-context.md); drop --no-grammar")
     domain, p, samples = sample_lm("midi", model, primer_tokens, length, temperature, top_k,
                                    top_p, seed, grammar, num_samples, device, compile,
                                    trust_pointer)

@@ -200,6 +200,13 @@ def _mismatches(tokens: torch.Tensor, pos: torch.Tensor, distance: torch.Tensor
                 ) -> torch.Tensor:
     """How many of tokens[p - POINTER_WINDOW + 1 .. p] differ from the tokens distance[p]
     before them (or have none), for each position p (B, n) of tokens (B, L)."""
+    return mismatch_flags(tokens, pos, distance).sum(-1)
+
+
+def mismatch_flags(tokens: torch.Tensor, pos: torch.Tensor, distance: torch.Tensor
+                   ) -> torch.Tensor:
+    """(B, n, POINTER_WINDOW): whether tokens[p - i] differs from the token distance[p]
+    before it (or has none), i = 0 .. POINTER_WINDOW - 1, for each position p (B, n)."""
     m = pos.unsqueeze(-1) - torch.arange(POINTER_WINDOW, device=pos.device)  # (n, W)
     back = m - distance.unsqueeze(-1)  # (B, n, W)
     B = tokens.shape[0]
@@ -207,7 +214,7 @@ def _mismatches(tokens: torch.Tensor, pos: torch.Tensor, distance: torch.Tensor
     same = ((m >= 0) & (back >= 0) & (distance.unsqueeze(-1) > 0)
             & (x.gather(-1, m.clamp_min(0).reshape(1, -1).expand(B, -1)).view_as(back)
                == x.gather(-1, back.clamp(0, x.shape[1] - 1).reshape(B, -1)).view_as(back)))
-    return POINTER_WINDOW - same.sum(-1)
+    return ~same
 
 
 class Copies(NamedTuple):
