@@ -317,6 +317,43 @@ def test_neighbour_design_follows_the_context_and_backs_off():
     assert translate(design) == "MKGKA"
 
 
+def test_log_prior_is_the_smoothed_neighbour_frequencies():
+    proteins = ["MKG"] * 5 + ["MKA"] * 9
+    cds = ["ATGAAGGGCTAA"] * 5 + ["ATGAAAGCGTAA"] * 9
+    neighbours = codons.NeighbourUsage.from_pairs(proteins, cds)
+    # (M, K, G) seen 5 times, always AAG: add-one over K's two codons
+    assert neighbours.log_prior("MKG", 1) == pytest.approx(
+        {"AAG": math.log(6 / 7), "AAA": math.log(1 / 7)})
+    # (M, K, C) never seen: K's counts over all contexts, 9 AAA and 5 AAG
+    assert neighbours.log_prior("MKC", 1) == pytest.approx(
+        {"AAA": math.log(10 / 16), "AAG": math.log(6 / 16)})
+    assert set(neighbours.log_prior("MKGL", 3)) == set(codons.SYNONYMS["L"])
+
+
+def test_a_prior_weighs_the_synonyms_and_keeps_the_protein(real_proteins):
+    """log_weights, added to the logits by apply_constraint: a prior far stronger than the
+    random logits picks each residue's codon (here the alphabetically last synonym), and
+    every design still encodes exactly its protein. A per-base domain has no codon to
+    weigh."""
+    def last_synonym(protein, i):
+        synonyms = codons.SYNONYMS[protein[i]]
+        return {c: 0.0 if c == synonyms[-1] else -50.0 for c in synonyms}
+
+    constraint = SynonymousCodons(real_proteins, domain="cds", prior=last_synonym)
+    gen = torch.Generator().manual_seed(0)
+    vocab = get_domain("cds").vocab_size
+    for _ in range(constraint.max_steps):
+        logits, removed = apply_constraint(torch.randn(len(real_proteins), vocab,
+                                                       generator=gen), constraint)
+        constraint.update(sample_next(logits, temperature=1.0, generator=gen), removed)
+    for protein, cds in zip(real_proteins, constraint.cds()):
+        assert translate(cds) == protein
+        assert codons.codons(cds)[1:-1] == [codons.SYNONYMS[aa][-1] for aa in protein[1:]]
+    assert SynonymousCodons(real_proteins, domain="cds").log_weights() is None
+    with pytest.raises(ValueError, match="writes bases"):
+        SynonymousCodons(real_proteins, prior=last_synonym)
+
+
 def test_wider_windows_back_off_to_narrower_ones():
     # with 2 residues each side, K in "GKG" is AAG; "AKA" was never seen two-wide and
     # backs off to the one-wide window, then to K's overall codon

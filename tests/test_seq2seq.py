@@ -342,6 +342,7 @@ def test_codon_designs_from_a_trained_model_translate_back_to_their_proteins(
         spec = importlib.util.spec_from_file_location("codon_design_app", app / "design.py")
         design = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(design)
+        import codons
         from codons import translates_to
         from prepare import read_fasta
     finally:
@@ -357,6 +358,19 @@ def test_codon_designs_from_a_trained_model_translate_back_to_their_proteins(
         assert translates_to(cds, proteins[rid]), rid
     bits = design.native_bits(model_dir, proteins, read_fasta(HELD_CDS))
     assert 0 < bits < 8  # per base, over bases or codons alike
+    # the neighbours prior, through translate's own constraint: heavily weighted, it
+    # designs what the neighbours baseline designs; a model over bases is refused
+    usage, neighbours = design.training_usage(app / "data", "sample_train")
+    if run == "codon_run":
+        with pytest.raises(ValueError, match="writes bases"):
+            design.design(model_dir, proteins, neighbours=neighbours)
+        return
+    weighed = design.design(model_dir, proteins, neighbours=neighbours, prior_weight=100.0)
+    plain = {k: codons.neighbour_codon_design(p, usage, neighbours)
+             for k, p in proteins.items()}
+    for rid, cds in weighed.items():
+        assert translates_to(cds, proteins[rid]), rid
+    assert codons.evaluate(weighed, plain, usage)["codon_identity"] > 0.95
 
 
 def test_a_target_that_is_not_whole_codons_is_one_error(tmp_path) -> None:

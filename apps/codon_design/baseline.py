@@ -40,16 +40,20 @@ COLUMNS = ("codon_identity", "codon_identity_pooled", "cai_design", "cai_native"
            "gc_design", "gc_native", "translates")
 
 
-def baseline_designs(proteins: dict[str, str], data_dir: str | Path = DEFAULT_OUT,
-                     seed: int = 0, train_split: str = "train"
-                     ) -> tuple[CodonUsage, dict[str, dict[str, str]]]:
-    """The training genes' codon usage, and {baseline name: {id: design}} for `proteins`."""
+def training_usage(data_dir: str | Path = DEFAULT_OUT, train_split: str = "train"
+                   ) -> tuple[CodonUsage, NeighbourUsage]:
+    """The training genes' codon usage, overall and around each residue."""
     train_proteins, train_cds = load_pairs(data_dir, train_split)
-    usage = CodonUsage.from_cds(train_cds.values())
-    neighbours = NeighbourUsage.from_pairs(train_proteins.values(),
-                                           (train_cds[k] for k in train_proteins))
+    return (CodonUsage.from_cds(train_cds.values()),
+            NeighbourUsage.from_pairs(train_proteins.values(),
+                                      (train_cds[k] for k in train_proteins)))
+
+
+def baseline_designs(proteins: dict[str, str], usage: CodonUsage, neighbours: NeighbourUsage,
+                     seed: int = 0) -> dict[str, dict[str, str]]:
+    """{baseline name: {id: design}} for `proteins`, from the training usage."""
     rng = random.Random(seed)
-    return usage, {
+    return {
         "most_frequent": {k: most_frequent_codon_design(p, usage) for k, p in proteins.items()},
         "neighbours": {k: neighbour_codon_design(p, usage, neighbours)
                        for k, p in proteins.items()},
@@ -63,7 +67,8 @@ def baselines(data_dir: str | Path = DEFAULT_OUT, split: str = "heldout", seed: 
               train_split: str = "train") -> dict[str, dict[str, float]]:
     """{baseline name: evaluate(...)} for the proteins of `split`."""
     proteins, natives = load_pairs(data_dir, split)
-    usage, designs = baseline_designs(proteins, data_dir, seed, train_split)
+    usage, neighbours = training_usage(data_dir, train_split)
+    designs = baseline_designs(proteins, usage, neighbours, seed)
     return {name: evaluate(d, natives, usage) for name, d in designs.items()}
 
 

@@ -183,6 +183,22 @@ class NeighbourUsage:
         return fallback.top_codon(window[w])
 
 
+    def log_prior(self, protein: str, i: int, min_count: int = 5, alpha: float = 1.0
+                  ) -> dict[str, float]:
+        """{codon: log frequency} over residue i's synonyms (1 <= i < len(protein)) in the
+        widest window around it seen at least min_count times with one of them, add-alpha
+        smoothed; the baseline's counts, as a distribution for decoding to weigh by."""
+        w = self.width
+        window = ("^" * w + protein + "$" * w)[i:i + 2 * w + 1]
+        synonyms = SYNONYMS[protein[i]]
+        for narrower in range(w, -1, -1):
+            seen = self.counts.get((None, window[w - narrower:w + narrower + 1]), Counter())
+            if sum(seen[c] for c in synonyms) >= min_count:
+                break
+        total = sum(seen[c] for c in synonyms) + alpha * len(synonyms)
+        return {c: math.log((seen[c] + alpha) / total) for c in synonyms}
+
+
 def neighbour_codon_design(protein: str, usage: CodonUsage, neighbours: NeighbourUsage,
                            label=None) -> str:
     """The most frequent start codon, then each residue's most frequent codon given the

@@ -34,7 +34,7 @@ and every sequence sampled under it is a complete gene that Biopython's
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -58,6 +58,9 @@ class SynonymousCodons:
         stop_codons: the codons allowed after the last residue.
         domain: the target domain (default: "dna"); its tokens must include <pad>, <sep>
             and A, C, G, T, or (one step per codon, e.g. "cds") the 64 codons.
+        prior: (protein, residue index) -> {synonym: log-weight}, for residues 1 .. n-1,
+            one step per codon only: `log_weights` gives it to decoding, which adds it to
+            the model's logits (design.py: the neighbours baseline's codon frequencies).
 
     State: `step` (B,) tokens taken so far per row (after the BOS), `tokens` the chosen
     ids, `removed` (B,) the summed probability mass the masks took from the model's
@@ -68,7 +71,8 @@ class SynonymousCodons:
 
     def __init__(self, proteins: Sequence[str], start_codons: Sequence[str] | None =
                  START_CODONS, stop_codons: Sequence[str] = STOP_CODONS,
-                 domain: str = "dna") -> None:
+                 domain: str = "dna",
+                 prior: Callable[[str, int], Mapping[str, float]] | None = None) -> None:
         if isinstance(proteins, str):
             raise TypeError("proteins: a list of protein strings, not one string")
         tokens = list(get_domain(domain).tokens)
@@ -77,6 +81,9 @@ class SynonymousCodons:
         for t in ("<pad>", "<sep>", *letters):
             if t not in tokens:
                 raise ValueError(f"domain {domain!r} has no token {t!r}")
+        if prior is not None and not self.per_codon:
+            raise ValueError(f"a prior weighs whole codons: domain {domain!r} writes bases")
+        self.prior = prior
         self.vocab_size = len(tokens)
         self.pad, self.sep = tokens.index("<pad>"), tokens.index("<sep>")
         self.letter_ids = {b: tokens.index(b) for b in letters}  # bases, or codons per_codon
@@ -163,6 +170,19 @@ class SynonymousCodons:
     def allowed(self) -> torch.Tensor:
         """(B, V) bool: the tokens each row may take next."""
         return torch.from_numpy(np.stack([self._row_mask(b) for b in range(self.batch_size)]))
+
+    def log_weights(self) -> np.ndarray | None:
+        """(B, V): the prior's log-weights of the synonyms of each row's next residue (1 ..
+        n-1; 0 elsewhere, and for the start and stop codons), which decoding adds to the
+        model's logits; None without a prior."""
+        if self.prior is None:
+            return None
+        out = np.zeros((self.batch_size, self.vocab_size), dtype=np.float32)
+        for b, (t, protein) in enumerate(zip(self.step, self.proteins)):
+            if 1 <= t < len(protein):
+                for codon, logp in self.prior(protein, t).items():
+                    out[b, self.letter_ids[codon]] = logp
+        return out
 
     def update(self, tokens: torch.Tensor, removed: torch.Tensor | None = None) -> None:
         """Record the (B,) tokens chosen; a token the mask did not allow is a ValueError

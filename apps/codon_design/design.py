@@ -4,7 +4,9 @@
         [--temperature 0 | --beams K] [--out runs/codon/designs]
 
 Each protein of the split is decoded under `SynonymousCodons` (every design translates
-back to exactly its protein), then compared with its native gene and with the
+back to exactly its protein), for a model over codons weighted by the neighbours
+baseline's codon frequencies (`--neighbour-prior W`, 1 by default, 0 for the model
+alone), then compared with its native gene and with the
 most-frequent-codon and neighbours baselines (`codons.evaluate`: codon identity, CAI, GC,
 identity by the native's GC band). The model's own bits per base on the native genes come
 too (`score seq2seq`'s likelihood, without any constraint).
@@ -23,8 +25,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baseline import band_table, baseline_designs  # noqa: E402
-from codons import evaluate  # noqa: E402
+from baseline import band_table, baseline_designs, training_usage  # noqa: E402
+from codons import NeighbourUsage, evaluate  # noqa: E402
 from constraint import SynonymousCodons  # noqa: E402
 from prepare import DEFAULT_OUT, load_pairs  # noqa: E402
 
@@ -38,16 +40,28 @@ from seqformer import (  # noqa: E402
 
 
 def design(model_dir: str | Path, proteins: dict[str, str], temperature: float = 0.0,
-           seed: int = 0, batch_size: int = 16, beams: int = 1) -> dict[str, str]:
+           seed: int = 0, batch_size: int = 16, beams: int = 1,
+           neighbours: NeighbourUsage | None = None, prior_weight: float = 1.0
+           ) -> dict[str, str]:
     """{id: designed CDS (stop codon included)} for {id: protein}. beams > 1: each design
-    is beam search's likeliest CDS (temperature unused)."""
+    is beam search's likeliest CDS (temperature unused). neighbours (a model over codons
+    only): decode from the model's distribution times the neighbours baseline's codon
+    frequencies to the power prior_weight (a product of experts)."""
     model, protein_domain, target, _ = load_seq2seq(model_dir)
+    if neighbours is not None and target.name != "cds":
+        raise ValueError(f"{model_dir}: a model over {target.name} writes bases; the "
+                         "neighbours prior weighs codons (--neighbour-prior 0)")
+
+    def prior(protein: str, i: int) -> dict[str, float]:
+        return {c: prior_weight * w for c, w in neighbours.log_prior(protein, i).items()}
+
     ids = list(proteins)
     sources = [protein_domain.encode(proteins[i]) for i in ids]
     longest = SynonymousCodons(list(proteins.values()), domain=target.name).max_steps
     targets = translate(model, sources, target.sep_id, longest, temperature, seed=seed,
                         constraint=lambda rows: SynonymousCodons(
-                            [protein_domain.decode(r) for r in rows], domain=target.name),
+                            [protein_domain.decode(r) for r in rows], domain=target.name,
+                            prior=prior if neighbours is not None else None),
                         allowed=target.generatable(), batch_size=batch_size,
                         num_beams=beams)
     return {i: target.decode(t) for i, t in zip(ids, targets)}
@@ -75,6 +89,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=16, help="proteins decoded together")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=None, help="only the first N proteins")
+    ap.add_argument("--neighbour-prior", type=float, default=1.0, metavar="W",
+                    help="weigh the model's codons by the neighbours baseline's frequencies "
+                    "to the power W (models over codons); 0: the model alone")
     ap.add_argument("--out", default=None, help="default: <model>/designs")
     args = ap.parse_args(argv)
     out = Path(args.out or Path(args.model) / "designs")
@@ -83,16 +100,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.limit:
         proteins = dict(list(proteins.items())[:args.limit])
     natives = {k: natives[k] for k in proteins}
+    usage, neighbours = training_usage(args.data)
     t0 = time.perf_counter()
-    designs = design(args.model, proteins, args.temperature, args.seed, args.batch_size,
-                     args.beams)
+    try:
+        designs = design(args.model, proteins, args.temperature, args.seed, args.batch_size,
+                         args.beams, neighbours if args.neighbour_prior else None,
+                         args.neighbour_prior)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     minutes = (time.perf_counter() - t0) / 60
-    usage, baseline = baseline_designs(proteins, args.data)
+    baseline = baseline_designs(proteins, usage, neighbours)
     results = {"model": evaluate(designs, natives, usage),
                **{name: evaluate(baseline[name], natives, usage)
                   for name in ("most_frequent", "neighbours")},
                "model_bits_per_base_on_natives": native_bits(args.model, proteins, natives),
                "genes": len(proteins), "temperature": args.temperature, "beams": args.beams,
+               "neighbour_prior": args.neighbour_prior,
                "design_minutes": minutes}
     dna = get_domain("dna")
     dna.write([Record(k, dna.encode(v)) for k, v in designs.items()], out / "designs.fa")
@@ -100,6 +124,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cols = ("codon_identity", "cai_design", "cai_native", "gc_design", "gc_native",
             "translates")
     how = f"{args.beams} beams" if args.beams > 1 else f"temperature {args.temperature:g}"
+    how += f", neighbour prior {args.neighbour_prior:g}"
     print(f"{len(proteins)} {args.split} genes, designed in {minutes:.1f} min ({how})")
     print(f"{'':<14}" + "".join(f"{c:>16}" for c in cols))
     names = ("model", "most_frequent", "neighbours")

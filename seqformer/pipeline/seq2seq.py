@@ -200,6 +200,11 @@ class Within:
             return mask
         return mask & torch.as_tensor(self.inner.allowed()).cpu()
 
+    def log_weights(self) -> np.ndarray | torch.Tensor | None:
+        """The inner constraint's prior, if it has one."""
+        inner = getattr(self.inner, "log_weights", None)
+        return inner() if inner is not None else None
+
     def update(self, tokens: torch.Tensor, removed: torch.Tensor) -> None:
         self.first = None
         self.closed |= tokens.cpu() == self.sep_id

@@ -3,8 +3,12 @@
 A constraint is any object with two methods: `allowed()` returns a (B, V) boolean mask (a
 tensor or numpy array) of the tokens each sequence may take next, and `update(tokens,
 removed)` is told the (B,) tokens chosen and the probability mass (B,) its mask took from
-the model's own distribution at that step (tensors). Masks apply before temperature,
-top-k and top-p. Scores never use constraints: they are the model's own likelihood.
+the model's own distribution at that step (tensors). A constraint may also weigh what it
+allows: `log_weights()`, if it has one and it returns a (B, V) array, not None, gives
+log-weights added to the logits, a prior that decoding multiplies into the model's
+distribution (a product of experts).
+Masks and weights apply before temperature, top-k and top-p. Scores never use
+constraints: they are the model's own likelihood.
 """
 
 from __future__ import annotations
@@ -33,14 +37,19 @@ def check_sampling(temperature: float = 1.0, top_k: int | None = None,
 
 def apply_constraint(logits: torch.Tensor, constraint: Constraint | None
                      ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """The logits with the disallowed tokens at -inf, and the probability mass (B,) the mask
-    removed from the model's distribution (None without a constraint)."""
+    """The logits with the disallowed tokens at -inf, plus the constraint's log_weights if it
+    has them, and the probability mass (B,) the mask removed from the model's own
+    distribution (None without a constraint)."""
     if constraint is None:
         return logits, None
     allowed = torch.as_tensor(constraint.allowed(), device=logits.device)
     if not allowed.any(dim=-1).all():
         raise ValueError("the constraint allows no token for some sequence")
     removed = logits.float().softmax(dim=-1).masked_fill(allowed, 0.0).sum(dim=-1)
+    log_weights = getattr(constraint, "log_weights", None)
+    weights = log_weights() if log_weights is not None else None
+    if weights is not None:
+        logits = logits + torch.as_tensor(weights, device=logits.device, dtype=logits.dtype)
     return logits.masked_fill(~allowed, float("-inf")), removed
 
 
