@@ -20,7 +20,11 @@ ranges refused: 2.9% of its tokens).
 
 Texture, for both vocabularies: `max_polyphony` is what the training music typically
 sounds (the POLYPHONY_QUANTILE-th percentile of its polyphony over the time something
-sounds), not its rare maximum, so samples are not denser than the music; time keeps
+sounds), not its rare maximum, so samples are not denser than the music. A prompt of
+PROMPT_NOTES notes or more narrows its own continuation's polyphony and note length to
+its own, measured the same way (`fitted_to`): planetblupi's music003 opens at 3 notes and
+0.63 s, where the training pieces reach 10 and 1.62 s, and its real continuation keeps to
+4 and 0.63 s; time keeps
 moving (after `max_step_tokens` tokens in one moment, the most the training data has,
 only a shift may come); and no token that changes nothing: no velocity right after a
 velocity, no instrument right after an instrument, none naming the current instrument.
@@ -38,7 +42,7 @@ from __future__ import annotations
 
 from collections import defaultdict, deque
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 
@@ -57,6 +61,7 @@ from .vocab import (
 
 NOTE_QUANTILE = 99.5  # the longest note allowed: this percentile of the training notes
 POLYPHONY_QUANTILE = 95.0  # the most notes at once: this percentile of sounding time
+PROMPT_NOTES = 100  # a prompt with this many notes sets its continuation's texture
 
 
 @dataclass
@@ -231,6 +236,26 @@ def limits_from(sequences: Iterable[np.ndarray], vocabulary: str = "events") -> 
     """From the training sequences (token ids of `vocabulary`): the POLYPHONY_QUANTILE-th
     percentile of polyphony over the time something sounds, the NOTE_QUANTILE-th
     percentile of note length, the most tokens in one moment and each instrument's range."""
+    return _limits_and_notes(sequences, vocabulary)[0]
+
+
+def fitted_to(limits: GrammarLimits, prompt: np.ndarray, vocabulary: str = "events"
+              ) -> GrammarLimits:
+    """`limits` narrowed to the polyphony and note length of `prompt` when it holds
+    PROMPT_NOTES notes or more: a continuation keeps its own piece's texture, not the
+    training music's (module docstring). A denser prompt does not widen them: samples fill
+    whatever polyphony they are allowed (music005 opens at 13 notes at once against the
+    training pieces' 10; allowed 13, its samples sounded 9.3-10.5 on average, allowed 10,
+    7.5-7.9; the piece 6.8)."""
+    own, notes = _limits_and_notes([prompt], vocabulary)
+    if notes < PROMPT_NOTES:
+        return limits
+    return replace(limits, max_polyphony=min(limits.max_polyphony, own.max_polyphony),
+                   max_steps=min(limits.max_steps, own.max_steps))
+
+
+def _limits_and_notes(sequences: Iterable[np.ndarray], vocabulary: str
+                      ) -> tuple[GrammarLimits, int]:
     lengths, in_step = [], 1
     time = np.zeros(1, dtype=np.int64)
     ranges: dict[int, list[int]] = {}  # instrument -> [lowest, highest] pitch started
@@ -257,7 +282,8 @@ def limits_from(sequences: Iterable[np.ndarray], vocabulary: str = "events") -> 
     steps = int(np.ceil(np.percentile(lengths, NOTE_QUANTILE))) if lengths else 500
     return GrammarLimits(max_polyphony=polyphony, max_steps=max(1, steps),
                          max_step_tokens=in_step,
-                         pitch_ranges=[[inst, *span] for inst, span in sorted(ranges.items())])
+                         pitch_ranges=[[inst, *span] for inst, span in sorted(ranges.items())]
+                         ), len(lengths)
 
 
 class _Grammar:
@@ -265,20 +291,24 @@ class _Grammar:
     `prompts` (each may start with <sep>): one walk per sequence."""
 
     walk_type: type = _Walk
+    vocabulary = "events"
 
     def __init__(self, limits: GrammarLimits, prompts: list[np.ndarray]):
         self.limits = limits
+        # per sequence: the limits, with a long prompt's own texture
+        self.row_limits = [fitted_to(limits, np.asarray(p), self.vocabulary) for p in prompts]
         self.walks = [self.walk_type() for _ in prompts]
         for walk, prompt in zip(self.walks, prompts):
             for token in np.asarray(prompt).tolist():
                 walk.step(int(token))
         self.removed = [[] for _ in prompts]  # per sequence, the mass masked at each step
 
-    def _allowed_one(self, walk) -> np.ndarray:  # noqa: ANN001
+    def _allowed_one(self, walk, limits: GrammarLimits) -> np.ndarray:  # noqa: ANN001
         raise NotImplementedError
 
     def allowed(self) -> np.ndarray:
-        return np.stack([self._allowed_one(w) for w in self.walks])
+        return np.stack([self._allowed_one(w, lim) for w, lim in zip(self.walks,
+                                                                      self.row_limits)])
 
     def update(self, tokens, removed, rows: Iterable[bool] | None = None) -> None:  # noqa: ANN001
         """Step each sequence by its token; `rows`: only those marked True (the others,
@@ -294,10 +324,10 @@ class _Grammar:
 class MIDIGrammar(_Grammar):
     """The event vocabulary's grammar."""
 
-    def _allowed_one(self, walk: _Walk) -> np.ndarray:
+    def _allowed_one(self, walk: _Walk, limits: GrammarLimits) -> np.ndarray:
         ok = np.zeros(VOCAB_SIZE, dtype=bool)
         oldest = walk.oldest()
-        if oldest is not None and walk.now - oldest[1] >= self.limits.max_steps:
+        if oldest is not None and walk.now - oldest[1] >= limits.max_steps:
             (inst, pitch), _ = oldest
             if inst == walk.inst:
                 ok[NOTE_OFF + pitch] = True  # held too long: release it now
@@ -310,15 +340,15 @@ class MIDIGrammar(_Grammar):
             if onsets and inst == walk.inst and onsets[0] < walk.now:
                 ok[NOTE_OFF + pitch] = True
         # a note-on needs its instrument and velocity said first (else the decoder guesses)
-        if walk.named and walk.count < self.limits.max_polyphony:
+        if walk.named and walk.count < limits.max_polyphony:
             ok[NOTE_ON:NOTE_OFF] = True
             for (inst, pitch), onsets in walk.sounding.items():
                 if onsets and inst == walk.inst:
                     ok[NOTE_ON + pitch] = False
-        room = (self.limits.max_steps - (walk.now - oldest[1]) if oldest is not None
+        room = (limits.max_steps - (walk.now - oldest[1]) if oldest is not None
                 else VELOCITY - SHIFT)
         ok[SHIFT:SHIFT + min(room, VELOCITY - SHIFT)] = True  # shifts of 1 .. room steps
-        return walk.texture(ok, self.limits)
+        return walk.texture(ok, limits)
 
     def closing(self, index: int = 0) -> list[int]:
         """Tokens that release every note still sounding in sequence `index`."""
@@ -340,24 +370,22 @@ class DurationGrammar(_Grammar):
     """The duration vocabulary's grammar."""
 
     walk_type = _DurationWalk
+    vocabulary = "durations"
 
-    def __init__(self, limits: GrammarLimits, prompts: list[np.ndarray]):
-        super().__init__(limits, prompts)
-        # the longest duration bin allowed (the shortest if even that is longer)
-        self.n_durations = max(1, sum(s <= limits.max_steps for s in DURATION_STEPS))
-
-    def _allowed_one(self, walk: _DurationWalk) -> np.ndarray:
+    def _allowed_one(self, walk: _DurationWalk, limits: GrammarLimits) -> np.ndarray:
         ok = np.zeros(VOCAB_SIZE, dtype=bool)
         if walk.waiting is not None:
-            ok[DURATION:DURATION + self.n_durations] = True
+            # up to the longest duration bin allowed (the shortest if even that is longer)
+            bins = max(1, sum(s <= limits.max_steps for s in DURATION_STEPS))
+            ok[DURATION:DURATION + bins] = True
             return ok
         ok[SHIFT:DRUMS + 1] = True  # shifts, velocities, programs, drums
-        if walk.named and walk.count < self.limits.max_polyphony:
+        if walk.named and walk.count < limits.max_polyphony:
             ok[NOTE_ON:DURATION] = True
             for _, inst, pitch in walk.sounding:
                 if inst == walk.inst:
                     ok[NOTE_ON + pitch] = False
-        return walk.texture(ok, self.limits)
+        return walk.texture(ok, limits)
 
     def closing(self, index: int = 0) -> list[int]:
         """The shortest duration for a final note still waiting for one, else nothing."""
