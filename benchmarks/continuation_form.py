@@ -71,9 +71,9 @@ def continuation_form(model_dir: Path, piece: Path, prompt_len: int, length: int
         holder["real"] = list(domain.read(piece))[0].tokens
         return holder["real"][:prompt_len]
 
-    domain, prompt, samples = sample_lm("midi", model_dir, prompt_tokens, length, temperature,
-                                   top_k, top_p, seed, grammar=grammar,
-                                   trust_pointer=trust_pointer)
+    domain, prompt, samples = sample_lm("midi", model_dir, prompt_tokens, length,
+                                        temperature, top_k, top_p, seed, grammar=grammar,
+                                        trust_pointer=trust_pointer)
     real = holder["real"][:prompt_len + length]
     made = np.concatenate([prompt, samples[0][:length]])
     tex = {"real": texture(domain, real),

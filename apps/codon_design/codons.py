@@ -182,7 +182,6 @@ class NeighbourUsage:
                 return most_frequent(seen, seen)
         return fallback.top_codon(window[w])
 
-
     def log_prior(self, protein: str, i: int, min_count: int = 5, alpha: float = 1.0
                   ) -> dict[str, float]:
         """{codon: log frequency} over residue i's synonyms (1 <= i < len(protein)) in the

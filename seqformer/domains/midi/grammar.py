@@ -24,10 +24,10 @@ sounds), not its rare maximum, so samples are not denser than the music. A promp
 PROMPT_NOTES notes or more narrows its own continuation's polyphony and note length to
 its own, measured the same way (`fitted_to`): planetblupi's music003 opens at 3 notes and
 0.63 s, where the training pieces reach 10 and 1.62 s, and its real continuation keeps to
-4 and 0.63 s; time keeps
-moving (after `max_step_tokens` tokens in one moment, the most the training data has,
-only a shift may come); and no token that changes nothing: no velocity right after a
-velocity, no instrument right after an instrument, none naming the current instrument.
+4 and 0.63 s. Time keeps moving (after `max_step_tokens` tokens in one moment, the most
+the training data has, only a shift may come); and no token that changes nothing: no
+velocity right after a velocity, no instrument right after an instrument, none naming the
+current instrument.
 
 The duration vocabulary (durations.py) needs less: a note's duration token comes
 right after its pitch and is at most `max_steps`; a new note needs an instrument and a
@@ -61,7 +61,7 @@ from .vocab import (
 
 NOTE_QUANTILE = 99.5  # the longest note allowed: this percentile of the training notes
 POLYPHONY_QUANTILE = 95.0  # the most notes at once: this percentile of sounding time
-PROMPT_NOTES = 100  # a prompt with this many notes sets its continuation's texture
+PROMPT_NOTES = 100  # a prompt with this many notes narrows its continuation's texture
 
 
 @dataclass
@@ -294,7 +294,6 @@ class _Grammar:
     vocabulary = "events"
 
     def __init__(self, limits: GrammarLimits, prompts: list[np.ndarray]):
-        self.limits = limits
         # per sequence: the limits, with a long prompt's own texture
         self.row_limits = [fitted_to(limits, np.asarray(p), self.vocabulary) for p in prompts]
         self.walks = [self.walk_type() for _ in prompts]
