@@ -510,11 +510,16 @@ def test_a_sampled_repeat_survives_a_changed_token(pointer):
     assert (new[0].tolist() == held) == pointer
 
 
+def a_phrase() -> list[int]:
+    """40 random tokens of 0..9."""
+    return torch.randint(0, 10, (40,), generator=torch.Generator().manual_seed(2)).tolist()
+
+
 def phrase_with_a_change() -> tuple[list[int], list[int]]:
     """A prompt (the separator, a 40-token phrase, then its first 21 tokens with the last
     changed) and its next 60 tokens if the repeat is held: 40 tokens back from the end of
     the phrase is the repeat with its change."""
-    phrase = torch.randint(0, 10, (40,), generator=torch.Generator().manual_seed(2)).tolist()
+    phrase = a_phrase()
     changed = (phrase[20] + 1) % 10
     varied = phrase[:20] + [changed] + phrase[21:]
     return [10] + phrase + varied[:21], (phrase[21:] + varied * 2)[:60]
@@ -585,7 +590,7 @@ def test_a_trusted_copy_passes_the_constraint_but_not_its_forced_moves():
     from seqformer.pipeline.inference import sample_batch
 
     m = with_gate(tiny(copy_k=(4,), copy_pointer=POINTER))
-    phrase = torch.randint(0, 10, (40,), generator=torch.Generator().manual_seed(2)).tolist()
+    phrase = a_phrase()
     prompt = np.array([10] + phrase * 2 + phrase[:21])  # the pointer ends with no mismatch
     held = (phrase[21:] + phrase * 2)[:60]
     refused, forced = held[2], (held[8] + 1) % 10

@@ -343,8 +343,8 @@ class _PointerTrust:
         self.gens = gens
         self.left = torch.ones(num_samples, POINTER_WINDOW, dtype=torch.bool, device=device)
         self.lag = torch.zeros(num_samples, dtype=torch.long, device=device)
-        self.distance = torch.full((num_samples,), -1, dtype=torch.long, device=device)
-        self.started = False
+        # no distance the pointer has (-1: none), so the first step starts from its own
+        self.distance = torch.full((num_samples,), -2, dtype=torch.long, device=device)
 
     def __call__(self, tok: torch.Tensor, logits: torch.Tensor, copy: CopyCache,
                  bias: torch.Tensor) -> torch.Tensor:
@@ -352,9 +352,9 @@ class _PointerTrust:
         by the constraint and `bias` (-inf for tokens never generated)."""
         d, length = copy.distance, copy.length[:1]  # the next token goes at `length`
         caught_up = (self.lag > 0) & (d == self.distance + self.lag)
-        moved = (d != self.distance) & ~caught_up | (not self.started)
+        moved = (d != self.distance) & ~caught_up
         self.lag = torch.where(caught_up | moved, 0, self.lag)
-        self.distance, self.started = d.clone(), True
+        self.distance = d.clone()
         slots = (length - 1 - torch.arange(POINTER_WINDOW, device=d.device)) % POINTER_WINDOW
         own = mismatch_flags(copy.tokens, length - 1, d.unsqueeze(-1))[:, 0]  # (B, W)
         self.left = torch.where(moved.unsqueeze(-1), own.gather(1, slots.expand_as(own)),

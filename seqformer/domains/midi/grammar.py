@@ -43,6 +43,7 @@ from __future__ import annotations
 from collections import defaultdict, deque
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, replace
+from functools import lru_cache
 
 import numpy as np
 
@@ -365,6 +366,13 @@ class MIDIGrammar(_Grammar):
         return out
 
 
+@lru_cache
+def _duration_bins(max_steps: int) -> int:
+    """How many duration bins a note of at most max_steps may take (the shortest if even
+    that is longer)."""
+    return max(1, sum(s <= max_steps for s in DURATION_STEPS))
+
+
 class DurationGrammar(_Grammar):
     """The duration vocabulary's grammar."""
 
@@ -374,9 +382,7 @@ class DurationGrammar(_Grammar):
     def _allowed_one(self, walk: _DurationWalk, limits: GrammarLimits) -> np.ndarray:
         ok = np.zeros(VOCAB_SIZE, dtype=bool)
         if walk.waiting is not None:
-            # up to the longest duration bin allowed (the shortest if even that is longer)
-            bins = max(1, sum(s <= limits.max_steps for s in DURATION_STEPS))
-            ok[DURATION:DURATION + bins] = True
+            ok[DURATION:DURATION + _duration_bins(limits.max_steps)] = True
             return ok
         ok[SHIFT:DRUMS + 1] = True  # shifts, velocities, programs, drums
         if walk.named and walk.count < limits.max_polyphony:
