@@ -9,6 +9,13 @@ import pretty_midi
 def polyphony_percentile(pieces: list[pretty_midi.PrettyMIDI], q: float) -> int:
     """The q-th percentile of the number of notes sounding, over the 10 ms steps during
     which at least one sounds, counted step by step on a grid (notes at least one step)."""
+    counts = np.sort(sounding_counts(pieces))
+    return int(counts[int(np.ceil(q / 100 * len(counts))) - 1])
+
+
+def sounding_counts(pieces: list[pretty_midi.PrettyMIDI]) -> np.ndarray:
+    """The number of notes sounding at each 10 ms step during which at least one sounds,
+    over all pieces (notes at least one step long)."""
     counts = []
     for pm in pieces:
         notes = [n for inst in pm.instruments for n in inst.notes]
@@ -21,8 +28,7 @@ def polyphony_percentile(pieces: list[pretty_midi.PrettyMIDI], q: float) -> int:
         np.add.at(per_step, end, -1)
         sounding = np.cumsum(per_step)
         counts.append(sounding[sounding > 0])
-    counts = np.sort(np.concatenate(counts))
-    return int(counts[int(np.ceil(q / 100 * len(counts))) - 1])
+    return np.concatenate(counts)
 
 
 def tokens_between_shifts(tokens: np.ndarray) -> np.ndarray:

@@ -246,6 +246,20 @@ def test_a_truncated_model_file_is_one_clear_error(tiny_dna_run, tmp_path, name)
     assert not out.exists()
 
 
+@pytest.mark.parametrize("name, text", [("sampling.json", '{"max_polyph'),
+                                        ("sampling.json", "[5, 400]"),
+                                        ("pointer.json", "{}"),
+                                        ("pointer.json", '{"hit_rate_by_mismatches": "high"}')])
+def test_a_damaged_run_file_is_one_error_naming_it(tmp_path, name, text):
+    from seqformer.errors import InputError
+    from seqformer.pipeline.run_dir import read_pointer_hit_rates, read_sampling_limits
+
+    (tmp_path / name).write_text(text)
+    read = read_sampling_limits if name == "sampling.json" else read_pointer_hit_rates
+    with pytest.raises(InputError, match=str(tmp_path / name)):
+        read(tmp_path)
+
+
 @pytest.mark.parametrize("edit", [("hash_seed: 0", "hash_seed: 1"),  # same weights' shapes
                                   ("kmer_embedding: 4", "kmer_embedding: 0"),
                                   ("softmask: upper", "softmask: keep")])

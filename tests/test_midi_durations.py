@@ -16,6 +16,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from seqformer.core.decoding.sampling import apply_constraint
 from seqformer.domains import InputError, get_domain
 from seqformer.domains.midi import (
     DURATION,
@@ -174,6 +175,36 @@ def test_masks_follow_the_duration_grammar():
     assert g.removed == [[0.5, 0.0, 0.0, 0.0, 0.0, 0.0]]
 
 
+def test_the_texture_steer_lengthens_notes_while_the_texture_is_thin():
+    """While n notes sound, fewer than the training music's mean polyphony m, decoding
+    takes a duration of d steps with the model's probability times
+    d ** (texture * (m - n) / m) (n counts the note awaiting it), and a time shift times
+    exp(-texture * (m - n)); nothing at or above the mean, nor with texture 0."""
+    limits = GrammarLimits(max_polyphony=4, max_steps=40, mean_polyphony=2.5)
+    alone = [SEP, PROGRAM, VELOCITY, note(60)]
+    assert DurationGrammar(limits, [np.array(alone)], texture=0.0).log_weights() is None
+    g = DurationGrammar(limits, [np.array(alone)], texture=2.0)
+    logits = torch.randn(1, VOCAB_SIZE, generator=torch.Generator().manual_seed(0))
+    steered, _ = apply_constraint(logits, g)
+    ok = np.flatnonzero(g.allowed()[0])
+    steps = np.array([DURATION_STEPS[t - DURATION] for t in ok], dtype=np.float64)
+    expected = np.exp(logits[0, ok].double().numpy()) * steps ** (2.0 * (2.5 - 1) / 2.5)
+    assert np.allclose(steered[0].double().softmax(-1)[ok].numpy(), expected / expected.sum(),
+                       rtol=1e-4)
+    assert steered[0].softmax(-1)[ok].sum() == pytest.approx(1.0)  # masked as before
+    # two notes sound, none awaits a duration: only time shifts are steered
+    two = [SEP, PROGRAM, VELOCITY, note(60), dur(30), note(64), dur(30)]
+    weights = DurationGrammar(limits, [np.array(two)], texture=2.0).log_weights()[0]
+    assert np.allclose(weights[SHIFT:VELOCITY], -2.0 * (2.5 - 2))
+    assert not weights[:SHIFT].any() and not weights[VELOCITY:].any()
+    # a third (3 >= 2.5 with it): nothing to steer, before its duration or after
+    for chord in (two + [note(67)], two + [note(67), dur(30)]):
+        assert DurationGrammar(limits, [np.array(chord)], texture=2.0).log_weights() is None
+    # nor for limits stored before the mean
+    old = GrammarLimits(max_polyphony=4, max_steps=40)
+    assert DurationGrammar(old, [np.array(alone)], texture=2.0).log_weights() is None
+
+
 @pytest.mark.parametrize("seed", range(3))
 def test_random_sampling_under_the_duration_grammar_needs_no_repair(seed):
     limits = GrammarLimits(max_polyphony=4, max_steps=50)
@@ -220,6 +251,15 @@ def test_train_sample_score_with_the_duration_vocabulary(tmp_path):
     assert "no repairs needed" in text
     pm = load_midi(mid)
     assert sum(len(i.notes) for i in pm.instruments) > 0
+    # the texture steer is on by default: off, the same seed gives another piece
+    plain = tmp_path / "plain.mid"
+    code, text = run("sample", "midi", "--model", out, "--length", 300, "--out", plain,
+                     "--seed", 0, "--texture", 0)
+    assert code == 0, text
+    assert encode(load_midi(plain)).tolist() != encode(pm).tolist()
+    code, text = run("sample", "midi", "--model", out, "--length", 5, "--out",
+                     tmp_path / "t.mid", "--texture", -1)
+    assert code == 2 and "texture must be >= 0" in text and "Traceback" not in text, text
     # the compiled step decodes the same tokens (greedy), and a bad device is one error
     eager, compiled = tmp_path / "e.mid", tmp_path / "c.mid"
     for path, extra in ((eager, []), (compiled, ["--compile"])):

@@ -27,7 +27,7 @@ from seqformer.domains.midi import (
 from cli_helpers import REPO
 from cli_helpers import TINY_MODEL as TINY
 from cli_helpers import run_cli as run
-from reference_music import polyphony_percentile, tokens_between_shifts
+from reference_music import polyphony_percentile, sounding_counts, tokens_between_shifts
 
 BACH = REPO / "data" / "midi" / "bach"
 
@@ -103,6 +103,7 @@ def test_limits_of_the_bundled_chorales_match_their_notes(vocabulary):
     pieces = [domain.decode(r.tokens)[0] for r in records]
     assert limits.max_polyphony == polyphony_percentile(pieces, 95)
     assert 4 <= limits.max_polyphony <= 5  # four voices, now and then one divided
+    assert limits.mean_polyphony == pytest.approx(sounding_counts(pieces).mean(), abs=1e-3)
     assert limits.max_step_tokens == max(tokens_between_shifts(r.tokens).max()
                                          for r in records)
     # each instrument's range is its decoded notes' lowest and highest pitch

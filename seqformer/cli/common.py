@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ..core import check_sampling
-from ..domains import Domain, Record
+from ..domains import Domain, Record, get_domain
 from ..errors import InputError, describe
 from ..pipeline.run_dir import SAMPLING, read_sampling_limits
 
@@ -177,7 +177,8 @@ def report_skip(path: str, reason: str) -> str:
 
 
 def unit(domain_name: str) -> str:
-    return {"dna": "base", "cds": "codon"}.get(domain_name, "token")
+    """What one of the domain's tokens is (bits/base, bits/residue, bits/token)."""
+    return get_domain(domain_name).unit
 
 
 def against_baseline(bits: float, baseline: dict, unit: str) -> str:

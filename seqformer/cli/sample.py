@@ -63,11 +63,12 @@ def checked_device(name: str) -> str:
 def sample_lm(domain_name: str, model_dir: Path, prompt_tokens: Callable[[Domain], np.ndarray],
               length: int, temperature: float, top_k: int | None, top_p: float | None,
               seed: int | None, grammar: bool = False, num_samples: int = 1,
-              device: str = "cpu", compile: bool | None = None, trust_pointer: bool = False
-              ) -> tuple[Domain, np.ndarray, list[np.ndarray]]:
+              device: str = "cpu", compile: bool | None = None, trust_pointer: bool = False,
+              texture: float | None = None) -> tuple[Domain, np.ndarray, list[np.ndarray]]:
     """(domain, prompt, [new tokens of each sample]); the samples are decoded as one batch.
-    With `grammar`, sampled under the domain's grammar (limits from the model directory)
-    and each followed by the tokens it needs to close."""
+    With `grammar`, sampled under the domain's grammar (limits from the model directory;
+    `texture`: MIDI's texture steer, None for its default) and each followed by the
+    tokens it needs to close."""
     if length < 1:
         raise InputError(f"--length {length}: must be at least 1")
     if num_samples < 1:
@@ -87,8 +88,9 @@ def sample_lm(domain_name: str, model_dir: Path, prompt_tokens: Callable[[Domain
     if len(prompt) >= context:
         err.print(f"the prompt has {len(prompt) - 1:,} tokens, more than the model's context "
                   f"({context:,}): continuing from its last {context // 2:,} tokens")
-    constraint = (domain.constraint(sampling_limits(model_dir), [prompt] * num_samples)
-                  if grammar else None)
+    options = {} if texture is None else {"texture": texture}
+    constraint = (domain.constraint(sampling_limits(model_dir), [prompt] * num_samples,
+                                    **options) if grammar else None)
     pointer_trust = read_pointer_hit_rates(model_dir) if trust_pointer else None
     if compile is None and decide_compile(None, length * num_samples, device):
         err.print("compiling the decoding step first (--no-compile to skip)")
@@ -172,7 +174,11 @@ def sample_midi(model: ModelOpt, length: Length,
                 compile: CompileOpt = None,
                 trust_pointer: Annotated[bool, typer.Option(
                     "--trust-pointer", help="hold repeats: trust the far pointer "
-                    "(model.copy_pointer) as often as it was right in training")] = False
+                    "(model.copy_pointer) as often as it was right in training")] = False,
+                texture: Annotated[float | None, typer.Option(
+                    "--texture", help="duration vocabulary, under the grammar: while fewer "
+                    "notes sound than the training music's mean, favour longer notes and "
+                    "fewer time shifts, this strongly (0: off; default 2)")] = None
                 ) -> None:
     """Generate music; writes the .mid (primer + continuation) and a piano-roll PNG (with
     --num-samples K: piece_1.mid ... piece_K.mid, each with its PNG)."""
@@ -196,7 +202,7 @@ def sample_midi(model: ModelOpt, length: Length,
                   "(docs/long-context.md); drop --no-grammar")
     domain, p, samples = sample_lm("midi", model, primer_tokens, length, temperature, top_k,
                                    top_p, seed, grammar, num_samples, device, compile,
-                                   trust_pointer)
+                                   trust_pointer, texture)
     for path, new in zip(outputs, samples):
         pm, repairs = domain.decode(np.concatenate([p, new]))
         png = path.with_suffix(".png")

@@ -54,6 +54,7 @@ class Domain:
     and `sep_id`, and implement read/write."""
 
     name: str = ""
+    unit: str = "token"  # what one token is, in figures: bits/base, bits/codon
     tokens: tuple[str, ...] = ()
     pad_id: int = 0  # never a training target
     sep_id: int = 1  # separates records in a training stream; also the start token

@@ -62,12 +62,7 @@ def read_sampling_limits(run: str | Path) -> dict | None:
     """What the domain's sampling grammar learned from training, or None for a run
     trained before it was stored."""
     path = Path(run) / SAMPLING
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: unreadable ({e})") from None
+    return _read_json(path) if path.is_file() else None
 
 
 def read_pointer_hit_rates(run: str | Path) -> list[float]:
@@ -76,10 +71,22 @@ def read_pointer_hit_rates(run: str | Path) -> list[float]:
     if not path.is_file():
         raise InputError(f"{path}: no such file: the model has no far pointer "
                          f"(model.copy_pointer), or was trained before it was stored")
+    rates = _read_json(path).get("hit_rate_by_mismatches")
     try:
-        return [float(r) for r in json.loads(path.read_text())["hit_rate_by_mismatches"]]
-    except (OSError, ValueError, KeyError, TypeError) as e:
+        return [float(r) for r in rates]
+    except (ValueError, TypeError) as e:
+        raise InputError(f"{path}: no hit rates ({e})") from None
+
+
+def _read_json(path: Path) -> dict:
+    """A JSON object the run stored; InputError naming the file if it is not one."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
         raise InputError(f"{path}: unreadable ({e})") from None
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: unreadable (not a JSON object)")
+    return data
 
 
 def heldout_ids(run: str | Path) -> list[str]:

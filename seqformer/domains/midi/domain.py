@@ -13,7 +13,7 @@ import numpy as np
 from ..base import Domain, InputError, OnSkip, Record
 from . import durations, events
 from .files import load_midi, write_midi
-from .grammar import DurationGrammar, GrammarLimits, MIDIGrammar, limits_from
+from .grammar import TEXTURE_WEIGHT, DurationGrammar, GrammarLimits, MIDIGrammar, limits_from
 from .render import piano_roll_png, render_audio, stats
 from .vocab import DRUMS, DURATION_TOKENS, NOTE_OFF, PAD, PROGRAM, SEP, SHIFT, TOKENS
 
@@ -73,12 +73,15 @@ class MIDIDomain(Domain):
     def sampling_limits(self, sequences: Iterable[np.ndarray]) -> dict[str, Any]:
         return limits_from(sequences, self.vocabulary_name).to_dict()
 
-    def constraint(self, limits: dict[str, Any] | None, prompts: list[np.ndarray]
-                   ) -> MIDIGrammar | DurationGrammar:
-        """The note grammar of the vocabulary (grammar.py); without stored limits, a model
-        trained before they were: at most 16 notes at once, none longer than 10 s."""
+    def constraint(self, limits: dict[str, Any] | None, prompts: list[np.ndarray],
+                   texture: float = TEXTURE_WEIGHT) -> MIDIGrammar | DurationGrammar:
+        """The note grammar of the vocabulary (grammar.py), with the texture steer of the
+        duration vocabulary this strong (0: off); without stored limits, a model trained
+        before they were: at most 16 notes at once, none longer than 10 s."""
+        if not texture >= 0:
+            raise InputError(f"texture must be >= 0 (0: off), got {texture}")
         limits = GrammarLimits(**limits) if limits else GrammarLimits(16, 1000)
-        return self._grammar(limits, prompts)
+        return self._grammar(limits, prompts, texture)
 
     def read(self, path: str | Path, on_skip: OnSkip | None = None) -> Iterator[Record]:
         """One Record per piece of a .mid/.midi file, or of every such file under a directory

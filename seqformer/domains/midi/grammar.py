@@ -33,7 +33,11 @@ The duration vocabulary (durations.py) needs less: a note's duration token comes
 right after its pitch and is at most `max_steps`; a new note needs an instrument and a
 velocity, keeps polyphony within `max_polyphony` and does not start on a pitch its
 instrument is sounding. Nothing can be left hanging; `closing` only completes a final
-note still waiting for its duration.
+note still waiting for its duration. Its samples from a young model are thin (1.6-1.8 notes
+at once where the training music has 2.8), so it also steers, as a weight and not a mask
+(`log_weights`, `texture`): while fewer notes sound than the training music's mean
+polyphony, longer durations and fewer time shifts (DurationGrammar._steer; 1.6-1.8 -> 2.3-2.4
+notes at once, docs/music.md).
 
 Numpy only: core's sampling loop turns the masks into tensors.
 """
@@ -63,6 +67,7 @@ from .vocab import (
 NOTE_QUANTILE = 99.5  # the longest note allowed: this percentile of the training notes
 POLYPHONY_QUANTILE = 95.0  # the most notes at once: this percentile of sounding time
 PROMPT_NOTES = 100  # a prompt with this many notes narrows its continuation's texture
+TEXTURE_WEIGHT = 2.0  # the duration vocabulary's texture steer: log-weight per missing note
 
 
 @dataclass
@@ -74,6 +79,9 @@ class GrammarLimits:
     # [instrument token, lowest pitch, highest pitch] for each instrument the training music
     # plays (lists, so the limits survive a round trip through JSON); None: no ranges
     pitch_ranges: list[list[int]] | None = None
+    # the mean number of notes sounding over the time something sounds; None (limits
+    # stored before it existed): no texture steer
+    mean_polyphony: float | None = None
 
     def __post_init__(self) -> None:
         self._range_of = {inst: (low, high) for inst, low, high in self.pitch_ranges or []}
@@ -251,8 +259,10 @@ def fitted_to(limits: GrammarLimits, prompt: np.ndarray, vocabulary: str = "even
     own, notes = _limits_and_notes([prompt], vocabulary)
     if notes < PROMPT_NOTES:
         return limits
+    mean = (limits.mean_polyphony if limits.mean_polyphony is None
+            else min(limits.mean_polyphony, own.mean_polyphony))
     return replace(limits, max_polyphony=min(limits.max_polyphony, own.max_polyphony),
-                   max_steps=min(limits.max_steps, own.max_steps))
+                   max_steps=min(limits.max_steps, own.max_steps), mean_polyphony=mean)
 
 
 def _limits_and_notes(sequences: Iterable[np.ndarray], vocabulary: str
@@ -281,8 +291,10 @@ def _limits_and_notes(sequences: Iterable[np.ndarray], vocabulary: str
     polyphony = (1 + int(np.searchsorted(sounding, POLYPHONY_QUANTILE / 100 * sounding[-1]))
                  if len(sounding) and sounding[-1] > 0 else 1)
     steps = int(np.ceil(np.percentile(lengths, NOTE_QUANTILE))) if lengths else 500
+    mean = (float(np.arange(1, len(time)) @ time[1:] / sounding[-1])
+            if len(sounding) and sounding[-1] > 0 else 1.0)
     return GrammarLimits(max_polyphony=polyphony, max_steps=max(1, steps),
-                         max_step_tokens=in_step,
+                         max_step_tokens=in_step, mean_polyphony=round(mean, 3),
                          pitch_ranges=[[inst, *span] for inst, span in sorted(ranges.items())]
                          ), len(lengths)
 
@@ -294,7 +306,9 @@ class _Grammar:
     walk_type: type = _Walk
     vocabulary = "events"
 
-    def __init__(self, limits: GrammarLimits, prompts: list[np.ndarray]):
+    def __init__(self, limits: GrammarLimits, prompts: list[np.ndarray],
+                 texture: float = TEXTURE_WEIGHT):
+        self.texture = texture
         # per sequence: the limits, with a long prompt's own texture
         self.row_limits = [fitted_to(limits, np.asarray(p), self.vocabulary) for p in prompts]
         self.walks = [self.walk_type() for _ in prompts]
@@ -309,6 +323,18 @@ class _Grammar:
     def allowed(self) -> np.ndarray:
         return np.stack([self._allowed_one(w, lim) for w, lim in zip(self.walks,
                                                                       self.row_limits)])
+
+    def log_weights(self) -> np.ndarray | None:
+        """The texture steer's log-weights (B, V), or None where it has nothing to say."""
+        if not self.texture:
+            return None
+        weights = np.zeros((len(self.walks), VOCAB_SIZE), dtype=np.float32)
+        for row, (walk, limits) in enumerate(zip(self.walks, self.row_limits)):
+            self._steer(weights[row], walk, limits)
+        return weights if weights.any() else None
+
+    def _steer(self, weights: np.ndarray, walk, limits: GrammarLimits) -> None:  # noqa: ANN001
+        """Fill one row's texture log-weights (none by default)."""
 
     def update(self, tokens, removed, rows: Iterable[bool] | None = None) -> None:  # noqa: ANN001
         """Step each sequence by its token; `rows`: only those marked True (the others,
@@ -373,11 +399,29 @@ def _duration_bins(max_steps: int) -> int:
     return max(1, sum(s <= max_steps for s in DURATION_STEPS))
 
 
+_LOG_STEPS = np.log(np.asarray(DURATION_STEPS, dtype=np.float32))
+
+
 class DurationGrammar(_Grammar):
     """The duration vocabulary's grammar."""
 
     walk_type = _DurationWalk
     vocabulary = "durations"
+
+    def _steer(self, weights: np.ndarray, walk: _DurationWalk, limits: GrammarLimits) -> None:
+        """While n notes sound (one awaiting its duration included), fewer than the
+        music's mean polyphony m: a duration of d steps is weighted by
+        d ** (texture * (m - n) / m), and a time shift by exp(-texture * (m - n)).
+        Either alone barely thickens a young model's texture: with longer notes it
+        writes fewer of them, and held in the moment it writes shorter ones."""
+        mean = limits.mean_polyphony
+        if mean is None or not 0 < walk.count < mean:
+            return
+        missing = mean - walk.count
+        if walk.waiting is not None:
+            weights[DURATION:SHIFT] = self.texture * missing / mean * _LOG_STEPS
+        else:
+            weights[SHIFT:VELOCITY] = -self.texture * missing
 
     def _allowed_one(self, walk: _DurationWalk, limits: GrammarLimits) -> np.ndarray:
         ok = np.zeros(VOCAB_SIZE, dtype=bool)
