@@ -234,8 +234,9 @@ def test_train_stores_limits_and_sample_keeps_the_grammar(tmp_path):
 @pytest.mark.parametrize("notes", [100, 99])
 def test_a_long_prompt_sets_its_continuations_texture(notes):
     """A prompt of PROMPT_NOTES notes or more (here one at a time, 20 steps each) narrows the
-    polyphony and note length its continuation may have to its own; a shorter one leaves
-    the training music's (here 4 notes at once, 100 steps)."""
+    polyphony (the most and the mean) and note length its continuation may have to its own;
+    a shorter one leaves the training music's (here 4 notes at once, 2.5 on average, 100
+    steps)."""
     from seqformer.domains.midi.grammar import PROMPT_NOTES
 
     assert PROMPT_NOTES == 100
@@ -243,12 +244,14 @@ def test_a_long_prompt_sets_its_continuations_texture(notes):
     for k in range(notes):
         prompt += [on(60 + k % 12), shift(20), off(60 + k % 12)]
     prompt += [on(60), shift(1)]
-    limits = GrammarLimits(max_polyphony=4, max_steps=100)
-    ok = MIDIGrammar(limits, [np.array(prompt)]).allowed()[0]
+    limits = GrammarLimits(max_polyphony=4, max_steps=100, mean_polyphony=2.5)
+    grammar = MIDIGrammar(limits, [np.array(prompt)])
+    ok = grammar.allowed()[0]
     own = notes >= 100
+    assert grammar.row_limits[0].mean_polyphony == (1.0 if own else 2.5)
     assert ok[on(64)] != own  # a second note while 60 sounds: the prompt never had one
     assert ok[shift(19)] and ok[shift(20)] != own  # 60 may last 20 steps, or 100
     assert ok[shift(99)] != own
     # a prompt denser than the training music does not widen the limits
-    narrow = GrammarLimits(max_polyphony=1, max_steps=10)
+    narrow = GrammarLimits(max_polyphony=1, max_steps=10, mean_polyphony=0.5)
     assert MIDIGrammar(narrow, [np.array(prompt)]).row_limits[0] == narrow

@@ -12,6 +12,7 @@ import torch
 import typer
 
 from ..domains import Domain, Record
+from ..domains.midi.grammar import TEXTURE_WEIGHT
 from ..errors import InputError
 from ..files import check_output
 from ..pipeline.inference import decide_compile, sample_batch
@@ -178,7 +179,8 @@ def sample_midi(model: ModelOpt, length: Length,
                 texture: Annotated[float | None, typer.Option(
                     "--texture", help="duration vocabulary, under the grammar: while fewer "
                     "notes sound than the training music's mean, favour longer notes and "
-                    "fewer time shifts, this strongly (0: off; default 2)")] = None
+                    f"fewer time shifts, this strongly (0: off; default {TEXTURE_WEIGHT:g})"
+                )] = None
                 ) -> None:
     """Generate music; writes the .mid (primer + continuation) and a piano-roll PNG (with
     --num-samples K: piece_1.mid ... piece_K.mid, each with its PNG)."""

@@ -67,7 +67,7 @@ from .vocab import (
 NOTE_QUANTILE = 99.5  # the longest note allowed: this percentile of the training notes
 POLYPHONY_QUANTILE = 95.0  # the most notes at once: this percentile of sounding time
 PROMPT_NOTES = 100  # a prompt with this many notes narrows its continuation's texture
-TEXTURE_WEIGHT = 2.0  # the duration vocabulary's texture steer: log-weight per missing note
+TEXTURE_WEIGHT = 2.0  # the duration vocabulary's texture steer (DurationGrammar._steer)
 
 
 @dataclass
@@ -250,17 +250,18 @@ def limits_from(sequences: Iterable[np.ndarray], vocabulary: str = "events") -> 
 
 def fitted_to(limits: GrammarLimits, prompt: np.ndarray, vocabulary: str = "events"
               ) -> GrammarLimits:
-    """`limits` narrowed to the polyphony and note length of `prompt` when it holds
-    PROMPT_NOTES notes or more: a continuation keeps its own piece's texture, not the
-    training music's (module docstring). A denser prompt does not widen them: samples fill
-    whatever polyphony they are allowed (music005 opens at 13 notes at once against the
-    training pieces' 10; allowed 13, its samples sounded 9.3-10.5 on average, allowed 10,
-    7.5-7.9; the piece 6.8)."""
+    """`limits` narrowed to the polyphony (the most and the mean) and note length of
+    `prompt` when it holds PROMPT_NOTES notes or more: a continuation keeps its own
+    piece's texture, not the training music's (module docstring). A denser prompt does not
+    widen them: samples fill whatever polyphony they are allowed (music005 opens at 13
+    notes at once against the training pieces' 10; allowed 13, its samples sounded
+    9.3-10.5 on average, allowed 10, 7.5-7.9; the piece 6.8)."""
     own, notes = _limits_and_notes([prompt], vocabulary)
     if notes < PROMPT_NOTES:
         return limits
-    mean = (limits.mean_polyphony if limits.mean_polyphony is None
-            else min(limits.mean_polyphony, own.mean_polyphony))
+    mean = limits.mean_polyphony
+    if mean is not None:
+        mean = min(mean, own.mean_polyphony)
     return replace(limits, max_polyphony=min(limits.max_polyphony, own.max_polyphony),
                    max_steps=min(limits.max_steps, own.max_steps), mean_polyphony=mean)
 
