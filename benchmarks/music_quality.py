@@ -37,7 +37,8 @@ from seqformer.domains import get_domain
 
 
 def generate(model_dir: Path, samples: int, length: int, temperature: float,
-             grammar: bool, texture: float | None = None) -> tuple[list, dict, float, int]:
+             grammar: bool, grammar_options: dict | None = None
+             ) -> tuple[list, dict, float, int]:
     """Pieces sampled from a model as one batch (sample k with seed k), the decoder's
     repairs over all, tokens/s over all, and how many notes the grammar had to release
     (or complete) at the end of the samples."""
@@ -46,9 +47,8 @@ def generate(model_dir: Path, samples: int, length: int, temperature: float,
 
     model, domain, _ = load_run(model_dir, "midi")
     prompt = np.array([domain.sep_id])
-    options = {} if texture is None else {"texture": texture}
     constraint = (domain.constraint(read_sampling_limits(model_dir), [prompt] * samples,
-                                    **options) if grammar else None)
+                                    **(grammar_options or {})) if grammar else None)
     new, rate = sample_batch(model, prompt, length, samples, temperature, seed=0,
                              allowed=domain.generatable(), constraint=constraint)
     pieces, repairs, closed = [], {}, 0
@@ -79,6 +79,8 @@ def main() -> None:
     ap.add_argument("--no-grammar", action="store_true")
     ap.add_argument("--texture", type=float, default=None,
                     help="the duration grammar's texture steer (0: off; default: the grammar's)")
+    ap.add_argument("--no-redirect", action="store_true",
+                    help="events: do not redirect a note-off on the wrong instrument")
     args = ap.parse_args()
     domain = get_domain("midi")
     skip = ({r.id.split("/")[-1] for r in domain.read(args.exclude)} if args.exclude
@@ -90,9 +92,11 @@ def main() -> None:
         reference += [piece_features(domain.decode(r.tokens)[0]) for r in records[-n_ref:]
                       if r.id.split("/")[-1] not in skip]
     if args.model is not None:
+        options = {"redirect": not args.no_redirect} | ({} if args.texture is None
+                                                         else {"texture": args.texture})
         pms, repairs, rate, closed = generate(args.model, args.samples, args.length,
                                               args.temperature, not args.no_grammar,
-                                              args.texture)
+                                              options)
         generated = [piece_features(pm) for pm in pms]
         what = (f"{args.samples} samples of {args.length} tokens from {args.model} "
                 f"(temperature {args.temperature}, grammar "

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from seqformer.core.decoding.sampling import apply_constraint, sample_next
 from seqformer.domains import get_domain
 from seqformer.domains.midi import (
     DRUMS,
@@ -85,6 +86,78 @@ def test_a_note_held_too_long_in_another_instrument_is_switched_to_and_released(
     assert ok.sum() == 1 and ok[PROGRAM + 1]
 
 
+def test_a_note_off_on_the_wrong_instrument_becomes_the_switch_to_its_instrument():
+    # program 0 sounds 60 (from step 0) and 64; program 40 sounds 64 (from step 1) and 67
+    # (this step); the current instrument is 40
+    prompt = [SEP, PROGRAM, VELOCITY + 16, on(60), on(64), shift(1), PROGRAM + 40, on(64),
+              shift(1), on(67)]
+    g = MIDIGrammar(GrammarLimits(8, 100), [np.array(prompt)])
+    plain = MIDIGrammar(GrammarLimits(8, 100), [np.array(prompt)], redirect=False)
+    assert plain.redirects() is None
+    targets = g.redirects()[0]
+    assert targets[off(60)] == PROGRAM  # sounding on program 0 only
+    assert targets[off(64)] == -1  # program 40 sounds it too: its own note-off is allowed
+    assert targets[off(67)] == -1  # program 40's own (started this step)
+    assert (targets >= 0).sum() == 1
+    logits = torch.full((1, VOCAB_SIZE), -10.0)
+    logits[0, off(60)], logits[0, PROGRAM], logits[0, shift(1)] = 2.0, 0.0, 0.0
+    p = logits.softmax(-1)[0]
+    for constraint, moved in ((g, True), (plain, False)):
+        out, removed = apply_constraint(logits, constraint)
+        q = out.softmax(-1)[0]
+        assert torch.isinf(out[0, off(60)])
+        expected = p[PROGRAM] + (p[off(60)] if moved else 0.0)
+        assert q[PROGRAM] / q[shift(1)] == pytest.approx(float(expected / p[shift(1)]), rel=1e-5)
+        refused = p[~torch.as_tensor(constraint.allowed()[0])].sum()
+        assert float(removed[0]) == pytest.approx(float(refused - (p[off(60)] if moved else 0)),
+                                                  abs=1e-6)
+    g.update(torch.tensor([PROGRAM]), torch.tensor([0.0]))
+    assert g.allowed()[0][off(60)]  # after the switch, its note-off
+    assert g.redirects() is None  # 67 started in this step
+    g.update(torch.tensor([shift(1)]), torch.tensor([0.0]))
+    assert g.redirects()[0][off(67)] == PROGRAM + 40  # and back for the other's
+    # two instruments sound the pitch elsewhere: the one that has sounded it longest
+    g = MIDIGrammar(GrammarLimits(8, 100), [np.array(
+        [SEP, VELOCITY, PROGRAM + 2, on(50), shift(1), PROGRAM + 1, on(50), shift(1),
+         PROGRAM + 3])])
+    assert g.redirects()[0][off(50)] == PROGRAM + 2
+    # no switch right after a switch: nothing moves where the target is refused
+    out, _ = apply_constraint(logits, g)
+    assert not g.allowed()[0][PROGRAM + 2]
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_redirected_sampling_releases_more_notes_and_needs_no_repair(seed):
+    """A 'model' that wants a note-off for any sounding pitch, whatever the instrument,
+    sampled under the grammar with and without redirects: both decode with no repair;
+    redirected, fewer of its wishes are refused and more notes end by its own note-off
+    rather than the grammar's forced release."""
+    limits = GrammarLimits(max_polyphony=6, max_steps=60)
+    results = {}
+    for redirect in (True, False):
+        g = MIDIGrammar(limits, [np.array([SEP])], redirect=redirect)
+        gen = torch.Generator().manual_seed(seed)
+        tokens, forced = [SEP], 0
+        for _ in range(2000):
+            logits = torch.randn(1, VOCAB_SIZE, generator=gen)
+            logits[0, PROGRAM + 3:DRUMS + 1] = -9.0  # three instruments
+            for _, pitch in g.walks[0].sounding:
+                logits[0, off(pitch)] = 4.0
+            forced += int(g.allowed()[0].sum() == 1)
+            out, removed = apply_constraint(logits, g)
+            t = sample_next(out, generator=gen)
+            g.update(t, removed)
+            tokens.append(int(t))
+        closing = g.closing()
+        _, repairs = get_domain("midi").decode(np.array(tokens + closing))
+        assert repairs["unmatched_note_off"] == repairs["unclosed_note"] == 0
+        body = np.array(tokens)
+        results[redirect] = (np.mean(g.removed), int(((body >= NOTE_OFF) & (body < SHIFT)).sum())
+                             - forced)
+    (refused, own_offs), (plain_refused, plain_own_offs) = results[True], results[False]
+    assert refused < plain_refused and own_offs > plain_own_offs
+
+
 def test_limits_are_typical_polyphony_and_the_most_tokens_in_a_moment():
     # one note alone for 100 steps, then a 3-note chord for 2: 3 notes sound 2% of the time
     seq = np.array([SEP, PROGRAM, VELOCITY, on(60), shift(100), on(64), on(67), shift(2),
@@ -134,6 +207,13 @@ def test_an_instrument_starts_notes_only_within_its_training_range(vocabulary):
     assert ok[on(0)] and ok[on(127)]
     old = {k: v for k, v in limits.to_dict().items() if k != "pitch_ranges"}
     assert domain.constraint(old, [np.array(named)]).allowed()[0][on(0)]
+    # a sample switches only to instruments the training music or the prompt names
+    ok = domain.constraint(limits.to_dict(), [np.array(named + [VELOCITY])]).allowed()[0]
+    assert ok[PROGRAM + 73] and not ok[PROGRAM + 5] and not ok[DRUMS]
+    prompt = named + [PROGRAM + 5, VELOCITY + 3, PROGRAM + 32, VELOCITY + 16]
+    ok = domain.constraint(limits.to_dict(), [np.array(prompt)]).allowed()[0]
+    assert ok[PROGRAM + 5] and ok[PROGRAM + 73] and not ok[PROGRAM + 6] and not ok[DRUMS]
+    assert domain.constraint(old, [np.array(named + [VELOCITY])]).allowed()[0][PROGRAM + 5]
     # what the prompt plays on an instrument widens its range (a held-out piece may take
     # it lower or higher than the training music did)
     def note(p):  # noqa: ANN001, ANN202 (durations: a pitch, then its duration)
@@ -226,6 +306,9 @@ def test_train_stores_limits_and_sample_keeps_the_grammar(tmp_path):
                      "--seed", 0)
     assert code == 0, text
     assert "grammar: masked" in text and "no repairs needed" in text
+    code, plain = run("sample", "midi", "--model", out, "--length", 400, "--out",
+                      tmp_path / "plain.mid", "--seed", 0, "--no-redirect")
+    assert code == 0 and "no repairs needed" in plain
     code, text = run("sample", "midi", "--model", out, "--length", 400, "--out",
                      tmp_path / "free.mid", "--seed", 0, "--no-grammar")
     assert code == 0 and "grammar" not in text and "unmatched_note_off" in text

@@ -292,6 +292,30 @@ def test_a_midi_target_given_its_sources_time_closes_exactly_at_its_end() -> Non
     assert target_grammar(midi, lambda: None, get_domain("dna"))(sources).ends is None
 
 
+def test_a_midi_targets_grammar_redirects_a_note_off_to_its_voice_through_the_wrappers(
+        ) -> None:
+    """The voice switch the note grammar offers for a note-off on the wrong voice (and its
+    plain counterpart, `redirect=False`) reaches the sampler through UntilClosed and
+    Within, the wrappers seq2seq decoding puts around a target's grammar."""
+    from seqformer.domains.midi import NOTE_OFF, NOTE_ON, PROGRAM, SHIFT, VELOCITY
+    from seqformer.pipeline.seq2seq import Within, target_grammar
+
+    midi = get_domain("midi")
+    sources = [np.array([PROGRAM, VELOCITY, NOTE_ON + 72, SHIFT + 9, NOTE_OFF + 72])]
+    for redirect in (True, False):
+        rule = target_grammar(midi, lambda: None, midi, redirect=redirect)(sources)
+        within = Within(midi.generatable(), midi.sep_id, midi.vocab_size, 1, inner=rule)
+        # the tenor (program 42) starts 55, then the alto (program 41) takes over
+        for t in (PROGRAM + 42, VELOCITY, NOTE_ON + 55, SHIFT, PROGRAM + 41):
+            within.update(torch.tensor([t]), torch.zeros(1))
+        targets = within.redirects()
+        if redirect:
+            assert targets[0, NOTE_OFF + 55] == PROGRAM + 42
+            assert (targets >= 0).sum() == 1
+        else:
+            assert targets is None
+
+
 def test_within_keeps_targets_to_the_domain_and_never_closes_them_empty() -> None:
     from seqformer.pipeline.seq2seq import Within
 

@@ -86,6 +86,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="sample under the MIDI note grammar (default; see README)")
     ap.add_argument("--end-with-soprano", action=argparse.BooleanOptionalAction, default=True,
                     help="under the grammar, close the voices when the soprano ends")
+    ap.add_argument("--redirect", action=argparse.BooleanOptionalAction, default=True,
+                    help="under the grammar, a note-off on the wrong voice becomes the switch "
+                    "to the voice that sounds that pitch (default)")
     args = ap.parse_args(argv)
     out = Path(args.out or Path(args.model) / "harmonized")
     out.mkdir(parents=True, exist_ok=True)
@@ -113,7 +116,8 @@ def harmonize(args: argparse.Namespace, out: Path) -> list[dict]:
     chosen = [k for k in chosen if len(atbs[k].tokens) + 2 <= model.max_target_len]
     chosen = chosen[::max(1, len(chosen) // args.pieces)][:args.pieces]
     grammar = (target_grammar(atb, lambda: read_sampling_limits(args.model),
-                              soprano if args.end_with_soprano else None)
+                              soprano if args.end_with_soprano else None,
+                              redirect=args.redirect)
                if args.grammar else None)
     made = translate(model, [sopranos[k].tokens for k in chosen], atb.sep_id,
                      model.max_target_len - 1, args.temperature, seed=args.seed,

@@ -65,11 +65,12 @@ def sample_lm(domain_name: str, model_dir: Path, prompt_tokens: Callable[[Domain
               length: int, temperature: float, top_k: int | None, top_p: float | None,
               seed: int | None, grammar: bool = False, num_samples: int = 1,
               device: str = "cpu", compile: bool | None = None, trust_pointer: bool = False,
-              texture: float | None = None) -> tuple[Domain, np.ndarray, list[np.ndarray]]:
+              grammar_options: dict | None = None
+              ) -> tuple[Domain, np.ndarray, list[np.ndarray]]:
     """(domain, prompt, [new tokens of each sample]); the samples are decoded as one batch.
     With `grammar`, sampled under the domain's grammar (limits from the model directory;
-    `texture`: MIDI's texture steer, None for its default) and each followed by the
-    tokens it needs to close."""
+    `grammar_options`: keyword arguments of the domain's `constraint`, e.g. MIDI's
+    `texture`) and each followed by the tokens it needs to close."""
     if length < 1:
         raise InputError(f"--length {length}: must be at least 1")
     if num_samples < 1:
@@ -89,9 +90,8 @@ def sample_lm(domain_name: str, model_dir: Path, prompt_tokens: Callable[[Domain
     if len(prompt) >= context:
         err.print(f"the prompt has {len(prompt) - 1:,} tokens, more than the model's context "
                   f"({context:,}): continuing from its last {context // 2:,} tokens")
-    options = {} if texture is None else {"texture": texture}
     constraint = (domain.constraint(sampling_limits(model_dir), [prompt] * num_samples,
-                                    **options) if grammar else None)
+                                    **(grammar_options or {})) if grammar else None)
     pointer_trust = read_pointer_hit_rates(model_dir) if trust_pointer else None
     if compile is None and decide_compile(None, length * num_samples, device):
         err.print("compiling the decoding step first (--no-compile to skip)")
@@ -180,7 +180,11 @@ def sample_midi(model: ModelOpt, length: Length,
                     "--texture", help="duration vocabulary, under the grammar: while fewer "
                     "notes sound than the training music's mean, favour longer notes and "
                     f"fewer time shifts, this strongly (0: off; default {TEXTURE_WEIGHT:g})"
-                )] = None
+                )] = None,
+                redirect: Annotated[bool, typer.Option(
+                    "--redirect/--no-redirect", help="event vocabulary, under the grammar: "
+                    "a note-off of a pitch the current instrument is not sounding becomes "
+                    "the switch to the instrument that is")] = True
                 ) -> None:
     """Generate music; writes the .mid (primer + continuation) and a piano-roll PNG (with
     --num-samples K: piece_1.mid ... piece_K.mid, each with its PNG)."""
@@ -202,9 +206,11 @@ def sample_midi(model: ModelOpt, length: Length,
         err.print("--trust-pointer without the note grammar: what a draw between copies "
                   "starts is never released, and notes sound for minutes "
                   "(docs/long-context.md); drop --no-grammar")
+    grammar_options = {"redirect": redirect} | ({} if texture is None
+                                                else {"texture": texture})
     domain, p, samples = sample_lm("midi", model, primer_tokens, length, temperature, top_k,
                                    top_p, seed, grammar, num_samples, device, compile,
-                                   trust_pointer, texture)
+                                   trust_pointer, grammar_options)
     for path, new in zip(outputs, samples):
         pm, repairs = domain.decode(np.concatenate([p, new]))
         png = path.with_suffix(".png")

@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -205,6 +206,11 @@ class Within:
         inner = getattr(self.inner, "log_weights", None)
         return inner() if inner is not None else None
 
+    def redirects(self) -> np.ndarray | torch.Tensor | None:
+        """The inner constraint's redirects, if it has them."""
+        inner = getattr(self.inner, "redirects", None)
+        return inner() if inner is not None else None
+
     def update(self, tokens: torch.Tensor, removed: torch.Tensor) -> None:
         self.first = None
         self.closed |= tokens.cpu() == self.sep_id
@@ -247,6 +253,12 @@ class UntilClosed:
             mask[:, self.sep_id] = done
         return mask
 
+    def log_weights(self) -> np.ndarray | None:
+        return self.grammar.log_weights()
+
+    def redirects(self) -> np.ndarray | None:
+        return self.grammar.redirects()
+
     def update(self, tokens: torch.Tensor, removed: torch.Tensor) -> None:
         ends = tokens.cpu().numpy() == self.sep_id
         self.grammar.update(tokens, removed, rows=~(self.closed | ends))
@@ -257,13 +269,15 @@ class UntilClosed:
 
 
 def target_grammar(domain: Domain, read_limits: Callable[[], dict | None],
-                   source_domain: Domain | None = None
+                   source_domain: Domain | None = None, **options: Any
                    ) -> Callable[[list[np.ndarray]], UntilClosed] | None:
     """For `translate(constraint=)`: the target domain's grammar for each batch of
     sources, or None for a domain without one (then `read_limits`, which reads what
     training stored, e.g. `run_dir.read_sampling_limits`, is not called). With a
     `source_domain` that has a grammar too (MIDI to MIDI), each target closes exactly when
-    its time reaches its source's end: a harmonization's voices end with the melody."""
+    its time reaches its source's end: a harmonization's voices end with the melody.
+    `options`: keyword arguments of the domain's `constraint` (MIDI: `texture`,
+    `redirect`)."""
     start = np.array([domain.sep_id])
     if domain.constraint(None, [start]) is None:
         return None
@@ -277,7 +291,8 @@ def target_grammar(domain: Domain, read_limits: Callable[[], dict | None],
             walks = source_domain.constraint(None, [np.concatenate([first, r]) for r in rows])
             # at least one step: a target is never closed empty (Within)
             ends = [max(1, w.now) for w in walks.walks]
-        return UntilClosed(domain.constraint(limits, [start] * len(rows)), domain.sep_id, ends)
+        return UntilClosed(domain.constraint(limits, [start] * len(rows), **options),
+                           domain.sep_id, ends)
 
     return rule
 

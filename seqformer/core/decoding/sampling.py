@@ -6,7 +6,12 @@ removed)` is told the (B,) tokens chosen and the probability mass (B,) its mask 
 the model's own distribution at that step (tensors). A constraint may also weigh what it
 allows: `log_weights()`, if it has one and it returns a (B, V) array, not None, gives
 log-weights added to the logits, a prior that decoding multiplies into the model's
-distribution (a product of experts).
+distribution (a product of experts). And it may move probability: `redirects()`, if it
+has one and it returns a (B, V) integer array, not None, sends the model's probability of
+each token v it does not allow to token redirects[b, v] where that one is allowed (-1:
+nowhere), so a token the model wants but may not have now becomes the step toward it (MIDI:
+a note-off on the wrong instrument becomes the switch to the right one). What is moved is
+not counted as removed.
 Masks and weights apply before temperature, top-k and top-p. Scores never use
 constraints: they are the model's own likelihood.
 """
@@ -45,7 +50,19 @@ def apply_constraint(logits: torch.Tensor, constraint: Constraint | None
     allowed = torch.as_tensor(constraint.allowed(), device=logits.device)
     if not allowed.any(dim=-1).all():
         raise ValueError("the constraint allows no token for some sequence")
-    removed = logits.float().softmax(dim=-1).masked_fill(allowed, 0.0).sum(dim=-1)
+    probs = logits.float().softmax(dim=-1)
+    removed = probs.masked_fill(allowed, 0.0).sum(dim=-1)
+    redirects = getattr(constraint, "redirects", None)
+    targets = redirects() if redirects is not None else None
+    if targets is not None:
+        targets = torch.as_tensor(targets, device=logits.device, dtype=torch.long)
+        to = targets.clamp_min(0)
+        moving = (targets >= 0) & ~allowed & allowed.gather(-1, to)
+        gained = torch.zeros_like(probs).scatter_add_(-1, to, probs * moving)
+        removed = removed - gained.sum(dim=-1)
+        # logits are log-probabilities up to each row's log-sum-exp
+        shifted = (probs + gained).log() + logits.float().logsumexp(dim=-1, keepdim=True)
+        logits = torch.where(gained > 0, shifted, logits.float()).to(logits.dtype)
     log_weights = getattr(constraint, "log_weights", None)
     weights = log_weights() if log_weights is not None else None
     if weights is not None:

@@ -74,14 +74,17 @@ class MIDIDomain(Domain):
         return limits_from(sequences, self.vocabulary_name).to_dict()
 
     def constraint(self, limits: dict[str, Any] | None, prompts: list[np.ndarray],
-                   texture: float = TEXTURE_WEIGHT) -> MIDIGrammar | DurationGrammar:
+                   texture: float = TEXTURE_WEIGHT, redirect: bool = True
+                   ) -> MIDIGrammar | DurationGrammar:
         """The note grammar of the vocabulary (grammar.py), with the texture steer of the
-        duration vocabulary this strong (0: off); without stored limits, a model trained
-        before they were: at most 16 notes at once, none longer than 10 s."""
+        duration vocabulary this strong (0: off) and, for events, a note-off on the wrong
+        instrument redirected to the switch to the right one (`redirect`); without stored
+        limits, a model trained before they were: at most 16 notes at once, none longer
+        than 10 s."""
         if not texture >= 0:
             raise InputError(f"texture must be >= 0 (0: off), got {texture}")
         limits = GrammarLimits(**limits) if limits else GrammarLimits(16, 1000)
-        return self._grammar(limits, prompts, texture)
+        return self._grammar(limits, prompts, texture, redirect)
 
     def read(self, path: str | Path, on_skip: OnSkip | None = None) -> Iterator[Record]:
         """One Record per piece of a .mid/.midi file, or of every such file under a directory

@@ -12,8 +12,10 @@ with the model.
 
 Ranges, for both vocabularies: an instrument the training music plays starts notes only
 within the lowest and highest pitch it played there (`pitch_ranges`); a bass voice does not
-climb into the soprano's register, nor a flute below its lowest note. An instrument the
-training music never played (a primer's, say) is not limited, and one it did may also
+climb into the soprano's register, nor a flute below its lowest note. A sample switches
+only to instruments the training music or the prompt plays (a harmonizer's voices are
+three programs; a fourth, unranged one let its notes reach pitch 0 and 127). An instrument
+the training music never played (a primer's) is not limited, and one it did may also
 play what the prompt plays on it: a held-out piece may take an instrument higher or lower
 than the training music did (the note-ons of planetblupi's music003 that the training
 ranges refused: 2.9% of its tokens).
@@ -28,6 +30,13 @@ its own, measured the same way (`fitted_to`): planetblupi's music003 opens at 3 
 the training data has, only a shift may come); and no token that changes nothing: no
 velocity right after a velocity, no instrument right after an instrument, none naming the
 current instrument.
+
+Redirects, for the event vocabulary (`redirect`): the model's probability of a note-off
+the grammar refuses because the current instrument is not sounding that pitch goes to the
+switch to the instrument that is (`redirects`, applied by core's sampling), so a model that
+knows a pitch should end but not on which instrument's context a note-off acts writes the
+switch and then the note-off, as the encoder does, instead of losing that probability to
+the mask.
 
 The duration vocabulary (durations.py) needs less: a note's duration token comes
 right after its pitch and is at most `max_steps`; a new note needs an instrument and a
@@ -104,6 +113,7 @@ class _Context:
         self.in_step = 0  # tokens since time last moved
         self.last = SEP
         self.played: dict[int, tuple[int, int]] = {}  # instrument -> lowest, highest pitch
+        self.instruments: set[int] = set()  # every instrument token seen
 
     def _context(self, token: int) -> None:
         """Apply a shift, velocity, program or drums token (others change nothing)."""
@@ -113,6 +123,7 @@ class _Context:
             self._seen.add("velocity")
         elif PROGRAM <= token <= DRUMS:
             self.inst = token
+            self.instruments.add(token)
             self._seen.add("instrument")
         self.named = len(self._seen) == 2
 
@@ -137,6 +148,11 @@ class _Context:
         if span is not None:
             ok[NOTE_ON:NOTE_ON + span[0]] = False
             ok[NOTE_ON + span[1] + 1:NOTE_ON + 128] = False
+        if limits.pitch_ranges is not None:  # no instrument the music has not played
+            known = [inst for inst, _, _ in limits.pitch_ranges] + list(self.instruments)
+            foreign = np.ones(DRUMS + 1 - PROGRAM, dtype=bool)
+            foreign[np.asarray(known, dtype=np.int64) - PROGRAM] = False
+            ok[PROGRAM:DRUMS + 1] &= ~foreign
         if VELOCITY <= self.last < PROGRAM:
             ok[VELOCITY:PROGRAM] = False
         if PROGRAM <= self.last <= DRUMS:
@@ -308,8 +324,8 @@ class _Grammar:
     vocabulary = "events"
 
     def __init__(self, limits: GrammarLimits, prompts: list[np.ndarray],
-                 texture: float = TEXTURE_WEIGHT):
-        self.texture = texture
+                 texture: float = TEXTURE_WEIGHT, redirect: bool = True):
+        self.texture, self.redirect = texture, redirect
         # per sequence: the limits, with a long prompt's own texture
         self.row_limits = [fitted_to(limits, np.asarray(p), self.vocabulary) for p in prompts]
         self.walks = [self.walk_type() for _ in prompts]
@@ -336,6 +352,19 @@ class _Grammar:
 
     def _steer(self, weights: np.ndarray, walk, limits: GrammarLimits) -> None:  # noqa: ANN001
         """Fill one row's texture log-weights (none by default)."""
+
+    def redirects(self) -> np.ndarray | None:
+        """(B, V): where the probability of a token the grammar refuses goes instead (-1:
+        nowhere; core/decoding/sampling.py), or None where nothing moves."""
+        if not self.redirect:
+            return None
+        out = np.full((len(self.walks), VOCAB_SIZE), -1, dtype=np.int64)
+        for row, walk in enumerate(self.walks):
+            self._redirect(out[row], walk)
+        return out if (out >= 0).any() else None
+
+    def _redirect(self, targets: np.ndarray, walk) -> None:  # noqa: ANN001
+        """Fill one row's redirects (none by default)."""
 
     def update(self, tokens, removed, rows: Iterable[bool] | None = None) -> None:  # noqa: ANN001
         """Step each sequence by its token; `rows`: only those marked True (the others,
@@ -376,6 +405,22 @@ class MIDIGrammar(_Grammar):
                 else VELOCITY - SHIFT)
         ok[SHIFT:SHIFT + min(room, VELOCITY - SHIFT)] = True  # shifts of 1 .. room steps
         return walk.texture(ok, limits)
+
+    def _redirect(self, targets: np.ndarray, walk: _Walk) -> None:
+        # A note-off of a pitch the current instrument is not sounding becomes the switch
+        # to the instrument that has sounded it longest (its note-off is allowed next). A
+        # model that has not learned which instrument a note-off acts on otherwise loses
+        # that probability to the mask, and a sample of chorale voices stalled in
+        # instrument changes (docs/music.md).
+        longest: dict[int, tuple[int, int]] = {}  # pitch -> (onset, instrument)
+        for (inst, pitch), onsets in walk.sounding.items():
+            if inst == walk.inst:
+                longest[pitch] = (-1, -1)  # its own note-off is allowed: nothing to move
+            elif onsets[0] < walk.now and onsets[0] < longest.get(pitch, (walk.now, 0))[0]:
+                longest[pitch] = (onsets[0], inst)
+        for pitch, (_, inst) in longest.items():
+            if inst >= 0:
+                targets[NOTE_OFF + pitch] = inst
 
     def closing(self, index: int = 0) -> list[int]:
         """Tokens that release every note still sounding in sequence `index`."""
