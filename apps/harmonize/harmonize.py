@@ -87,8 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--end-with-soprano", action=argparse.BooleanOptionalAction, default=True,
                     help="under the grammar, close the voices when the soprano ends")
     ap.add_argument("--redirect", action=argparse.BooleanOptionalAction, default=True,
-                    help="under the grammar, a note-off on the wrong voice becomes the switch "
-                    "to the voice that sounds that pitch (default)")
+                    help="under the grammar, a refused note-off becomes the release it most "
+                    "likely meant: the switch to the voice sounding that pitch, or the "
+                    "nearest pitch the voice sounds (default)")
     args = ap.parse_args(argv)
     out = Path(args.out or Path(args.model) / "harmonized")
     out.mkdir(parents=True, exist_ok=True)

@@ -183,8 +183,9 @@ def sample_midi(model: ModelOpt, length: Length,
                 )] = None,
                 redirect: Annotated[bool, typer.Option(
                     "--redirect/--no-redirect", help="event vocabulary, under the grammar: "
-                    "a note-off of a pitch the current instrument is not sounding becomes "
-                    "the switch to the instrument that is")] = True
+                    "a note-off it refuses becomes the switch to the instrument sounding "
+                    "that pitch, or the release of the nearest pitch sounding (within an "
+                    "octave)")] = True
                 ) -> None:
     """Generate music; writes the .mid (primer + continuation) and a piano-roll PNG (with
     --num-samples K: piece_1.mid ... piece_K.mid, each with its PNG)."""

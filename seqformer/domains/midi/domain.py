@@ -77,8 +77,8 @@ class MIDIDomain(Domain):
                    texture: float = TEXTURE_WEIGHT, redirect: bool = True
                    ) -> MIDIGrammar | DurationGrammar:
         """The note grammar of the vocabulary (grammar.py), with the texture steer of the
-        duration vocabulary this strong (0: off) and, for events, a note-off on the wrong
-        instrument redirected to the switch to the right one (`redirect`); without stored
+        duration vocabulary this strong (0: off) and, for events, a refused note-off
+        redirected to the release it most likely meant (`redirect`); without stored
         limits, a model trained before they were: at most 16 notes at once, none longer
         than 10 s."""
         if not texture >= 0:

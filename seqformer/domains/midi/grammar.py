@@ -32,11 +32,13 @@ velocity right after a velocity, no instrument right after an instrument, none n
 current instrument.
 
 Redirects, for the event vocabulary (`redirect`): the model's probability of a note-off
-the grammar refuses because the current instrument is not sounding that pitch goes to the
-switch to the instrument that is (`redirects`, applied by core's sampling), so a model that
-knows a pitch should end but not on which instrument's context a note-off acts writes the
-switch and then the note-off, as the encoder does, instead of losing that probability to
-the mask.
+the grammar refuses goes to the release it most likely meant (`redirects`, applied by
+core's sampling). A pitch the current instrument is not sounding but another is: the switch
+to that instrument, so a model that knows a pitch should end but not on which instrument's
+context a note-off acts writes the switch and then the note-off, as the encoder does. A
+pitch sounding nowhere: the note-off of the nearest pitch the current instrument sounds,
+within an octave (NEAREST_RELEASE), so a model that has lost track of which notes sound
+still ends notes when it means to.
 
 The duration vocabulary (durations.py) needs less: a note's duration token comes
 right after its pitch and is at most `max_steps`; a new note needs an instrument and a
@@ -77,6 +79,7 @@ NOTE_QUANTILE = 99.5  # the longest note allowed: this percentile of the trainin
 POLYPHONY_QUANTILE = 95.0  # the most notes at once: this percentile of sounding time
 PROMPT_NOTES = 100  # a prompt with this many notes narrows its continuation's texture
 TEXTURE_WEIGHT = 2.0  # the duration vocabulary's texture steer (DurationGrammar._steer)
+NEAREST_RELEASE = 12  # a note-off of a pitch sounding nowhere: the nearest within an octave
 
 
 @dataclass
@@ -407,20 +410,33 @@ class MIDIGrammar(_Grammar):
         return walk.texture(ok, limits)
 
     def _redirect(self, targets: np.ndarray, walk: _Walk) -> None:
-        # A note-off of a pitch the current instrument is not sounding becomes the switch
-        # to the instrument that has sounded it longest (its note-off is allowed next). A
+        # A note-off the model wants but the grammar refuses is read as the release it
+        # most likely meant. A pitch the current instrument is not sounding: the switch to
+        # the instrument that has sounded it longest (its note-off is allowed next); a
         # model that has not learned which instrument a note-off acts on otherwise loses
-        # that probability to the mask, and a sample of chorale voices stalled in
-        # instrument changes (docs/music.md).
+        # that probability to the mask. A pitch sounding nowhere: the note-off of the
+        # nearest pitch the current instrument sounds, within NEAREST_RELEASE semitones; a
+        # young model loses track of which notes sound, and without this its notes were
+        # held to the grammar's longest (docs/music.md).
         longest: dict[int, tuple[int, int]] = {}  # pitch -> (onset, instrument)
+        own = []  # pitches the current instrument may release now
         for (inst, pitch), onsets in walk.sounding.items():
             if inst == walk.inst:
-                longest[pitch] = (-1, -1)  # its own note-off is allowed: nothing to move
+                longest[pitch] = (-1, -1)  # its own note-off: nothing to move
+                if onsets[0] < walk.now:
+                    own.append(pitch)
             elif onsets[0] < walk.now and onsets[0] < longest.get(pitch, (walk.now, 0))[0]:
                 longest[pitch] = (onsets[0], inst)
         for pitch, (_, inst) in longest.items():
             if inst >= 0:
                 targets[NOTE_OFF + pitch] = inst
+        if own:
+            own_sorted = np.asarray(sorted(own))
+            distance = np.abs(np.arange(128)[:, None] - own_sorted[None, :])
+            nearest = own_sorted[distance.argmin(1)]  # the lower of two as near
+            free = distance.min(1) <= NEAREST_RELEASE
+            free[[pitch for _, pitch in walk.sounding]] = False  # sounding somewhere
+            targets[NOTE_OFF:NOTE_OFF + 128][free] = NOTE_OFF + nearest[free]
 
     def closing(self, index: int = 0) -> list[int]:
         """Tokens that release every note still sounding in sequence `index`."""
