@@ -120,6 +120,8 @@ def atomic_file(path: str | Path, mode: str = "wb", keep_previous: Path | None =
             with open(os.dup(fd), mode) as f:
                 yield f
             os.fsync(fd)
+            if keep_previous is not None and path.exists():
+                _keep(path, keep_previous)  # first: the named moment below stays two calls
             tmp = _hidden_name(path)
             folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
             try:  # a dir_fd makes Python call linkat(AT_SYMLINK_FOLLOW), not link()
@@ -127,7 +129,7 @@ def atomic_file(path: str | Path, mode: str = "wb", keep_previous: Path | None =
                         follow_symlinks=True)
             finally:
                 os.close(folder)
-            _move_into_place(tmp, path, keep_previous)
+            os.replace(tmp, path)
     finally:
         os.close(fd)
         if tmp is not None and tmp.exists():

@@ -346,12 +346,17 @@ def test_train_killed_at_random_resumes_from_a_whole_checkpoint(tmp_path, seed):
     run = tmp_path / "run"
     last = run / "checkpoints" / "last.ckpt"
     _kill_at_random([*TRAIN, "--out", run, "--max-steps", 400], seed, until=last)
-    _step_of(last)  # whole: it loads
-    no_temporary_files(run)
-    step = _step_of(last)
+    step = _step_of(last)  # whole: it loads
+    # a kill in the two calls that name a finished checkpoint (or keep the previous one)
+    # may leave a hidden name behind (CI met one); only hidden names, and the resumed run
+    # removes them
+    left = [p for p in run.rglob(".*") if p.suffix in (".tmp", ".link")]
+    assert all(p.parent == last.parent and p.name.startswith((".last.ckpt.", ".previous"))
+               for p in left), left
     code, text = run_cli(*TRAIN, "--out", run, "--resume", "--max-steps", step + 2)
     assert code == 0, text
     assert _step_of(last) == step + 2
+    no_temporary_files(run)
 
 
 # -- permissions and vanishing inputs --------------------------------------------------------
