@@ -80,7 +80,7 @@ def main() -> None:
     ap.add_argument("--texture", type=float, default=None,
                     help="the duration grammar's texture steer (0: off; default: the grammar's)")
     ap.add_argument("--no-redirect", action="store_true",
-                    help="events: do not redirect a note-off on the wrong instrument")
+                    help="events: refuse, not redirect, the note-offs the grammar refuses")
     args = ap.parse_args()
     domain = get_domain("midi")
     skip = ({r.id.split("/")[-1] for r in domain.read(args.exclude)} if args.exclude

@@ -122,13 +122,16 @@ def test_a_note_off_on_the_wrong_instrument_becomes_the_switch_to_its_instrument
     g.update(torch.tensor([shift(1)]), torch.tensor([0.0]))
     assert g.redirects()[0][off(67)] == PROGRAM + 40  # and back for the other's
     # two instruments sound the pitch elsewhere: the one that has sounded it longest
-    g = MIDIGrammar(GrammarLimits(8, 100), [np.array(
-        [SEP, VELOCITY, PROGRAM + 2, on(50), shift(1), PROGRAM + 1, on(50), shift(1),
-         PROGRAM + 3])])
+    prompt = [SEP, VELOCITY, PROGRAM + 2, on(50), shift(1), PROGRAM + 1, on(50), shift(1),
+              PROGRAM + 3]
+    g = MIDIGrammar(GrammarLimits(8, 100), [np.array(prompt)])
     assert g.redirects()[0][off(50)] == PROGRAM + 2
     # no switch right after a switch: nothing moves where the target is refused
-    out, _ = apply_constraint(logits, g)
+    plain = MIDIGrammar(GrammarLimits(8, 100), [np.array(prompt)], redirect=False)
     assert not g.allowed()[0][PROGRAM + 2]
+    logits[0, off(50)] = 3.0
+    for got, want in zip(apply_constraint(logits, g), apply_constraint(logits, plain)):
+        assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("seed, lost", [(0, 0), (1, 0), (0, 1)])

@@ -97,6 +97,11 @@ class GrammarLimits:
 
     def __post_init__(self) -> None:
         self._range_of = {inst: (low, high) for inst, low, high in self.pitch_ranges or []}
+        # the instrument tokens the training music plays (None: no ranges, any instrument)
+        self.instruments_played = None
+        if self.pitch_ranges is not None:
+            self.instruments_played = np.zeros(DRUMS + 1 - PROGRAM, dtype=bool)
+            self.instruments_played[[inst - PROGRAM for inst in self._range_of]] = True
 
     def range_of(self, instrument: int) -> tuple[int, int] | None:
         return self._range_of.get(instrument)
@@ -116,7 +121,7 @@ class _Context:
         self.in_step = 0  # tokens since time last moved
         self.last = SEP
         self.played: dict[int, tuple[int, int]] = {}  # instrument -> lowest, highest pitch
-        self.instruments: set[int] = set()  # every instrument token seen
+        self.instruments = np.zeros(DRUMS + 1 - PROGRAM, dtype=bool)  # each one seen
 
     def _context(self, token: int) -> None:
         """Apply a shift, velocity, program or drums token (others change nothing)."""
@@ -126,7 +131,7 @@ class _Context:
             self._seen.add("velocity")
         elif PROGRAM <= token <= DRUMS:
             self.inst = token
-            self.instruments.add(token)
+            self.instruments[token - PROGRAM] = True
             self._seen.add("instrument")
         self.named = len(self._seen) == 2
 
@@ -151,11 +156,8 @@ class _Context:
         if span is not None:
             ok[NOTE_ON:NOTE_ON + span[0]] = False
             ok[NOTE_ON + span[1] + 1:NOTE_ON + 128] = False
-        if limits.pitch_ranges is not None:  # no instrument the music has not played
-            known = [inst for inst, _, _ in limits.pitch_ranges] + list(self.instruments)
-            foreign = np.ones(DRUMS + 1 - PROGRAM, dtype=bool)
-            foreign[np.asarray(known, dtype=np.int64) - PROGRAM] = False
-            ok[PROGRAM:DRUMS + 1] &= ~foreign
+        if limits.instruments_played is not None:  # no instrument the music has not played
+            ok[PROGRAM:DRUMS + 1] &= limits.instruments_played | self.instruments
         if VELOCITY <= self.last < PROGRAM:
             ok[VELOCITY:PROGRAM] = False
         if PROGRAM <= self.last <= DRUMS:
