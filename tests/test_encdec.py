@@ -328,14 +328,17 @@ def test_tie_positions_shares_the_first_axis_and_checks_its_length() -> None:
                        tie_positions=True)
 
 
-def test_the_encoder_decoder_learns_to_copy_its_source() -> None:
+@pytest.mark.parametrize("read_target", [True, False])
+def test_the_encoder_decoder_learns_to_copy_its_source(read_target: bool) -> None:
     """Copying needs cross-attention to align target position t with source position t: a
-    learning check of the whole path (random 12-token sources, 250 AdamW steps)."""
+    learning check of the whole path (random 12-token sources, 250 AdamW steps), with and
+    without the decoder reading its own target."""
     torch.manual_seed(0)
     common = dict(d_model=64, n_layers=2, n_heads=4, d_ff=128, bucket_size=16, n_hashes=1,
                   max_seq_len=64)
     m = ReformerEncDec(ReformerConfig(vocab_size=22, causal=False, attn="full", **common),
-                       ReformerConfig(vocab_size=22, attn="local", **common))
+                       ReformerConfig(vocab_size=22, attn="local", **common),
+                       read_target=read_target)
     opt = torch.optim.AdamW(m.parameters(), lr=1e-3)
     g = torch.Generator().manual_seed(0)
     for _ in range(250):
@@ -348,3 +351,46 @@ def test_the_encoder_decoder_learns_to_copy_its_source() -> None:
     out = m.generate(src, 12, bos=1, temperature=0)
     # chance is 1/20 per token; a model that copies gets nearly all
     assert (out[:, 1:] == src).float().mean() > 0.9
+
+
+@pytest.mark.parametrize("attn", KINDS)
+def test_a_decoder_that_does_not_read_its_target_depends_on_source_and_position_only(
+        attn: str) -> None:
+    """read_target=False: any change of the target leaves every position's logits (not only
+    the later ones' causality), while the plain decoder's change; cached steps still equal
+    the full forward and greedy decoding is each position's argmax."""
+    from seqformer.core.layers.reversible import Source
+
+    src, tgt = tokens((2, 30), 12, 11), tokens((2, 24), 10, 12)
+    lengths = torch.tensor([30, 14])
+    other = tokens((2, 24), 10, 13)
+    other[:, 0] = tgt[:, 0]
+    for read_target in (True, False):
+        torch.manual_seed(0)
+        m = ReformerEncDec(*configs(attn), read_target=read_target).eval()
+        with torch.no_grad():
+            full = m(src, tgt, src_lengths=lengths)
+            moved = (m(src, other, src_lengths=lengths) - full).abs().amax()
+        if read_target:
+            assert moved > 1e-3
+            continue
+        assert moved == 0
+        with torch.no_grad():
+            source = Source(memory=m.encode(src, lengths), memory_lengths=lengths)
+            logits, cache = m.decoder.prefill(tgt[:, :3], 24, source)
+            steps = [logits] + [m.decoder.step(tgt[:, t], cache).unsqueeze(1)
+                                for t in range(3, 24)]
+        torch.testing.assert_close(torch.cat(steps, dim=1), full, rtol=1e-4, atol=1e-5)
+        out = m.generate(src, 24, bos=int(tgt[0, 0]), temperature=0, src_lengths=lengths)
+        assert torch.equal(out[:, 1:], full.argmax(-1))
+
+
+def test_only_a_plain_decoder_may_leave_its_target_unread() -> None:
+    from seqformer.core.model.lm import ReformerLM
+
+    enc, dec = configs()
+    with pytest.raises(ConfigError, match="read_tokens"):  # it reads the tokens before
+        ReformerEncDec(enc, ReformerConfig.from_dict({**dec.to_dict(), "kmer_embedding": 2}),
+                       read_target=False)
+    with pytest.raises(ConfigError, match="read_tokens"):
+        ReformerLM(dec, read_tokens=False)  # a language model that reads nothing

@@ -397,6 +397,50 @@ def test_codon_designs_from_a_trained_model_translate_back_to_their_proteins(
     assert codons.evaluate(weighed, plain, usage)["codon_identity"] > 0.95
 
 
+def test_a_model_that_does_not_read_its_codons_designs_each_positions_likeliest_codon(
+        tmp_path, codon_token_run: Path) -> None:
+    """seq2seq.read_target false over codons: greedy design is, position by position, the
+    likeliest allowed codon of the model's distribution there (`marginals`, one forward
+    pass)."""
+    import importlib.util
+    import sys
+
+    out = tmp_path / "unread"
+    args = train_args(out)
+    args[args.index("dna")] = "cds"
+    code, text = run_cli(*args, "train.max_steps=4", "seq2seq.read_target=false")
+    assert code == 0, text
+    app = REPO / "apps" / "codon_design"
+    sys.path.insert(0, str(app))
+    try:
+        spec = importlib.util.spec_from_file_location("codon_design_app", app / "design.py")
+        design = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(design)
+        from codons import SYNONYMS
+        from prepare import read_fasta
+    finally:
+        sys.path.remove(str(app))
+    proteins = read_fasta(HELD_PROTEIN)
+    by_position = design.marginals(out, list(proteins.values()), batch_size=3)
+    codons = list(get_domain("cds").tokens)
+
+    def likeliest(row: np.ndarray, family) -> str:  # noqa: ANN001
+        return max(family, key=lambda c: row[codons.index(c)])
+
+    designs = design.design(out, proteins, batch_size=4)
+    for rid, protein in proteins.items():
+        logp = by_position[protein]
+        assert logp.shape == (len(protein) + 1, len(codons))
+        np.testing.assert_allclose(np.exp(logp).sum(-1), 1, rtol=1e-5)
+        expected = (likeliest(logp[0], ("ATG", "GTG", "TTG"))
+                    + "".join(likeliest(logp[i], SYNONYMS[a])
+                              for i, a in enumerate(protein) if i > 0)
+                    + likeliest(logp[-1], ("TAA", "TAG", "TGA")))
+        assert designs[rid] == expected, rid
+    with pytest.raises(ValueError, match="read_target false"):
+        design.marginals(codon_token_run, list(proteins.values()))
+
+
 def test_a_target_that_is_not_whole_codons_is_one_error(tmp_path) -> None:
     cds = {r.id: r.tokens for r in get_domain("dna").read(CDS)}
     broken = tmp_path / "cds.fa"
@@ -442,6 +486,26 @@ def test_aligned_cross_attention_is_one_config_switch(tmp_path) -> None:
                       ("seq2seq.align={ratio: 3}", "seq2seq.align: expected null or")]:
         code, text = run_cli(*train_args(tmp_path / "bad"), bad)
         assert code == 2 and says in text and "Traceback" not in text, (bad, text)
+
+
+def test_an_unread_target_is_one_config_switch(tmp_path) -> None:
+    out = tmp_path / "unread"
+    code, text = run_cli(*train_args(out), "train.max_steps=3", "seq2seq.read_target=false",
+                         "seq2seq.align={ratio: 3, window: 4}")
+    assert code == 0, text
+    model, source, target, _ = load_seq2seq(out)
+    assert not model.read_target and model.decoder.blank is not None
+    designed = tmp_path / "designed.fa"
+    code, text = run_cli("sample", "seq2seq", "--model", out, "--source", HELD_PROTEIN,
+                         "--out", designed, "--max-length", "30")
+    assert code == 0, text
+    assert len(list(get_domain("dna").read(designed))) == len(list(source.read(HELD_PROTEIN)))
+    code, text = run_cli(*train_args(tmp_path / "bad"), "seq2seq.read_target=3")
+    assert code == 2 and "seq2seq.read_target: must be true or false" in text, text
+    code, text = run_cli(*train_args(tmp_path / "bad", target=PROTEIN),
+                         "--target-domain", "protein", "seq2seq.decoder_only=true",
+                         "seq2seq.read_target=false")
+    assert code == 2 and "seq2seq.read_target: a decoder-only model" in text, text
 
 
 @pytest.mark.parametrize("app, source, target", [("codon_design/codon.yaml", "protein", "cds"),

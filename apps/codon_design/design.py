@@ -5,8 +5,8 @@
 
 Each protein of the split is decoded under `SynonymousCodons` (every design translates
 back to exactly its protein), for a model over codons weighted by the neighbours
-baseline's codon frequencies (`--neighbour-prior W`, 1 by default, 0 for the model
-alone), then compared with its native gene and with the
+baseline's codon frequencies (`--neighbour-prior W`; 0, the model alone, by default:
+the preset's model does better alone), then compared with its native gene and with the
 most-frequent-codon and neighbours baselines (`codons.evaluate`: codon identity, CAI, GC,
 identity by the native's GC band). The model's own bits per base on the native genes come
 too (`score seq2seq`'s likelihood, without any constraint).
@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from baseline import band_table, baseline_designs, training_usage  # noqa: E402
@@ -37,6 +38,30 @@ from seqformer import (  # noqa: E402
     target_log_likelihoods,
     translate,
 )
+
+
+def marginals(model_dir: str | Path, proteins: list[str], batch_size: int = 16
+              ) -> dict[str, np.ndarray]:
+    """{protein: (len + 1, V) log-probabilities of codon i given the protein} from a model
+    over codons that does not read its own target (`seq2seq.read_target: false`): its
+    distribution at a position is the same whatever was written before, so one forward
+    pass gives every position's."""
+    model, protein_domain, target, _ = load_seq2seq(model_dir)
+    if target.name != "cds" or getattr(model, "read_target", True):
+        raise ValueError(f"{model_dir}: not a model over codons trained with "
+                         "seq2seq.read_target false")
+    out = {}
+    for k in range(0, len(proteins), batch_size):
+        batch = proteins[k:k + batch_size]
+        lengths = torch.tensor([len(p) for p in batch])
+        src = torch.full((len(batch), int(lengths.max())), protein_domain.pad_id)
+        for b, p in enumerate(batch):
+            src[b, :len(p)] = torch.from_numpy(protein_domain.encode(p))
+        unread = torch.zeros(len(batch), int(lengths.max()) + 1, dtype=torch.long)
+        with torch.no_grad():
+            logp = torch.log_softmax(model(src, unread, src_lengths=lengths).float(), -1)
+        out.update({p: logp[b, :len(p) + 1].numpy() for b, p in enumerate(batch)})
+    return out
 
 
 def design(model_dir: str | Path, proteins: dict[str, str], temperature: float = 0.0,
@@ -89,7 +114,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--batch-size", type=int, default=16, help="proteins decoded together")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=None, help="only the first N proteins")
-    ap.add_argument("--neighbour-prior", type=float, default=1.0, metavar="W",
+    ap.add_argument("--neighbour-prior", type=float, default=0.0, metavar="W",
                     help="weigh the model's codons by the neighbours baseline's frequencies "
                     "to the power W (models over codons); 0: the model alone")
     ap.add_argument("--out", default=None, help="default: <model>/designs")

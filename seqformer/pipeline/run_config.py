@@ -89,6 +89,10 @@ SEQ2SEQ_DEFAULTS: dict[str, Any] = {
     # positions within w of t // r (position-aligned pairs; T x (2w + 1) instead of S x T).
     # None: every target position reads the whole source
     "align": None,
+    # false: the decoder never reads the target tokens it wrote; each target position is
+    # predicted from its position and the source alone, and greedy decoding takes each
+    # position's likeliest token (position-aligned pairs such as codon design)
+    "read_target": True,
     # the comparison: no encoder, one causal model reads source + target and is scored on
     # the target (source and target of one domain; model.max_seq_len covers both)
     "decoder_only": False,
@@ -263,9 +267,12 @@ def _resolve_encoder(cfg: dict, source: tuple[str, int]) -> None:
     length = s2s["source_len"]
     if not (isinstance(length, int) and not isinstance(length, bool) and length >= 1):
         raise InputError(f"seq2seq.source_len: must be a positive integer, got {length!r}")
-    for key in ("share_weights", "tie_positions", "decoder_only"):
+    for key in ("share_weights", "tie_positions", "decoder_only", "read_target"):
         if not isinstance(s2s[key], bool):
             raise InputError(f"seq2seq.{key}: must be true or false, got {s2s[key]!r}")
+    if s2s["decoder_only"] and not s2s["read_target"]:
+        raise InputError("seq2seq.read_target: a decoder-only model reads its source and "
+                         "target as one sequence; it cannot leave the target unread")
     if s2s["decoder_only"]:
         if source[0] != cfg["domain"]:
             raise InputError(f"seq2seq.decoder_only: needs one domain for source and target, "

@@ -143,6 +143,7 @@ def build_model(cfg: dict) -> Seq2Seq:
                           share_weights=s2s["share_weights"],
                           tie_positions=s2s.get("tie_positions", False),
                           alignment=Alignment(**s2s["align"]) if s2s.get("align") else None,
+                          read_target=s2s.get("read_target", True),
                           shared_vocab=s2s["source_domain"] == cfg["domain"])
 
 

@@ -39,11 +39,16 @@ class ReformerEncDec(nn.Module):
     pairs, each target position t against the source positions within `window` of
     t // ratio (see attention/cross.py); None: every target position against the whole
     source.
+    read_target=False: the decoder does not read the target tokens before a position (each
+    is one learned vector), so each position's distribution is the target's marginal there
+    given the source, and greedy decoding picks each position's likeliest token
+    (non-autoregressive, as CodonTransformer's codon design). Still exactly causal.
     """
 
     def __init__(self, enc_cfg: ReformerConfig, dec_cfg: ReformerConfig,
                  share_weights: bool = False, shared_vocab: bool = False,
-                 tie_positions: bool = False, alignment: Alignment | None = None):
+                 tie_positions: bool = False, alignment: Alignment | None = None,
+                 read_target: bool = True):
         super().__init__()
         if enc_cfg.causal:
             enc_cfg = ReformerConfig.from_dict({**enc_cfg.to_dict(), "causal": False})
@@ -58,10 +63,12 @@ class ReformerEncDec(nn.Module):
         self.enc_cfg, self.dec_cfg = enc_cfg, dec_cfg
         self.share_weights, self.shared_vocab = share_weights, shared_vocab
         self.tie_positions, self.alignment = tie_positions, alignment
+        self.read_target = read_target
         self.encoder = ReformerLM(enc_cfg)
         # the encoder's output feeds cross-attention, never a vocabulary
         self.encoder.head = None
-        self.decoder = ReformerLM(dec_cfg, cross_attention=True, alignment=alignment)
+        self.decoder = ReformerLM(dec_cfg, cross_attention=True, alignment=alignment,
+                                  read_tokens=read_target)
         if shared_vocab:
             if enc_cfg.vocab_size != dec_cfg.vocab_size:
                 raise ConfigError(f"vocab_size: shared_vocab needs equal vocabularies, got "

@@ -15,7 +15,7 @@ import torch.nn as nn
 from ..attention.cross import Alignment, CrossAttention
 from ..attention.matching import context_buckets, next_bucket
 from ..attention.module import Attention
-from ..config import ReformerConfig
+from ..config import ConfigError, ReformerConfig
 from ..decoding.cache import DecodeCache
 from ..decoding.generate import generate_tokens
 from ..decoding.sampling import Constraint
@@ -53,11 +53,20 @@ class ReformerLM(nn.Module):
     window around each position's aligned source position."""
 
     def __init__(self, cfg: ReformerConfig, cross_attention: bool = False,
-                 alignment: Alignment | None = None):
+                 alignment: Alignment | None = None, read_tokens: bool = True):
         super().__init__()
         self.cfg = cfg
         d = cfg.d_model
+        if not read_tokens and (not cross_attention or cfg.kmer_embedding > 1
+                                or cfg.has_match or cfg.copy_k):
+            raise ConfigError("read_tokens: only a decoder with cross-attention and no k-mer "
+                              "embedding, match layers or copy mixture can leave its own "
+                              "tokens unread")
         self.embed = nn.Embedding(cfg.vocab_size, d)
+        # read_tokens=False: every input token is this one learned vector, so position t is
+        # predicted from its position and the source alone; its greedy choice is then the
+        # likeliest token at t, not the next step of a path the decoder follows
+        self.blank = None if read_tokens else nn.Parameter(torch.zeros(1, d))
         # One table per offset 1..k-1, each with an extra row for "before the sequence".
         self.embed_prev = (nn.Embedding((cfg.kmer_embedding - 1) * (cfg.vocab_size + 1), d)
                            if cfg.kmer_embedding > 1 else None)
@@ -117,8 +126,10 @@ class ReformerLM(nn.Module):
         of tables[i][ids[i]]: the token, each axial position axis and, with
         kmer_embedding k, the tokens 1..k-1 back (from `before` across the start)."""
         B, L = tokens.shape
+        if self.blank is not None:
+            tokens = torch.zeros_like(tokens)
         ids = [tokens, *self.pos.indices(positions)]
-        tables = [self.embed.weight, *self.pos.tables()]
+        tables = [self.embed.weight if self.blank is None else self.blank, *self.pos.tables()]
         k, V = self.cfg.kmer_embedding, self.cfg.vocab_size
         if k > 1:
             before = (tokens.new_full((B, k - 1), V) if before is None
