@@ -4,6 +4,7 @@ proteins and their genes), the pairing rules, and scores against a full-logits r
 from __future__ import annotations
 
 import shutil
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +21,7 @@ from seqformer.pipeline.seq2seq import (
     translate,
 )
 
-from cli_helpers import REPO, run_cli
+from cli_helpers import REPO, load_app_module, run_cli
 
 DATA = REPO / "apps" / "codon_design" / "data"
 PROTEIN, CDS = DATA / "sample_train_protein.fa", DATA / "sample_train_cds.fa"
@@ -351,26 +352,28 @@ def codon_token_run(tmp_path_factory) -> Path:
     return out
 
 
+def codon_app() -> tuple:
+    """apps/codon_design's design, codons and prepare modules (apps/ is not a package)."""
+    app = REPO / "apps" / "codon_design"
+    sys.path.insert(0, str(app))
+    try:
+        design = load_app_module(app / "design.py", "codon_design_app")
+        import codons
+        import prepare
+    finally:
+        sys.path.remove(str(app))
+    return design, codons, prepare
+
+
 @pytest.mark.parametrize("run", ["codon_run", "codon_token_run"])
 def test_codon_designs_from_a_trained_model_translate_back_to_their_proteins(
         run: str, request: pytest.FixtureRequest) -> None:
     """apps/codon_design/design.py end to end: the model decodes under SynonymousCodons,
     over bases or over codons."""
-    import importlib.util
-    import sys
-
     model_dir = request.getfixturevalue(run)
     app = REPO / "apps" / "codon_design"
-    sys.path.insert(0, str(app))
-    try:
-        spec = importlib.util.spec_from_file_location("codon_design_app", app / "design.py")
-        design = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(design)
-        import codons
-        from codons import translates_to
-        from prepare import read_fasta
-    finally:
-        sys.path.remove(str(app))
+    design, codons, prepare = codon_app()
+    translates_to, read_fasta = codons.translates_to, prepare.read_fasta
     proteins = read_fasta(HELD_PROTEIN)
     designs = design.design(model_dir, proteins, temperature=1.0, seed=0)
     assert list(designs) == list(proteins)
@@ -402,25 +405,14 @@ def test_a_model_that_does_not_read_its_codons_designs_each_positions_likeliest_
     """seq2seq.read_target false over codons: greedy design is, position by position, the
     likeliest allowed codon of the model's distribution there (`marginals`, one forward
     pass)."""
-    import importlib.util
-    import sys
-
     out = tmp_path / "unread"
     args = train_args(out)
     args[args.index("dna")] = "cds"
     code, text = run_cli(*args, "train.max_steps=4", "seq2seq.read_target=false")
     assert code == 0, text
-    app = REPO / "apps" / "codon_design"
-    sys.path.insert(0, str(app))
-    try:
-        spec = importlib.util.spec_from_file_location("codon_design_app", app / "design.py")
-        design = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(design)
-        from codons import SYNONYMS
-        from prepare import read_fasta
-    finally:
-        sys.path.remove(str(app))
-    proteins = read_fasta(HELD_PROTEIN)
+    design, codon_metrics, prepare = codon_app()
+    SYNONYMS = codon_metrics.SYNONYMS
+    proteins = prepare.read_fasta(HELD_PROTEIN)
     by_position = design.marginals(out, list(proteins.values()), batch_size=3)
     codons = list(get_domain("cds").tokens)
 
