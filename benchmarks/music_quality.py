@@ -34,6 +34,7 @@ from music_quality_features import (  # benchmarks/ is sys.path[0] when this fil
 )
 
 from seqformer.domains import get_domain
+from seqformer.domains.midi.grammar import TEXTURE_WEIGHT
 
 
 def generate(model_dir: Path, samples: int, length: int, temperature: float,
@@ -77,8 +78,8 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=1500)
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--no-grammar", action="store_true")
-    ap.add_argument("--texture", type=float, default=None,
-                    help="the duration grammar's texture steer (0: off; default: the grammar's)")
+    ap.add_argument("--texture", type=float, default=TEXTURE_WEIGHT,
+                    help="the duration grammar's texture steer (0: off; default %(default)g)")
     ap.add_argument("--no-redirect", action="store_true",
                     help="events: refuse, not redirect, the note-offs the grammar refuses")
     args = ap.parse_args()
@@ -92,8 +93,7 @@ def main() -> None:
         reference += [piece_features(domain.decode(r.tokens)[0]) for r in records[-n_ref:]
                       if r.id.split("/")[-1] not in skip]
     if args.model is not None:
-        options = {"redirect": not args.no_redirect} | ({} if args.texture is None
-                                                         else {"texture": args.texture})
+        options = {"redirect": not args.no_redirect, "texture": args.texture}
         pms, repairs, rate, closed = generate(args.model, args.samples, args.length,
                                               args.temperature, not args.no_grammar,
                                               options)

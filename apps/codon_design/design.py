@@ -38,6 +38,7 @@ from seqformer import (  # noqa: E402
     target_log_likelihoods,
     translate,
 )
+from seqformer.pipeline.seq2seq import pad_batch  # noqa: E402
 
 
 def marginals(model_dir: str | Path, proteins: list[str], batch_size: int = 16
@@ -53,11 +54,9 @@ def marginals(model_dir: str | Path, proteins: list[str], batch_size: int = 16
     out = {}
     for k in range(0, len(proteins), batch_size):
         batch = proteins[k:k + batch_size]
-        lengths = torch.tensor([len(p) for p in batch])
-        src = torch.full((len(batch), int(lengths.max())), protein_domain.pad_id)
-        for b, p in enumerate(batch):
-            src[b, :len(p)] = torch.from_numpy(protein_domain.encode(p))
-        unread = torch.zeros(len(batch), int(lengths.max()) + 1, dtype=torch.long)
+        src, lengths = pad_batch([protein_domain.encode(p) for p in batch],
+                                 protein_domain.pad_id)
+        unread = torch.zeros(len(batch), src.shape[1] + 1, dtype=torch.long)
         with torch.no_grad():
             logp = torch.log_softmax(model(src, unread, src_lengths=lengths).float(), -1)
         out.update({p: logp[b, :len(p) + 1].numpy() for b, p in enumerate(batch)})

@@ -176,11 +176,11 @@ def sample_midi(model: ModelOpt, length: Length,
                 trust_pointer: Annotated[bool, typer.Option(
                     "--trust-pointer", help="hold repeats: trust the far pointer "
                     "(model.copy_pointer) as often as it was right in training")] = False,
-                texture: Annotated[float | None, typer.Option(
+                texture: Annotated[float, typer.Option(
                     "--texture", help="duration vocabulary, under the grammar: while fewer "
                     "notes sound than the training music's mean, favour longer notes and "
                     f"fewer time shifts, this strongly (0: off; default {TEXTURE_WEIGHT:g})"
-                )] = None,
+                )] = TEXTURE_WEIGHT,
                 redirect: Annotated[bool, typer.Option(
                     "--redirect/--no-redirect", help="event vocabulary, under the grammar: "
                     "a note-off it refuses becomes the switch to the instrument sounding "
@@ -207,8 +207,7 @@ def sample_midi(model: ModelOpt, length: Length,
         err.print("--trust-pointer without the note grammar: what a draw between copies "
                   "starts is never released, and notes sound for minutes "
                   "(docs/long-context.md); drop --no-grammar")
-    grammar_options = {"redirect": redirect} | ({} if texture is None
-                                                else {"texture": texture})
+    grammar_options = {"redirect": redirect, "texture": texture}
     domain, p, samples = sample_lm("midi", model, primer_tokens, length, temperature, top_k,
                                    top_p, seed, grammar, num_samples, device, compile,
                                    trust_pointer, grammar_options)
