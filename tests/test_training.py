@@ -1,13 +1,22 @@
-"""The Lightning task: a non-finite loss stops training before it reaches the weights."""
+"""The Lightning task and loop: a non-finite loss stops training before it reaches the
+weights; best.ckpt holds the weights its score was measured on; train.export: best."""
 
+import csv
 import math
+import re
 
+import numpy as np
+import pytest
 import pytorch_lightning as pl
 import torch
+from safetensors.torch import load_file
 from torch.utils.data import DataLoader
 
 from seqformer.core import ReformerConfig, ReformerLM
 from seqformer.pipeline.lightning_module import LMTask, token_nll
+from seqformer.pipeline.training import read_checkpoint
+
+from cli_helpers import TINY_MODEL, run_cli
 
 
 def test_token_nll_ignores_padding_and_separators():
@@ -51,3 +60,60 @@ def test_nonfinite_loss_stops_training_and_keeps_good_weights(tmp_path):
         assert torch.isfinite(value).all(), name
         assert torch.equal(value, snapshot[name]), name  # the NaN step changed nothing
 
+
+
+def _overfitting_run(tmp_path, export: str) -> tuple:
+    """Train on one 64-base motif repeated and validate on random bases: validation first
+    falls (base composition), then rises as the model learns to copy the motif. Returns
+    the run, the periodic validations (metrics.csv, in order), the closing validation of
+    the last step's weights, the validation the run reported and its output."""
+    rng = np.random.default_rng(0)
+    motif = "".join(rng.choice(list("ACGT"), 64))
+    fasta = tmp_path / "g.fa"
+    fasta.write_text(f">motif\n{motif * 40}\n>random\n{''.join(rng.choice(list('ACGT'), 2048))}\n")
+    run = tmp_path / export
+    code, out = run_cli("train", "dna", "--fasta", fasta, "--out", run, *TINY_MODEL,
+                        "data.holdout_ids=[random]", "data.rc_augment=false",
+                        "train.max_steps=60", "train.val_every=5", "train.lr=3e-3",
+                        "train.warmup_steps=5", f"train.export={export}")
+    assert code == 0, out
+    rows = list(csv.DictReader(open(next(run.glob("logs/version_*/metrics.csv")))))
+    vals = [float(r["val_bits"]) for r in rows if r.get("val_bits")]
+    periodic, closing = vals[:12], vals[12]  # every 5 steps to 60, then the closing one
+    reported = float(re.search(r"validation: model ([\d.]+) bits", out).group(1))
+    return run, periodic, closing, reported, out
+
+
+@pytest.mark.parametrize("export", ["last", "best"])
+def test_best_checkpoint_holds_the_weights_of_its_score_and_export_best_keeps_them(
+        tmp_path, export):
+    run, periodic, closing, reported, out = _overfitting_run(tmp_path, export)
+    best = read_checkpoint(run / "checkpoints" / "best.ckpt")
+    score = next(v["best_model_score"] for k, v in best["callbacks"].items()
+                 if "'monitor': 'val_bits'" in k)
+    assert float(score) == pytest.approx(min(periodic), abs=1e-6)
+    assert min(periodic) < closing - 0.05  # the run did overfit: the test is not vacuous
+    exported = load_file(run / "model.safetensors")
+    told = (f"validation was {min(periodic):.4f} bits/base earlier in this run: the model "
+            "has overfit")
+    if export == "last":
+        assert reported == pytest.approx(closing, abs=1e-4)
+        assert told in " ".join(out.split())  # the run says so, and how to keep the best
+        return
+    assert "has overfit" not in out
+    # the best weights were exported, and scored again they give best.ckpt's score: the
+    # checkpoint holds the weights that were validated, not the next interval's
+    assert len(periodic) == 12 and reported == pytest.approx(min(periodic), abs=1e-4)
+    weights = {k.removeprefix("model."): v for k, v in best["state_dict"].items()}
+    assert exported.keys() <= weights.keys()
+    for name, value in exported.items():
+        assert torch.equal(value, weights[name]), name
+
+
+def test_export_must_be_last_or_best(tmp_path):
+    fasta = tmp_path / "g.fa"
+    fasta.write_text(">a\n" + "ACGT" * 300 + "\n")
+    code, out = run_cli("train", "dna", "--fasta", fasta, "--out", tmp_path / "r", *TINY_MODEL,
+                        "train.export=final")
+    assert code != 0 and "train.export: must be last or best, got 'final'" in out
+    assert "Traceback" not in out and not (tmp_path / "r").exists()

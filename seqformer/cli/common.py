@@ -181,14 +181,24 @@ def unit(domain_name: str) -> str:
     return get_domain(domain_name).unit
 
 
-def against_baseline(bits: float, baseline: dict, unit: str) -> str:
-    """The model's validation bits beside the Markov baseline's, on the same tokens."""
+def against_baseline(bits: float, baseline: dict, unit: str,
+                     best_bits: float | None = None) -> str:
+    """The model's validation bits beside the Markov baseline's, on the same tokens; and,
+    when an earlier validation of the run (`best_bits`) was clearly lower, that it overfit
+    (training longer would not help then)."""
     gap = baseline["val_bits"] - bits
+    overfit = best_bits is not None and best_bits < bits - 0.02 * abs(bits)
     verdict = (f"[green]model ahead by {gap:.4f}[/green]" if gap > 0
-               else f"[red]model behind by {-gap:.4f}[/red] (train longer or larger)")
-    return (f"validation: model {bits:.4f} bits/{unit}, order-{baseline['order']} Markov "
+               else f"[red]model behind by {-gap:.4f}[/red]"
+               + ("" if overfit else " (train longer or larger)"))
+    line = (f"validation: model {bits:.4f} bits/{unit}, order-{baseline['order']} Markov "
             f"baseline {baseline['val_bits']:.4f} bits/{unit} ({baseline['val_tokens']:,} "
             f"tokens): {verdict}")
+    if overfit:
+        line += (f"\nvalidation was {best_bits:.4f} bits/{unit} earlier in this run: the model "
+                 "has overfit its training data (train.export=best keeps the best weights; "
+                 "more data or more dropout helps)")
+    return line
 
 
 def sampling_limits(model_dir: Path) -> dict | None:

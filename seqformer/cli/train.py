@@ -79,7 +79,8 @@ def train_lm(domain_name: str, inputs: list[Path], opts: Training, options: dict
     out.print(f"[green]trained[/green] {summary['steps']} steps on {summary['tokens']:,} "
               f"tokens ({summary['records']} records){stopped} -> {summary['run']}")
     if summary["baseline"]:
-        out.print(against_baseline(summary["val_bits"], summary["baseline"], unit(domain_name)))
+        out.print(against_baseline(summary["val_bits"], summary["baseline"], unit(domain_name),
+                                   summary["best_val_bits"]))
     else:
         out.print(f"validation {summary['val_bits']:.4f} bits/{unit(domain_name)}")
 

@@ -53,6 +53,9 @@ DEFAULTS: dict[str, Any] = {
         "seed": 0,
         "val_every": 100,
         "checkpoint_every": None,  # steps between checkpoints/last.ckpt; None = val_every
+        # which weights model.safetensors keeps: the last step's, or ("best") those of the
+        # validation with the best score, when training went on past it (overfitting)
+        "export": "last",
         "log_every": 10,
         "devices": 1,
         "num_nodes": 1,
@@ -224,6 +227,8 @@ def resolve(domain: str, vocab_size: int, preset: str | Path | None = None,
     need(train["checkpoint_every"] is None or integer(train["checkpoint_every"], 1),
          "train.checkpoint_every", "must be a positive integer or null",
          train["checkpoint_every"])
+    need(train["export"] in ("last", "best"), "train.export", "must be last or best",
+         train["export"])
     need(train["max_minutes"] is None or (number(train["max_minutes"], 0.0)
                                           and train["max_minutes"] > 0),
          "train.max_minutes", "must be a positive number or null", train["max_minutes"])

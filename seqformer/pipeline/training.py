@@ -301,23 +301,38 @@ def _kept(last: Path) -> str:
     return (f"{last} keeps step {step}: free space, then continue with --resume")
 
 
+def _restore_best(trainer: pl.Trainer, task: Task, best: ModelCheckpoint) -> bool:
+    """train.export: best. Loads checkpoints/best.ckpt into the task when its validation
+    beat the final weights' (just computed); says whether it did."""
+    final = trainer.callback_metrics.get(task.monitor[0])
+    if not best.best_model_path or best.best_model_score is None or final is None:
+        return False
+    score = float(best.best_model_score)
+    if not (score < float(final) if task.monitor[1] == "min" else score > float(final)):
+        return False
+    task.load_state_dict(read_checkpoint(Path(best.best_model_path), "cpu")["state_dict"])
+    return True
+
+
 def fit(task: Task, data: pl.LightningDataModule, run: Path, train_cfg: dict, resume: bool,
         has_val: bool, progress: bool = True) -> pl.Trainer:
     """The training loop every task shares: Lightning fit with checkpoints (best by the
     task's `monitor`, last every checkpoint_every steps, atomically written), Ctrl-C and
     SIGTERM safety, progress (the task's `shown` metrics), and a closing validation of
-    the final weights. Raises Interrupted when stopped by a signal and InputError on a
-    non-finite loss; returns the trainer."""
+    the final weights (with train.export: best, then of best.ckpt's when they scored
+    better, which take their place). Raises Interrupted when stopped by a signal and
+    InputError on a non-finite loss; returns the trainer."""
     ckpt_dir = run / "checkpoints"
     last = ckpt_dir / "last.ckpt"
     for stale in [*ckpt_dir.glob(".*.tmp"), *ckpt_dir.glob(".*.link")]:  # cut short by a kill
         stale.unlink()
     io = AtomicCheckpointIO()
     resume_path = resume_from(ckpt_dir, io) if resume else None
-    # "best" is judged at validation; "last" is kept every checkpoint_every steps
+    # "best" is saved at the end of each validation, with the weights just scored (saved
+    # every val_every train steps instead, Lightning pairs a step's weights with the score
+    # of the validation before it); "last" is kept every checkpoint_every steps
     best = ModelCheckpoint(dirpath=ckpt_dir, filename="best", monitor=task.monitor[0],
-                           mode=task.monitor[1], save_top_k=1,
-                           every_n_train_steps=train_cfg["val_every"])
+                           mode=task.monitor[1], save_top_k=1, save_on_train_epoch_end=False)
     latest = ModelCheckpoint(dirpath=ckpt_dir, save_last=True, save_top_k=0,
                              every_n_train_steps=train_cfg.get("checkpoint_every")
                              or train_cfg["val_every"])
@@ -371,6 +386,8 @@ def fit(task: Task, data: pl.LightningDataModule, run: Path, train_cfg: dict, re
             # the final weights' validation score, whatever step training ended on (every
             # process takes part: validation gathers across them)
             trainer.validate(task, datamodule=data, verbose=False)
+            if train_cfg["export"] == "best" and _restore_best(trainer, task, best):
+                trainer.validate(task, datamodule=data, verbose=False)
     if task.stopped_on_nonfinite and trainer.global_rank == 0:
         raise InputError(f"{run}: training stopped on a non-finite loss at step "
                          f"{trainer.global_step}; checkpoints keep the last good weights")
@@ -426,6 +443,7 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
     if trainer is None:
         return {}
     val = trainer.callback_metrics.get("val_bits")
+    best = next((c.best_model_score for c in trainer.checkpoint_callbacks if c.monitor), None)
     train = data.train_stream
     records = [train.store.tokens[o:o + n] for o, n in train.segments]  # views
     store_sampling_limits(run, domain, records)
@@ -435,5 +453,6 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
                                 cfg["data"]["val_windows"], (domain.pad_id, domain.sep_id))
                 if has_val else None)
     return {"steps": trainer.global_step, "val_bits": float(val) if val is not None else math.nan,
+            "best_val_bits": float(best) if best is not None else None,
             "run": str(run), "tokens": store.total, "records": len(store),
             "baseline": baseline}
