@@ -66,7 +66,9 @@ def tiny_dna_run(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def tiny_midi_run(tmp_path_factory):
-    """A MIDI model directory trained for 2 steps on the bundled Bach pieces (read-only)."""
+    """A MIDI model directory trained for 2 steps on the bundled Bach pieces (read-only),
+    in the event vocabulary (the continuation app reads only that one)."""
     out = tmp_path_factory.mktemp("runs") / "tiny-midi"
-    _train_tiny(out, "midi", "--midi", str(REPO / "data" / "midi" / "bach"))
+    _train_tiny(out, "midi", "--midi", str(REPO / "data" / "midi" / "bach"),
+                "--vocabulary", "events")
     return out

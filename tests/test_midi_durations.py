@@ -284,3 +284,20 @@ def test_train_refuses_an_unknown_vocabulary(tmp_path):
                      "--vocabulary", "beats", *TINY)
     assert code != 0 and "unknown MIDI vocabulary 'beats'" in text
     assert "Traceback" not in text and not (tmp_path / "x").exists()
+
+
+@pytest.mark.parametrize("args, vocabulary", [
+    ((), "durations"),  # the main job, midi-quick: the closer samples at its budgets
+    (("--vocabulary", "events"), "events"),
+    (("--config", "midi-tiny"), "events"),  # the other presets keep events
+])
+def test_the_main_job_trains_in_durations_and_the_other_presets_in_events(
+        tmp_path, args, vocabulary):
+    out = tmp_path / "run"
+    code, text = run("train", "midi", "--midi", BACH, "--out", out, "--max-steps", 1,
+                     "--batch-size", 1, *args, *TINY)
+    assert code == 0, text
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert config["data"]["options"].get("vocabulary", "events") == vocabulary
+    stored = get_domain("midi", **config["data"]["options"])
+    assert stored.config().get("vocabulary", "events") == vocabulary

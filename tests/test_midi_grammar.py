@@ -302,7 +302,7 @@ def test_random_sampling_under_the_grammar_needs_no_repair(seed, step_tokens):
 def test_train_stores_limits_and_sample_keeps_the_grammar(tmp_path):
     out = tmp_path / "bach"
     code, text = run("train", "midi", "--midi", BACH, "--out", out, "--max-steps", 2,
-                     "--batch-size", 2, *TINY)
+                     "--batch-size", 2, "--vocabulary", "events", *TINY)
     assert code == 0, text
     import json
 

@@ -126,8 +126,9 @@ def train_midi(midi: Annotated[list[Path] | None, typer.Option(
                force: Force = False, devices: Devices = None, num_nodes: NumNodes = None,
                strategy: Strategy = None,
                vocabulary: Annotated[str | None, typer.Option(
-                   "--vocabulary", help="events: note-on/note-off tokens (default); durations: "
-                   "a duration token per note")] = None,
+                   "--vocabulary", help="durations: a duration token per note (the main "
+                   "job's, midi-quick); events: note-on/note-off tokens (the other presets' "
+                   "and the Python API's default)")] = None,
                overrides: Overrides = None) -> None:
     """Train on MIDI files (directories are searched recursively)."""
     bundled = REPO / "data" / "midi"
