@@ -386,7 +386,7 @@ def fit(task: Task, data: pl.LightningDataModule, run: Path, train_cfg: dict, re
             # the final weights' validation score, whatever step training ended on (every
             # process takes part: validation gathers across them)
             trainer.validate(task, datamodule=data, verbose=False)
-            if train_cfg["export"] == "best" and _restore_best(trainer, task, best):
+            if train_cfg.get("export") == "best" and _restore_best(trainer, task, best):
                 trainer.validate(task, datamodule=data, verbose=False)
     if task.stopped_on_nonfinite and trainer.global_rank == 0:
         raise InputError(f"{run}: training stopped on a non-finite loss at step "
