@@ -77,7 +77,7 @@ def _overfitting_run(tmp_path, export: str) -> tuple:
                         "train.max_steps=60", "train.val_every=5", "train.lr=3e-3",
                         "train.warmup_steps=5", f"train.export={export}")
     assert code == 0, out
-    rows = list(csv.DictReader(open(next(run.glob("logs/version_*/metrics.csv")))))
+    rows = csv.DictReader(next(run.glob("logs/version_*/metrics.csv")).read_text().splitlines())
     vals = [float(r["val_bits"]) for r in rows if r.get("val_bits")]
     periodic, closing = vals[:12], vals[12]  # every 5 steps to 60, then the closing one
     reported = float(re.search(r"validation: model ([\d.]+) bits", out).group(1))

@@ -126,10 +126,10 @@ class ReformerLM(nn.Module):
         of tables[i][ids[i]]: the token, each axial position axis and, with
         kmer_embedding k, the tokens 1..k-1 back (from `before` across the start)."""
         B, L = tokens.shape
-        if self.blank is not None:
-            tokens = torch.zeros_like(tokens)
-        ids = [tokens, *self.pos.indices(positions)]
-        tables = [self.embed.weight if self.blank is None else self.blank, *self.pos.tables()]
+        token_ids, token_table = ((tokens, self.embed.weight) if self.blank is None
+                                  else (torch.zeros_like(tokens), self.blank))
+        ids = [token_ids, *self.pos.indices(positions)]
+        tables = [token_table, *self.pos.tables()]
         k, V = self.cfg.kmer_embedding, self.cfg.vocab_size
         if k > 1:
             before = (tokens.new_full((B, k - 1), V) if before is None
