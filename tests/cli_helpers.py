@@ -12,6 +12,12 @@ from typer.testing import CliRunner
 from seqformer.cli import app
 
 REPO = Path(__file__).resolve().parents[1]
+# the long multi-track game-music piece with drums, bundled outside the main job's pieces
+LONG_MIDI = REPO / "data" / "planetblupi" / "music003.mid"
+# the bundled pieces the tests read one by one: data/midi less more/ (further pieces of the
+# same four composers, there for the main job to learn from), and the long piece
+MIDI_SAMPLE = sorted(p for p in (REPO / "data" / "midi").rglob("*.mid")
+                     if p.relative_to(REPO / "data" / "midi").parts[0] != "more") + [LONG_MIDI]
 
 # a model small enough to train a few steps in seconds, with both local and LSH layers
 TINY_MODEL = ["model.d_model=32", "model.n_layers=2", "model.attn=[local, lsh]",

@@ -57,7 +57,7 @@ def test_sample_with_primer_writes_midi_png_and_stats(trained, pieces, tmp_path)
 
 
 def test_primer_longer_than_context_is_cut_with_a_message(trained, tmp_path):
-    long_piece = REPO / "data" / "midi" / "planetblupi" / "music003.mid"
+    long_piece = REPO / "data" / "planetblupi" / "music003.mid"
     code, text = run("sample", "midi", "--model", trained, "--length", 20, "--primer",
                      long_piece, "--out", tmp_path / "x.mid", "--seed", 0)
     assert code == 0, text

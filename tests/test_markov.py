@@ -121,7 +121,8 @@ def test_progress_is_plain_lines_without_a_terminal(trained):
 
 def test_bundled_midi_holds_out_its_own_validation_pieces(tmp_path):
     """With no --midi the four pieces of data/midi/heldout.txt are validation, not the
-    last 10% of the files (the drum piece and the trecento pieces)."""
+    last 10% of the files (Palestrina and trecento pieces only); the pieces are the 234 of
+    vocal polyphony under data/midi, more/ included, and not the game-music piece."""
     import yaml
 
     out = tmp_path / "midi"
@@ -136,3 +137,5 @@ def test_bundled_midi_holds_out_its_own_validation_pieces(tmp_path):
     lengths = {r.id: r.length for r in TokenStore(out / "data").records}
     _, meta = MarkovModel.load(out / "baseline.npz")
     assert meta["val_tokens"] == sum(lengths[i] for i in held)  # every held-out token scored
+    assert len(lengths) == 234 and sum(i.startswith("more/") for i in lengths) == 199
+    assert not any("planetblupi" in i for i in lengths)

@@ -37,9 +37,11 @@ from seqformer.domains.midi import (
     write_midi,
 )
 
+from cli_helpers import LONG_MIDI as LONG_PIECE
+from cli_helpers import MIDI_SAMPLE as BUNDLED_FILES
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "data" / "midi"
-BUNDLED_FILES = sorted(BUNDLED.rglob("*.mid"))
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "midi"
 # bundled music21 exports that pretty_midi alone refuses ("likely corrupt")
 REFUSED = ["palestrina/palestrina__Gloria_94.mid", "palestrina/palestrina__Credo_00.mid",
@@ -101,8 +103,11 @@ def test_vocabulary_layout():
 
 
 def test_bundled_sample_is_there():
-    assert 30 <= len(BUNDLED_FILES) <= 40
+    assert len(BUNDLED_FILES) == 36
     assert all(f.stat().st_size < 200_000 for f in BUNDLED_FILES)
+    more = sorted((BUNDLED / "more").rglob("*.mid"))  # what the main job learns from besides
+    assert len(more) == 199 and sum(f.stat().st_size for f in more) < 1_500_000
+    assert {f.parent.name for f in more} == {"bach", "palestrina", "monteverdi", "josquin"}
 
 
 @pytest.mark.parametrize("path", BUNDLED_FILES, ids=lambda p: p.stem)
@@ -119,7 +124,7 @@ def test_round_trip_bundled(path: Path):
 
 
 def test_drums_keep_their_flag():
-    pm = load_midi(BUNDLED / "planetblupi" / "music003.mid")
+    pm = load_midi(LONG_PIECE)
     decoded, _ = decode(encode(pm))
     assert any(i.is_drum for i in pm.instruments)
     drums = sum(len(i.notes) for i in pm.instruments if i.is_drum)
@@ -453,7 +458,7 @@ def test_render_audio_names_what_is_missing(tmp_path: Path, monkeypatch):
 
 def test_shuffle_programs_relabels_instruments_by_one_permutation():
     midi = get_domain("midi")
-    tokens = next(iter(midi.read(BUNDLED / "planetblupi" / "music003.mid"))).tokens[:20000]
+    tokens = next(iter(midi.read(LONG_PIECE))).tokens[:20000]
     tokens = np.asarray(tokens, dtype=np.uint16)  # the token store's dtype
     is_program = (tokens >= PROGRAM) & (tokens < DRUMS)
     programs = set(tokens[is_program].tolist())

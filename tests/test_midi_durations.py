@@ -35,11 +35,11 @@ from seqformer.domains.midi import (
 )
 from seqformer.domains.midi.durations import decode, encode
 
-from cli_helpers import REPO
+from cli_helpers import MIDI_SAMPLE, REPO
 from cli_helpers import TINY_MODEL as TINY
 from cli_helpers import run_cli as run
 
-BUNDLED_FILES = sorted((REPO / "data" / "midi").rglob("*.mid"))
+BUNDLED_FILES = MIDI_SAMPLE
 BACH = REPO / "data" / "midi" / "bach"
 
 

@@ -25,7 +25,7 @@ from seqformer.domains.midi import (
     limits_from,
 )
 
-from cli_helpers import REPO
+from cli_helpers import MIDI_SAMPLE, REPO
 from cli_helpers import TINY_MODEL as TINY
 from cli_helpers import run_cli as run
 from reference_music import polyphony_percentile, sounding_counts, tokens_between_shifts
@@ -254,11 +254,11 @@ def test_texture_rules_mask_tokens_that_change_nothing_and_keep_time_moving():
 
 
 def test_every_bundled_piece_keeps_the_texture_rules():
-    """The texture rules only forbid what real music never does: each token of each bundled
-    piece passes them where it stands (the polyphony cap is meant to bind, and unisons
-    break the older no-second-note-on rule: neither is asked here)."""
+    """The texture rules only forbid what real music never does: each token of each piece
+    of the bundled sample passes them where it stands (the polyphony cap is meant to bind,
+    and unisons break the older no-second-note-on rule: neither is asked here)."""
     domain = get_domain("midi")
-    records = list(domain.read(REPO / "data" / "midi"))
+    records = [r for path in MIDI_SAMPLE for r in domain.read(path)]
     limits = limits_from([r.tokens for r in records])
     for rec in records:
         g = MIDIGrammar(limits, [np.array([SEP])])

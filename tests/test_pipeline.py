@@ -181,7 +181,7 @@ def test_program_shuffle_changes_only_the_programs_of_training_windows(tmp_path)
     from seqformer.pipeline.training import window_augment
 
     midi = get_domain("midi")
-    piece = Path(__file__).parent.parent / "data" / "midi" / "planetblupi" / "music003.mid"
+    piece = Path(__file__).parent.parent / "data" / "planetblupi" / "music003.mid"
     store = TokenStore.build(tmp_path / "store", midi, [piece])
     train, _ = split_streams(store, 0.0, "records", sep_id=midi.sep_id)
     off = {"data": {"rc_augment": True, "program_shuffle": False}}
