@@ -39,8 +39,8 @@ from seqformer.domains.midi import (
 
 from cli_helpers import LONG_MIDI as LONG_PIECE
 from cli_helpers import MIDI_SAMPLE as BUNDLED_FILES
+from cli_helpers import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 BUNDLED = REPO / "data" / "midi"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "midi"
 # bundled music21 exports that pretty_midi alone refuses ("likely corrupt")

@@ -61,7 +61,6 @@ def test_nonfinite_loss_stops_training_and_keeps_good_weights(tmp_path):
         assert torch.equal(value, snapshot[name]), name  # the NaN step changed nothing
 
 
-
 def _overfitting_run(tmp_path, export: str) -> tuple:
     """Train on one 64-base motif repeated and validate on random bases: validation first
     falls (base composition), then rises as the model learns to copy the motif. Returns
