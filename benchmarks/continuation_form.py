@@ -25,6 +25,7 @@ from music_quality_features import piece_features
 
 from seqformer.cli.sample import sample_lm
 from seqformer.domains import Domain
+from seqformer.domains.midi.grammar import KEY_WEIGHT
 
 
 def longest_copied_run(source: np.ndarray, text: np.ndarray) -> int:
@@ -64,7 +65,7 @@ def texture(domain: Domain, tokens: np.ndarray) -> dict:
 def continuation_form(model_dir: Path, piece: Path, prompt_len: int, length: int, seed: int,
                       temperature: float, k: int, min_distance: int, grammar: bool = False,
                       top_k: int | None = None, top_p: float | None = None,
-                      trust_pointer: bool = False) -> dict:
+                      trust_pointer: bool = False, key: float = KEY_WEIGHT) -> dict:
     holder = {}
 
     def prompt_tokens(domain):  # noqa: ANN001, ANN202
@@ -73,7 +74,8 @@ def continuation_form(model_dir: Path, piece: Path, prompt_len: int, length: int
 
     domain, prompt, samples = sample_lm("midi", model_dir, prompt_tokens, length,
                                         temperature, top_k, top_p, seed, grammar=grammar,
-                                        trust_pointer=trust_pointer)
+                                        trust_pointer=trust_pointer,
+                                        grammar_options={"key": key})
     real = holder["real"][:prompt_len + length]
     made = np.concatenate([prompt, samples[0][:length]])
     tex = {"real": texture(domain, real),
@@ -87,7 +89,7 @@ def continuation_form(model_dir: Path, piece: Path, prompt_len: int, length: int
         distinct[name] = len(np.unique(contexts, axis=0))
     return {"model": str(model_dir), "piece": piece.name, "prompt": prompt_len,
             "length": length, "seed": seed, "temperature": temperature, "top_k": top_k,
-            "top_p": top_p, "grammar": grammar, "trust_pointer": trust_pointer,
+            "top_p": top_p, "grammar": grammar, "trust_pointer": trust_pointer, "key": key,
             "repeat_share_real": share["real"], "repeat_share_sample": share["sample"],
             "distinct_contexts_real": distinct["real"],
             "distinct_contexts_sample": distinct["sample"],
@@ -111,11 +113,14 @@ def main() -> None:
     ap.add_argument("--grammar", action="store_true")
     ap.add_argument("--trust-pointer", action="store_true",
                     help="as `sample midi --trust-pointer` (models with model.copy_pointer)")
+    ap.add_argument("--key", type=float, default=KEY_WEIGHT,
+                    help="with --grammar, as `sample midi --key` (0: off, as before 2026-12-05 "
+                    "evening; default %(default)g)")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
     r = continuation_form(args.model, args.midi, args.prompt, args.length, args.seed,
                           args.temperature, args.k, args.min_distance, args.grammar,
-                          args.top_k, args.top_p, args.trust_pointer)
+                          args.top_k, args.top_p, args.trust_pointer, args.key)
     print(f"| model | piece | prompt | continuation | repeat share (real) | repeat share "
           f"(sample) | longest run copied from the prompt | distinct {args.k}-token contexts "
           f"(real / sample) | mean polyphony (real / sample) | longest note, s (real / "

@@ -34,6 +34,7 @@ from seqformer.domains.midi import (
     load_midi,
 )
 from seqformer.domains.midi.durations import decode, encode
+from seqformer.domains.midi.grammar import LENGTH_SHARE
 
 from cli_helpers import MIDI_SAMPLE, REPO
 from cli_helpers import TINY_MODEL as TINY
@@ -175,34 +176,49 @@ def test_masks_follow_the_duration_grammar():
     assert g.removed == [[0.5, 0.0, 0.0, 0.0, 0.0, 0.0]]
 
 
-def test_the_texture_steer_lengthens_notes_while_the_texture_is_thin():
-    """While n notes sound, fewer than the training music's mean polyphony m, decoding
-    takes a duration of d steps with the model's probability times
-    d ** (texture * (m - n) / m) (n counts the note awaiting it), and a time shift times
-    exp(-texture * (m - n)); nothing at or above the mean, nor with texture 0."""
+def test_the_texture_steer_lengthens_notes_and_holds_back_shifts_that_thin_the_texture():
+    """With the training music's mean polyphony m: while a note awaits its duration and n
+    notes sound (it included), fewer than m, decoding takes a duration of d steps with the
+    model's probability times d ** (LENGTH_SHARE * texture * (m - n) / m); otherwise, while
+    notes sound, a shift of k steps times exp(-texture * max(0, m - a_k)), a_k the mean
+    number of notes sounding over those k steps. Nothing in silence, nor with texture 0
+    (key steer off here: test_midi_grammar)."""
     limits = GrammarLimits(max_polyphony=4, max_steps=40, mean_polyphony=2.5)
+
+    def steer(tokens, texture=2.0):  # noqa: ANN001, ANN202
+        return DurationGrammar(limits, [np.array(tokens)], texture=texture, key=0.0)
+
     alone = [SEP, PROGRAM, VELOCITY, note(60)]
-    assert DurationGrammar(limits, [np.array(alone)], texture=0.0).log_weights() is None
-    g = DurationGrammar(limits, [np.array(alone)], texture=2.0)
+    assert steer(alone, texture=0.0).log_weights() is None
+    g = steer(alone)
     logits = torch.randn(1, VOCAB_SIZE, generator=torch.Generator().manual_seed(0))
     steered, _ = apply_constraint(logits, g)
     ok = np.flatnonzero(g.allowed()[0])
     steps = np.array([DURATION_STEPS[t - DURATION] for t in ok], dtype=np.float64)
-    expected = np.exp(logits[0, ok].double().numpy()) * steps ** (2.0 * (2.5 - 1) / 2.5)
+    expected = (np.exp(logits[0, ok].double().numpy())
+                * steps ** (LENGTH_SHARE * 2.0 * (2.5 - 1) / 2.5))
     assert np.allclose(steered[0].double().softmax(-1)[ok].numpy(), expected / expected.sum(),
                        rtol=1e-4)
     assert steered[0].softmax(-1)[ok].sum() == pytest.approx(1.0)  # masked as before
-    # two notes sound, none awaits a duration: only time shifts are steered
+    # two notes sound, none awaits a duration: only time shifts are steered, the more the
+    # longer they run past the notes' ends
+    end = DURATION_STEPS[duration_bin(30)]
     two = [SEP, PROGRAM, VELOCITY, note(60), dur(30), note(64), dur(30)]
-    weights = DurationGrammar(limits, [np.array(two)], texture=2.0).log_weights()[0]
-    assert np.allclose(weights[SHIFT:VELOCITY], -2.0 * (2.5 - 2))
+    weights = steer(two).log_weights()[0]
+    k = np.arange(1, VELOCITY - SHIFT + 1)
+    sounding = 2 * np.minimum(k, end) / k
+    assert np.allclose(weights[SHIFT:VELOCITY], -2.0 * (2.5 - sounding))
+    assert weights[shift(end)] == pytest.approx(-1.0) and weights[shift(100)] < -3.5
     assert not weights[:SHIFT].any() and not weights[VELOCITY:].any()
-    # a third (3 >= 2.5 with it): nothing to steer, before its duration or after
-    for chord in (two + [note(67)], two + [note(67), dur(30)]):
-        assert DurationGrammar(limits, [np.array(chord)], texture=2.0).log_weights() is None
-    # nor for limits stored before the mean
+    # a third note (3 >= 2.5 with it): its duration is not steered, nor a shift over which
+    # 2.5 notes or more sound on average (3 * 30 / k, so up to 36 steps); a longer one is
+    assert steer(two + [note(67)]).log_weights() is None
+    weights = steer(two + [note(67), dur(30)]).log_weights()[0]
+    assert end == 30 and not weights[SHIFT:shift(36) + 1].any() and weights[shift(37)] < 0
+    # silence: nothing to steer; nor for limits stored before the mean
+    assert steer(two + [shift(end)]).log_weights() is None
     old = GrammarLimits(max_polyphony=4, max_steps=40)
-    assert DurationGrammar(old, [np.array(alone)], texture=2.0).log_weights() is None
+    assert DurationGrammar(old, [np.array(alone)], key=0.0).log_weights() is None
 
 
 @pytest.mark.parametrize("seed", range(3))

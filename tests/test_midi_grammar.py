@@ -24,6 +24,8 @@ from seqformer.domains.midi import (
     MIDIGrammar,
     limits_from,
 )
+from seqformer.domains.midi.grammar import KEY_NOTES, KEY_WEIGHT
+from seqformer.domains.midi.vocab import DURATION
 
 from cli_helpers import MIDI_SAMPLE, REPO
 from cli_helpers import TINY_MODEL as TINY
@@ -318,6 +320,14 @@ def test_train_stores_limits_and_sample_keeps_the_grammar(tmp_path):
     code, plain = run("sample", "midi", "--model", out, "--length", 400, "--out",
                       tmp_path / "plain.mid", "--seed", 0, "--no-redirect")
     assert code == 0 and "no repairs needed" in plain
+    # the key steer is on by default: off, the same seed gives another piece
+    code, text = run("sample", "midi", "--model", out, "--length", 400, "--out",
+                     tmp_path / "keyless.mid", "--seed", 0, "--key", 0)
+    assert code == 0 and "no repairs needed" in text
+    assert (tmp_path / "keyless.mid").read_bytes() != mid.read_bytes()
+    code, text = run("sample", "midi", "--model", out, "--length", 5, "--out",
+                     tmp_path / "k.mid", "--key", -1)
+    assert code == 2 and "key must be >= 0" in text and "Traceback" not in text, text
     code, text = run("sample", "midi", "--model", out, "--length", 400, "--out",
                      tmp_path / "free.mid", "--seed", 0, "--no-grammar")
     assert code == 0 and "grammar" not in text and "unmatched_note_off" in text
@@ -347,3 +357,70 @@ def test_a_long_prompt_sets_its_continuations_texture(notes):
     # a prompt denser than the training music does not widen the limits
     narrow = GrammarLimits(max_polyphony=1, max_steps=10, mean_polyphony=0.5)
     assert MIDIGrammar(narrow, [np.array(prompt)]).row_limits[0] == narrow
+
+
+@pytest.mark.parametrize("vocabulary", ["events", "durations"])
+def test_the_key_steer_weighs_notes_outside_the_recent_scale(vocabulary):
+    """Once KEY_NOTES notes have started, a note-on whose pitch class is outside the major
+    scale (or relative minor) the recent notes fit best is weighted exp(-key); nothing
+    before, on drums, or with key 0; a modulation moves the scale."""
+    domain = get_domain("midi", vocabulary=vocabulary)
+    limits = GrammarLimits(max_polyphony=8, max_steps=500).to_dict()
+
+    def notes(*pitches):  # one after another, each ended before the next
+        out = []
+        for p in pitches:
+            out += ([on(p), shift(1), off(p)] if vocabulary == "events"
+                    else [on(p), DURATION, shift(1)])
+        return out
+
+    named = [SEP, PROGRAM, VELOCITY + 16]
+    c_major = named + notes(60, 62, 64, 67, 69)  # C D E G A
+    steer = domain.constraint(limits, [np.array(c_major)], texture=0.0)
+    weights = steer.log_weights()[0]
+    outside = [p for p in range(128) if p % 12 in (1, 3, 6, 8, 10)]
+    assert np.allclose(weights[[on(p) for p in outside]], -KEY_WEIGHT)
+    assert not weights[[on(p) for p in range(128) if p not in outside]].any()
+    assert not weights[:NOTE_ON].any() and not weights[NOTE_ON + 128:].any()
+    assert domain.constraint(limits, [np.array(c_major)], texture=0.0, key=0.0
+                             ).log_weights() is None
+    few = named + notes(*[60, 62, 64, 67, 69][:KEY_NOTES - 1])
+    assert domain.constraint(limits, [np.array(few)], texture=0.0).log_weights() is None
+    drums = domain.constraint(limits, [np.array(c_major + [DRUMS])], texture=0.0)
+    assert drums.log_weights() is None
+    # twenty notes of E major later, E major's G# and D# are in, C major's F and C are out
+    e_major = c_major + notes(*[64, 66, 68, 69, 71, 73, 75] * 3)
+    weights = domain.constraint(limits, [np.array(e_major)], texture=0.0).log_weights()[0]
+    assert weights[on(68)] == weights[on(75)] == 0.0
+    assert weights[on(65)] == weights[on(60)] == -KEY_WEIGHT
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_sampling_under_the_key_steer_keeps_to_one_scale(seed):
+    """Random logits sampled under the grammar with the key steer and without: the notes of
+    the steered piece keep to one major or minor scale more often (a random pitch lands in
+    one scale 7 times in 12), and both decode with no repair."""
+    limits = GrammarLimits(max_polyphony=4, max_steps=60)
+    in_scale = {}
+    for key in (KEY_WEIGHT, 0.0):
+        tokens = [SEP, PROGRAM, VELOCITY + 16]
+        g = MIDIGrammar(limits, [np.array(tokens)], key=key)
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(3000):
+            logits = torch.randn(1, VOCAB_SIZE, generator=gen)
+            logits[0, NOTE_ON:NOTE_OFF] += 3.0  # lean towards notes, and ending them
+            for _, pitch in g.walks[0].sounding:
+                logits[0, off(pitch)] += 6.0
+            out, removed = apply_constraint(logits, g)
+            t = sample_next(out, generator=gen)
+            g.update(t, removed)
+            tokens.append(int(t))
+        _, repairs = get_domain("midi").decode(np.array(tokens + g.closing()))
+        assert not any(repairs.values()), repairs
+        body = np.array(tokens)
+        pitch_classes = np.bincount((body[(body >= NOTE_ON) & (body < NOTE_OFF)] - NOTE_ON)
+                                    % 12, minlength=12)
+        assert pitch_classes.sum() > 200
+        majors = [np.roll(np.isin(np.arange(12), [0, 2, 4, 5, 7, 9, 11]), r) for r in range(12)]
+        in_scale[key] = max(pitch_classes[m].sum() for m in majors) / pitch_classes.sum()
+    assert in_scale[KEY_WEIGHT] > 0.8 and in_scale[0.0] < 0.7, in_scale

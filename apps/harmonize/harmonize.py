@@ -34,6 +34,7 @@ from seqformer import (
     target_log_likelihoods,
     translate,
 )
+from seqformer.domains.midi.grammar import KEY_WEIGHT
 
 APP = Path(__file__).resolve().parent
 
@@ -90,6 +91,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     help="under the grammar, a refused note-off becomes the release it most "
                     "likely meant: the switch to the voice sounding that pitch, or the "
                     "nearest pitch the voice sounds (default)")
+    ap.add_argument("--key", type=float, default=KEY_WEIGHT,
+                    help="under the grammar, the key steer's weight (0: off; default "
+                    "%(default)g; seqformer/domains/midi/grammar.py)")
     args = ap.parse_args(argv)
     out = Path(args.out or Path(args.model) / "harmonized")
     out.mkdir(parents=True, exist_ok=True)
@@ -118,7 +122,7 @@ def harmonize(args: argparse.Namespace, out: Path) -> list[dict]:
     chosen = chosen[::max(1, len(chosen) // args.pieces)][:args.pieces]
     grammar = (target_grammar(atb, lambda: read_sampling_limits(args.model),
                               soprano if args.end_with_soprano else None,
-                              redirect=args.redirect)
+                              redirect=args.redirect, key=args.key)
                if args.grammar else None)
     made = translate(model, [sopranos[k].tokens for k in chosen], atb.sep_id,
                      model.max_target_len - 1, args.temperature, seed=args.seed,

@@ -12,7 +12,7 @@ import torch
 import typer
 
 from ..domains import Domain, Record
-from ..domains.midi.grammar import TEXTURE_WEIGHT
+from ..domains.midi.grammar import KEY_WEIGHT, TEXTURE_WEIGHT
 from ..errors import InputError
 from ..files import check_output
 from ..pipeline.inference import decide_compile, sample_batch
@@ -179,8 +179,12 @@ def sample_midi(model: ModelOpt, length: Length,
                 texture: Annotated[float, typer.Option(
                     "--texture", help="duration vocabulary, under the grammar: while fewer "
                     "notes sound than the training music's mean, favour longer notes and "
-                    f"fewer time shifts, this strongly (0: off; default {TEXTURE_WEIGHT:g})"
-                )] = TEXTURE_WEIGHT,
+                    "hold back time shifts that would thin it, this strongly (0: off; "
+                    f"default {TEXTURE_WEIGHT:g})")] = TEXTURE_WEIGHT,
+                key: Annotated[float, typer.Option(
+                    "--key", help="under the grammar: weigh note-ons outside the major or "
+                    "minor scale that the piece's recent notes fit best by exp(-KEY) "
+                    f"(0: off; default {KEY_WEIGHT:g})")] = KEY_WEIGHT,
                 redirect: Annotated[bool, typer.Option(
                     "--redirect/--no-redirect", help="event vocabulary, under the grammar: "
                     "a note-off it refuses becomes the switch to the instrument sounding "
@@ -207,7 +211,7 @@ def sample_midi(model: ModelOpt, length: Length,
         err.print("--trust-pointer without the note grammar: what a draw between copies "
                   "starts is never released, and notes sound for minutes "
                   "(docs/long-context.md); drop --no-grammar")
-    grammar_options = {"redirect": redirect, "texture": texture}
+    grammar_options = {"redirect": redirect, "texture": texture, "key": key}
     domain, p, samples = sample_lm("midi", model, primer_tokens, length, temperature, top_k,
                                    top_p, seed, grammar, num_samples, device, compile,
                                    trust_pointer, grammar_options)

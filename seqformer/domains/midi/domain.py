@@ -13,7 +13,14 @@ import numpy as np
 from ..base import Domain, InputError, OnSkip, Record
 from . import durations, events
 from .files import load_midi, write_midi
-from .grammar import TEXTURE_WEIGHT, DurationGrammar, GrammarLimits, MIDIGrammar, limits_from
+from .grammar import (
+    KEY_WEIGHT,
+    TEXTURE_WEIGHT,
+    DurationGrammar,
+    GrammarLimits,
+    MIDIGrammar,
+    limits_from,
+)
 from .render import piano_roll_png, render_audio, stats
 from .vocab import DRUMS, DURATION_TOKENS, NOTE_OFF, PAD, PROGRAM, SEP, SHIFT, TOKENS
 
@@ -74,17 +81,18 @@ class MIDIDomain(Domain):
         return limits_from(sequences, self.vocabulary_name).to_dict()
 
     def constraint(self, limits: dict[str, Any] | None, prompts: list[np.ndarray],
-                   texture: float = TEXTURE_WEIGHT, redirect: bool = True
-                   ) -> MIDIGrammar | DurationGrammar:
+                   texture: float = TEXTURE_WEIGHT, redirect: bool = True,
+                   key: float = KEY_WEIGHT) -> MIDIGrammar | DurationGrammar:
         """The note grammar of the vocabulary (grammar.py), with the texture steer of the
-        duration vocabulary this strong (0: off) and, for events, a refused note-off
-        redirected to the release it most likely meant (`redirect`); without stored
-        limits, a model trained before they were: at most 16 notes at once, none longer
-        than 10 s."""
-        if not texture >= 0:
-            raise InputError(f"texture must be >= 0 (0: off), got {texture}")
+        duration vocabulary and the key steer this strong (0: off) and, for events, a
+        refused note-off redirected to the release it most likely meant (`redirect`);
+        without stored limits, a model trained before they were: at most 16 notes at once,
+        none longer than 10 s."""
+        for name, weight in (("texture", texture), ("key", key)):
+            if not weight >= 0:
+                raise InputError(f"{name} must be >= 0 (0: off), got {weight}")
         limits = GrammarLimits(**limits) if limits else GrammarLimits(16, 1000)
-        return self._grammar(limits, prompts, texture, redirect)
+        return self._grammar(limits, prompts, texture, redirect, key)
 
     def read(self, path: str | Path, on_skip: OnSkip | None = None) -> Iterator[Record]:
         """One Record per piece of a .mid/.midi file, or of every such file under a directory

@@ -47,8 +47,16 @@ instrument is sounding. Nothing can be left hanging; `closing` only completes a 
 note still waiting for its duration. Its samples from a young model are thin (1.6-1.8 notes
 at once where the training music has 2.8), so it also steers, as a weight and not a mask
 (`log_weights`, `texture`): while fewer notes sound than the training music's mean
-polyphony, longer durations and fewer time shifts (DurationGrammar._steer; 1.6-1.8 -> 2.3-2.4
-notes at once, docs/music.md).
+polyphony, longer durations; and the fewer notes a time shift would leave sounding over the
+time it passes, on average, below that mean, the less likely the shift
+(DurationGrammar._steer; docs/music.md).
+
+Key, for both vocabularies, also a weight (`key`): once a piece has started KEY_NOTES
+notes, a note-on whose pitch class lies outside the major scale (or its relative minor) that
+the piece's recent notes fit best is weighted exp(-key). Recent: each later note scales an
+earlier one's weight by KEY_MEMORY, so a piece may modulate. A young model's chords wander
+out of key as the texture thickens; the reference pieces keep 95% of their notes in one
+scale (docs/music.md). Drums have no key.
 
 Numpy only: core's sampling loop turns the masks into tensors.
 """
@@ -78,8 +86,18 @@ from .vocab import (
 NOTE_QUANTILE = 99.5  # the longest note allowed: this percentile of the training notes
 POLYPHONY_QUANTILE = 95.0  # the most notes at once: this percentile of sounding time
 PROMPT_NOTES = 100  # a prompt with this many notes narrows its continuation's texture
-TEXTURE_WEIGHT = 2.0  # the duration vocabulary's texture steer (DurationGrammar._steer)
+TEXTURE_WEIGHT = 2.5  # the duration vocabulary's texture steer (DurationGrammar._steer)
+LENGTH_SHARE = 1.6  # the steer's durations half is this many times as strong as its shifts'
+KEY_WEIGHT = 2.0  # the key steer (module docstring): exp(-2) = 0.14 for a note out of key
+KEY_NOTES = 5  # notes a piece starts before the key steer has a key to keep
+KEY_MEMORY = 0.98  # each later note scales an earlier one's weight in the key by this
 NEAREST_RELEASE = 12  # a note-off of a pitch sounding nowhere: the nearest within an octave
+
+# (12, 12): row r marks the pitch classes of the major scale on r (its relative minor's too)
+_SCALES = np.zeros((12, 12), dtype=np.float32)
+for _root in range(12):
+    _SCALES[_root, (np.array([0, 2, 4, 5, 7, 9, 11]) + _root) % 12] = 1.0
+_PITCH_CLASS = np.arange(128) % 12
 
 
 @dataclass
@@ -121,6 +139,9 @@ class _Context:
         self.in_step = 0  # tokens since time last moved
         self.last = SEP
         self.played: dict[int, tuple[int, int]] = {}  # instrument -> lowest, highest pitch
+        # the pitch classes of the notes started, each weighted KEY_MEMORY ** (notes since)
+        self.pitch_classes = np.zeros(12, dtype=np.float32)
+        self.pitched = 0  # notes started, drums not counted
         self.instruments = np.zeros(DRUMS + 1 - PROGRAM, dtype=bool)  # each one seen
 
     def _context(self, token: int) -> None:
@@ -144,6 +165,17 @@ class _Context:
             pitch = token - NOTE_ON
             low, high = self.played.get(self.inst, (pitch, pitch))
             self.played[self.inst] = (min(low, pitch), max(high, pitch))
+            if self.inst != DRUMS:
+                self.pitch_classes *= KEY_MEMORY
+                self.pitch_classes[pitch % 12] += 1.0
+                self.pitched += 1
+
+    def scale(self) -> np.ndarray | None:
+        """(12,): 1 for each pitch class of the scale the recent notes fit best; None
+        before KEY_NOTES notes, and on drums."""
+        if self.pitched < KEY_NOTES or self.inst == DRUMS:
+            return None
+        return _SCALES[int(np.argmax(_SCALES @ self.pitch_classes))]
 
     def texture(self, ok: np.ndarray, limits: GrammarLimits) -> np.ndarray:
         """Narrow `ok` by the range and texture rules (module docstring); `ok` is kept when
@@ -329,8 +361,9 @@ class _Grammar:
     vocabulary = "events"
 
     def __init__(self, limits: GrammarLimits, prompts: list[np.ndarray],
-                 texture: float = TEXTURE_WEIGHT, redirect: bool = True):
-        self.texture, self.redirect = texture, redirect
+                 texture: float = TEXTURE_WEIGHT, redirect: bool = True,
+                 key: float = KEY_WEIGHT):
+        self.texture, self.redirect, self.key = texture, redirect, key
         # per sequence: the limits, with a long prompt's own texture
         self.row_limits = [fitted_to(limits, np.asarray(p), self.vocabulary) for p in prompts]
         self.walks = [self.walk_type() for _ in prompts]
@@ -347,16 +380,21 @@ class _Grammar:
                                                                       self.row_limits)])
 
     def log_weights(self) -> np.ndarray | None:
-        """The texture steer's log-weights (B, V), or None where it has nothing to say."""
-        if not self.texture:
+        """The texture and key steers' log-weights (B, V), or None where they have nothing
+        to say."""
+        if not self.texture and not self.key:
             return None
         weights = np.zeros((len(self.walks), VOCAB_SIZE), dtype=np.float32)
         for row, (walk, limits) in enumerate(zip(self.walks, self.row_limits)):
-            self._steer(weights[row], walk, limits)
+            scale = walk.scale() if self.key else None
+            if scale is not None:
+                weights[row, NOTE_ON:NOTE_ON + 128] = -self.key * (1.0 - scale[_PITCH_CLASS])
+            if self.texture:
+                self._steer(weights[row], walk, limits)
         return weights if weights.any() else None
 
     def _steer(self, weights: np.ndarray, walk, limits: GrammarLimits) -> None:  # noqa: ANN001
-        """Fill one row's texture log-weights (none by default)."""
+        """Add one row's texture log-weights (none by default)."""
 
     def redirects(self) -> np.ndarray | None:
         """(B, V): where the probability of a token the grammar refuses goes instead (-1:
@@ -464,6 +502,7 @@ def _duration_bins(max_steps: int) -> int:
 
 
 _LOG_STEPS = np.log(np.asarray(DURATION_STEPS, dtype=np.float32))
+_SHIFT_STEPS = np.arange(1, VELOCITY - SHIFT + 1, dtype=np.float32)  # each shift token's steps
 
 
 class DurationGrammar(_Grammar):
@@ -473,19 +512,26 @@ class DurationGrammar(_Grammar):
     vocabulary = "durations"
 
     def _steer(self, weights: np.ndarray, walk: _DurationWalk, limits: GrammarLimits) -> None:
-        """While n notes sound (one awaiting its duration included), fewer than the
-        music's mean polyphony m: a duration of d steps is weighted by
-        d ** (texture * (m - n) / m), and a time shift by exp(-texture * (m - n)).
-        Either alone barely thickens a young model's texture: with longer notes it
-        writes fewer of them, and held in the moment it writes shorter ones."""
+        """With the music's mean polyphony m: while a note awaits its duration and n notes
+        sound (that one included), fewer than m, a duration of d steps is weighted by
+        d ** (LENGTH_SHARE * texture * (m - n) / m). Otherwise, while notes sound, a shift
+        of k steps is weighted by exp(-texture * max(0, m - a_k)), a_k the mean number of
+        notes sounding over those k steps: the steer holds back long shifts past the ends
+        of the notes, and any shift while the texture is thin. Silence is not steered. A
+        flat weight on every shift (2026-12-05) thickened the texture less and made time
+        move in long steps; a stronger shifts' half alone fills the texture with short
+        notes (docs/music.md)."""
         mean = limits.mean_polyphony
-        if mean is None or not 0 < walk.count < mean:
+        if mean is None or walk.count == 0:
             return
-        missing = mean - walk.count
         if walk.waiting is not None:
-            weights[DURATION:SHIFT] = self.texture * missing / mean * _LOG_STEPS
-        else:
-            weights[SHIFT:VELOCITY] = -self.texture * missing
+            if walk.count < mean:
+                weights[DURATION:SHIFT] += (LENGTH_SHARE * self.texture * (mean - walk.count)
+                                            / mean * _LOG_STEPS)
+            return
+        left = np.asarray([end - walk.now for end, _, _ in walk.sounding], dtype=np.float32)
+        sounding = np.minimum(left[:, None], _SHIFT_STEPS).sum(0) / _SHIFT_STEPS
+        weights[SHIFT:VELOCITY] += -self.texture * np.maximum(0.0, mean - sounding)
 
     def _allowed_one(self, walk: _DurationWalk, limits: GrammarLimits) -> np.ndarray:
         ok = np.zeros(VOCAB_SIZE, dtype=bool)
