@@ -252,6 +252,9 @@ def test_train_sample_score_with_the_duration_vocabulary(tmp_path):
     code, text = run("train", "midi", "--midi", BACH, "--out", out, "--max-steps", 2,
                      "--batch-size", 2, "--vocabulary", "durations", *TINY)
     assert code == 0, text
+    # a line for each of the first 10 of the 12 chorales, then one for the rest
+    lines = [line for line in text.splitlines() if line.startswith("tokenized ")]
+    assert len(lines) == 10 and "... and 2 more: 12 records" in text, text
     config = yaml.safe_load((out / "config.yaml").read_text())
     assert config["data"]["options"] == {"vocabulary": "durations"}
     domain = get_domain("midi", vocabulary="durations")

@@ -65,9 +65,10 @@ def train_lm(domain_name: str, inputs: list[Path], opts: Training, options: dict
 
     cfg = prepare_run(run, "lm", opts.resume, opts.force, opts.max_steps, new_config)
     # tokenize first, under its own progress display (Lightning's bar comes after it)
+    records = RecordNotes()
     with tokenizing() as advance:
-        store = tokenize(cfg, inputs, run, on_tokens=advance,
-                         on_record=lambda rid, n: note(f"tokenized {rid} ({n:,} tokens)"))
+        store = tokenize(cfg, inputs, run, on_tokens=advance, on_record=records)
+    records.done()
     long_context_hint(cfg, [r.length for r in store.records])
     summary = train(cfg, inputs, run, resume=opts.resume)
     if not summary:
@@ -83,6 +84,28 @@ def train_lm(domain_name: str, inputs: list[Path], opts: Training, options: dict
                                    summary["best_val_bits"]))
     else:
         out.print(f"validation {summary['val_bits']:.4f} bits/{unit(domain_name)}")
+
+
+class RecordNotes:
+    """on_record for tokenizing: a line for each of the first SHOWN records, and `done`
+    sums up the rest (a corpus of hundreds of pieces is not a screen of hundreds of
+    lines)."""
+
+    SHOWN = 10
+
+    def __init__(self) -> None:
+        self.records = self.tokens = 0
+
+    def __call__(self, record_id: str, n_tokens: int) -> None:
+        self.records += 1
+        self.tokens += n_tokens
+        if self.records <= self.SHOWN:
+            note(f"tokenized {record_id} ({n_tokens:,} tokens)")
+
+    def done(self) -> None:
+        if self.records > self.SHOWN:
+            note(f"... and {self.records - self.SHOWN:,} more: {self.records:,} records, "
+                 f"{self.tokens:,} tokens")
 
 
 def long_context_hint(cfg: dict, lengths: list[int]) -> None:
