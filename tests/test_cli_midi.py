@@ -9,7 +9,7 @@ import numpy as np
 import pretty_midi
 import pytest
 
-from cli_helpers import REPO
+from cli_helpers import LONG_MIDI, REPO
 from cli_helpers import TINY_MODEL as TINY
 from cli_helpers import run_cli as run
 
@@ -57,9 +57,8 @@ def test_sample_with_primer_writes_midi_png_and_stats(trained, pieces, tmp_path)
 
 
 def test_primer_longer_than_context_is_cut_with_a_message(trained, tmp_path):
-    long_piece = REPO / "data" / "planetblupi" / "music003.mid"
     code, text = run("sample", "midi", "--model", trained, "--length", 20, "--primer",
-                     long_piece, "--out", tmp_path / "x.mid", "--seed", 0)
+                     LONG_MIDI, "--out", tmp_path / "x.mid", "--seed", 0)
     assert code == 0, text
     assert "more than the model's context" in text.replace("\n", " ")
 

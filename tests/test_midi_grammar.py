@@ -13,6 +13,7 @@ from seqformer.core.decoding.sampling import apply_constraint, sample_next
 from seqformer.domains import get_domain
 from seqformer.domains.midi import (
     DRUMS,
+    DURATION,
     NOTE_OFF,
     NOTE_ON,
     PROGRAM,
@@ -25,7 +26,6 @@ from seqformer.domains.midi import (
     limits_from,
 )
 from seqformer.domains.midi.grammar import KEY_NOTES, KEY_WEIGHT
-from seqformer.domains.midi.vocab import DURATION
 
 from cli_helpers import MIDI_SAMPLE, REPO
 from cli_helpers import TINY_MODEL as TINY

@@ -13,6 +13,8 @@ from seqformer.pipeline.inference import stitched_windows, token_log_likelihoods
 from seqformer.pipeline.token_store import TokenStore
 from seqformer.pipeline.windows import Stream, TrainWindows, ValWindows, split_streams
 
+from cli_helpers import LONG_MIDI
+
 
 class ListDomain(Domain):
     """A minimal domain over in-memory records (the store only needs read + vocabulary)."""
@@ -174,15 +176,12 @@ def test_run_config_checks_every_field(tmp_path):
 
 
 def test_program_shuffle_changes_only_the_programs_of_training_windows(tmp_path):
-    from pathlib import Path
-
     from seqformer.domains import get_domain
     from seqformer.domains.midi import DRUMS, PROGRAM
     from seqformer.pipeline.training import window_augment
 
     midi = get_domain("midi")
-    piece = Path(__file__).parent.parent / "data" / "planetblupi" / "music003.mid"
-    store = TokenStore.build(tmp_path / "store", midi, [piece])
+    store = TokenStore.build(tmp_path / "store", midi, [LONG_MIDI])
     train, _ = split_streams(store, 0.0, "records", sep_id=midi.sep_id)
     off = {"data": {"rc_augment": True, "program_shuffle": False}}
     on = {"data": {"rc_augment": True, "program_shuffle": True}}
