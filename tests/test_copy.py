@@ -560,6 +560,38 @@ def test_a_sampler_that_trusts_the_pointer_holds_the_repeat(trusted):
         sample_batch(with_gate(tiny()), prompt, 5, 1, pointer_trust=trust or [1.0])
 
 
+@pytest.mark.parametrize("w", [0.3, 0.8])
+def test_the_sampler_gives_the_candidate_with_the_trust_plus_the_model_s_own_share(w):
+    """With trust w the pointer's candidate comes with probability w + (1 - w) p, p the
+    model's own: copied with w, and drawn by the model otherwise, which may give it too.
+    (Rules that give it exactly w, or max(w, p), never started a repeat in samples of the
+    planetblupi pieces: docs/long-context.md.) Here the gate weighs the pointer as it
+    weighs the head, so p is about one half."""
+    import numpy as np
+
+    from seqformer.pipeline.inference import sample_batch
+
+    m = with_gate(tiny(copy_k=(4,), copy_pointer=POINTER))
+    with torch.no_grad():
+        m.copy_gate.bias.fill_(-1e3)
+        m.copy_gate.by_mismatches.fill_(0.0)
+    prompt, held = phrase_with_a_change()  # the pointer's candidate is held[0]
+    with torch.no_grad():
+        p = m(torch.tensor([prompt]))[0, -1].float().softmax(-1)[held[0]].item()
+    assert 0.4 < p < 0.7
+    n, want = 1000, w + (1 - w) * p
+    drawn, _ = sample_batch(m, np.array(prompt), 1, n, temperature=1.0, seed=0, compile=False,
+                            pointer_trust=[w] * (POINTER_WINDOW + 1))
+    share = (drawn[:, 0] == held[0]).mean()
+    assert abs(share - want) < 4 * (want * (1 - want) / n) ** 0.5
+    assert abs(share - max(w, p)) > 0.08  # not a floor under the model's belief
+    # never trusted, the model alone decides: the same draws as without the rule
+    alone, _ = sample_batch(m, np.array(prompt), 1, n, temperature=1.0, seed=0, compile=False)
+    never, _ = sample_batch(m, np.array(prompt), 1, n, temperature=1.0, seed=0, compile=False,
+                            pointer_trust=[0.0] * (POINTER_WINDOW + 1))
+    assert never.tolist() == alone.tolist()
+
+
 class _Refusing:
     """A constraint that refuses `refused` always and, at step `at`, allows only `forced`
     (as the note grammar does when a note is held too long)."""
