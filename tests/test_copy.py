@@ -579,7 +579,7 @@ def test_the_sampler_gives_the_candidate_with_the_trust_plus_the_model_s_own_sha
     with torch.no_grad():
         p = m(torch.tensor([prompt]))[0, -1].float().softmax(-1)[held[0]].item()
     assert 0.4 < p < 0.7
-    n, want = 1000, w + (1 - w) * p
+    n, want = 400, w + (1 - w) * p
     drawn, _ = sample_batch(m, np.array(prompt), 1, n, temperature=1.0, seed=0, compile=False,
                             pointer_trust=[w] * (POINTER_WINDOW + 1))
     share = (drawn[:, 0] == held[0]).mean()

@@ -116,3 +116,98 @@ def test_export_must_be_last_or_best(tmp_path):
                         "train.export=final")
     assert code != 0 and "train.export: must be last or best, got 'final'" in out
     assert "Traceback" not in out and not (tmp_path / "r").exists()
+
+
+class _RecordingLM(LMTask):
+    """Keeps the raw weights after every optimizer step."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.steps: list[dict[str, torch.Tensor]] = []
+
+    def on_train_batch_end(self, outputs, batch, batch_idx):  # noqa: ANN001
+        self.steps.append({k: v.detach().clone() for k, v in self.model.named_parameters()})
+
+
+def _recorded_fit(tmp_path, ema_decay):
+    from seqformer.pipeline.run_config import DEFAULTS
+    from seqformer.pipeline.training import fit
+    cfg = ReformerConfig(vocab_size=8, d_model=16, n_layers=1, n_heads=2, d_ff=32,
+                         bucket_size=8, max_seq_len=64, attn="local")
+    train = {**DEFAULTS["train"], "max_steps": 12, "warmup_steps": 3, "val_every": 4,
+             "lr": 3e-3, "ema_decay": ema_decay, "accelerator": "cpu"}
+    pl.seed_everything(0, verbose=False)
+    task = _RecordingLM(cfg.to_dict(), train, pad_id=0, sep_id=1)
+    tokens = torch.randint(2, 8, (64, 33), generator=torch.Generator().manual_seed(0))
+    data = pl.LightningDataModule()
+    data.train_dataloader = lambda: DataLoader(tokens[:48], batch_size=4)
+    data.val_dataloader = lambda: DataLoader(tokens[48:], batch_size=4)
+    run = tmp_path / f"ema{ema_decay}"
+    trainer = fit(task, data, run, train, resume=False, has_val=True, progress=False)
+    return task, trainer, run
+
+
+def test_ema_decay_exports_the_moving_average_of_the_weights(tmp_path):
+    """train.ema_decay against its plain counterpart: the same seed's raw weights, step by
+    step, are the plain run's; the exported weights are their average (the first step's,
+    then w <- d w + (1 - d) p after step k with d = min(decay, k / (9 + k))), and the closing
+    validation scores it. (fit_and_export writes task.model as it is after fit.)"""
+    plain, _, _ = _recorded_fit(tmp_path, None)
+    task, trainer, run = _recorded_fit(tmp_path, 0.5)
+    assert len(task.steps) == len(plain.steps) == 12
+    for raw, reference in zip(task.steps, plain.steps):  # averaging leaves training alone
+        for name in raw:
+            torch.testing.assert_close(raw[name], reference[name], rtol=1e-5, atol=1e-6)
+    averaged = {k: v.clone() for k, v in task.steps[0].items()}
+    for k, raw in enumerate(task.steps[1:], start=2):
+        d = min(0.5, k / (9 + k))  # the decay is reached at step 9
+        for name, value in raw.items():
+            averaged[name] = d * averaged[name] + (1 - d) * value
+    exported, plain_exported = (dict(t.model.named_parameters()) for t in (task, plain))
+    for name, value in averaged.items():
+        torch.testing.assert_close(exported[name], value, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(plain_exported[name], plain.steps[-1][name])
+    assert any(not torch.allclose(exported[n], task.steps[-1][n]) for n in averaged)
+    # the closing validation is the exported weights' score
+    batch = torch.randint(2, 8, (64, 33), generator=torch.Generator().manual_seed(0))[48:]
+    with torch.no_grad():
+        nll, n = token_nll(task.model.eval(), batch, ignore=(0, 1))
+    assert float(trainer.callback_metrics["val_bits"]) == pytest.approx(
+        (nll / n).item() / math.log(2), rel=1e-5)
+    # the last step's checkpoint holds the average, and the raw weights to resume from
+    last = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 12
+    for name, value in averaged.items():
+        torch.testing.assert_close(last["state_dict"][f"model.{name}"], value,
+                                   rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(last["current_model_state"][f"model.{name}"],
+                                   task.steps[-1][name])
+
+
+def test_ema_decay_must_be_between_0_and_1(tmp_path):
+    fasta = tmp_path / "g.fa"
+    fasta.write_text(">a\n" + "ACGT" * 300 + "\n")
+    code, out = run_cli("train", "dna", "--fasta", fasta, "--out", tmp_path / "r", *TINY_MODEL,
+                        "train.ema_decay=1")
+    assert code != 0 and "train.ema_decay: must be a number in (0, 1) or null, got 1" in out
+    assert "Traceback" not in out and not (tmp_path / "r").exists()
+
+
+def test_a_resumed_run_goes_on_averaging_and_exports_the_average(tmp_path):
+    fasta = tmp_path / "g.fa"
+    rng = np.random.default_rng(0)
+    fasta.write_text(">a\n" + "".join(rng.choice(list("ACGT"), 5000)) + "\n")
+    run = tmp_path / "r"
+    args = ("train", "dna", "--fasta", fasta, "--out", run, *TINY_MODEL, "train.ema_decay=0.9")
+    code, out = run_cli(*args, "train.max_steps=6")
+    assert code == 0, out
+    code, out = run_cli("train", "dna", "--fasta", fasta, "--out", run, "--resume",
+                        "--max-steps", "12")
+    assert code == 0, out
+    last = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    assert last["global_step"] == 12 and int(last["averaging_state"]["n_averaged"]) == 12
+    exported = load_file(run / "model.safetensors")
+    for name, value in exported.items():
+        assert torch.equal(value, last["state_dict"][f"model.{name}"]), name
+    assert any(not torch.equal(value, last["current_model_state"][f"model.{name}"])
+               for name, value in exported.items())

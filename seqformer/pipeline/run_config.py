@@ -49,6 +49,9 @@ DEFAULTS: dict[str, Any] = {
         "weight_decay": 0.01,
         "warmup_steps": 50,
         "grad_clip": 1.0,
+        # an exponential moving average of the weights (e.g. 0.999), which validation,
+        # best.ckpt and model.safetensors then hold; null = the raw weights
+        "ema_decay": None,
         "precision": "auto",  # bf16-mixed on GPU, 32-true on CPU
         "seed": 0,
         "val_every": 100,
@@ -238,6 +241,9 @@ def resolve(domain: str, vocab_size: int, preset: str | Path | None = None,
          train["weight_decay"])
     need(train["grad_clip"] is None or number(train["grad_clip"], 0.0), "train.grad_clip",
          "must be a number >= 0 or null", train["grad_clip"])
+    need(train["ema_decay"] is None or (number(train["ema_decay"], 0.0)
+                                        and 0 < train["ema_decay"] < 1),
+         "train.ema_decay", "must be a number in (0, 1) or null", train["ema_decay"])
     need(train["precision"] in PRECISIONS, "train.precision", f"must be one of {PRECISIONS}",
          train["precision"])
     if task == "classify":

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from pytorch_lightning.callbacks import Callback, ModelCheckpoint
+from pytorch_lightning.callbacks import Callback, ModelCheckpoint, WeightAveraging
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 from pytorch_lightning.utilities.exceptions import MisconfigurationException, SIGTERMException
@@ -314,6 +314,17 @@ def _restore_best(trainer: pl.Trainer, task: Task, best: ModelCheckpoint) -> boo
     return True
 
 
+def ema_update(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
+                                          torch.Tensor]:
+    """train.ema_decay's update after the n-th step averaged: w <- d w + (1 - d) p with
+    d = min(decay, (1 + n) / (10 + n)), so the average follows the weights closely early on
+    and a short run's is not its first steps' (timm's ModelEmaV2 warms its decay up so)."""
+    def update(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
+        return averaged * d + current * (1.0 - d)
+    return update
+
+
 def fit(task: Task, data: pl.LightningDataModule, run: Path, train_cfg: dict, resume: bool,
         has_val: bool, progress: bool = True) -> pl.Trainer:
     """The training loop every task shares: Lightning fit with checkpoints (best by the
@@ -337,6 +348,11 @@ def fit(task: Task, data: pl.LightningDataModule, run: Path, train_cfg: dict, re
                              every_n_train_steps=train_cfg.get("checkpoint_every")
                              or train_cfg["val_every"])
     stop = StopOnSignal(last)
+    # validations score the average, checkpoints keep it (and the raw weights, to resume
+    # from), and it replaces the raw weights when training ends; buffers are not averaged
+    # (the copy's complement map is integer ids)
+    ema = ([WeightAveraging(use_buffers=False, avg_fn=ema_update(train_cfg["ema_decay"]))]
+           if train_cfg.get("ema_decay") else [])
     # a bar where someone watches, plain lines where output goes to a file
     bar = progress and sys.stdout.isatty()
     lines = ([TrainingBar(leave=True)] if bar
@@ -359,7 +375,7 @@ def fit(task: Task, data: pl.LightningDataModule, run: Path, train_cfg: dict, re
             num_sanity_val_steps=0, log_every_n_steps=train_cfg["log_every"],
             # metrics reach disk every log_every steps, so a killed run's curve is kept
             logger=CSVLogger(run, name="logs", flush_logs_every_n_steps=train_cfg["log_every"]),
-            callbacks=[best, latest, stop, *lines], plugins=[io],
+            callbacks=[best, latest, stop, *ema, *lines], plugins=[io],
             enable_progress_bar=bar, enable_model_summary=False)
     except (ValueError, MisconfigurationException) as e:  # e.g. fsdp without a GPU
         raise InputError(f"train (devices/strategy/accelerator): {e}") from None
@@ -382,6 +398,8 @@ def fit(task: Task, data: pl.LightningDataModule, run: Path, train_cfg: dict, re
             raise Interrupted(f"{run}: interrupted at step {at}, saved in checkpoints/last.ckpt; "
                               f"continue with `{task.command} ... --out {run} --resume` (add "
                               "--max-steps N to change where it ends)")
+        for averaging in ema:  # the model holds the average now: score it as it is
+            trainer.callbacks.remove(averaging)
         if has_val and not task.stopped_on_nonfinite:
             # the final weights' validation score, whatever step training ended on (every
             # process takes part: validation gathers across them)
