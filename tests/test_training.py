@@ -109,12 +109,15 @@ def test_best_checkpoint_holds_the_weights_of_its_score_and_export_best_keeps_th
         assert torch.equal(value, weights[name]), name
 
 
-def test_export_must_be_last_or_best(tmp_path):
+@pytest.mark.parametrize("setting, message", [
+    ("train.export=final", "train.export: must be last or best, got 'final'"),
+    ("train.ema_decay=1", "train.ema_decay: must be a number in (0, 1) or null, got 1")])
+def test_a_bad_train_setting_is_one_clear_error(tmp_path, setting, message):
     fasta = tmp_path / "g.fa"
     fasta.write_text(">a\n" + "ACGT" * 300 + "\n")
     code, out = run_cli("train", "dna", "--fasta", fasta, "--out", tmp_path / "r", *TINY_MODEL,
-                        "train.export=final")
-    assert code != 0 and "train.export: must be last or best, got 'final'" in out
+                        setting)
+    assert code != 0 and message in out
     assert "Traceback" not in out and not (tmp_path / "r").exists()
 
 
@@ -182,15 +185,6 @@ def test_ema_decay_exports_the_moving_average_of_the_weights(tmp_path):
                                    rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(last["current_model_state"][f"model.{name}"],
                                    task.steps[-1][name])
-
-
-def test_ema_decay_must_be_between_0_and_1(tmp_path):
-    fasta = tmp_path / "g.fa"
-    fasta.write_text(">a\n" + "ACGT" * 300 + "\n")
-    code, out = run_cli("train", "dna", "--fasta", fasta, "--out", tmp_path / "r", *TINY_MODEL,
-                        "train.ema_decay=1")
-    assert code != 0 and "train.ema_decay: must be a number in (0, 1) or null, got 1" in out
-    assert "Traceback" not in out and not (tmp_path / "r").exists()
 
 
 def test_a_resumed_run_goes_on_averaging_and_exports_the_average(tmp_path):
