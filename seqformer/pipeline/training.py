@@ -314,14 +314,18 @@ def _restore_best(trainer: pl.Trainer, task: Task, best: ModelCheckpoint) -> boo
     return True
 
 
-def ema_update(decay: float) -> Callable[[torch.Tensor, torch.Tensor, torch.Tensor],
-                                          torch.Tensor]:
+def ema_update(decay: float) -> Callable[[list[torch.Tensor], list[torch.Tensor],
+                                           torch.Tensor], None]:
     """train.ema_decay's update after the n-th step averaged: w <- d w + (1 - d) p with
     d = min(decay, (1 + n) / (10 + n)), so the average follows the weights closely early on
-    and a short run's is not its first steps' (timm's ModelEmaV2 warms its decay up so)."""
-    def update(averaged: torch.Tensor, current: torch.Tensor, n: torch.Tensor) -> torch.Tensor:
+    and a short run's is not its first steps' (timm's ModelEmaV2 warms its decay up so).
+    AveragedModel's multi_avg_fn: all the parameters at once, so n is read from its device
+    once a step, not once per parameter."""
+    def update(averaged: list[torch.Tensor], current: list[torch.Tensor],
+               n: torch.Tensor) -> None:
         d = min(decay, (1.0 + float(n)) / (10.0 + float(n)))
-        return averaged * d + current * (1.0 - d)
+        for a, p in zip(averaged, current):
+            a.lerp_(p, 1.0 - d)
     return update
 
 
@@ -351,7 +355,8 @@ def fit(task: Task, data: pl.LightningDataModule, run: Path, train_cfg: dict, re
     # validations score the average, checkpoints keep it (and the raw weights, to resume
     # from), and it replaces the raw weights when training ends; buffers are not averaged
     # (the copy's complement map is integer ids)
-    ema = ([WeightAveraging(use_buffers=False, avg_fn=ema_update(train_cfg["ema_decay"]))]
+    ema = ([WeightAveraging(use_buffers=False,
+                            multi_avg_fn=ema_update(train_cfg["ema_decay"]))]
            if train_cfg.get("ema_decay") else [])
     # a bar where someone watches, plain lines where output goes to a file
     bar = progress and sys.stdout.isatty()
