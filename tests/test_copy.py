@@ -2,6 +2,7 @@
 plain counterpart and a hand-made mixture, the chunked loss against full logits, cached
 decoding, and copying tokens that training never showed."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -17,6 +18,7 @@ from seqformer.core.layers.copy import (
     find_copies,
     pointer_hit_rates,
 )
+from seqformer.pipeline.inference import sample_batch, token_log_likelihoods
 
 from test_model import assert_decoding_is_the_full_forward
 
@@ -340,9 +342,6 @@ def test_scores_with_a_context_beyond_the_window_are_manual_truncation(start):
     """token_log_likelihoods(window=W, context=N > W, start=S): token i >= S is scored by
     its window of the documented layout (laid from S - W/2 on), whose copy mixture also
     reads the N - W positions before it."""
-    import numpy as np
-
-    from seqformer.pipeline.inference import token_log_likelihoods
 
     m = with_gate(tiny())
     tokens = repetitive(200, B=1, seed=7)[0].numpy()
@@ -473,9 +472,6 @@ def test_samples_copy_from_before_a_context_restart():
     """Past max_seq_len the sampler restarts its attention from the last half window; the
     copy mixture keeps the whole prompt and sample. A 40-token phrase that no half window
     holds whole is still continued, greedily, by a gate that trusts every candidate."""
-    import numpy as np
-
-    from seqformer.pipeline.inference import sample_batch
 
     m = with_gate(tiny(max_seq_len=64, copy_k=(4,)))
     with torch.no_grad():
@@ -497,9 +493,6 @@ def test_a_sampled_repeat_survives_a_changed_token(pointer):
     that trusts the far pointer continues the phrase through the change, greedily; its
     plain counterpart (the same model, the pointer never trusted) has no candidate right
     after the change and leaves the phrase."""
-    import numpy as np
-
-    from seqformer.pipeline.inference import sample_batch
 
     m = with_gate(tiny(copy_k=(4,), copy_pointer=POINTER))
     with torch.no_grad():
@@ -545,9 +538,6 @@ def test_a_sampler_that_trusts_the_pointer_holds_the_repeat(trusted):
     """sample_batch(pointer_trust=...): a sampling rule, not the model's likelihood. With
     full trust, even a random model at temperature 1 continues a repeated phrase through a
     changed token; as trained (here: a random gate), it leaves the phrase."""
-    import numpy as np
-
-    from seqformer.pipeline.inference import sample_batch
 
     m = with_gate(tiny(copy_k=(4,), copy_pointer=POINTER))
     prompt, held = phrase_with_a_change()
@@ -567,9 +557,6 @@ def test_the_sampler_gives_the_candidate_with_the_trust_plus_the_model_s_own_sha
     (Rules that give it exactly w, or max(w, p), never started a repeat in samples of the
     planetblupi pieces: docs/long-context.md.) Here the gate weighs the pointer as it
     weighs the head, so p is about one half."""
-    import numpy as np
-
-    from seqformer.pipeline.inference import sample_batch
 
     m = with_gate(tiny(copy_k=(4,), copy_pointer=POINTER))
     with torch.no_grad():
@@ -617,9 +604,6 @@ def test_a_trusted_copy_passes_the_constraint_but_not_its_forced_moves():
     move (the only token allowed) is inserted before the copied token, and the copy goes on
     after it, the move not counted as a mismatch. The model's own draws keep to the
     constraint."""
-    import numpy as np
-
-    from seqformer.pipeline.inference import sample_batch
 
     m = with_gate(tiny(copy_k=(4,), copy_pointer=POINTER))
     phrase = a_phrase()

@@ -147,7 +147,7 @@ def _recorded_fit(tmp_path, ema_decay):
     data.val_dataloader = lambda: DataLoader(tokens[48:], batch_size=4)
     run = tmp_path / f"ema{ema_decay}"
     trainer = fit(task, data, run, train, resume=False, has_val=True, progress=False)
-    return task, trainer, run
+    return task, trainer, run, tokens[48:]
 
 
 def test_ema_decay_exports_the_moving_average_of_the_weights(tmp_path):
@@ -155,8 +155,8 @@ def test_ema_decay_exports_the_moving_average_of_the_weights(tmp_path):
     step, are the plain run's; the exported weights are their average (the first step's,
     then w <- d w + (1 - d) p after step k with d = min(decay, k / (9 + k))), and the closing
     validation scores it. (fit_and_export writes task.model as it is after fit.)"""
-    plain, _, _ = _recorded_fit(tmp_path, None)
-    task, trainer, run = _recorded_fit(tmp_path, 0.5)
+    plain, _, _, _ = _recorded_fit(tmp_path, None)
+    task, trainer, run, val_tokens = _recorded_fit(tmp_path, 0.5)
     assert len(task.steps) == len(plain.steps) == 12
     for raw, reference in zip(task.steps, plain.steps):  # averaging leaves training alone
         for name in raw:
@@ -172,9 +172,8 @@ def test_ema_decay_exports_the_moving_average_of_the_weights(tmp_path):
         torch.testing.assert_close(plain_exported[name], plain.steps[-1][name])
     assert any(not torch.allclose(exported[n], task.steps[-1][n]) for n in averaged)
     # the closing validation is the exported weights' score
-    batch = torch.randint(2, 8, (64, 33), generator=torch.Generator().manual_seed(0))[48:]
     with torch.no_grad():
-        nll, n = token_nll(task.model.eval(), batch, ignore=(0, 1))
+        nll, n = token_nll(task.model.eval(), val_tokens, ignore=(0, 1))
     assert float(trainer.callback_metrics["val_bits"]) == pytest.approx(
         (nll / n).item() / math.log(2), rel=1e-5)
     # the last step's checkpoint holds the average, and the raw weights to resume from
