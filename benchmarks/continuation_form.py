@@ -65,7 +65,8 @@ def texture(domain: Domain, tokens: np.ndarray) -> dict:
 def continuation_form(model_dir: Path, piece: Path, prompt_len: int, length: int, seed: int,
                       temperature: float, k: int, min_distance: int, grammar: bool = False,
                       top_k: int | None = None, top_p: float | None = None,
-                      trust_pointer: bool = False, key: float = KEY_WEIGHT) -> dict:
+                      trust_pointer: bool = False, key: float = KEY_WEIGHT,
+                      fit_trust: bool = True) -> dict:
     holder = {}
 
     def prompt_tokens(domain):  # noqa: ANN001, ANN202
@@ -75,7 +76,7 @@ def continuation_form(model_dir: Path, piece: Path, prompt_len: int, length: int
     domain, prompt, samples = sample_lm("midi", model_dir, prompt_tokens, length,
                                         temperature, top_k, top_p, seed, grammar=grammar,
                                         trust_pointer=trust_pointer,
-                                        grammar_options={"key": key})
+                                        grammar_options={"key": key}, fit_trust=fit_trust)
     real = holder["real"][:prompt_len + length]
     made = np.concatenate([prompt, samples[0][:length]])
     tex = {"real": texture(domain, real),
@@ -89,7 +90,8 @@ def continuation_form(model_dir: Path, piece: Path, prompt_len: int, length: int
         distinct[name] = len(np.unique(contexts, axis=0))
     return {"model": str(model_dir), "piece": piece.name, "prompt": prompt_len,
             "length": length, "seed": seed, "temperature": temperature, "top_k": top_k,
-            "top_p": top_p, "grammar": grammar, "trust_pointer": trust_pointer, "key": key,
+            "top_p": top_p, "grammar": grammar, "trust_pointer": trust_pointer,
+            "fit_trust": fit_trust, "key": key,
             "repeat_share_real": share["real"], "repeat_share_sample": share["sample"],
             "distinct_contexts_real": distinct["real"],
             "distinct_contexts_sample": distinct["sample"],
@@ -113,6 +115,10 @@ def main() -> None:
     ap.add_argument("--grammar", action="store_true")
     ap.add_argument("--trust-pointer", action="store_true",
                     help="as `sample midi --trust-pointer` (models with model.copy_pointer)")
+    ap.add_argument("--fit-trust", action=argparse.BooleanOptionalAction, default=True,
+                    help="with --trust-pointer: the pointer's hit rates fitted to the prompt "
+                    "(as `sample midi`; --no-fit-trust: the training pieces', as before "
+                    "2026-12-06)")
     ap.add_argument("--key", type=float, default=KEY_WEIGHT,
                     help="with --grammar, as `sample midi --key` (0: off, as before 2026-12-05 "
                     "evening; default %(default)g)")
@@ -120,7 +126,8 @@ def main() -> None:
     args = ap.parse_args()
     r = continuation_form(args.model, args.midi, args.prompt, args.length, args.seed,
                           args.temperature, args.k, args.min_distance, args.grammar,
-                          args.top_k, args.top_p, args.trust_pointer, args.key)
+                          args.top_k, args.top_p, args.trust_pointer, args.key,
+                          args.fit_trust)
     print(f"| model | piece | prompt | continuation | repeat share (real) | repeat share "
           f"(sample) | longest run copied from the prompt | distinct {args.k}-token contexts "
           f"(real / sample) | mean polyphony (real / sample) | longest note, s (real / "

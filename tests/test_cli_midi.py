@@ -166,6 +166,15 @@ def test_trust_pointer_samples_with_the_training_hit_rates(trained, pieces, tmp_
                          "--seed", 0, "--trust-pointer", grammar)
         assert code == 0 and out.exists(), text
         assert ("without the note grammar" in text) == (grammar == "--no-grammar")
+    # with a primer the trust is fitted to it, unless the training pieces' is asked for
+    primer = sorted(pieces.glob("*.mid"))[0]
+    for fit in ("--fit-trust", "--training-trust"):
+        out = tmp_path / f"primed{fit}.mid"
+        code, text = run("sample", "midi", "--model", run_dir, "--length", 50, "--out", out,
+                         "--seed", 0, "--trust-pointer", "--primer", primer, fit)
+        assert code == 0 and out.exists(), text
+        said = " ".join(text.split())
+        assert ("positions of the primer, right at" in said) == (fit == "--fit-trust"), said
     plain = tmp_path / "plain.mid"
     code, text = run("sample", "midi", "--model", trained, "--length", 100, "--out", plain,
                      "--trust-pointer")

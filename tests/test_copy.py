@@ -18,7 +18,12 @@ from seqformer.core.layers.copy import (
     find_copies,
     pointer_hit_rates,
 )
-from seqformer.pipeline.inference import sample_batch, token_log_likelihoods
+from seqformer.pipeline.inference import (
+    FittedTrust,
+    fit_trust_to_prompt,
+    sample_batch,
+    token_log_likelihoods,
+)
 
 from test_model import assert_decoding_is_the_full_forward
 
@@ -531,6 +536,41 @@ def test_pointer_hit_rates_count_how_often_each_mismatch_count_was_right():
     assert rates == pytest.approx([h / max(n, 1) for h, n in zip(hits, seen)])
     # about one token in seven changed on each side: the pointer is right most of the time
     assert sum(seen) > 150 and sum(hits) / sum(seen) > 0.6
+
+
+def test_the_trust_fitted_to_a_prompt_is_the_prompt_s_own_where_it_has_evidence():
+    """fit_trust_to_prompt: per count of mismatches, the prompt's hits and positions with n
+    more positions at the training rate. A prompt with no far candidate keeps the training
+    rates; a phrase repeated verbatim far back makes the pointer right at every position it
+    points, so its count goes toward 1; repeated with changes, some counts go below the
+    training rates; the more training positions, the closer to them."""
+    m = tiny(copy_k=(3, 6), copy_pointer=20)
+    prior = [0.5] * (POINTER_WINDOW + 1)
+    short = np.arange(15) % 11
+    assert fit_trust_to_prompt(prior, short, m) == FittedTrust(pytest.approx(prior), 0, 0.0)
+
+    phrase = torch.randint(0, 11, (25,), generator=torch.Generator().manual_seed(1))
+    verbatim = phrase.repeat(6).numpy()
+    fitted = fit_trust_to_prompt(prior, verbatim, m, prior_positions=20)
+    # from the phrase's second occurrence on (25 back, past the pointer's 20), always right
+    assert fitted.right == 1.0 and fitted.positions == len(verbatim) - 1 - 27
+    fitted = fitted.trust
+    assert fitted[0] > 0.5 + 0.3 and all(f >= 0.5 for f in fitted)
+
+    changed = repetitive(300, B=1, seed=3)[0]
+    hits = [0] * (POINTER_WINDOW + 1)
+    seen = [0] * (POINTER_WINDOW + 1)
+    for p, (_, candidate, mismatches) in enumerate(pointer_reference(changed.tolist(), (3, 6),
+                                                                     20)[:-1]):
+        if candidate >= 0:
+            seen[mismatches] += 1
+            hits[mismatches] += candidate == changed[p + 1].item()
+    for n in (1, 20, 1e6):
+        fitted = fit_trust_to_prompt(prior, changed.numpy(), m, prior_positions=n).trust
+        assert fitted == pytest.approx([(h + n * 0.5) / (c + n) for h, c in zip(hits, seen)])
+    assert min(fit_trust_to_prompt(prior, changed.numpy(), m, prior_positions=1).trust) < 0.3
+    assert fit_trust_to_prompt(prior, changed.numpy(), m, 1e6).trust == pytest.approx(prior,
+                                                                              abs=1e-3)
 
 
 @pytest.mark.parametrize("trusted", [True, False])

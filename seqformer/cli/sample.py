@@ -15,7 +15,7 @@ from ..domains import Domain, Record
 from ..domains.midi.grammar import KEY_WEIGHT, TEXTURE_WEIGHT
 from ..errors import InputError
 from ..files import check_output
-from ..pipeline.inference import decide_compile, sample_batch
+from ..pipeline.inference import decide_compile, fit_trust_to_prompt, sample_batch
 from ..pipeline.run_dir import load_run, read_pointer_hit_rates
 from ..pipeline.seq2seq import check_sources, load_seq2seq, target_grammar, translate
 from .common import (
@@ -65,12 +65,14 @@ def sample_lm(domain_name: str, model_dir: Path, prompt_tokens: Callable[[Domain
               length: int, temperature: float, top_k: int | None, top_p: float | None,
               seed: int | None, grammar: bool = False, num_samples: int = 1,
               device: str = "cpu", compile: bool | None = None, trust_pointer: bool = False,
-              grammar_options: dict | None = None
+              grammar_options: dict | None = None, fit_trust: bool = True
               ) -> tuple[Domain, np.ndarray, list[np.ndarray]]:
     """(domain, prompt, [new tokens of each sample]); the samples are decoded as one batch.
     With `grammar`, sampled under the domain's grammar (limits from the model directory;
     `grammar_options`: keyword arguments of the domain's `constraint`, e.g. MIDI's
-    `texture`) and each followed by the tokens it needs to close."""
+    `texture`) and each followed by the tokens it needs to close. `trust_pointer`: copy the
+    far pointer as often as it was right in training, or with `fit_trust` in the prompt
+    where it has the evidence (`fit_trust_to_prompt`)."""
     if length < 1:
         raise InputError(f"--length {length}: must be at least 1")
     if num_samples < 1:
@@ -93,6 +95,14 @@ def sample_lm(domain_name: str, model_dir: Path, prompt_tokens: Callable[[Domain
     constraint = (domain.constraint(sampling_limits(model_dir), [prompt] * num_samples,
                                     **(grammar_options or {})) if grammar else None)
     pointer_trust = read_pointer_hit_rates(model_dir) if trust_pointer else None
+    if pointer_trust is not None and fit_trust:
+        fitted = fit_trust_to_prompt(pointer_trust, prompt, model.cfg)
+        pointer_trust = fitted.trust
+        if fitted.positions:
+            err.print(f"--trust-pointer: the far pointer had a candidate at "
+                      f"{fitted.positions:,} positions of the primer, right at {fitted.right:.0%}"
+                      f" of them: trusted as there, by count of mismatches (--training-trust:"
+                      f" as in training)")
     if compile is None and decide_compile(None, length * num_samples, device):
         err.print("compiling the decoding step first (--no-compile to skip)")
         compile = True
@@ -176,6 +186,10 @@ def sample_midi(model: ModelOpt, length: Length,
                 trust_pointer: Annotated[bool, typer.Option(
                     "--trust-pointer", help="hold repeats: trust the far pointer "
                     "(model.copy_pointer) as often as it was right in training")] = False,
+                fit_trust: Annotated[bool, typer.Option(
+                    "--fit-trust/--training-trust", help="with --trust-pointer: trust the "
+                    "pointer as often as it was right in the primer, where the primer "
+                    "says, rather than in the training pieces")] = True,
                 texture: Annotated[float, typer.Option(
                     "--texture", help="duration vocabulary, under the grammar: while fewer "
                     "notes sound than the training music's mean, favour longer notes and "
@@ -214,7 +228,7 @@ def sample_midi(model: ModelOpt, length: Length,
     grammar_options = {"redirect": redirect, "texture": texture, "key": key}
     domain, p, samples = sample_lm("midi", model, primer_tokens, length, temperature, top_k,
                                    top_p, seed, grammar, num_samples, device, compile,
-                                   trust_pointer, grammar_options)
+                                   trust_pointer, grammar_options, fit_trust)
     for path, new in zip(outputs, samples):
         pm, repairs = domain.decode(np.concatenate([p, new]))
         png = path.with_suffix(".png")

@@ -28,10 +28,10 @@ import h5py
 import numpy as np
 import torch
 
-from ..core import Constraint, ReformerLM, sample_next
+from ..core import Constraint, ReformerConfig, ReformerLM, sample_next
 from ..core.decoding.cache import CopyCache
 from ..core.decoding.sampling import apply_constraint
-from ..core.layers.copy import POINTER_WINDOW, mismatch_flags
+from ..core.layers.copy import POINTER_WINDOW, mismatch_flags, pointer_hit_counts
 from ..domains import Record
 from ..domains.annotations import Feature, feature_tokens, select
 from ..errors import WRITE_FAILURES, InputError, write_failed
@@ -321,6 +321,36 @@ def decide_compile(compile: bool | None, total_tokens: int, device: str | torch.
     return shutil.which(inductor_config.cpp.cxx[-1]) is not None
 
 
+# `sample --trust-pointer`: the training pieces' hit rate at each count of mismatches
+# weighs as this many positions of the prompt (docs/long-context.md, "A trust fitted to
+# the prompt")
+POINTER_PRIOR_POSITIONS = 20.0
+
+
+@dataclass(frozen=True)
+class FittedTrust:
+    """`fit_trust_to_prompt`'s answer: the trust per count of mismatches, and the prompt's
+    evidence (positions with a far-pointer candidate, and the share of them it was right)."""
+    trust: list[float]
+    positions: int
+    right: float
+
+
+def fit_trust_to_prompt(rates: Sequence[float], prompt: np.ndarray, cfg: ReformerConfig,
+                        prior_positions: float = POINTER_PRIOR_POSITIONS) -> FittedTrust:
+    """The far pointer's hit rate per count of mismatches for a sampler continuing
+    `prompt`: the prompt's own where it has evidence, the training pieces' (`rates`)
+    where it has none, (hits + n rate) / (seen + n) with n = prior_positions. How much a
+    piece repeats varies from piece to piece (the training pieces of docs/long-context.md:
+    from 0.0% to 75% of positions), and a prompt whose approximate repeats the pointer
+    often gets wrong is a piece that does not repeat verbatim."""
+    hits, seen = pointer_hit_counts([torch.as_tensor(prompt)], cfg.copy_k, cfg.vocab_size,
+                                    cfg.copy_pointer, cfg.copy_pointer_k)
+    prior = torch.as_tensor(rates, dtype=torch.float64)
+    trust = ((hits + prior_positions * prior) / (seen + prior_positions)).tolist()
+    return FittedTrust(trust, int(seen.sum()), float(hits.sum() / seen.sum().clamp_min(1)))
+
+
 class _PointerTrust:
     """`sample_batch`'s pointer_trust: each step copies the far pointer's candidate with
     probability trust[mismatches]. A copy passes the constraint unchecked, except for its
@@ -403,7 +433,7 @@ def sample_batch(model: ReformerLM, prompt: np.ndarray, n_tokens: int, num_sampl
     until the end: without a constraint or seeded generators (which draw on the CPU)
     nothing is read back per token.
 
-    pointer_trust (one weight per count of mismatches, `read_pointer_hit_rates`): a
+    pointer_trust (one weight per count of mismatches, `fit_trust_to_prompt`): a
     sampling rule for models with the far pointer (model.copy_pointer), not their
     likelihood: each step copies the pointer's candidate with probability w =
     pointer_trust[its mismatches], and otherwise samples as above, so a sample holds a

@@ -248,12 +248,12 @@ def find_copies(tokens: torch.Tensor, copy_k: tuple[int, ...], pad: int,
                   torch.cat([streaks, mismatches.unsqueeze(-1)], -1), distance)
 
 
-def pointer_hit_rates(records: Iterable[torch.Tensor], copy_k: tuple[int, ...], pad: int,
-                      pointer: int, pointer_k: tuple[int, ...] = ()) -> list[float]:
-    """For each count of mismatches 0..POINTER_WINDOW: how often the far pointer's
-    candidate is the next token in `records` (1-D token tensors), 0.0 for a count never
-    seen. A sampler that trusts the pointer as often as it is right (`sample_batch`'s
-    pointer_trust) uses them."""
+def pointer_hit_counts(records: Iterable[torch.Tensor], copy_k: tuple[int, ...], pad: int,
+                       pointer: int, pointer_k: tuple[int, ...] = ()
+                       ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hits, seen), float64 (POINTER_WINDOW + 1,): per count of mismatches, how many
+    positions of `records` (1-D token tensors) had a far-pointer candidate, and at how many
+    of them it was the next token."""
     hits = torch.zeros(POINTER_WINDOW + 1, dtype=torch.float64)
     seen = torch.zeros(POINTER_WINDOW + 1, dtype=torch.float64)
     for tokens in records:
@@ -267,6 +267,15 @@ def pointer_hit_rates(records: Iterable[torch.Tensor], copy_k: tuple[int, ...], 
         seen += torch.bincount(count, minlength=POINTER_WINDOW + 1)
         right = (candidate[0, :-1] == x[0, 1:])[has]
         hits += torch.bincount(count[right], minlength=POINTER_WINDOW + 1)
+    return hits, seen
+
+
+def pointer_hit_rates(records: Iterable[torch.Tensor], copy_k: tuple[int, ...], pad: int,
+                      pointer: int, pointer_k: tuple[int, ...] = ()) -> list[float]:
+    """For each count of mismatches 0..POINTER_WINDOW: how often the far pointer's
+    candidate is the next token in `records`, 0.0 for a count never seen. A sampler that
+    trusts the pointer as often as it is right (`sample_batch`'s pointer_trust) uses them."""
+    hits, seen = pointer_hit_counts(records, copy_k, pad, pointer, pointer_k)
     return (hits / seen.clamp_min(1)).tolist()
 
 
