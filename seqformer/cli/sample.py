@@ -185,7 +185,8 @@ def sample_midi(model: ModelOpt, length: Length,
                 compile: CompileOpt = None,
                 trust_pointer: Annotated[bool, typer.Option(
                     "--trust-pointer", help="hold repeats: trust the far pointer "
-                    "(model.copy_pointer) as often as it was right in training")] = False,
+                    "(model.copy_pointer) as often as it was right in the primer, or in "
+                    "training where the primer shows nothing")] = False,
                 fit_trust: Annotated[bool, typer.Option(
                     "--fit-trust/--training-trust", help="with --trust-pointer: trust the "
                     "pointer as often as it was right in the primer, where the primer "
