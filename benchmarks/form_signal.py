@@ -19,13 +19,14 @@ import numpy as np
 import torch
 from context_gain import repeat_positions
 
+from seqformer.core import ReformerConfig
 from seqformer.core.layers.copy import context_hashes, far_pointer
 from seqformer.pipeline.run_dir import load_run
 
 BANDS = ((0, 0), (1, 4), (5, 15), (16, 32))  # counts of mismatches
 
 
-def pointer_hits_by_band(tokens: np.ndarray, cfg) -> list[tuple[int, float]]:  # noqa: ANN001
+def pointer_hits_by_band(tokens: np.ndarray, cfg: ReformerConfig) -> list[tuple[int, float]]:
     """(positions with a far-pointer candidate, share right) per band of mismatches."""
     x = torch.as_tensor(np.asarray(tokens, dtype=np.int64)).view(1, -1)
     candidate, mismatches, _ = far_pointer(x, context_hashes(x, cfg.copy_k, cfg.vocab_size),
