@@ -20,7 +20,7 @@ import torch
 from context_gain import repeat_positions
 
 from seqformer.core import ReformerConfig
-from seqformer.core.layers.copy import context_hashes, far_pointer
+from seqformer.core.layers.copy import pointer_hit_counts
 from seqformer.pipeline.run_dir import load_run
 
 BANDS = ((0, 0), (1, 4), (5, 15), (16, 32))  # counts of mismatches
@@ -28,17 +28,13 @@ BANDS = ((0, 0), (1, 4), (5, 15), (16, 32))  # counts of mismatches
 
 def pointer_hits_by_band(tokens: np.ndarray, cfg: ReformerConfig) -> list[tuple[int, float]]:
     """(positions with a far-pointer candidate, share right) per band of mismatches."""
-    x = torch.as_tensor(np.asarray(tokens, dtype=np.int64)).view(1, -1)
-    candidate, mismatches, _ = far_pointer(x, context_hashes(x, cfg.copy_k, cfg.vocab_size),
-                                           cfg.copy_k, cfg.vocab_size, cfg.copy_pointer,
-                                           cfg.copy_pointer_k)
-    has = (candidate[0, :-1] >= 0).numpy()
-    count = mismatches[0, :-1].numpy()
-    right = (candidate[0, :-1] == x[0, 1:]).numpy()
+    hits, seen = pointer_hit_counts([torch.as_tensor(np.asarray(tokens, dtype=np.int64))],
+                                    cfg.copy_k, cfg.vocab_size, cfg.copy_pointer,
+                                    cfg.copy_pointer_k)
     out = []
     for lo, hi in BANDS:
-        where = has & (count >= lo) & (count <= hi)
-        out.append((int(where.sum()), float(right[where].mean()) if where.any() else np.nan))
+        n, right = int(seen[lo:hi + 1].sum()), float(hits[lo:hi + 1].sum())
+        out.append((n, right / n if n else np.nan))
     return out
 
 

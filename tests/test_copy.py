@@ -523,16 +523,23 @@ def phrase_with_a_change() -> tuple[list[int], list[int]]:
     return [10] + phrase + varied[:21], (phrase[21:] + varied * 2)[:60]
 
 
-def test_pointer_hit_rates_count_how_often_each_mismatch_count_was_right():
-    records = [repetitive(150, B=1, seed=s)[0] for s in (1, 2)] + [torch.tensor([3])]
-    rates = pointer_hit_rates(records, (3, 6), 11, 20)
+def reference_hit_counts(records: list[torch.Tensor], copy_k: tuple[int, ...],
+                         min_distance: int) -> tuple[list[int], list[int]]:
+    """(hits, seen) per count of mismatches, from `pointer_reference`."""
     hits, seen = [0] * (POINTER_WINDOW + 1), [0] * (POINTER_WINDOW + 1)
-    for x in records[:2]:
-        want = pointer_reference(x.tolist(), (3, 6), 20)
+    for x in records:
+        want = pointer_reference(x.tolist(), copy_k, min_distance)
         for p, (_, candidate, mismatches) in enumerate(want[:-1]):
             if candidate >= 0:
                 seen[mismatches] += 1
                 hits[mismatches] += candidate == x[p + 1].item()
+    return hits, seen
+
+
+def test_pointer_hit_rates_count_how_often_each_mismatch_count_was_right():
+    records = [repetitive(150, B=1, seed=s)[0] for s in (1, 2)] + [torch.tensor([3])]
+    rates = pointer_hit_rates(records, (3, 6), 11, 20)
+    hits, seen = reference_hit_counts(records[:2], (3, 6), 20)
     assert rates == pytest.approx([h / max(n, 1) for h, n in zip(hits, seen)])
     # about one token in seven changed on each side: the pointer is right most of the time
     assert sum(seen) > 150 and sum(hits) / sum(seen) > 0.6
@@ -558,13 +565,7 @@ def test_the_trust_fitted_to_a_prompt_is_the_prompt_s_own_where_it_has_evidence(
     assert fitted[0] > 0.5 + 0.3 and all(f >= 0.5 for f in fitted)
 
     changed = repetitive(300, B=1, seed=3)[0]
-    hits = [0] * (POINTER_WINDOW + 1)
-    seen = [0] * (POINTER_WINDOW + 1)
-    for p, (_, candidate, mismatches) in enumerate(pointer_reference(changed.tolist(), (3, 6),
-                                                                     20)[:-1]):
-        if candidate >= 0:
-            seen[mismatches] += 1
-            hits[mismatches] += candidate == changed[p + 1].item()
+    hits, seen = reference_hit_counts([changed], (3, 6), 20)
     for n in (1, 20, 1e6):
         fitted = fit_trust_to_prompt(prior, changed.numpy(), m, prior_positions=n).trust
         assert fitted == pytest.approx([(h + n * 0.5) / (c + n) for h, c in zip(hits, seen)])
