@@ -12,8 +12,10 @@ distributions (Yang and Lerch, 2018).
 
 Reference pieces: the last `--holdout` fraction of the files under each --reference (the
 split `train midi` makes when no holdout ids are given; 1 = all of them), less any piece
-also under --exclude (e.g. data/midi, the bundled sample the main job trains on). Both sets
-are read through the MIDI tokenization (10 ms, velocity bins), as the model sees music.
+also under --exclude (e.g. data/midi, the bundled sample the main job trains on). With
+`--validation`, the block of the same size just before it instead: pieces to choose a
+sampler's settings on, so that the held-out ones only report. Both sets are read through
+the MIDI tokenization (10 ms, velocity bins), as the model sees music.
 
     # the main job's model against pieces of the same composers it never trained on
     python benchmarks/music_quality.py --model runs/quick --samples 8 --length 1500 \
@@ -31,6 +33,7 @@ from music_quality_features import (  # benchmarks/ is sys.path[0] when this fil
     FEATURES,
     compare,
     piece_features,
+    reference_block,
 )
 
 from seqformer.domains import get_domain
@@ -71,6 +74,8 @@ def main() -> None:
     ap.add_argument("--reference", type=Path, nargs="+", required=True)
     ap.add_argument("--holdout", type=float, default=0.1)
     ap.add_argument("--exclude", type=Path, help="skip reference pieces also found here")
+    ap.add_argument("--validation", action="store_true",
+                    help="compare with the block of files just before the held-out ones")
     source = ap.add_mutually_exclusive_group(required=True)
     source.add_argument("--model", type=Path)
     source.add_argument("--generated", type=Path)
@@ -91,8 +96,8 @@ def main() -> None:
     reference = []
     for folder in args.reference:
         records = list(domain.read(folder))
-        n_ref = max(1, int(round(len(records) * args.holdout)))
-        reference += [piece_features(domain.decode(r.tokens)[0]) for r in records[-n_ref:]
+        reference += [piece_features(domain.decode(r.tokens)[0])
+                      for r in reference_block(records, args.holdout, args.validation)
                       if r.id.split("/")[-1] not in skip]
     if args.model is not None:
         options = {"redirect": not args.no_redirect, "texture": args.texture,
@@ -108,7 +113,8 @@ def main() -> None:
         generated = [piece_features(domain.decode(r.tokens)[0])
                      for r in domain.read(args.generated)]
         repairs, closed, what = None, 0, f"{len(generated)} pieces under {args.generated}"
-    print(f"generated: {what}; reference: {len(reference)} pieces under "
+    print(f"generated: {what}; reference: {len(reference)} "
+          f"{'validation' if args.validation else 'held-out'} pieces under "
           f"{', '.join(map(str, args.reference))}"
           + (f", none also under {args.exclude}" if args.exclude else ""))
     print("| feature | generated (mean) | reference (mean) | overlapping area |")

@@ -53,6 +53,14 @@ def piece_features(pm: pretty_midi.PrettyMIDI) -> dict[str, float]:
     }
 
 
+def reference_block(files: list, holdout: float, validation: bool = False) -> list:
+    """The last `holdout` fraction of `files` (at least one; the split `train midi` makes
+    when given no holdout ids), or with `validation` the block of the same size just
+    before it: pieces to choose a sampler's settings on, so the held-out ones only report."""
+    n = max(1, int(round(len(files) * holdout)))
+    return files[-2 * n:-n] if validation else files[-n:]
+
+
 def _kde(values: np.ndarray, grid: np.ndarray, bandwidth: float) -> np.ndarray:
     z = (grid[:, None] - values[None, :]) / bandwidth
     return np.exp(-0.5 * z * z).sum(1) / (len(values) * bandwidth * np.sqrt(2 * np.pi))

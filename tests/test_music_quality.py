@@ -16,6 +16,7 @@ _features = load_app_module(REPO / "benchmarks" / "music_quality_features.py",
                             "music_quality_features")
 FEATURES, compare = _features.FEATURES, _features.compare
 overlap_area, piece_features = _features.overlap_area, _features.piece_features
+reference_block = _features.reference_block
 
 
 def piece(notes: list[tuple[int, float, float]], drums: bool = False) -> pretty_midi.PrettyMIDI:
@@ -77,3 +78,13 @@ def test_bundled_pieces_against_themselves_and_against_a_hold_everything_piece()
     far = compare(wall, real)
     assert far["mean_polyphony"]["overlap"] < 0.01 and far["duration_max"]["overlap"] < 0.01
     assert far["mean_polyphony"]["generated"] == 50.0
+
+
+def test_validation_block_lies_just_before_the_held_out_pieces():
+    files = list(range(20))
+    assert reference_block(files, 0.1) == [18, 19]
+    assert reference_block(files, 0.1, validation=True) == [16, 17]
+    assert reference_block(files, 1.0) == files
+    assert reference_block(list(range(3)), 0.1) == [2]  # at least one piece
+    assert reference_block(list(range(3)), 0.1, validation=True) == [1]
+    assert not set(reference_block(files, 0.25)) & set(reference_block(files, 0.25, True))
