@@ -95,9 +95,11 @@ def main() -> None:
             else set())
     reference = []
     for folder in args.reference:
-        records = list(domain.read(folder))
-        reference += [piece_features(domain.decode(r.tokens)[0])
-                      for r in reference_block(records, args.holdout, args.validation)
+        try:
+            block = reference_block(list(domain.read(folder)), args.holdout, args.validation)
+        except ValueError as e:
+            ap.error(f"{folder}: {e}")
+        reference += [piece_features(domain.decode(r.tokens)[0]) for r in block
                       if r.id.split("/")[-1] not in skip]
     if args.model is not None:
         options = {"redirect": not args.no_redirect, "texture": args.texture,

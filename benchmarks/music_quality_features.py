@@ -58,6 +58,9 @@ def reference_block(files: list, holdout: float, validation: bool = False) -> li
     when given no holdout ids), or with `validation` the block of the same size just
     before it: pieces to choose a sampler's settings on, so the held-out ones only report."""
     n = max(1, int(round(len(files) * holdout)))
+    if validation and 2 * n > len(files):
+        raise ValueError(f"{len(files)} files hold no validation block of {n} before the "
+                         f"last {n}")
     return files[-2 * n:-n] if validation else files[-n:]
 
 

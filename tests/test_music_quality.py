@@ -88,3 +88,5 @@ def test_validation_block_lies_just_before_the_held_out_pieces():
     assert reference_block(list(range(3)), 0.1) == [2]  # at least one piece
     assert reference_block(list(range(3)), 0.1, validation=True) == [1]
     assert not set(reference_block(files, 0.25)) & set(reference_block(files, 0.25, True))
+    with pytest.raises(ValueError, match="no validation block"):
+        reference_block(files, 1.0, validation=True)  # every file is held out
