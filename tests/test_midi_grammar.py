@@ -25,7 +25,7 @@ from seqformer.domains.midi import (
     MIDIGrammar,
     limits_from,
 )
-from seqformer.domains.midi.grammar import KEY_NOTES, KEY_WEIGHT
+from seqformer.domains.midi.grammar import KEY_NOTES, KEY_WEIGHT, REGISTER_NOTES, fitted_to
 
 from cli_helpers import MIDI_SAMPLE, REPO
 from cli_helpers import TINY_MODEL as TINY
@@ -198,6 +198,16 @@ def test_limits_of_the_bundled_chorales_match_their_notes(vocabulary):
             pitches = [n.pitch for n in inst.notes] + spans.get(token, [])
             spans[token] = [min(pitches), max(pitches)]
     assert limits.pitch_ranges == [[token, *span] for token, span in sorted(spans.items())]
+    # the register: the median span of REGISTER_NOTES notes in onset order
+    windows = []
+    for piece in pieces:
+        pitches = np.array([n.pitch for n in sorted(
+            (n for inst in piece.instruments if not inst.is_drum for n in inst.notes),
+            key=lambda n: (n.start, n.pitch))])
+        run = np.lib.stride_tricks.sliding_window_view(pitches, REGISTER_NOTES)
+        windows.append(run.max(1) - run.min(1))
+    assert limits.register_span == int(np.median(np.concatenate(windows)))
+    assert 24 <= limits.register_span <= 36  # bass to soprano, about two and a half octaves
 
 
 @pytest.mark.parametrize("vocabulary", ["events", "durations"])
@@ -328,6 +338,15 @@ def test_train_stores_limits_and_sample_keeps_the_grammar(tmp_path):
     code, text = run("sample", "midi", "--model", out, "--length", 5, "--out",
                      tmp_path / "k.mid", "--key", -1)
     assert code == 2 and "key must be >= 0" in text and "Traceback" not in text, text
+    # and so is the register steer
+    assert isinstance(limits["register_span"], int)
+    code, text = run("sample", "midi", "--model", out, "--length", 400, "--out",
+                     tmp_path / "wide.mid", "--seed", 0, "--register", 0)
+    assert code == 0 and "no repairs needed" in text
+    assert (tmp_path / "wide.mid").read_bytes() != mid.read_bytes()
+    code, text = run("sample", "midi", "--model", out, "--length", 5, "--out",
+                     tmp_path / "r.mid", "--register", -1)
+    assert code == 2 and "register must be >= 0" in text and "Traceback" not in text, text
     code, text = run("sample", "midi", "--model", out, "--length", 400, "--out",
                      tmp_path / "free.mid", "--seed", 0, "--no-grammar")
     assert code == 0 and "grammar" not in text and "unmatched_note_off" in text
@@ -393,6 +412,107 @@ def test_the_key_steer_weighs_notes_outside_the_recent_scale(vocabulary):
     weights = domain.constraint(limits, [np.array(e_major)], texture=0.0).log_weights()[0]
     assert weights[on(68)] == weights[on(75)] == 0.0
     assert weights[on(65)] == weights[on(60)] == -KEY_WEIGHT
+
+
+@pytest.mark.parametrize("vocabulary", ["events", "durations"])
+def test_the_register_steer_weighs_notes_that_widen_the_recent_span(vocabulary):
+    """A note-on that would take the last REGISTER_NOTES pitched notes (any instrument,
+    drums not counted) past the training music's span is weighted by exp(-register) per
+    semitone past it; past their own span where that is already wider; nothing with
+    register 0, on drums, or with limits stored before the span was."""
+    domain = get_domain("midi", vocabulary=vocabulary)
+    limits = GrammarLimits(max_polyphony=8, max_steps=500, register_span=12).to_dict()
+
+    def notes(*pitches):  # one after another, each ended before the next
+        out = []
+        for p in pitches:
+            out += ([on(p), shift(1), off(p)] if vocabulary == "events"
+                    else [on(p), DURATION, shift(1)])
+        return out
+
+    def weights(tokens, register=0.5, limits=limits):
+        steer = domain.constraint(limits, [np.array(tokens)], texture=0.0, key=0.0,
+                                  register=register)
+        out = steer.log_weights()
+        return None if out is None else out[0]
+
+    named = [SEP, PROGRAM, VELOCITY + 16]
+    c_to_g = named + notes(60, 64, 67)  # span 7: 55 .. 72 keep it within 12
+    w = weights(c_to_g)
+    below, above = np.arange(0, 55), np.arange(73, 128)
+    assert np.allclose(w[on(below)], -0.5 * (55 - below))
+    assert np.allclose(w[on(above)], -0.5 * (above - 72))
+    assert not w[on(np.arange(55, 73))].any()
+    assert not w[:NOTE_ON].any() and not w[NOTE_ON + 128:].any()
+    assert weights(c_to_g, register=0.0) is None
+    assert weights(named) is None  # no note yet
+    assert weights(c_to_g + [DRUMS]) is None
+    old = GrammarLimits(max_polyphony=8, max_steps=500).to_dict()
+    assert weights(c_to_g, limits=old) is None
+    # another instrument shares the piece's register; drum notes do not enter it
+    assert np.allclose(weights(c_to_g + [PROGRAM + 1]), w)
+    assert np.allclose(weights(c_to_g + [DRUMS] + notes(30) + [PROGRAM]), w)
+    # wider than 12 already (48 .. 67): anything between is free, past it costs
+    wide = weights(c_to_g + notes(48))
+    assert not wide[on(np.arange(48, 68))].any()
+    assert wide[on(47)] == wide[on(68)] == -0.5
+    # REGISTER_NOTES later notes around 80 push 48 .. 67 out of the window
+    moved = weights(c_to_g + notes(48, *[78, 82] * (REGISTER_NOTES // 2)))
+    assert not moved[on(np.arange(70, 91))].any()
+    assert moved[on(69)] == moved[on(91)] == -0.5
+
+
+def test_register_span_is_the_typical_span_of_recent_notes():
+    """limits_from's register_span: the REGISTER_QUANTILE-th percentile of the span of
+    REGISTER_NOTES consecutive pitched notes, drums not counted; a shorter piece is one
+    window; a long prompt narrows it to its own."""
+    named = [SEP, PROGRAM, VELOCITY + 16]
+
+    def piece(pitches):
+        return np.array(named + [t for p in pitches for t in (on(p), shift(1), off(p))])
+
+    narrow = piece([60, 65] * REGISTER_NOTES)  # every window spans 5
+    wide = piece([40, 70] * (REGISTER_NOTES // 2))  # one window, 30
+    drums = np.array(named + [DRUMS, on(20), shift(1), off(20)])
+    assert limits_from([narrow]).register_span == 5
+    assert limits_from([wide]).register_span == 30
+    assert limits_from([narrow, np.concatenate([narrow, drums])]).register_span == 5
+    # the percentile over all windows: many narrow windows and one wide
+    assert limits_from([narrow, wide]).register_span == 5
+    assert limits_from([np.array(named)]).register_span is None
+    wide_limits = limits_from([wide])
+    prompt = piece([60, 62, 64, 65, 67] * 20)  # 100 notes spanning 7
+    assert fitted_to(wide_limits, prompt).register_span == 7
+    assert fitted_to(wide_limits, prompt[:40]).register_span == 30  # too short to say
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_sampling_under_the_register_steer_keeps_a_narrower_span(seed):
+    """Random logits that put 3% of the notes anywhere and the rest in two octaves, sampled
+    under the grammar with the register steer and without: the steered piece keeps near the
+    two octaves, the plain one spans most of the 128 pitches; both decode with no repair."""
+    limits = GrammarLimits(max_polyphony=4, max_steps=60, register_span=24)
+    spans = {}
+    for register in (1.0, 0.0):
+        tokens = [SEP, PROGRAM, VELOCITY + 16]
+        g = MIDIGrammar(limits, [np.array(tokens)], key=0.0, register=register)
+        gen = torch.Generator().manual_seed(seed)
+        for _ in range(2000):
+            logits = torch.randn(1, VOCAB_SIZE, generator=gen)
+            logits[0, NOTE_ON + 48:NOTE_ON + 72] += 5.0  # 97% of notes in two octaves
+            for _, pitch in g.walks[0].sounding:
+                logits[0, off(pitch)] += 6.0
+            out, removed = apply_constraint(logits, g)
+            t = sample_next(out, generator=gen)
+            g.update(t, removed)
+            tokens.append(int(t))
+        _, repairs = get_domain("midi").decode(np.array(tokens + g.closing()))
+        assert not any(repairs.values()), repairs
+        body = np.array(tokens)
+        pitches = body[(body >= NOTE_ON) & (body < NOTE_OFF)] - NOTE_ON
+        assert len(pitches) > 200
+        spans[register] = int(pitches.max() - pitches.min())
+    assert spans[1.0] < 36 and spans[0.0] > 90, spans
 
 
 @pytest.mark.parametrize("seed", range(2))

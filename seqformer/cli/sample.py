@@ -12,7 +12,7 @@ import torch
 import typer
 
 from ..domains import Domain, Record
-from ..domains.midi.grammar import KEY_WEIGHT, TEXTURE_WEIGHT
+from ..domains.midi.grammar import KEY_WEIGHT, REGISTER_WEIGHT, TEXTURE_WEIGHT
 from ..errors import InputError
 from ..files import check_output
 from ..pipeline.inference import decide_compile, fit_trust_to_prompt, sample_batch
@@ -200,6 +200,11 @@ def sample_midi(model: ModelOpt, length: Length,
                     "--key", help="under the grammar: weigh note-ons outside the major or "
                     "minor scale that the piece's recent notes fit best by exp(-KEY) "
                     f"(0: off; default {KEY_WEIGHT:g})")] = KEY_WEIGHT,
+                register: Annotated[float, typer.Option(
+                    "--register", help="under the grammar: weigh a note-on by "
+                    "exp(-REGISTER) per semitone it would take the piece's last 64 notes "
+                    "past the span typical of the training music (0: off; default "
+                    f"{REGISTER_WEIGHT:g})")] = REGISTER_WEIGHT,
                 redirect: Annotated[bool, typer.Option(
                     "--redirect/--no-redirect", help="event vocabulary, under the grammar: "
                     "a note-off it refuses becomes the switch to the instrument sounding "
@@ -226,7 +231,8 @@ def sample_midi(model: ModelOpt, length: Length,
         err.print("--trust-pointer without the note grammar: what a draw between copies "
                   "starts is never released, and notes sound for minutes "
                   "(docs/long-context.md); drop --no-grammar")
-    grammar_options = {"redirect": redirect, "texture": texture, "key": key}
+    grammar_options = {"redirect": redirect, "texture": texture, "key": key,
+                       "register": register}
     domain, p, samples = sample_lm("midi", model, primer_tokens, length, temperature, top_k,
                                    top_p, seed, grammar, num_samples, device, compile,
                                    trust_pointer, grammar_options, fit_trust)

@@ -278,7 +278,7 @@ def target_grammar(domain: Domain, read_limits: Callable[[], dict | None],
     `source_domain` that has a grammar too (MIDI to MIDI), each target closes exactly when
     its time reaches its source's end: a harmonization's voices end with the melody.
     `options`: keyword arguments of the domain's `constraint` (MIDI: `texture`,
-    `redirect`, `key`)."""
+    `redirect`, `key`, `register`)."""
     start = np.array([domain.sep_id])
     if domain.constraint(None, [start]) is None:
         return None

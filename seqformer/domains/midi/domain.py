@@ -15,6 +15,7 @@ from . import durations, events
 from .files import load_midi, write_midi
 from .grammar import (
     KEY_WEIGHT,
+    REGISTER_WEIGHT,
     TEXTURE_WEIGHT,
     DurationGrammar,
     GrammarLimits,
@@ -82,17 +83,18 @@ class MIDIDomain(Domain):
 
     def constraint(self, limits: dict[str, Any] | None, prompts: list[np.ndarray],
                    texture: float = TEXTURE_WEIGHT, redirect: bool = True,
-                   key: float = KEY_WEIGHT) -> MIDIGrammar | DurationGrammar:
+                   key: float = KEY_WEIGHT, register: float = REGISTER_WEIGHT
+                   ) -> MIDIGrammar | DurationGrammar:
         """The note grammar of the vocabulary (grammar.py), with the texture steer of the
-        duration vocabulary and the key steer this strong (0: off) and, for events, a
-        refused note-off redirected to the release it most likely meant (`redirect`);
+        duration vocabulary and the key and register steers this strong (0: off) and, for
+        events, a refused note-off redirected to the release it most likely meant (`redirect`);
         without stored limits, a model trained before they were: at most 16 notes at once,
         none longer than 10 s."""
-        for name, weight in (("texture", texture), ("key", key)):
+        for name, weight in (("texture", texture), ("key", key), ("register", register)):
             if not weight >= 0:
                 raise InputError(f"{name} must be >= 0 (0: off), got {weight}")
         limits = GrammarLimits(**limits) if limits else GrammarLimits(16, 1000)
-        return self._grammar(limits, prompts, texture, redirect, key)
+        return self._grammar(limits, prompts, texture, redirect, key, register)
 
     def read(self, path: str | Path, on_skip: OnSkip | None = None) -> Iterator[Record]:
         """One Record per piece of a .mid/.midi file, or of every such file under a directory

@@ -58,6 +58,14 @@ earlier one's weight by KEY_MEMORY, so a piece may modulate. A young model's cho
 out of key as the texture thickens; the reference pieces keep 95% of their notes in one
 scale (docs/music.md). Drums have no key.
 
+Register, for both vocabularies, a weight too (`register`): a note-on that would take the
+piece's last REGISTER_NOTES pitched notes (any instrument, drums not counted) past the
+span typical of the training music (`register_span`: the median span of that many
+consecutive notes there), or past their own span where that is already wider, is weighted
+exp(-register) per semitone past it. A young model's samples spanned 45-47 semitones where
+the reference pieces span 30-31, though any 40 consecutive notes of theirs spanned what 40
+of the pieces' do (24-27 against 24-26): a few notes far out (docs/music.md).
+
 Numpy only: core's sampling loop turns the masks into tensors.
 """
 
@@ -91,13 +99,17 @@ LENGTH_SHARE = 1.6  # the steer's durations half is this many times as strong as
 KEY_WEIGHT = 2.0  # the key steer (module docstring): exp(-2) = 0.14 for a note out of key
 KEY_NOTES = 5  # notes a piece starts before the key steer has a key to keep
 KEY_MEMORY = 0.98  # each later note scales an earlier one's weight in the key by this
+REGISTER_WEIGHT = 1.0  # the register steer (module docstring), per semitone beyond the span
+REGISTER_NOTES = 64  # a piece's register: the span of its last this many pitched notes
+REGISTER_QUANTILE = 50.0  # the span allowed: this percentile of the training music's
 NEAREST_RELEASE = 12  # a note-off of a pitch sounding nowhere: the nearest within an octave
 
 # (12, 12): row r marks the pitch classes of the major scale on r (its relative minor's too)
 _SCALES = np.zeros((12, 12), dtype=np.float32)
 for _root in range(12):
     _SCALES[_root, (np.array([0, 2, 4, 5, 7, 9, 11]) + _root) % 12] = 1.0
-_PITCH_CLASS = np.arange(128) % 12
+_PITCHES = np.arange(128)
+_PITCH_CLASS = _PITCHES % 12
 
 
 @dataclass
@@ -112,6 +124,10 @@ class GrammarLimits:
     # the mean number of notes sounding over the time something sounds; None (limits
     # stored before it existed): no texture steer
     mean_polyphony: float | None = None
+    # the REGISTER_QUANTILE-th percentile of the span (highest - lowest pitch) of
+    # REGISTER_NOTES consecutive pitched notes; None (stored before it existed): no
+    # register steer
+    register_span: int | None = None
 
     def __post_init__(self) -> None:
         self._range_of = {inst: (low, high) for inst, low, high in self.pitch_ranges or []}
@@ -143,6 +159,7 @@ class _Context:
         self.pitch_classes = np.zeros(12, dtype=np.float32)
         self.pitched = 0  # notes started, drums not counted
         self.instruments = np.zeros(DRUMS + 1 - PROGRAM, dtype=bool)  # each one seen
+        self.recent: deque[int] = deque(maxlen=REGISTER_NOTES)  # the last pitched notes
 
     def _context(self, token: int) -> None:
         """Apply a shift, velocity, program or drums token (others change nothing)."""
@@ -166,6 +183,7 @@ class _Context:
             low, high = self.played.get(self.inst, (pitch, pitch))
             self.played[self.inst] = (min(low, pitch), max(high, pitch))
             if self.inst != DRUMS:
+                self.recent.append(pitch)
                 self.pitch_classes *= KEY_MEMORY
                 self.pitch_classes[pitch % 12] += 1.0
                 self.pitched += 1
@@ -176,6 +194,16 @@ class _Context:
         if self.pitched < KEY_NOTES or self.inst == DRUMS:
             return None
         return _SCALES[int(np.argmax(_SCALES @ self.pitch_classes))]
+
+    def register(self, span: int) -> np.ndarray | None:
+        """(128,): by how many semitones each pitch would take the last REGISTER_NOTES
+        pitched notes past `span` semitones (past their own span where that is wider);
+        None before any note, and on drums."""
+        if self.inst == DRUMS or not self.recent:
+            return None
+        low, high = min(self.recent), max(self.recent)
+        wider = np.maximum(high, _PITCHES) - np.minimum(low, _PITCHES)
+        return (wider - max(span, high - low)).clip(min=0)
 
     def texture(self, ok: np.ndarray, limits: GrammarLimits) -> np.ndarray:
         """Narrow `ok` by the range and texture rules (module docstring); `ok` is kept when
@@ -312,11 +340,14 @@ def fitted_to(limits: GrammarLimits, prompt: np.ndarray, vocabulary: str = "even
     own, notes = _limits_and_notes([prompt], vocabulary)
     if notes < PROMPT_NOTES:
         return limits
-    mean = limits.mean_polyphony
+    mean, register = limits.mean_polyphony, limits.register_span
     if mean is not None:
         mean = min(mean, own.mean_polyphony)
+    if register is not None and own.register_span is not None:
+        register = min(register, own.register_span)
     return replace(limits, max_polyphony=min(limits.max_polyphony, own.max_polyphony),
-                   max_steps=min(limits.max_steps, own.max_steps), mean_polyphony=mean)
+                   max_steps=min(limits.max_steps, own.max_steps), mean_polyphony=mean,
+                   register_span=register)
 
 
 def _limits_and_notes(sequences: Iterable[np.ndarray], vocabulary: str
@@ -324,19 +355,26 @@ def _limits_and_notes(sequences: Iterable[np.ndarray], vocabulary: str
     lengths, in_step = [], 1
     time = np.zeros(1, dtype=np.int64)
     ranges: dict[int, list[int]] = {}  # instrument -> [lowest, highest] pitch started
+    windows = []  # the span of every REGISTER_NOTES consecutive pitched notes of a piece
     for seq in sequences:
         walk = _DurationWalk() if vocabulary == "durations" else _Walk()
-        notes = []
+        notes, pitched = [], []
         for token in np.asarray(seq).tolist():
             if NOTE_ON <= token < NOTE_ON + 128:
                 span = ranges.setdefault(walk.inst, [token - NOTE_ON] * 2)
                 span[0], span[1] = min(span[0], token - NOTE_ON), max(span[1], token - NOTE_ON)
+                if walk.inst != DRUMS:
+                    pitched.append(token - NOTE_ON)
             ended = walk.step(token)
             if ended is not None:
                 lengths.append(ended)
                 start = walk.now - ended if vocabulary != "durations" else walk.now
                 notes.append((start, start + max(ended, 1)))
             in_step = max(in_step, walk.in_step)
+        if pitched:  # a piece of fewer notes: one window
+            run = np.lib.stride_tricks.sliding_window_view(
+                np.asarray(pitched), min(REGISTER_NOTES, len(pitched)))
+            windows.append(run.max(1) - run.min(1))
         piece = sounding_time(notes)
         if len(piece) > len(time):
             time = np.pad(time, (0, len(piece) - len(time)))
@@ -347,10 +385,12 @@ def _limits_and_notes(sequences: Iterable[np.ndarray], vocabulary: str
     steps = int(np.ceil(np.percentile(lengths, NOTE_QUANTILE))) if lengths else 500
     mean = (float(np.arange(1, len(time)) @ time[1:] / sounding[-1])
             if len(sounding) and sounding[-1] > 0 else 1.0)
+    register = (int(np.percentile(np.concatenate(windows), REGISTER_QUANTILE))
+                if windows else None)
     return GrammarLimits(max_polyphony=polyphony, max_steps=max(1, steps),
                          max_step_tokens=in_step, mean_polyphony=round(mean, 3),
-                         pitch_ranges=[[inst, *span] for inst, span in sorted(ranges.items())]
-                         ), len(lengths)
+                         pitch_ranges=[[inst, *span] for inst, span in sorted(ranges.items())],
+                         register_span=register), len(lengths)
 
 
 class _Grammar:
@@ -362,8 +402,9 @@ class _Grammar:
 
     def __init__(self, limits: GrammarLimits, prompts: list[np.ndarray],
                  texture: float = TEXTURE_WEIGHT, redirect: bool = True,
-                 key: float = KEY_WEIGHT):
+                 key: float = KEY_WEIGHT, register: float = REGISTER_WEIGHT):
         self.texture, self.redirect, self.key = texture, redirect, key
+        self.register = register
         # per sequence: the limits, with a long prompt's own texture
         self.row_limits = [fitted_to(limits, np.asarray(p), self.vocabulary) for p in prompts]
         self.walks = [self.walk_type() for _ in prompts]
@@ -380,15 +421,19 @@ class _Grammar:
                                                                       self.row_limits)])
 
     def log_weights(self) -> np.ndarray | None:
-        """The texture and key steers' log-weights (B, V), or None where they have nothing
-        to say."""
-        if not self.texture and not self.key:
+        """The texture, key and register steers' log-weights (B, V), or None where they
+        have nothing to say."""
+        if not self.texture and not self.key and not self.register:
             return None
         weights = np.zeros((len(self.walks), VOCAB_SIZE), dtype=np.float32)
         for row, (walk, limits) in enumerate(zip(self.walks, self.row_limits)):
             scale = walk.scale() if self.key else None
             if scale is not None:
                 weights[row, NOTE_ON:NOTE_ON + 128] = -self.key * (1.0 - scale[_PITCH_CLASS])
+            beyond = (walk.register(limits.register_span)
+                      if self.register and limits.register_span is not None else None)
+            if beyond is not None:
+                weights[row, NOTE_ON:NOTE_ON + 128] -= self.register * beyond
             if self.texture:
                 self._steer(weights[row], walk, limits)
         return weights if weights.any() else None
