@@ -330,23 +330,18 @@ def test_train_stores_limits_and_sample_keeps_the_grammar(tmp_path):
     code, plain = run("sample", "midi", "--model", out, "--length", 400, "--out",
                       tmp_path / "plain.mid", "--seed", 0, "--no-redirect")
     assert code == 0 and "no repairs needed" in plain
-    # the key steer is on by default: off, the same seed gives another piece
-    code, text = run("sample", "midi", "--model", out, "--length", 400, "--out",
-                     tmp_path / "keyless.mid", "--seed", 0, "--key", 0)
-    assert code == 0 and "no repairs needed" in text
-    assert (tmp_path / "keyless.mid").read_bytes() != mid.read_bytes()
-    code, text = run("sample", "midi", "--model", out, "--length", 5, "--out",
-                     tmp_path / "k.mid", "--key", -1)
-    assert code == 2 and "key must be >= 0" in text and "Traceback" not in text, text
-    # and so is the register steer
+    # the key and register steers are on by default: off, the same seed gives another
+    # piece; a negative weight is one message
     assert isinstance(limits["register_span"], int)
-    code, text = run("sample", "midi", "--model", out, "--length", 400, "--out",
-                     tmp_path / "wide.mid", "--seed", 0, "--register", 0)
-    assert code == 0 and "no repairs needed" in text
-    assert (tmp_path / "wide.mid").read_bytes() != mid.read_bytes()
-    code, text = run("sample", "midi", "--model", out, "--length", 5, "--out",
-                     tmp_path / "r.mid", "--register", -1)
-    assert code == 2 and "register must be >= 0" in text and "Traceback" not in text, text
+    for steer in ("key", "register"):
+        off_mid = tmp_path / f"{steer}-off.mid"
+        code, text = run("sample", "midi", "--model", out, "--length", 400, "--out",
+                         off_mid, "--seed", 0, f"--{steer}", 0)
+        assert code == 0 and "no repairs needed" in text
+        assert off_mid.read_bytes() != mid.read_bytes()
+        code, text = run("sample", "midi", "--model", out, "--length", 5, "--out",
+                         tmp_path / f"{steer}.mid", f"--{steer}", -1)
+        assert code == 2 and f"{steer} must be >= 0" in text and "Traceback" not in text, text
     code, text = run("sample", "midi", "--model", out, "--length", 400, "--out",
                      tmp_path / "free.mid", "--seed", 0, "--no-grammar")
     assert code == 0 and "grammar" not in text and "unmatched_note_off" in text
@@ -378,6 +373,15 @@ def test_a_long_prompt_sets_its_continuations_texture(notes):
     assert MIDIGrammar(narrow, [np.array(prompt)]).row_limits[0] == narrow
 
 
+def _one_by_one(vocabulary: str, *pitches: int) -> list[int]:
+    """Notes of `pitches` one after another, each ended before the next."""
+    out = []
+    for p in pitches:
+        out += ([on(p), shift(1), off(p)] if vocabulary == "events"
+                else [on(p), DURATION, shift(1)])
+    return out
+
+
 @pytest.mark.parametrize("vocabulary", ["events", "durations"])
 def test_the_key_steer_weighs_notes_outside_the_recent_scale(vocabulary):
     """Once KEY_NOTES notes have started, a note-on whose pitch class is outside the major
@@ -386,15 +390,8 @@ def test_the_key_steer_weighs_notes_outside_the_recent_scale(vocabulary):
     domain = get_domain("midi", vocabulary=vocabulary)
     limits = GrammarLimits(max_polyphony=8, max_steps=500).to_dict()
 
-    def notes(*pitches):  # one after another, each ended before the next
-        out = []
-        for p in pitches:
-            out += ([on(p), shift(1), off(p)] if vocabulary == "events"
-                    else [on(p), DURATION, shift(1)])
-        return out
-
     named = [SEP, PROGRAM, VELOCITY + 16]
-    c_major = named + notes(60, 62, 64, 67, 69)  # C D E G A
+    c_major = named + _one_by_one(vocabulary, 60, 62, 64, 67, 69)  # C D E G A
     steer = domain.constraint(limits, [np.array(c_major)], texture=0.0)
     weights = steer.log_weights()[0]
     outside = [p for p in range(128) if p % 12 in (1, 3, 6, 8, 10)]
@@ -403,15 +400,41 @@ def test_the_key_steer_weighs_notes_outside_the_recent_scale(vocabulary):
     assert not weights[:NOTE_ON].any() and not weights[NOTE_ON + 128:].any()
     assert domain.constraint(limits, [np.array(c_major)], texture=0.0, key=0.0
                              ).log_weights() is None
-    few = named + notes(*[60, 62, 64, 67, 69][:KEY_NOTES - 1])
+    few = named + _one_by_one(vocabulary, *[60, 62, 64, 67, 69][:KEY_NOTES - 1])
     assert domain.constraint(limits, [np.array(few)], texture=0.0).log_weights() is None
     drums = domain.constraint(limits, [np.array(c_major + [DRUMS])], texture=0.0)
     assert drums.log_weights() is None
     # twenty notes of E major later, E major's G# and D# are in, C major's F and C are out
-    e_major = c_major + notes(*[64, 66, 68, 69, 71, 73, 75] * 3)
+    e_major = c_major + _one_by_one(vocabulary, *[64, 66, 68, 69, 71, 73, 75] * 3)
     weights = domain.constraint(limits, [np.array(e_major)], texture=0.0).log_weights()[0]
     assert weights[on(68)] == weights[on(75)] == 0.0
     assert weights[on(65)] == weights[on(60)] == -KEY_WEIGHT
+
+
+def _random_piece(limits: GrammarLimits, seed: int, steps: int, favoured: slice,
+                  lean: float, **steers: float) -> np.ndarray:
+    """The note-on pitches of `steps` tokens sampled from random logits under the event
+    grammar with `steers`, leaning `lean` towards the note-ons of `favoured` pitches and
+    towards ending what sounds; the piece decodes with no repair (asserted), and has more
+    than 200 notes."""
+    tokens = [SEP, PROGRAM, VELOCITY + 16]
+    g = MIDIGrammar(limits, [np.array(tokens)], **steers)
+    gen = torch.Generator().manual_seed(seed)
+    for _ in range(steps):
+        logits = torch.randn(1, VOCAB_SIZE, generator=gen)
+        logits[0, NOTE_ON + favoured.start:NOTE_ON + favoured.stop] += lean
+        for _, pitch in g.walks[0].sounding:
+            logits[0, off(pitch)] += 6.0
+        out, removed = apply_constraint(logits, g)
+        t = sample_next(out, generator=gen)
+        g.update(t, removed)
+        tokens.append(int(t))
+    _, repairs = get_domain("midi").decode(np.array(tokens + g.closing()))
+    assert not any(repairs.values()), repairs
+    body = np.array(tokens)
+    pitches = body[(body >= NOTE_ON) & (body < NOTE_OFF)] - NOTE_ON
+    assert len(pitches) > 200
+    return pitches
 
 
 @pytest.mark.parametrize("vocabulary", ["events", "durations"])
@@ -423,13 +446,6 @@ def test_the_register_steer_weighs_notes_that_widen_the_recent_span(vocabulary):
     domain = get_domain("midi", vocabulary=vocabulary)
     limits = GrammarLimits(max_polyphony=8, max_steps=500, register_span=12).to_dict()
 
-    def notes(*pitches):  # one after another, each ended before the next
-        out = []
-        for p in pitches:
-            out += ([on(p), shift(1), off(p)] if vocabulary == "events"
-                    else [on(p), DURATION, shift(1)])
-        return out
-
     def weights(tokens, register=0.5, limits=limits):
         steer = domain.constraint(limits, [np.array(tokens)], texture=0.0, key=0.0,
                                   register=register)
@@ -437,7 +453,7 @@ def test_the_register_steer_weighs_notes_that_widen_the_recent_span(vocabulary):
         return None if out is None else out[0]
 
     named = [SEP, PROGRAM, VELOCITY + 16]
-    c_to_g = named + notes(60, 64, 67)  # span 7: 55 .. 72 keep it within 12
+    c_to_g = named + _one_by_one(vocabulary, 60, 64, 67)  # span 7: 55 .. 72 keep it within 12
     w = weights(c_to_g)
     below, above = np.arange(0, 55), np.arange(73, 128)
     assert np.allclose(w[on(below)], -0.5 * (55 - below))
@@ -451,13 +467,13 @@ def test_the_register_steer_weighs_notes_that_widen_the_recent_span(vocabulary):
     assert weights(c_to_g, limits=old) is None
     # another instrument shares the piece's register; drum notes do not enter it
     assert np.allclose(weights(c_to_g + [PROGRAM + 1]), w)
-    assert np.allclose(weights(c_to_g + [DRUMS] + notes(30) + [PROGRAM]), w)
+    assert np.allclose(weights(c_to_g + [DRUMS] + _one_by_one(vocabulary, 30) + [PROGRAM]), w)
     # wider than 12 already (48 .. 67): anything between is free, past it costs
-    wide = weights(c_to_g + notes(48))
+    wide = weights(c_to_g + _one_by_one(vocabulary, 48))
     assert not wide[on(np.arange(48, 68))].any()
     assert wide[on(47)] == wide[on(68)] == -0.5
     # REGISTER_NOTES later notes around 80 push 48 .. 67 out of the window
-    moved = weights(c_to_g + notes(48, *[78, 82] * (REGISTER_NOTES // 2)))
+    moved = weights(c_to_g + _one_by_one(vocabulary, 48, *[78, 82] * (REGISTER_NOTES // 2)))
     assert not moved[on(np.arange(70, 91))].any()
     assert moved[on(69)] == moved[on(91)] == -0.5
 
@@ -494,23 +510,9 @@ def test_sampling_under_the_register_steer_keeps_a_narrower_span(seed):
     limits = GrammarLimits(max_polyphony=4, max_steps=60, register_span=24)
     spans = {}
     for register in (1.0, 0.0):
-        tokens = [SEP, PROGRAM, VELOCITY + 16]
-        g = MIDIGrammar(limits, [np.array(tokens)], key=0.0, register=register)
-        gen = torch.Generator().manual_seed(seed)
-        for _ in range(2000):
-            logits = torch.randn(1, VOCAB_SIZE, generator=gen)
-            logits[0, NOTE_ON + 48:NOTE_ON + 72] += 5.0  # 97% of notes in two octaves
-            for _, pitch in g.walks[0].sounding:
-                logits[0, off(pitch)] += 6.0
-            out, removed = apply_constraint(logits, g)
-            t = sample_next(out, generator=gen)
-            g.update(t, removed)
-            tokens.append(int(t))
-        _, repairs = get_domain("midi").decode(np.array(tokens + g.closing()))
-        assert not any(repairs.values()), repairs
-        body = np.array(tokens)
-        pitches = body[(body >= NOTE_ON) & (body < NOTE_OFF)] - NOTE_ON
-        assert len(pitches) > 200
+        # 97% of the notes in two octaves
+        pitches = _random_piece(limits, seed, 2000, slice(48, 72), 5.0, key=0.0,
+                                register=register)
         spans[register] = int(pitches.max() - pitches.min())
     assert spans[1.0] < 36 and spans[0.0] > 90, spans
 
@@ -523,24 +525,8 @@ def test_sampling_under_the_key_steer_keeps_to_one_scale(seed):
     limits = GrammarLimits(max_polyphony=4, max_steps=60)
     in_scale = {}
     for key in (KEY_WEIGHT, 0.0):
-        tokens = [SEP, PROGRAM, VELOCITY + 16]
-        g = MIDIGrammar(limits, [np.array(tokens)], key=key)
-        gen = torch.Generator().manual_seed(seed)
-        for _ in range(3000):
-            logits = torch.randn(1, VOCAB_SIZE, generator=gen)
-            logits[0, NOTE_ON:NOTE_OFF] += 3.0  # lean towards notes, and ending them
-            for _, pitch in g.walks[0].sounding:
-                logits[0, off(pitch)] += 6.0
-            out, removed = apply_constraint(logits, g)
-            t = sample_next(out, generator=gen)
-            g.update(t, removed)
-            tokens.append(int(t))
-        _, repairs = get_domain("midi").decode(np.array(tokens + g.closing()))
-        assert not any(repairs.values()), repairs
-        body = np.array(tokens)
-        pitch_classes = np.bincount((body[(body >= NOTE_ON) & (body < NOTE_OFF)] - NOTE_ON)
-                                    % 12, minlength=12)
-        assert pitch_classes.sum() > 200
+        pitches = _random_piece(limits, seed, 3000, slice(0, 128), 3.0, key=key)
+        pitch_classes = np.bincount(pitches % 12, minlength=12)
         majors = [np.roll(np.isin(np.arange(12), [0, 2, 4, 5, 7, 9, 11]), r) for r in range(12)]
         in_scale[key] = max(pitch_classes[m].sum() for m in majors) / pitch_classes.sum()
     assert in_scale[KEY_WEIGHT] > 0.8 and in_scale[0.0] < 0.7, in_scale
