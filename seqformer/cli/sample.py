@@ -12,7 +12,12 @@ import torch
 import typer
 
 from ..domains import Domain, Record
-from ..domains.midi.grammar import KEY_WEIGHT, REGISTER_WEIGHT, TEXTURE_WEIGHT
+from ..domains.midi.grammar import (
+    KEY_WEIGHT,
+    REGISTER_NOTES,
+    REGISTER_WEIGHT,
+    TEXTURE_WEIGHT,
+)
 from ..errors import InputError
 from ..files import check_output
 from ..pipeline.inference import decide_compile, fit_trust_to_prompt, sample_batch
@@ -202,8 +207,9 @@ def sample_midi(model: ModelOpt, length: Length,
                     f"(0: off; default {KEY_WEIGHT:g})")] = KEY_WEIGHT,
                 register: Annotated[float, typer.Option(
                     "--register", help="under the grammar: weigh a note-on by "
-                    "exp(-REGISTER) per semitone it would take the piece's last 64 notes "
-                    "past the span typical of the training music (0: off; default "
+                    "exp(-REGISTER) per semitone it would take the piece's last "
+                    f"{REGISTER_NOTES} notes past the span typical of the training music "
+                    "(0: off; default "
                     f"{REGISTER_WEIGHT:g})")] = REGISTER_WEIGHT,
                 redirect: Annotated[bool, typer.Option(
                     "--redirect/--no-redirect", help="event vocabulary, under the grammar: "
