@@ -25,7 +25,14 @@ from seqformer.domains.midi import (
     MIDIGrammar,
     limits_from,
 )
-from seqformer.domains.midi.grammar import KEY_NOTES, KEY_WEIGHT, REGISTER_NOTES, fitted_to
+from seqformer.domains.midi.grammar import (
+    KEY_NOTES,
+    KEY_WEIGHT,
+    PACE_SLACK,
+    REGISTER_NOTES,
+    fitted_to,
+    pace_from,
+)
 
 from cli_helpers import MIDI_SAMPLE, REPO
 from cli_helpers import TINY_MODEL as TINY
@@ -320,7 +327,11 @@ def test_train_stores_limits_and_sample_keeps_the_grammar(tmp_path):
 
     limits = json.loads((out / "sampling.json").read_text())
     tokens = [r.tokens for r in get_domain("midi").read(BACH)]
-    assert limits == limits_from(tokens[:-1]).to_dict()  # the 11 training chorales
+    # the 11 training chorales; a language model keeps no per-instrument polyphony limit
+    # and has no source to pace
+    assert limits["instrument_polyphony"] is None and limits["pace"] is None
+    expected = limits_from(tokens[:-1]).to_dict()
+    assert limits == {**expected, "instrument_polyphony": None}
     assert 4 <= limits["max_polyphony"] <= 5  # four voices, now and then one divided
     mid = tmp_path / "s.mid"
     code, text = run("sample", "midi", "--model", out, "--length", 400, "--out", mid,
@@ -530,3 +541,155 @@ def test_sampling_under_the_key_steer_keeps_to_one_scale(seed):
         majors = [np.roll(np.isin(np.arange(12), [0, 2, 4, 5, 7, 9, 11]), r) for r in range(12)]
         in_scale[key] = max(pitch_classes[m].sum() for m in majors) / pitch_classes.sum()
     assert in_scale[KEY_WEIGHT] > 0.8 and in_scale[0.0] < 0.7, in_scale
+
+
+def _notes_of(vocabulary: str, program: int, *pitches: int) -> list[int]:
+    """A program token, a velocity and `pitches` one by one (an empty program: no token)."""
+    named = ([PROGRAM + program] if program else []) + [VELOCITY + 16]
+    return named + _one_by_one(vocabulary, *pitches)
+
+
+@pytest.mark.parametrize("source_vocabulary", ["events", "durations"])
+def test_pace_is_each_instruments_median_notes_per_source_note(source_vocabulary):
+    """pace_from: per instrument of the targets, the median over the pairs whose target
+    plays it of its notes over the source's pitched notes (drums not counted); a pair with
+    a silent source says nothing."""
+    def source(*pitches, drums=0):
+        return np.array([SEP] + _notes_of(source_vocabulary, 0, *pitches)
+                        + ([DRUMS] + _one_by_one(source_vocabulary, *[36] * drums)
+                           if drums else []))
+
+    def target(alto, bass):
+        return np.array([SEP] + _notes_of("events", 41, *[60] * alto)
+                        + (_notes_of("events", 42, *[48] * bass) if bass else []))
+
+    pairs = [(source(72, 74, 76, 77, drums=5), target(4, 8)),   # 1.0 and 2.0 per note
+             (source(72, 74), target(3, 0)),                     # 1.5; no bass
+             (source(72, 74, 76, 77), target(2, 4)),             # 0.5 and 1.0
+             (np.array([SEP, PROGRAM, VELOCITY]), target(9, 9))]  # a silent source
+    assert pace_from(pairs, source_vocabulary) == [[PROGRAM + 41, 1.0], [PROGRAM + 42, 1.5]]
+    assert pace_from(pairs[3:], source_vocabulary) is None
+    # the domain stores it only for a MIDI source
+    midi = get_domain("midi")
+    targets, sources = [t for _, t in pairs], [s for s, _ in pairs]
+    source_domain = get_domain("midi", vocabulary=source_vocabulary)
+    stored = midi.sampling_limits(targets, sources=sources, source_domain=source_domain)
+    assert stored["pace"] == [[PROGRAM + 41, 1.0], [PROGRAM + 42, 1.5]]
+    assert midi.sampling_limits(targets)["pace"] is None
+    assert midi.sampling_limits(targets, sources=sources,
+                                source_domain=get_domain("dna"))["pace"] is None
+
+
+@pytest.mark.parametrize("vocabulary", ["events", "durations"])
+def test_the_pace_steer_weighs_notes_ahead_and_shifts_behind(vocabulary):
+    """With a pace of r notes per source note and n source notes begun by the target's
+    time: the current instrument's note-ons (and, with events, its note-offs: it holds
+    rather than rests) weigh exp(-pace) per note past r n + PACE_SLACK (the next note
+    counted), and time shifts exp(-pace) per note the instrument furthest behind is past
+    PACE_SLACK below it, counting only instruments the target has played. Nothing with
+    pace 0, without a source, or with limits stored before the pace was."""
+    domain = get_domain("midi", vocabulary=vocabulary)
+    # alto (41) 1 note per source note, bass (42) 2; the source's notes begin at 0, 10, 20
+    limits = GrammarLimits(max_polyphony=8, max_steps=500,
+                           pace=[[PROGRAM + 41, 1.0], [PROGRAM + 42, 2.0]]).to_dict()
+    onsets = [np.array([0, 10, 20])]
+
+    def weights(tokens, pace=0.5, limits=limits, onsets=onsets):
+        steer = domain.constraint(limits, [np.array([SEP] + tokens)], texture=0.0, key=0.0,
+                                  register=0.0, pace=pace, source_onsets=onsets)
+        out = steer.log_weights()
+        return None if out is None else out[0]
+
+    shifts, note_ons = slice(SHIFT, VELOCITY), slice(NOTE_ON, NOTE_ON + 128)
+    assert PACE_SLACK == 1.0  # the hand-computed values below
+    # time 3, 1 source note: the alto's 3 notes are 2 ahead, its next note 3: 2 past slack
+    alto = _notes_of(vocabulary, 41, 60, 62, 64)
+    w = weights(alto)
+    assert np.allclose(w[note_ons], -0.5 * 2) and not w[shifts].any()
+    ends = w[NOTE_ON + 128:SHIFT]  # note-offs (events), durations
+    assert np.allclose(ends, -0.5 * 2) if vocabulary == "events" else not ends.any()
+    assert not w[:NOTE_ON].any() and not w[VELOCITY:].any()
+    # the bass, not yet played, is neither ahead nor behind
+    assert weights(alto + [PROGRAM + 42, VELOCITY + 16]) is None
+    # time 24, 3 source notes: the alto, 3 notes, is on pace; the bass, 1 note, is 5
+    # behind (4 past slack): shifts weigh -0.5 * 4 whatever the current instrument
+    late = alto + _notes_of(vocabulary, 42, 48) + [shift(20)]
+    w = weights(late)
+    assert np.allclose(w[shifts], -0.5 * 4) and not w[note_ons].any()
+    assert np.allclose(weights(late + [PROGRAM + 41])[shifts], -0.5 * 4)
+    # an instrument without a pace is not steered
+    other = _notes_of(vocabulary, 43, *[60] * 6)
+    assert weights(other) is None
+    assert weights(alto, pace=0.0) is None
+    assert weights(alto, onsets=None) is None
+    assert weights(alto, limits=GrammarLimits(max_polyphony=8, max_steps=500).to_dict()) is None
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_sampling_under_the_pace_steer_keeps_each_instrument_near_its_pace(seed):
+    """Random logits that favour note-ons on two programs, sampled under the event grammar
+    with a pace of 1 and 0.5 notes per source note against a source of 60 notes and
+    without it: the paced target ends within 5 notes of 60 and 30 at the source's end, the
+    plain one more than four times as far off; both decode with no repair."""
+    onsets = np.arange(60) * 20  # a note every 20 steps, the last at 1,180
+    # time keeps moving (max_step_tokens, as every stored limit has): else, with shifts
+    # weighed down, a sampler can write instrument and velocity tokens forever
+    limits = GrammarLimits(max_polyphony=4, max_steps=60, max_step_tokens=8,
+                           pitch_ranges=[[PROGRAM + 1, 0, 127], [PROGRAM + 2, 0, 127]],
+                           pace=[[PROGRAM + 1, 1.0], [PROGRAM + 2, 0.5]])
+    counts = {}
+    for pace in (1.0, 0.0):
+        tokens = [SEP, PROGRAM + 1, VELOCITY + 16]
+        g = MIDIGrammar(limits, [np.array(tokens)], key=0.0, register=0.0, pace=pace,
+                        source_onsets=[onsets])
+        gen = torch.Generator().manual_seed(seed)
+        while g.walks[0].now < 1200:
+            logits = torch.randn(1, VOCAB_SIZE, generator=gen)
+            logits[0, NOTE_ON:NOTE_OFF] += 3.0
+            logits[0, PROGRAM + 1:PROGRAM + 3] += 3.0
+            logits[0, SHIFT:SHIFT + 5] += 3.0  # time moves in short steps
+            for _, pitch in g.walks[0].sounding:
+                logits[0, off(pitch)] += 4.0
+            out, removed = apply_constraint(logits, g)
+            t = sample_next(out, generator=gen)
+            g.update(t, removed)
+            tokens.append(int(t))
+        _, repairs = get_domain("midi").decode(np.array(tokens + g.closing()))
+        assert not any(repairs.values()), repairs
+        counts[pace] = [g.walks[0].started.get(PROGRAM + k, 0) for k in (1, 2)]
+    off_pace = {pace: abs(n1 - 60) + abs(n2 - 30) for pace, (n1, n2) in counts.items()}
+    assert abs(counts[1.0][0] - 60) <= 5 and abs(counts[1.0][1] - 30) <= 5, counts
+    assert off_pace[0.0] > 4 * off_pace[1.0], counts
+
+
+@pytest.mark.parametrize("vocabulary", ["events", "durations"])
+def test_an_instrument_sounds_no_more_notes_at_once_than_it_does_in_training(vocabulary):
+    """limits_from's instrument_polyphony: the most notes each instrument sounds at once
+    (a chord of three once in a piece of two-note chords counts); the grammar then refuses
+    a note-on of an instrument already sounding that many (a chorale's voice: one), while
+    another instrument, or one the training music never played, may still start notes."""
+    domain = get_domain("midi", vocabulary=vocabulary)
+    named = [SEP, PROGRAM + 1, VELOCITY + 16]
+    if vocabulary == "events":  # program 1: two-note chords; program 2: one note at a time
+        chords = [on(60), on(64), shift(4), off(60), off(64)] * 40
+        chords += [on(60), on(64), on(67), shift(1), off(60), off(64), off(67)]
+        line = [PROGRAM + 2] + [on(50), shift(4), off(50)] * 10
+    else:
+        chords = [on(60), DURATION + 3, on(64), DURATION + 3, shift(4)] * 40
+        chords += [on(60), DURATION, on(64), DURATION, on(67), DURATION, shift(1)]
+        line = [PROGRAM + 2] + [on(50), DURATION + 3, shift(4)] * 10
+    limits = limits_from([np.array(named + chords + line)], vocabulary)
+    assert limits.max_polyphony == 2  # the typical texture: the chord of three is rare
+    assert limits.instrument_polyphony == [[PROGRAM + 1, 3], [PROGRAM + 2, 1]]
+    assert limits.polyphony_of(PROGRAM + 1) == 3 and limits.polyphony_of(PROGRAM + 3) == 2
+
+    def allowed(tokens):
+        return domain.constraint(limits.to_dict(), [np.array(named + tokens)]).allowed()[0]
+
+    # the line's note, and a step on (it still sounds)
+    first = [PROGRAM + 2, on(50)] + ([] if vocabulary == "events" else [DURATION + 3])
+    first += [shift(1)]
+    assert allowed([PROGRAM + 2])[on(50)]  # the line's range: 50 alone
+    assert not allowed(first)[NOTE_ON:NOTE_ON + 128].any()  # the line holds one note
+    assert allowed(first + [PROGRAM + 1])[on(62)]  # the chords' instrument may start one
+    assert allowed(first + [PROGRAM + 3])[on(52)]  # unknown to the training music: any

@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from seqformer.domains import Record, get_domain
+from seqformer.domains.midi.grammar import PACE_WEIGHT
 from seqformer.pipeline.seq2seq import (
     PairBatches,
     framed,
@@ -214,7 +215,14 @@ def check_the_note_grammar(run: Path, tmp_path: Path) -> None:
     from seqformer.pipeline.run_dir import read_sampling_limits
     from seqformer.pipeline.seq2seq import target_grammar
 
-    assert read_sampling_limits(run)["max_polyphony"] == 3  # alto, tenor, bass
+    limits = read_sampling_limits(run)
+    assert limits["max_polyphony"] == 3  # alto, tenor, bass
+    # each voice sings one note at a time, about as many notes as the soprano (each one
+    # its own program: prepare.py --programs distinct)
+    voices = [inst for inst, _, _ in limits["pitch_ranges"]]
+    assert limits["instrument_polyphony"] == [[inst, 1] for inst in voices]
+    assert [inst for inst, _ in limits["pace"]] == voices
+    assert all(0.9 < ratio < 1.5 for _, ratio in limits["pace"]), limits["pace"]
     model, midi, _, _ = load_seq2seq(run)
     sources = [r.tokens for r in midi.read(CHORALES / "heldout" / "soprano")]
     rules = target_grammar(midi, lambda: read_sampling_limits(run))
@@ -232,7 +240,12 @@ def check_the_note_grammar(run: Path, tmp_path: Path) -> None:
                          "--grammar", "--num-beams", "2")
     assert code != 0 and "--no-grammar" in text and "Traceback" not in text
     # by default the grammar is on (nothing to repair), except with beams
+    code, text = run_cli("sample", "seq2seq", "--model", run, "--source",
+                         CHORALES / "heldout" / "soprano", "--out", tmp_path / "bad",
+                         "--pace", "-1")
+    assert code != 0 and "pace must be >= 0" in text and "Traceback" not in text
     for extra, flag in (([], "no note repaired"), (["--free-end"], "no note repaired"),
+                        (["--pace", "0"], "no note repaired"),
                         (["--no-grammar"], "the MIDI decoder dropped"),
                         (["--num-beams", "2"], "targets")):
         code, text = run_cli("sample", "seq2seq", "--model", run, "--source",
@@ -291,6 +304,34 @@ def test_a_midi_target_given_its_sources_time_closes_exactly_at_its_end() -> Non
     assert target_grammar(midi, lambda: None, midi)([np.array([PROGRAM])]).ends == [1]
     assert target_grammar(midi, lambda: None)(sources).ends is None
     assert target_grammar(midi, lambda: None, get_domain("dna"))(sources).ends is None
+
+
+def test_a_midi_targets_pace_follows_its_sources_notes() -> None:
+    """target_grammar hands the grammar each source's pitched note-on times (drums not
+    counted), with or without ending at the source's end; the pace steer then weighs the
+    target's note-ons once it is ahead of its pace, through the seq2seq wrappers."""
+    from seqformer.domains.midi import DRUMS, NOTE_OFF, NOTE_ON, PROGRAM, SHIFT, VELOCITY
+    from seqformer.pipeline.seq2seq import Within, target_grammar
+
+    midi = get_domain("midi")
+    melody = [PROGRAM, VELOCITY]
+    for pitch in (72, 74, 76):  # notes at steps 0, 10, 20
+        melody += [NOTE_ON + pitch, SHIFT + 9, NOTE_OFF + pitch]
+    sources = [np.array(melody + [DRUMS, NOTE_ON + 36, SHIFT, NOTE_OFF + 36])]
+    limits = {"max_polyphony": 3, "max_steps": 100, "pace": [[PROGRAM + 41, 1.0]]}
+    for end in (True, False):
+        rule = target_grammar(midi, lambda: limits, midi, end, key=0.0, register=0.0)(sources)
+        assert rule.grammar.source_onsets[0].tolist() == [0, 10, 20]
+        assert (rule.ends is not None) == end
+    within = Within(midi.generatable(), midi.sep_id, midi.vocab_size, 1, inner=rule)
+    # the alto (program 41) writes 3 notes in the first step of a 3-note melody
+    for t in (PROGRAM + 41, VELOCITY, NOTE_ON + 60, SHIFT, NOTE_OFF + 60, NOTE_ON + 62,
+              SHIFT, NOTE_OFF + 62, NOTE_ON + 64):
+        within.update(torch.tensor([t]), torch.zeros(1))
+    # 3 notes by step 2, one source note heard: its next note is 2 past the slack
+    assert within.log_weights()[0, NOTE_ON + 65] == pytest.approx(-2 * PACE_WEIGHT)
+    off = target_grammar(midi, lambda: limits, midi, pace=0.0, key=0.0, register=0.0)(sources)
+    assert off.log_weights() is None
 
 
 def test_a_midi_targets_grammar_redirects_a_note_off_to_its_voice_through_the_wrappers(

@@ -34,7 +34,7 @@ from seqformer import (
     target_log_likelihoods,
     translate,
 )
-from seqformer.domains.midi.grammar import KEY_WEIGHT, REGISTER_WEIGHT
+from seqformer.domains.midi.grammar import KEY_WEIGHT, PACE_WEIGHT, REGISTER_WEIGHT
 
 APP = Path(__file__).resolve().parent
 
@@ -97,6 +97,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--register", type=float, default=REGISTER_WEIGHT,
                     help="under the grammar, the register steer's weight (0: off; default "
                     "%(default)g; seqformer/domains/midi/grammar.py)")
+    ap.add_argument("--pace", type=float, default=PACE_WEIGHT,
+                    help="under the grammar, the pace steer's weight: each voice's notes "
+                    "follow the soprano's at the training chorales' ratio (0: off; default "
+                    "%(default)g; seqformer/domains/midi/grammar.py)")
     args = ap.parse_args(argv)
     out = Path(args.out or Path(args.model) / "harmonized")
     out.mkdir(parents=True, exist_ok=True)
@@ -123,10 +127,9 @@ def harmonize(args: argparse.Namespace, out: Path) -> list[dict]:
     chosen = sorted(range(len(sopranos)), key=lambda k: len(sopranos[k].tokens))
     chosen = [k for k in chosen if len(atbs[k].tokens) + 2 <= model.max_target_len]
     chosen = chosen[::max(1, len(chosen) // args.pieces)][:args.pieces]
-    grammar = (target_grammar(atb, lambda: read_sampling_limits(args.model),
-                              soprano if args.end_with_soprano else None,
-                              redirect=args.redirect, key=args.key,
-                              register=args.register)
+    grammar = (target_grammar(atb, lambda: read_sampling_limits(args.model), soprano,
+                              args.end_with_soprano, redirect=args.redirect, key=args.key,
+                              register=args.register, pace=args.pace)
                if args.grammar else None)
     made = translate(model, [sopranos[k].tokens for k in chosen], atb.sep_id,
                      model.max_target_len - 1, args.temperature, seed=args.seed,

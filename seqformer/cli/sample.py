@@ -14,6 +14,7 @@ import typer
 from ..domains import Domain, Record
 from ..domains.midi.grammar import (
     KEY_WEIGHT,
+    PACE_WEIGHT,
     REGISTER_NOTES,
     REGISTER_WEIGHT,
     TEXTURE_WEIGHT,
@@ -283,6 +284,11 @@ def sample_seq2seq(model: ModelOpt, source: SourceOpt,
                        "--end-with-source/--free-end", help="MIDI to MIDI under the "
                        "grammar: each target closes when its time reaches its source's end "
                        "(a harmonization's voices end with the melody)")] = True,
+                   pace: Annotated[float, typer.Option(
+                       "--pace", help="MIDI to MIDI under the grammar: weigh a note-on by "
+                       "exp(-K) per note its instrument is ahead of its training pace (its "
+                       "notes per source note), and a time shift by exp(-K) per note one is "
+                       "behind; 0: off")] = PACE_WEIGHT,
                    force: Force = False) -> None:
     """A target for each source record, sampled until the model closes it (or
     --max-length). Sample k draws with seed + k."""
@@ -292,8 +298,8 @@ def sample_seq2seq(model: ModelOpt, source: SourceOpt,
     encdec, source_domain, target_domain, cfg = load_seq2seq(model)
     if grammar is None:
         grammar = num_beams == 1
-    rules = (target_grammar(target_domain, lambda: sampling_limits(model),
-                            source_domain if end_with_source else None) if grammar else None)
+    rules = (target_grammar(target_domain, lambda: sampling_limits(model), source_domain,
+                            end_with_source, pace=pace) if grammar else None)
     if rules is not None and num_beams > 1:
         raise InputError("--num-beams with the MIDI note grammar is not supported: add "
                          "--no-grammar")

@@ -85,9 +85,12 @@ class Domain:
         separator (which would end the record)."""
         return [i for i in range(self.vocab_size) if i not in (self.pad_id, self.sep_id)]
 
-    def sampling_limits(self, sequences: Iterable[np.ndarray]) -> dict[str, Any] | None:
+    def sampling_limits(self, sequences: Iterable[np.ndarray],
+                        sources: list[np.ndarray] | None = None,
+                        source_domain: Domain | None = None) -> dict[str, Any] | None:
         """What sampling constraints learn from the training sequences (saved with a
-        model); None for a domain without a grammar."""
+        model); None for a domain without a grammar. `sources`: for seq2seq targets, each
+        one's source tokens, of `source_domain`."""
         return None
 
     def constraint(self, limits: dict[str, Any] | None, prompts: list[np.ndarray]):  # noqa: ANN201

@@ -270,15 +270,16 @@ class UntilClosed:
 
 
 def target_grammar(domain: Domain, read_limits: Callable[[], dict | None],
-                   source_domain: Domain | None = None, **options: Any
-                   ) -> Callable[[list[np.ndarray]], UntilClosed] | None:
+                   source_domain: Domain | None = None, end_with_source: bool = True,
+                   **options: Any) -> Callable[[list[np.ndarray]], UntilClosed] | None:
     """For `translate(constraint=)`: the target domain's grammar for each batch of
     sources, or None for a domain without one (then `read_limits`, which reads what
     training stored, e.g. `run_dir.read_sampling_limits`, is not called). With a
-    `source_domain` that has a grammar too (MIDI to MIDI), each target closes exactly when
-    its time reaches its source's end: a harmonization's voices end with the melody.
-    `options`: keyword arguments of the domain's `constraint` (MIDI: `texture`,
-    `redirect`, `key`, `register`)."""
+    `source_domain` that has a grammar too (MIDI to MIDI), the pace steer follows the
+    source's notes and, with `end_with_source`, each target closes exactly when its time
+    reaches its source's end: a harmonization's voices end with the melody. `options`:
+    keyword arguments of the domain's `constraint` (MIDI: `texture`, `redirect`, `key`,
+    `register`, `pace`)."""
     start = np.array([domain.sep_id])
     if domain.constraint(None, [start]) is None:
         return None
@@ -286,14 +287,17 @@ def target_grammar(domain: Domain, read_limits: Callable[[], dict | None],
     timed = source_domain is not None and source_domain.constraint(None, [start]) is not None
 
     def rule(rows: list[np.ndarray]) -> UntilClosed:
-        ends = None
-        if timed:  # the source's time, walked by its own grammar
+        ends = onsets = None
+        if timed:  # the source's time and notes, walked by its own grammar
             first = np.array([source_domain.sep_id])
             walks = source_domain.constraint(None, [np.concatenate([first, r]) for r in rows])
             # at least one step: a target is never closed empty (Within)
-            ends = [max(1, w.now) for w in walks.walks]
-        return UntilClosed(domain.constraint(limits, [start] * len(rows), **options),
-                           domain.sep_id, ends)
+            if end_with_source:
+                ends = [max(1, w.now) for w in walks.walks]
+            onsets = [np.asarray(w.onsets) for w in walks.walks]
+        grammar = domain.constraint(limits, [start] * len(rows), **options,
+                                    **({"source_onsets": onsets} if timed else {}))
+        return UntilClosed(grammar, domain.sep_id, ends)
 
     return rule
 

@@ -66,7 +66,7 @@ def train_seq2seq(cfg: dict, sources: list[Path], targets: list[Path], run: Path
     run = Path(run)
     check_run_dir(run, resume)
     pairs = tokenize_pairs(cfg, sources, targets, run)
-    target = domains_of(cfg)[1]
+    source, target = domains_of(cfg)
     write_config(run, cfg, target)
     if on_note:
         for what, ids in (("unpaired, skipped", pairs.unpaired),
@@ -82,7 +82,9 @@ def train_seq2seq(cfg: dict, sources: list[Path], targets: list[Path], run: Path
     trainer = fit_and_export(task, data, run, cfg["train"], resume, has_val, progress)
     if trainer is None:
         return {}
-    store_sampling_limits(run, target, (pairs.tokens(k)[1] for k in data.train_idx))
+    train = [pairs.tokens(k) for k in data.train_idx]
+    store_sampling_limits(run, target, [t for _, t in train], sources=[s for s, _ in train],
+                          source_domain=source)
     val = trainer.callback_metrics.get("val_bits")
     return {"steps": trainer.global_step, "run": str(run), "pairs": len(pairs),
             "n_train": len(data.train_idx), "n_val": len(data.val_idx),

@@ -14,6 +14,7 @@ import warnings
 import zipfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytorch_lightning as pl
@@ -255,10 +256,12 @@ def markov_baseline(run: Path, train: Stream, val: Stream, seq_len: int, val_win
     return summary
 
 
-def store_sampling_limits(run: Path, domain, records: Iterable[np.ndarray]) -> None:  # noqa: ANN001
+def store_sampling_limits(run: Path, domain, records: Iterable[np.ndarray],  # noqa: ANN001
+                          **sources: Any) -> None:
     """run/sampling.json: the limits the domain's sampling grammar takes from the training
-    records (MIDI: largest polyphony, longest usual note), if it has a grammar."""
-    limits = domain.sampling_limits(records)
+    records (MIDI: largest polyphony, longest usual note), if it has a grammar. `sources`:
+    `sampling_limits`' seq2seq keywords (the records' sources and their domain)."""
+    limits = domain.sampling_limits(records, **sources)
     if limits is not None:
         with atomic_path(run / SAMPLING) as tmp:
             tmp.write_text(json.dumps(limits, indent=1))

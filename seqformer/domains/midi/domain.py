@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,12 +16,14 @@ from . import durations, events
 from .files import load_midi, write_midi
 from .grammar import (
     KEY_WEIGHT,
+    PACE_WEIGHT,
     REGISTER_WEIGHT,
     TEXTURE_WEIGHT,
     DurationGrammar,
     GrammarLimits,
     MIDIGrammar,
     limits_from,
+    pace_from,
 )
 from .render import piano_roll_png, render_audio, stats
 from .vocab import DRUMS, DURATION_TOKENS, NOTE_OFF, PAD, PROGRAM, SEP, SHIFT, TOKENS
@@ -78,23 +81,40 @@ class MIDIDomain(Domain):
         out[is_program] = PROGRAM + rng.permutation(128)[out[is_program] - PROGRAM]
         return out
 
-    def sampling_limits(self, sequences: Iterable[np.ndarray]) -> dict[str, Any]:
-        return limits_from(sequences, self.vocabulary_name).to_dict()
+    def sampling_limits(self, sequences: Iterable[np.ndarray],
+                        sources: list[np.ndarray] | None = None,
+                        source_domain: Domain | None = None) -> dict[str, Any]:
+        """The grammar's limits (grammar.py); with the training targets' MIDI sources (in
+        the same order), also each instrument's pace per source note and the most notes
+        it sounds at once (a harmonization's voice: one). A language model's samples keep
+        no per-instrument limit: on the main job's validation pieces it lowered the mean
+        overlap from 0.582 to 0.543 (docs/music.md)."""
+        sequences = list(sequences)
+        limits = limits_from(sequences, self.vocabulary_name)
+        if sources is not None and isinstance(source_domain, MIDIDomain):
+            return replace(limits, pace=pace_from(
+                zip(sources, sequences), source_domain.vocabulary_name, self.vocabulary_name)
+            ).to_dict()
+        return replace(limits, instrument_polyphony=None).to_dict()
 
     def constraint(self, limits: dict[str, Any] | None, prompts: list[np.ndarray],
                    texture: float = TEXTURE_WEIGHT, redirect: bool = True,
-                   key: float = KEY_WEIGHT, register: float = REGISTER_WEIGHT
+                   key: float = KEY_WEIGHT, register: float = REGISTER_WEIGHT,
+                   pace: float = PACE_WEIGHT, source_onsets: list[np.ndarray] | None = None
                    ) -> MIDIGrammar | DurationGrammar:
         """The note grammar of the vocabulary (grammar.py), with the texture steer of the
-        duration vocabulary and the key and register steers this strong (0: off) and, for
-        events, a refused note-off redirected to the release it most likely meant (`redirect`);
-        without stored limits, a model trained before they were: at most 16 notes at once,
-        none longer than 10 s."""
-        for name, weight in (("texture", texture), ("key", key), ("register", register)):
+        duration vocabulary and the key, register and pace steers this strong (0: off)
+        and, for events, a refused note-off redirected to the release it most likely meant
+        (`redirect`); without stored limits, a model trained before they were: at most 16
+        notes at once, none longer than 10 s. `source_onsets`: per prompt, the times of a
+        seq2seq source's pitched note-ons, which the pace steer follows."""
+        for name, weight in (("texture", texture), ("key", key), ("register", register),
+                             ("pace", pace)):
             if not weight >= 0:
                 raise InputError(f"{name} must be >= 0 (0: off), got {weight}")
         limits = GrammarLimits(**limits) if limits else GrammarLimits(16, 1000)
-        return self._grammar(limits, prompts, texture, redirect, key, register)
+        return self._grammar(limits, prompts, texture, redirect, key, register, pace,
+                             source_onsets)
 
     def read(self, path: str | Path, on_skip: OnSkip | None = None) -> Iterator[Record]:
         """One Record per piece of a .mid/.midi file, or of every such file under a directory

@@ -22,7 +22,10 @@ ranges refused: 2.9% of its tokens).
 
 Texture, for both vocabularies: `max_polyphony` is what the training music typically
 sounds (the POLYPHONY_QUANTILE-th percentile of its polyphony over the time something
-sounds), not its rare maximum, so samples are not denser than the music. A prompt of
+sounds), not its rare maximum, so samples are not denser than the music; and no
+instrument of a seq2seq target sounds more notes at once than it ever does in the training
+targets (`instrument_polyphony`: a chorale's voice sings one note at a time; language
+models keep no such limit, docs/music.md). A prompt of
 PROMPT_NOTES notes or more narrows its own continuation's polyphony and note length to
 its own, measured the same way (`fitted_to`): planetblupi's music003 opens at 3 notes and
 0.63 s, where the training pieces reach 10 and 1.62 s, and its real continuation keeps to
@@ -66,6 +69,17 @@ exp(-register) per semitone past it. A young model's samples spanned 45-47 semit
 the reference pieces span 30-31, though any 40 consecutive notes of theirs spanned what 40
 of the pieces' do (24-27 against 24-26): a few notes far out (docs/music.md).
 
+Pace, for a seq2seq target that follows a MIDI source (a harmonization), a weight too
+(`pace`): training stores, per instrument of the targets, the median number of its notes
+per pitched source note (`GrammarLimits.pace`); while sampling, an instrument more than
+PACE_SLACK notes ahead of that many times the source notes begun so far has its note-ons
+weighted exp(-pace) per note ahead, and while an instrument the target has played is more
+than PACE_SLACK notes behind, a time shift is weighted exp(-pace) per note behind (the
+instrument furthest behind). With the event vocabulary an instrument ahead also releases
+its notes with the weight of its note-ons, so it holds a note rather than rest. A
+harmonizer otherwise wrote BWV 300's voices with 1.3-1.5 times Bach's notes in every seed
+(docs/seq2seq.md).
+
 Numpy only: core's sampling loop turns the masks into tensors.
 """
 
@@ -103,6 +117,8 @@ REGISTER_WEIGHT = 1.0  # the register steer (module docstring), per semitone bey
 REGISTER_NOTES = 64  # a piece's register: the span of its last this many pitched notes
 REGISTER_QUANTILE = 50.0  # the span allowed: this percentile of the training music's
 NEAREST_RELEASE = 12  # a note-off of a pitch sounding nowhere: the nearest within an octave
+PACE_WEIGHT = 2.0  # the pace steer (module docstring), per note ahead of or behind the pace
+PACE_SLACK = 1.0  # notes an instrument may be ahead or behind before the pace steer weighs
 
 # (12, 12): row r marks the pitch classes of the major scale on r (its relative minor's too)
 _SCALES = np.zeros((12, 12), dtype=np.float32)
@@ -128,9 +144,17 @@ class GrammarLimits:
     # REGISTER_NOTES consecutive pitched notes; None (stored before it existed): no
     # register steer
     register_span: int | None = None
+    # [instrument token, its notes per pitched source note] for each instrument of a
+    # seq2seq target with a MIDI source (`pace_from`); None: no pace steer
+    pace: list[list[float]] | None = None
+    # [instrument token, the most notes it sounds at once] for each instrument of the
+    # training music; None (a language model's, or stored before it existed): no limit
+    instrument_polyphony: list[list[int]] | None = None
 
     def __post_init__(self) -> None:
         self._range_of = {inst: (low, high) for inst, low, high in self.pitch_ranges or []}
+        self._polyphony_of = {inst: most for inst, most in self.instrument_polyphony or []}
+        self.pace_of = {int(inst): ratio for inst, ratio in self.pace or []}
         # the instrument tokens the training music plays (None: no ranges, any instrument)
         self.instruments_played = None
         if self.pitch_ranges is not None:
@@ -139,6 +163,11 @@ class GrammarLimits:
 
     def range_of(self, instrument: int) -> tuple[int, int] | None:
         return self._range_of.get(instrument)
+
+    def polyphony_of(self, instrument: int) -> int:
+        """The most notes `instrument` may sound at once (max_polyphony where the training
+        music does not play it)."""
+        return self._polyphony_of.get(instrument, self.max_polyphony)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -160,6 +189,8 @@ class _Context:
         self.pitched = 0  # notes started, drums not counted
         self.instruments = np.zeros(DRUMS + 1 - PROGRAM, dtype=bool)  # each one seen
         self.recent: deque[int] = deque(maxlen=REGISTER_NOTES)  # the last pitched notes
+        self.started: dict[int, int] = defaultdict(int)  # instrument -> notes it started
+        self.onsets: list[int] = []  # the time of each pitched note-on
 
     def _context(self, token: int) -> None:
         """Apply a shift, velocity, program or drums token (others change nothing)."""
@@ -182,7 +213,9 @@ class _Context:
             pitch = token - NOTE_ON
             low, high = self.played.get(self.inst, (pitch, pitch))
             self.played[self.inst] = (min(low, pitch), max(high, pitch))
+            self.started[self.inst] += 1
             if self.inst != DRUMS:
+                self.onsets.append(self.now)
                 self.recent.append(pitch)
                 self.pitch_classes *= KEY_MEMORY
                 self.pitch_classes[pitch % 12] += 1.0
@@ -204,6 +237,23 @@ class _Context:
         low, high = min(self.recent), max(self.recent)
         wider = np.maximum(high, _PITCHES) - np.minimum(low, _PITCHES)
         return (wider - max(span, high - low)).clip(min=0)
+
+    def pace(self, weights: np.ndarray, per_source_note: dict[int, float],
+             source_onsets: np.ndarray, weight: float) -> float:
+        """Add the pace steer's log-weights (module docstring) to one row's `weights`;
+        returns the weight taken off the current instrument's note-ons (0: none)."""
+        heard = int(np.searchsorted(source_onsets, self.now, side="right"))
+        behind, held = 0.0, 0.0
+        for inst, ratio in per_source_note.items():
+            ahead = self.started.get(inst, 0) - ratio * heard
+            if inst == self.inst and ahead + 1 > PACE_SLACK:
+                held = weight * (ahead + 1 - PACE_SLACK)
+                weights[NOTE_ON:NOTE_ON + 128] -= held
+            if inst in self.started:
+                behind = max(behind, -ahead - PACE_SLACK)
+        if behind > 0:
+            weights[SHIFT:VELOCITY] -= weight * behind
+        return held
 
     def texture(self, ok: np.ndarray, limits: GrammarLimits) -> np.ndarray:
         """Narrow `ok` by the range and texture rules (module docstring); `ok` is kept when
@@ -263,6 +313,14 @@ class _Walk(_Context):
         else:
             self._context(token)
         return None
+
+    def pace(self, weights: np.ndarray, per_source_note: dict[int, float],
+             source_onsets: np.ndarray, weight: float) -> float:
+        """The pace steer, and an instrument ahead of its pace releases its notes as
+        reluctantly as it starts new ones: it holds a note rather than rest."""
+        held = super().pace(weights, per_source_note, source_onsets, weight)
+        weights[NOTE_OFF:NOTE_OFF + 128] -= held
+        return held
 
     def oldest(self) -> tuple[tuple[int, int], int] | None:
         """The sounding note with the earliest onset, and that onset."""
@@ -350,15 +408,39 @@ def fitted_to(limits: GrammarLimits, prompt: np.ndarray, vocabulary: str = "even
                    register_span=register)
 
 
+def walked(tokens: np.ndarray, vocabulary: str = "events") -> _Context:
+    """The walk of a whole piece (its time, notes started per instrument, onsets, ...)."""
+    walk = _DurationWalk() if vocabulary == "durations" else _Walk()
+    for token in np.asarray(tokens).tolist():
+        walk.step(int(token))
+    return walk
+
+
+def pace_from(pairs: Iterable[tuple[np.ndarray, np.ndarray]], source_vocabulary: str = "events",
+              vocabulary: str = "events") -> list[list[float]] | None:
+    """[instrument token, notes per pitched source note] for each instrument the targets
+    play: the median, over the (source, target) pairs whose target plays it, of its notes
+    over the source's pitched notes (`GrammarLimits.pace`); None without such pairs."""
+    ratios: dict[int, list[float]] = defaultdict(list)
+    for source, target in pairs:
+        heard = walked(source, source_vocabulary).pitched
+        if heard:
+            for inst, notes in walked(target, vocabulary).started.items():
+                ratios[inst].append(notes / heard)
+    return [[inst, round(float(np.median(r)), 4)] for inst, r in sorted(ratios.items())] or None
+
+
 def _limits_and_notes(sequences: Iterable[np.ndarray], vocabulary: str
                       ) -> tuple[GrammarLimits, int]:
     lengths, in_step = [], 1
     time = np.zeros(1, dtype=np.int64)
+    own_time: dict[int, np.ndarray] = {}  # instrument -> its own sounding time by polyphony
     ranges: dict[int, list[int]] = {}  # instrument -> [lowest, highest] pitch started
     windows = []  # the span of every REGISTER_NOTES consecutive pitched notes of a piece
     for seq in sequences:
         walk = _DurationWalk() if vocabulary == "durations" else _Walk()
         notes, pitched = [], []
+        own_notes: dict[int, list[tuple[int, int]]] = defaultdict(list)
         for token in np.asarray(seq).tolist():
             if NOTE_ON <= token < NOTE_ON + 128:
                 span = ranges.setdefault(walk.inst, [token - NOTE_ON] * 2)
@@ -370,19 +452,19 @@ def _limits_and_notes(sequences: Iterable[np.ndarray], vocabulary: str
                 lengths.append(ended)
                 start = walk.now - ended if vocabulary != "durations" else walk.now
                 notes.append((start, start + max(ended, 1)))
+                own_notes[walk.inst].append(notes[-1])  # a note ends on its own instrument
             in_step = max(in_step, walk.in_step)
         if pitched:  # a piece of fewer notes: one window
             run = np.lib.stride_tricks.sliding_window_view(
                 np.asarray(pitched), min(REGISTER_NOTES, len(pitched)))
             windows.append(run.max(1) - run.min(1))
-        piece = sounding_time(notes)
-        if len(piece) > len(time):
-            time = np.pad(time, (0, len(piece) - len(time)))
-        time[:len(piece)] += piece
-    sounding = np.cumsum(time[1:])
-    polyphony = (1 + int(np.searchsorted(sounding, POLYPHONY_QUANTILE / 100 * sounding[-1]))
-                 if len(sounding) and sounding[-1] > 0 else 1)
+        time = _add_time(time, sounding_time(notes))
+        for inst, played in own_notes.items():
+            own_time[inst] = _add_time(own_time.get(inst, np.zeros(1, np.int64)),
+                                       sounding_time(played))
+    polyphony = _quantile_polyphony(time)
     steps = int(np.ceil(np.percentile(lengths, NOTE_QUANTILE))) if lengths else 500
+    sounding = np.cumsum(time[1:])
     mean = (float(np.arange(1, len(time)) @ time[1:] / sounding[-1])
             if len(sounding) and sounding[-1] > 0 else 1.0)
     register = (int(np.percentile(np.concatenate(windows), REGISTER_QUANTILE))
@@ -390,7 +472,26 @@ def _limits_and_notes(sequences: Iterable[np.ndarray], vocabulary: str
     return GrammarLimits(max_polyphony=polyphony, max_steps=max(1, steps),
                          max_step_tokens=in_step, mean_polyphony=round(mean, 3),
                          pitch_ranges=[[inst, *span] for inst, span in sorted(ranges.items())],
-                         register_span=register), len(lengths)
+                         register_span=register,
+                         instrument_polyphony=[[inst, _quantile_polyphony(t, 100.0)]
+                                               for inst, t in sorted(own_time.items())]
+                         ), len(lengths)
+
+
+def _add_time(total: np.ndarray, piece: np.ndarray) -> np.ndarray:
+    """Two `sounding_time` arrays added."""
+    if len(piece) > len(total):
+        total = np.pad(total, (0, len(piece) - len(total)))
+    total[:len(piece)] += piece
+    return total
+
+
+def _quantile_polyphony(time: np.ndarray, quantile: float = POLYPHONY_QUANTILE) -> int:
+    """The `quantile`-th percentile of polyphony over the time something sounds."""
+    sounding = np.cumsum(time[1:])
+    if not len(sounding) or sounding[-1] <= 0:
+        return 1
+    return 1 + int(np.searchsorted(sounding, quantile / 100 * sounding[-1]))
 
 
 class _Grammar:
@@ -402,9 +503,13 @@ class _Grammar:
 
     def __init__(self, limits: GrammarLimits, prompts: list[np.ndarray],
                  texture: float = TEXTURE_WEIGHT, redirect: bool = True,
-                 key: float = KEY_WEIGHT, register: float = REGISTER_WEIGHT):
+                 key: float = KEY_WEIGHT, register: float = REGISTER_WEIGHT,
+                 pace: float = PACE_WEIGHT, source_onsets: list[np.ndarray] | None = None):
+        """source_onsets: per sequence, the times of its source's pitched note-ons (a
+        seq2seq target's; the pace steer follows them where the limits have a pace)."""
         self.texture, self.redirect, self.key = texture, redirect, key
-        self.register = register
+        self.register, self.pace = register, pace
+        self.source_onsets = source_onsets
         # per sequence: the limits, with a long prompt's own texture
         self.row_limits = [fitted_to(limits, np.asarray(p), self.vocabulary) for p in prompts]
         self.walks = [self.walk_type() for _ in prompts]
@@ -421,9 +526,9 @@ class _Grammar:
                                                                       self.row_limits)])
 
     def log_weights(self) -> np.ndarray | None:
-        """The texture, key and register steers' log-weights (B, V), or None where they
-        have nothing to say."""
-        if not self.texture and not self.key and not self.register:
+        """The texture, key, register and pace steers' log-weights (B, V), or None where
+        they have nothing to say."""
+        if not (self.texture or self.key or self.register or self.pace):
             return None
         weights = np.zeros((len(self.walks), VOCAB_SIZE), dtype=np.float32)
         for row, (walk, limits) in enumerate(zip(self.walks, self.row_limits)):
@@ -436,6 +541,8 @@ class _Grammar:
                 weights[row, NOTE_ON:NOTE_ON + 128] -= self.register * beyond
             if self.texture:
                 self._steer(weights[row], walk, limits)
+            if self.pace and limits.pace_of and self.source_onsets is not None:
+                walk.pace(weights[row], limits.pace_of, self.source_onsets[row], self.pace)
         return weights if weights.any() else None
 
     def _steer(self, weights: np.ndarray, walk, limits: GrammarLimits) -> None:  # noqa: ANN001
@@ -484,7 +591,9 @@ class MIDIGrammar(_Grammar):
             if onsets and inst == walk.inst and onsets[0] < walk.now:
                 ok[NOTE_OFF + pitch] = True
         # a note-on needs its instrument and velocity said first (else the decoder guesses)
-        if walk.named and walk.count < limits.max_polyphony:
+        own = sum(len(q) for (inst, _), q in walk.sounding.items() if inst == walk.inst)
+        if (walk.named and walk.count < limits.max_polyphony
+                and own < limits.polyphony_of(walk.inst)):
             ok[NOTE_ON:NOTE_OFF] = True
             for (inst, pitch), onsets in walk.sounding.items():
                 if onsets and inst == walk.inst:
@@ -584,7 +693,9 @@ class DurationGrammar(_Grammar):
             ok[DURATION:DURATION + _duration_bins(limits.max_steps)] = True
             return ok
         ok[SHIFT:DRUMS + 1] = True  # shifts, velocities, programs, drums
-        if walk.named and walk.count < limits.max_polyphony:
+        own = sum(inst == walk.inst for _, inst, _ in walk.sounding)
+        if (walk.named and walk.count < limits.max_polyphony
+                and own < limits.polyphony_of(walk.inst)):
             ok[NOTE_ON:DURATION] = True
             for _, inst, pitch in walk.sounding:
                 if inst == walk.inst:
