@@ -430,22 +430,32 @@ def _random_piece(limits: GrammarLimits, seed: int, steps: int, favoured: slice,
     than 200 notes."""
     tokens = [SEP, PROGRAM, VELOCITY + 16]
     g = MIDIGrammar(limits, [np.array(tokens)], **steers)
+    leaning = torch.zeros(VOCAB_SIZE)
+    leaning[NOTE_ON + favoured.start:NOTE_ON + favoured.stop] = lean
+    body = np.array(_sample_random(g, tokens, seed, leaning, 6.0,
+                                   lambda _: len(tokens) < 3 + steps))
+    pitches = body[(body >= NOTE_ON) & (body < NOTE_OFF)] - NOTE_ON
+    assert len(pitches) > 200
+    return pitches
+
+
+def _sample_random(g: MIDIGrammar, tokens: list[int], seed: int, lean: torch.Tensor,
+                   release: float, go_on) -> list[int]:  # noqa: ANN001
+    """Tokens sampled from random logits plus `lean` (V,), and `release` on the note-offs
+    of what sounds, under the event grammar `g` (whose prompt is `tokens`), appended to
+    `tokens` while `go_on(g)`; the piece decodes with no repair (asserted)."""
     gen = torch.Generator().manual_seed(seed)
-    for _ in range(steps):
-        logits = torch.randn(1, VOCAB_SIZE, generator=gen)
-        logits[0, NOTE_ON + favoured.start:NOTE_ON + favoured.stop] += lean
+    while go_on(g):
+        logits = torch.randn(1, VOCAB_SIZE, generator=gen) + lean
         for _, pitch in g.walks[0].sounding:
-            logits[0, off(pitch)] += 6.0
+            logits[0, off(pitch)] += release
         out, removed = apply_constraint(logits, g)
         t = sample_next(out, generator=gen)
         g.update(t, removed)
         tokens.append(int(t))
     _, repairs = get_domain("midi").decode(np.array(tokens + g.closing()))
     assert not any(repairs.values()), repairs
-    body = np.array(tokens)
-    pitches = body[(body >= NOTE_ON) & (body < NOTE_OFF)] - NOTE_ON
-    assert len(pitches) > 200
-    return pitches
+    return tokens
 
 
 @pytest.mark.parametrize("vocabulary", ["events", "durations"])
@@ -637,25 +647,15 @@ def test_sampling_under_the_pace_steer_keeps_each_instrument_near_its_pace(seed)
     limits = GrammarLimits(max_polyphony=4, max_steps=60, max_step_tokens=8,
                            pitch_ranges=[[PROGRAM + 1, 0, 127], [PROGRAM + 2, 0, 127]],
                            pace=[[PROGRAM + 1, 1.0], [PROGRAM + 2, 0.5]])
+    leaning = torch.zeros(VOCAB_SIZE)
+    leaning[NOTE_ON:NOTE_OFF] = leaning[PROGRAM + 1:PROGRAM + 3] = 3.0
+    leaning[SHIFT:SHIFT + 5] = 3.0  # time moves in short steps
     counts = {}
     for pace in (1.0, 0.0):
-        tokens = [SEP, PROGRAM + 1, VELOCITY + 16]
-        g = MIDIGrammar(limits, [np.array(tokens)], key=0.0, register=0.0, pace=pace,
-                        source_onsets=[onsets])
-        gen = torch.Generator().manual_seed(seed)
-        while g.walks[0].now < 1200:
-            logits = torch.randn(1, VOCAB_SIZE, generator=gen)
-            logits[0, NOTE_ON:NOTE_OFF] += 3.0
-            logits[0, PROGRAM + 1:PROGRAM + 3] += 3.0
-            logits[0, SHIFT:SHIFT + 5] += 3.0  # time moves in short steps
-            for _, pitch in g.walks[0].sounding:
-                logits[0, off(pitch)] += 4.0
-            out, removed = apply_constraint(logits, g)
-            t = sample_next(out, generator=gen)
-            g.update(t, removed)
-            tokens.append(int(t))
-        _, repairs = get_domain("midi").decode(np.array(tokens + g.closing()))
-        assert not any(repairs.values()), repairs
+        g = MIDIGrammar(limits, [np.array([SEP, PROGRAM + 1, VELOCITY + 16])], key=0.0,
+                        register=0.0, pace=pace, source_onsets=[onsets])
+        _sample_random(g, [SEP, PROGRAM + 1, VELOCITY + 16], seed, leaning, 4.0,
+                       lambda grammar: grammar.walks[0].now < 1200)
         counts[pace] = [g.walks[0].started.get(PROGRAM + k, 0) for k in (1, 2)]
     off_pace = {pace: abs(n1 - 60) + abs(n2 - 30) for pace, (n1, n2) in counts.items()}
     assert abs(counts[1.0][0] - 60) <= 5 and abs(counts[1.0][1] - 30) <= 5, counts
