@@ -287,7 +287,8 @@ def sample_seq2seq(model: ModelOpt, source: SourceOpt,
                    pace: Annotated[float, typer.Option(
                        "--pace", help="MIDI to MIDI under the grammar: weigh a note-on by "
                        "exp(-K) per note its instrument is ahead of its training pace (its "
-                       "notes per source note), and a time shift by exp(-K) per note one is "
+                       "notes per source note; with events its note-offs too, so it holds "
+                       "rather than rests), and a time shift by exp(-K) per note one is "
                        "behind; 0: off")] = PACE_WEIGHT,
                    force: Force = False) -> None:
     """A target for each source record, sampled until the model closes it (or
