@@ -407,6 +407,33 @@ def test_ceiling_script_on_the_sample(capsys):
     assert got["width 0"]["codon_identity"] == ref["most_frequent"]["codon_identity"]
     assert got["width 1"]["codon_identity"] == ref["neighbours"]["codon_identity"]
     assert 0 < got["oracle GC3/2"]["codon_identity"] < 1
+    assert 0 < got["paralog >= 0.9"]["codon_identity"] < 1
+
+
+def test_paralog_design_copies_the_close_training_gene_where_residues_agree():
+    import ceiling
+
+    near = "MKTAYIAKQRQISFVKSHFSRQLEERLGLIEVQAPILSRVGDGTQDNLSGAEKAVQVKVKALPDAQFEVV"
+    far = "MSDNGPQNQRNAPRITFGGPSDSTGSNQNGERSGARSKQRRPQGLPNNTASWFTALTQHGKEDLKFPRG"
+
+    def cds(protein, pick):  # each residue's first or last synonym
+        return "".join(codons.SYNONYMS[a][pick] for a in protein) + "TAA"
+
+    train = [(p, cds(p, -1)) for p in (far, near)]
+    index = ceiling.kmer_index([p for p, _ in train])
+    mutant = near[:30] + "W" + near[31:]  # 1 residue of 70 changed
+    base = cds(mutant, 0)
+    design = ceiling.paralog_design(mutant, base, train, index, min_identity=0.9)
+    got, kept = codons.codons(design), codons.codons(base)
+    assert codons.translates_to(design, mutant)
+    assert got[0] == kept[0] and got[30] == kept[30] and got[-1] == kept[-1]
+    assert got[1:30] + got[31:-1] == codons.codons(train[1][1])[1:30] + codons.codons(
+        train[1][1])[31:-1]
+    assert sum(a != b for a, b in zip(got, kept)) > 40  # most residues have other synonyms
+    # below the identity asked for, or with no shared k-mer, the design is left alone
+    assert ceiling.paralog_design(mutant, base, train, index, min_identity=0.999) == base
+    lone = cds("MWWWCCCW", 0)
+    assert ceiling.paralog_design("MWWWCCCW", lone, train, index) == lone
 
 
 # ---- data ------------------------------------------------------------------------------
