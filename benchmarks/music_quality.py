@@ -37,7 +37,12 @@ from music_quality_features import (  # benchmarks/ is sys.path[0] when this fil
 )
 
 from seqformer.domains import get_domain
-from seqformer.domains.midi.grammar import KEY_WEIGHT, REGISTER_WEIGHT, TEXTURE_WEIGHT
+from seqformer.domains.midi.grammar import (
+    KEY_WEIGHT,
+    REGISTER_WEIGHT,
+    TEXTURE_WEIGHT,
+    VOICE_WEIGHT,
+)
 
 
 def generate(model_dir: Path, samples: int, length: int, temperature: float,
@@ -85,6 +90,8 @@ def main() -> None:
     ap.add_argument("--no-grammar", action="store_true")
     ap.add_argument("--texture", type=float, default=TEXTURE_WEIGHT,
                     help="the duration grammar's texture steer (0: off; default %(default)g)")
+    ap.add_argument("--voice", type=float, default=VOICE_WEIGHT,
+                    help="the duration grammar's voice steer (0: off; default %(default)g)")
     ap.add_argument("--key", type=float, default=KEY_WEIGHT,
                     help="the grammar's key steer (0: off; default %(default)g)")
     ap.add_argument("--register", type=float, default=REGISTER_WEIGHT,
@@ -105,7 +112,7 @@ def main() -> None:
                       if r.id.split("/")[-1] not in skip]
     if args.model is not None:
         options = {"redirect": not args.no_redirect, "texture": args.texture,
-                   "key": args.key, "register": args.register}
+                   "voice": args.voice, "key": args.key, "register": args.register}
         pms, repairs, rate, closed = generate(args.model, args.samples, args.length,
                                               args.temperature, not args.no_grammar,
                                               options)

@@ -401,23 +401,23 @@ def test_the_key_steer_weighs_notes_outside_the_recent_scale(vocabulary):
     domain = get_domain("midi", vocabulary=vocabulary)
     limits = GrammarLimits(max_polyphony=8, max_steps=500).to_dict()
 
+    def steer(tokens, **weights):  # noqa: ANN001, ANN003, ANN202 - the key steer alone
+        return domain.constraint(limits, [np.array(tokens)], texture=0.0, voice=0.0, **weights)
+
     named = [SEP, PROGRAM, VELOCITY + 16]
     c_major = named + _one_by_one(vocabulary, 60, 62, 64, 67, 69)  # C D E G A
-    steer = domain.constraint(limits, [np.array(c_major)], texture=0.0)
-    weights = steer.log_weights()[0]
+    weights = steer(c_major).log_weights()[0]
     outside = [p for p in range(128) if p % 12 in (1, 3, 6, 8, 10)]
     assert np.allclose(weights[[on(p) for p in outside]], -KEY_WEIGHT)
     assert not weights[[on(p) for p in range(128) if p not in outside]].any()
     assert not weights[:NOTE_ON].any() and not weights[NOTE_ON + 128:].any()
-    assert domain.constraint(limits, [np.array(c_major)], texture=0.0, key=0.0
-                             ).log_weights() is None
+    assert steer(c_major, key=0.0).log_weights() is None
     few = named + _one_by_one(vocabulary, *[60, 62, 64, 67, 69][:KEY_NOTES - 1])
-    assert domain.constraint(limits, [np.array(few)], texture=0.0).log_weights() is None
-    drums = domain.constraint(limits, [np.array(c_major + [DRUMS])], texture=0.0)
-    assert drums.log_weights() is None
+    assert steer(few).log_weights() is None
+    assert steer(c_major + [DRUMS]).log_weights() is None
     # twenty notes of E major later, E major's G# and D# are in, C major's F and C are out
     e_major = c_major + _one_by_one(vocabulary, *[64, 66, 68, 69, 71, 73, 75] * 3)
-    weights = domain.constraint(limits, [np.array(e_major)], texture=0.0).log_weights()[0]
+    weights = steer(e_major).log_weights()[0]
     assert weights[on(68)] == weights[on(75)] == 0.0
     assert weights[on(65)] == weights[on(60)] == -KEY_WEIGHT
 
@@ -468,7 +468,7 @@ def test_the_register_steer_weighs_notes_that_widen_the_recent_span(vocabulary):
     limits = GrammarLimits(max_polyphony=8, max_steps=500, register_span=12).to_dict()
 
     def weights(tokens, register=0.5, limits=limits):
-        steer = domain.constraint(limits, [np.array(tokens)], texture=0.0, key=0.0,
+        steer = domain.constraint(limits, [np.array(tokens)], texture=0.0, voice=0.0, key=0.0,
                                   register=register)
         out = steer.log_weights()
         return None if out is None else out[0]
@@ -605,8 +605,8 @@ def test_the_pace_steer_weighs_notes_ahead_and_shifts_behind(vocabulary):
     onsets = [np.array([0, 10, 20])]
 
     def weights(tokens, pace=0.5, limits=limits, onsets=onsets):
-        steer = domain.constraint(limits, [np.array([SEP] + tokens)], texture=0.0, key=0.0,
-                                  register=0.0, pace=pace, source_onsets=onsets)
+        steer = domain.constraint(limits, [np.array([SEP] + tokens)], texture=0.0, voice=0.0,
+                                  key=0.0, register=0.0, pace=pace, source_onsets=onsets)
         out = steer.log_weights()
         return None if out is None else out[0]
 

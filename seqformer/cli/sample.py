@@ -18,6 +18,7 @@ from ..domains.midi.grammar import (
     REGISTER_NOTES,
     REGISTER_WEIGHT,
     TEXTURE_WEIGHT,
+    VOICE_WEIGHT,
 )
 from ..errors import InputError
 from ..files import check_output
@@ -202,6 +203,10 @@ def sample_midi(model: ModelOpt, length: Length,
                     "notes sound than the training music's mean, favour longer notes and "
                     "hold back time shifts that would thin it, this strongly (0: off; "
                     f"default {TEXTURE_WEIGHT:g})")] = TEXTURE_WEIGHT,
+                voice: Annotated[float, typer.Option(
+                    "--voice", help="duration vocabulary, under the grammar: weigh a time "
+                    "shift by exp(-VOICE) per note that ended there and no new note "
+                    f"replaced (0: off; default {VOICE_WEIGHT:g})")] = VOICE_WEIGHT,
                 key: Annotated[float, typer.Option(
                     "--key", help="under the grammar: weigh note-ons outside the major or "
                     "minor scale that the piece's recent notes fit best by exp(-KEY) "
@@ -238,7 +243,7 @@ def sample_midi(model: ModelOpt, length: Length,
         err.print("--trust-pointer without the note grammar: what a draw between copies "
                   "starts is never released, and notes sound for minutes "
                   "(docs/long-context.md); drop --no-grammar")
-    grammar_options = {"redirect": redirect, "texture": texture, "key": key,
+    grammar_options = {"redirect": redirect, "texture": texture, "voice": voice, "key": key,
                        "register": register}
     domain, p, samples = sample_lm("midi", model, primer_tokens, length, temperature, top_k,
                                    top_p, seed, grammar, num_samples, device, compile,

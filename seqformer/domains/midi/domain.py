@@ -19,6 +19,7 @@ from .grammar import (
     PACE_WEIGHT,
     REGISTER_WEIGHT,
     TEXTURE_WEIGHT,
+    VOICE_WEIGHT,
     DurationGrammar,
     GrammarLimits,
     MIDIGrammar,
@@ -100,21 +101,22 @@ class MIDIDomain(Domain):
     def constraint(self, limits: dict[str, Any] | None, prompts: list[np.ndarray],
                    texture: float = TEXTURE_WEIGHT, redirect: bool = True,
                    key: float = KEY_WEIGHT, register: float = REGISTER_WEIGHT,
-                   pace: float = PACE_WEIGHT, source_onsets: list[np.ndarray] | None = None
-                   ) -> MIDIGrammar | DurationGrammar:
-        """The note grammar of the vocabulary (grammar.py), with the texture steer of the
-        duration vocabulary and the key, register and pace steers this strong (0: off)
-        and, for events, a refused note-off redirected to the release it most likely meant
-        (`redirect`); without stored limits, a model trained before they were: at most 16
-        notes at once, none longer than 10 s. `source_onsets`: per prompt, the times of a
-        seq2seq source's pitched note-ons, which the pace steer follows."""
-        for name, weight in (("texture", texture), ("key", key), ("register", register),
-                             ("pace", pace)):
+                   pace: float = PACE_WEIGHT, source_onsets: list[np.ndarray] | None = None,
+                   voice: float = VOICE_WEIGHT) -> MIDIGrammar | DurationGrammar:
+        """The note grammar of the vocabulary (grammar.py), with the texture and voice
+        steers of the duration vocabulary and the key, register and pace steers this
+        strong (0: off) and, for events, a refused note-off redirected to the release it
+        most likely meant (`redirect`); without stored limits, a model trained before they
+        were: at most 16 notes at once, none longer than 10 s. `source_onsets`: per
+        prompt, the times of a seq2seq source's pitched note-ons, which the pace steer
+        follows."""
+        for name, weight in (("texture", texture), ("voice", voice), ("key", key),
+                             ("register", register), ("pace", pace)):
             if not weight >= 0:
                 raise InputError(f"{name} must be >= 0 (0: off), got {weight}")
         limits = GrammarLimits(**limits) if limits else GrammarLimits(16, 1000)
         return self._grammar(limits, prompts, texture, redirect, key, register, pace,
-                             source_onsets)
+                             source_onsets, voice)
 
     def read(self, path: str | Path, on_skip: OnSkip | None = None) -> Iterator[Record]:
         """One Record per piece of a .mid/.midi file, or of every such file under a directory
