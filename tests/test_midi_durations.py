@@ -33,6 +33,7 @@ from seqformer.domains.midi import (
     duration_bin,
     limits_from,
     load_midi,
+    stats,
 )
 from seqformer.domains.midi.durations import decode, encode
 from seqformer.domains.midi.grammar import LENGTH_SHARE, VOICE_WEIGHT
@@ -285,22 +286,12 @@ def test_sampling_under_the_voice_steer_keeps_more_notes_sounding(seed):
             tokens.append(int(t))
         pm, repairs = decode(np.array(tokens + g.closing()))
         assert not any(repairs.values()), repairs
-        notes = [(n.start, n.end) for inst in pm.instruments for n in inst.notes]
-        assert len(notes) > 300
-        polyphony[voice] = sum(e - s for s, e in notes) / _sounding_seconds(notes)
-        dropped[voice] = unreplaced / len(notes)
+        summary = stats(pm)
+        assert summary["notes"] > 300
+        polyphony[voice] = summary["mean_polyphony"]
+        dropped[voice] = unreplaced / summary["notes"]
     assert polyphony[VOICE_WEIGHT] > 1.2 * polyphony[0.0], polyphony
     assert dropped[VOICE_WEIGHT] < 0.5 * dropped[0.0], dropped
-
-
-def _sounding_seconds(notes: list[tuple[float, float]]) -> float:
-    """The time at least one of the (start, end) notes sounds."""
-    total, reach = 0.0, float("-inf")
-    for start, end in sorted(notes):
-        if end > reach:
-            total += end - max(start, reach)
-            reach = end
-    return total
 
 
 @pytest.mark.parametrize("seed", range(3))

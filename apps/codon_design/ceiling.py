@@ -43,12 +43,16 @@ def gc3(cds: str) -> float:
     return sum(c[2] in "GC" for c in body) / max(1, len(body))
 
 
+PARALOG_K = 4  # a paralog candidate shares k-mers of this length with the protein
+
+
 def paralog_design(protein: str, base: str, train: list[tuple[str, str]],
-                   index: dict[str, set[int]], min_identity: float = 0.9, k: int = 4) -> str:
+                   index: dict[str, set[int]], min_identity: float = 0.9) -> str:
     """`base` (a design of `protein`) with the codons of the training gene whose protein
     shares the most k-mers with `protein` (of the three sharing most, the best local
     alignment) where the alignment is at least `min_identity` identical and the residues
-    agree; `index`: k-mer -> training genes holding it."""
+    agree; `index`: `kmer_index` of the training proteins."""
+    k = PARALOG_K
     shared = Counter(j for i in range(len(protein) - k + 1)
                      for j in index.get(protein[i:i + k], ()))
     best = None
@@ -56,7 +60,6 @@ def paralog_design(protein: str, base: str, train: list[tuple[str, str]],
         alignment = _ALIGNER.align(protein, train[j][0])[0]
         if best is None or alignment.score > best[0].score:
             best = (alignment, j)
-    design = codons(base)
     if best is None:
         return base
     alignment, j = best
@@ -65,18 +68,19 @@ def paralog_design(protein: str, base: str, train: list[tuple[str, str]],
              for x, y in zip(range(a0, a1), range(b0, b1))]
     if sum(protein[x] == other[y] for x, y in pairs) < min_identity * len(pairs):
         return base
+    design = codons(base)
     for x, y in pairs:
         if x > 0 and protein[x] == other[y]:  # the start codon stays the design's
             design[x] = other_codons[y]
     return "".join(design)
 
 
-def kmer_index(proteins: Sequence[str], k: int = 4) -> dict[str, set[int]]:
-    """k-mer -> the indices of the proteins holding it."""
+def kmer_index(proteins: Sequence[str]) -> dict[str, set[int]]:
+    """PARALOG_K-mer -> the indices of the proteins holding it."""
     index: dict[str, set[int]] = defaultdict(set)
     for j, p in enumerate(proteins):
-        for i in range(len(p) - k + 1):
-            index[p[i:i + k]].add(j)
+        for i in range(len(p) - PARALOG_K + 1):
+            index[p[i:i + PARALOG_K]].add(j)
     return index
 
 
