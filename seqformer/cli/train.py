@@ -84,6 +84,8 @@ def train_lm(domain_name: str, inputs: list[Path], opts: Training, options: dict
                                    summary["best_val_bits"]))
     else:
         out.print(f"validation {summary['val_bits']:.4f} bits/{unit(domain_name)}")
+    if summary["calibration"]:
+        out.print(f"sampling: {summary['calibration']}")
 
 
 class RecordNotes:

@@ -93,6 +93,14 @@ class Domain:
         one's source tokens, of `source_domain`."""
         return None
 
+    def calibrated_limits(self, limits: dict[str, Any] | None,
+                          sample: Callable[[dict[str, Any], int, int], list[np.ndarray]]
+                          ) -> tuple[dict[str, Any] | None, str | None]:
+        """The sampling limits fitted to a trained model, and a line for the user saying
+        what was fitted; `sample(limits, n, length)`: n of the model's samples under those
+        limits. By default as they are, and nothing to say."""
+        return limits, None
+
     def constraint(self, limits: dict[str, Any] | None, prompts: list[np.ndarray]):  # noqa: ANN201
         """A sampling constraint (core/decoding/sampling.py) for sequences continuing `prompts`,
         or None for a domain without a grammar."""

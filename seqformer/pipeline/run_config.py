@@ -52,6 +52,9 @@ DEFAULTS: dict[str, Any] = {
         # an exponential moving average of the weights (e.g. 0.999), which validation,
         # best.ckpt and model.safetensors then hold; null = the raw weights
         "ema_decay": None,
+        # after training, fit the sampling grammar's steers to the model from its own samples
+        # (MIDI, duration vocabulary: domains/midi/calibration.py); false: keep them as set
+        "calibrate_sampling": True,
         "precision": "auto",  # bf16-mixed on GPU, 32-true on CPU
         "seed": 0,
         "val_every": 100,
@@ -244,6 +247,8 @@ def resolve(domain: str, vocab_size: int, preset: str | Path | None = None,
     need(train["ema_decay"] is None or (number(train["ema_decay"], 0.0)
                                         and 0 < train["ema_decay"] < 1),
          "train.ema_decay", "must be a number in (0, 1) or null", train["ema_decay"])
+    need(isinstance(train["calibrate_sampling"], bool), "train.calibrate_sampling",
+         "must be true or false", train["calibrate_sampling"])
     need(train["precision"] in PRECISIONS, "train.precision", f"must be one of {PRECISIONS}",
          train["precision"])
     if task == "classify":

@@ -30,6 +30,7 @@ from ..core.layers.copy import pointer_hit_rates
 from ..domains import Domain, get_domain
 from ..errors import WRITE_FAILURES, InputError, Interrupted, OutputError, write_failed
 from ..files import atomic_path, save_torch
+from .inference import sample_batch
 from .lightning_module import LMTask, Task
 from .markov import fit_baseline, split_at
 from .progress import PlainProgress, TrainingBar
@@ -40,7 +41,9 @@ from .run_dir import (
     SAMPLING,
     check_run_dir,
     export_weights,
+    load_run,
     read_metrics,
+    read_sampling_limits,
     write_config,
 )
 from .token_store import TokenStore, tokenize
@@ -269,6 +272,29 @@ def store_sampling_limits(run: Path, domain, records: Iterable[np.ndarray],  # n
 
 
 
+def calibrate_sampling(run: Path, domain: Domain, seed: int) -> str | None:
+    """Fit run/sampling.json to the exported model from its own samples
+    (`Domain.calibrated_limits`); returns the domain's line saying what it fitted, None
+    where it fits nothing."""
+    limits = read_sampling_limits(run)
+    if not limits:
+        return None
+    model, _, _ = load_run(run, device="cuda" if torch.cuda.is_available() else "cpu")
+    prompt = np.array([domain.sep_id])
+
+    def sample(trial: dict, n: int, length: int) -> list[np.ndarray]:
+        rows, _ = sample_batch(model, prompt, length, n, seed=seed, allowed=domain.generatable(),
+                               constraint=domain.constraint(trial, [prompt] * n),
+                               device=next(model.parameters()).device)
+        return list(rows)
+
+    fitted, note = domain.calibrated_limits(limits, sample)
+    if fitted != limits:
+        with atomic_path(run / SAMPLING) as tmp:
+            tmp.write_text(json.dumps(fitted, indent=1))
+    return note
+
+
 def store_pointer_hit_rates(run: Path, model_cfg: ReformerConfig,
                             records: Iterable[np.ndarray]) -> None:
     """run/pointer.json: how often the far pointer is right in the training records, per
@@ -473,6 +499,8 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
     train = data.train_stream
     records = [train.store.tokens[o:o + n] for o, n in train.segments]  # views
     store_sampling_limits(run, domain, records)
+    calibration = (calibrate_sampling(run, domain, cfg["train"]["seed"])
+                   if cfg["train"]["calibrate_sampling"] else None)
     if task.model.cfg.copy_pointer:
         store_pointer_hit_rates(run, task.model.cfg, records)
     baseline = (markov_baseline(run, data.train_stream, data.val_stream, cfg["data"]["seq_len"],
@@ -481,4 +509,4 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
     return {"steps": trainer.global_step, "val_bits": float(val) if val is not None else math.nan,
             "best_val_bits": float(best) if best is not None else None,
             "run": str(run), "tokens": store.total, "records": len(store),
-            "baseline": baseline}
+            "baseline": baseline, "calibration": calibration}

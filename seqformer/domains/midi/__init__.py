@@ -7,6 +7,7 @@ Modules, each importing only those above it:
     events.py     the event vocabulary's encode/decode (note-on ... note-off)
     durations.py  the duration vocabulary's encode/decode (pitch, then duration)
     grammar.py    sampling grammars of both vocabularies (constraints for generation)
+    calibration.py  the duration grammar's steers fitted to a trained model
     files.py      reading and writing .mid files
     render.py     statistics, piano roll PNG, audio
     domain.py     MIDIDomain, registered as "midi" in seqformer.domains

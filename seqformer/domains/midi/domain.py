@@ -4,7 +4,7 @@ what the CLI writes next to a sample (piano roll, statistics, audio)."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -13,6 +13,7 @@ import numpy as np
 
 from ..base import Domain, InputError, OnSkip, Record
 from . import durations, events
+from .calibration import TEXTURE_TOLERANCE, calibrated
 from .files import load_midi, write_midi
 from .grammar import (
     KEY_WEIGHT,
@@ -97,6 +98,26 @@ class MIDIDomain(Domain):
                 zip(sources, sequences), source_domain.vocabulary_name, self.vocabulary_name)
             ).to_dict()
         return replace(limits, instrument_polyphony=None).to_dict()
+
+    def calibrated_limits(self, limits: dict[str, Any] | None,
+                          sample: Callable[[dict[str, Any], int, int], list[np.ndarray]]
+                          ) -> tuple[dict[str, Any] | None, str | None]:
+        """With the duration vocabulary, the texture and voice steers fitted to the model
+        that `sample` draws from (calibration.py); the event vocabulary has no such steer."""
+        if self.vocabulary_name != "durations" or not limits:
+            return limits, None
+        fitted, tried = calibrated(GrammarLimits(**limits),
+                                   lambda trial, n, length: sample(trial.to_dict(), n, length))
+        if not tried:
+            return limits, None
+        said = (f"the model's samples sound {tried[0][1]:.2f} notes at once against the "
+                f"training pieces' {fitted.piece_polyphony:.2f}")
+        if len(tried) == 1:
+            return fitted.to_dict(), f"{said}: steers as they are"
+        stronger = ", ".join(f"x{gain:g} {mean:.2f}" for gain, mean in tried[1:])
+        return fitted.to_dict(), (f"{said} (more than {TEXTURE_TOLERANCE:.0%} below); with the "
+                                  f"texture and voice steers {stronger}: "
+                                  f"x{fitted.steer_gain:g} kept")
 
     def constraint(self, limits: dict[str, Any] | None, prompts: list[np.ndarray],
                    texture: float = TEXTURE_WEIGHT, redirect: bool = True,

@@ -53,7 +53,8 @@ at once where the training music has 2.8), so it also steers, as a weight and no
 polyphony, longer durations; and the fewer notes a time shift would leave sounding over the
 time it passes, on average, below that mean, the less likely the shift
 (DurationGrammar._steer; docs/music.md). A second weight (`voice`) holds time back until
-the notes that ended are replaced: a voice sings its next note rather than drop out.
+the notes that ended are replaced: a voice sings its next note rather than drop out. Both
+are scaled by the limits' `steer_gain`, fitted to each trained model (calibration.py).
 
 Key, for both vocabularies, also a weight (`key`): once a piece has started KEY_NOTES
 notes, a note-on whose pitch class lies outside the major scale (or its relative minor) that
@@ -152,6 +153,11 @@ class GrammarLimits:
     # [instrument token, the most notes it sounds at once] for each instrument of the
     # training music; None (a language model's, or stored before it existed): no limit
     instrument_polyphony: list[list[int]] | None = None
+    # the mean over the training pieces of each one's mean polyphony, what a sample (a
+    # piece) is held to by `calibrated`; None (stored before it existed): no calibration
+    piece_polyphony: float | None = None
+    # the texture and voice steers' weights are multiplied by this (`calibrated`)
+    steer_gain: float = 1.0
 
     def __post_init__(self) -> None:
         self._range_of = {inst: (low, high) for inst, low, high in self.pitch_ranges or []}
@@ -418,6 +424,12 @@ def fitted_to(limits: GrammarLimits, prompt: np.ndarray, vocabulary: str = "even
                    register_span=register)
 
 
+def piece_polyphony(tokens: np.ndarray, vocabulary: str = "events") -> float | None:
+    """A piece's mean polyphony over the time something sounds, as `limits_from` counts it
+    for each training piece (`GrammarLimits.piece_polyphony`); None without notes."""
+    return _limits_and_notes([tokens], vocabulary)[0].piece_polyphony
+
+
 def _new_walk(vocabulary: str) -> _Walk | _DurationWalk:
     return _DurationWalk() if vocabulary == "durations" else _Walk()
 
@@ -451,6 +463,7 @@ def _limits_and_notes(sequences: Iterable[np.ndarray], vocabulary: str
     own_time: dict[int, np.ndarray] = {}  # instrument -> its own sounding time by polyphony
     ranges: dict[int, list[int]] = {}  # instrument -> [lowest, highest] pitch started
     windows = []  # the span of every REGISTER_NOTES consecutive pitched notes of a piece
+    piece_means = []  # each piece's mean polyphony
     for seq in sequences:
         walk = _new_walk(vocabulary)
         notes, pitched = [], []
@@ -472,24 +485,32 @@ def _limits_and_notes(sequences: Iterable[np.ndarray], vocabulary: str
             run = np.lib.stride_tricks.sliding_window_view(
                 np.asarray(pitched), min(REGISTER_NOTES, len(pitched)))
             windows.append(run.max(1) - run.min(1))
-        time = _add_time(time, sounding_time(notes))
+        own = sounding_time(notes)
+        time = _add_time(time, own)
+        if own[1:].sum() > 0:
+            piece_means.append(_mean_count(own))
         for inst, played in own_notes.items():
             own_time[inst] = _add_time(own_time.get(inst, np.zeros(1, np.int64)),
                                        sounding_time(played))
     polyphony = _quantile_polyphony(time)
     steps = int(np.ceil(np.percentile(lengths, NOTE_QUANTILE))) if lengths else 500
-    sounding = np.cumsum(time[1:])
-    mean = (float(np.arange(1, len(time)) @ time[1:] / sounding[-1])
-            if len(sounding) and sounding[-1] > 0 else 1.0)
+    mean = _mean_count(time) if time[1:].sum() > 0 else 1.0
     register = (int(np.percentile(np.concatenate(windows), REGISTER_QUANTILE))
                 if windows else None)
     return GrammarLimits(max_polyphony=polyphony, max_steps=max(1, steps),
                          max_step_tokens=in_step, mean_polyphony=round(mean, 3),
                          pitch_ranges=[[inst, *span] for inst, span in sorted(ranges.items())],
                          register_span=register,
+                         piece_polyphony=(round(float(np.mean(piece_means)), 3)
+                                          if piece_means else None),
                          instrument_polyphony=[[inst, _quantile_polyphony(t, 100.0)]
                                                for inst, t in sorted(own_time.items())]
                          ), len(lengths)
+
+
+def _mean_count(time: np.ndarray) -> float:
+    """The mean count over the time something sounds, of a `sounding_time` array."""
+    return float(np.arange(1, len(time)) @ time[1:] / time[1:].sum())
 
 
 def _add_time(total: np.ndarray, piece: np.ndarray) -> np.ndarray:
@@ -696,20 +717,23 @@ class DurationGrammar(_Grammar):
         in silence too: a voice that ends a note sings the next one rather than drop out.
         A young model's samples start fewer notes at once than the music (1.7-1.9 against
         2.4) and spend a third of their sounding time with two notes or fewer (the music
-        8%); the texture half alone thickens them only with short notes (docs/music.md)."""
-        if self.voice and walk.ended > walk.begun and walk.waiting is None:
-            weights[SHIFT:VELOCITY] -= self.voice * (walk.ended - walk.begun)
+        8%); the texture half alone thickens them only with short notes (docs/music.md).
+
+        Both weights are multiplied by the limits' steer_gain (calibration.py)."""
+        voice, texture = self.voice * limits.steer_gain, self.texture * limits.steer_gain
+        if voice and walk.ended > walk.begun and walk.waiting is None:
+            weights[SHIFT:VELOCITY] -= voice * (walk.ended - walk.begun)
         mean = limits.mean_polyphony
-        if not self.texture or mean is None or walk.count == 0:
+        if not texture or mean is None or walk.count == 0:
             return
         if walk.waiting is not None:
             if walk.count < mean:
-                weights[DURATION:SHIFT] += (LENGTH_SHARE * self.texture * (mean - walk.count)
+                weights[DURATION:SHIFT] += (LENGTH_SHARE * texture * (mean - walk.count)
                                             / mean * _LOG_STEPS)
             return
         left = np.asarray([end - walk.now for end, _, _ in walk.sounding], dtype=np.float32)
         sounding = np.minimum(left[:, None], _SHIFT_STEPS).sum(0) / _SHIFT_STEPS
-        weights[SHIFT:VELOCITY] += -self.texture * np.maximum(0.0, mean - sounding)
+        weights[SHIFT:VELOCITY] += -texture * np.maximum(0.0, mean - sounding)
 
     def _allowed_one(self, walk: _DurationWalk, limits: GrammarLimits) -> np.ndarray:
         ok = np.zeros(VOCAB_SIZE, dtype=bool)
