@@ -75,6 +75,7 @@ def test_sampling_filters():
     ("train: {batch_size: 0}", "train.batch_size"),
     ("train: {precision: fp8}", "train.precision"),
     ("train: {checkpoint_every: 0}", "train.checkpoint_every"),
+    ("train: {calibrate_sampling: 1}", "train.calibrate_sampling"),
     ("trian: {lr: 1}", "trian"),
     ("train: {learning_rate: 1}", "train.learning_rate"),
 ])

@@ -2,9 +2,9 @@
 
 The steers' weights were chosen on a few models, and a fresh model of the same job can
 still sample thinner music than its training pieces: of four 3.5-minute main-job models,
-one sounded 2.94 notes at once where the held-out pieces sound 3.74, while a stronger
-steer for every model took 0.08-0.10 of mean overlap from the three that did not need it
-(docs/music.md). So after training, `train midi` samples CALIBRATION_SAMPLES pieces of
+one sounded 2.94 notes at once where the held-out pieces sound 3.74, while steers 1.5
+times as strong for every model took 0.08-0.15 of mean overlap from the three that did
+not need them (docs/music.md). So after training, `train midi` samples CALIBRATION_SAMPLES pieces of
 CALIBRATION_TOKENS tokens from the model and, while their mean polyphony is more than
 TEXTURE_TOLERANCE below the training pieces' (`GrammarLimits.piece_polyphony`), tries
 the next of STEER_GAINS; the first gain that reaches it (the last if none does) is stored

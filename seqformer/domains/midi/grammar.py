@@ -485,10 +485,10 @@ def _limits_and_notes(sequences: Iterable[np.ndarray], vocabulary: str
             run = np.lib.stride_tricks.sliding_window_view(
                 np.asarray(pitched), min(REGISTER_NOTES, len(pitched)))
             windows.append(run.max(1) - run.min(1))
-        own = sounding_time(notes)
-        time = _add_time(time, own)
-        if own[1:].sum() > 0:
-            piece_means.append(_mean_count(own))
+        piece_time = sounding_time(notes)
+        time = _add_time(time, piece_time)
+        if piece_time[1:].sum() > 0:
+            piece_means.append(_mean_count(piece_time))
         for inst, played in own_notes.items():
             own_time[inst] = _add_time(own_time.get(inst, np.zeros(1, np.int64)),
                                        sounding_time(played))
