@@ -21,6 +21,7 @@ from seqformer.domains.midi import (
     SHIFT,
     VELOCITY,
     VOCAB_SIZE,
+    DurationGrammar,
     GrammarLimits,
     MIDIGrammar,
     limits_from,
@@ -33,6 +34,7 @@ from seqformer.domains.midi.grammar import (
     fitted_to,
     pace_from,
 )
+from seqformer.domains.midi.vocab import velocity_bin
 
 from cli_helpers import MIDI_SAMPLE, REPO
 from cli_helpers import TINY_MODEL as TINY
@@ -693,3 +695,53 @@ def test_an_instrument_sounds_no_more_notes_at_once_than_it_does_in_training(voc
     assert not allowed(first)[NOTE_ON:NOTE_ON + 128].any()  # the line holds one note
     assert allowed(first + [PROGRAM + 1])[on(62)]  # the chords' instrument may start one
     assert allowed(first + [PROGRAM + 3])[on(52)]  # unknown to the training music: any
+
+
+@pytest.mark.parametrize("grammar_type", [MIDIGrammar, DurationGrammar])
+def test_a_note_before_the_piece_names_its_instrument_and_velocity_names_them_first(
+        grammar_type):
+    """Before any instrument and velocity token, a note-on (refused) moves to the first
+    instrument the training music plays that pitch on, then to velocity 64's bin; with
+    neither ranges nor redirects, as the decoder assumes or not at all."""
+    ranges = [[PROGRAM + 40, 55, 100], [PROGRAM + 42, 36, 76], [DRUMS, 35, 81]]
+    g = grammar_type(GrammarLimits(4, 100, pitch_ranges=ranges), [np.array([SEP])])
+    targets = g.redirects()[0]
+    assert targets[on(60)] == PROGRAM + 40 and targets[on(40)] == PROGRAM + 42
+    assert targets[on(20)] == PROGRAM + 40  # a pitch no instrument plays: the first one
+    assert set(np.flatnonzero(targets >= 0)) == set(range(on(0), on(127) + 1))
+    g.update(torch.tensor([PROGRAM + 42]), torch.tensor([0.0]))
+    assert (g.redirects()[0][on(0):on(127) + 1] == VELOCITY + velocity_bin(64)).all()
+    g.update(torch.tensor([VELOCITY + 20]), torch.tensor([0.0]))
+    assert g.allowed()[0][on(60)] and g.redirects() is None
+    bare = grammar_type(GrammarLimits(4, 100), [np.array([SEP])])
+    assert (bare.redirects()[0][on(0):on(127) + 1] == PROGRAM).all()
+    assert grammar_type(GrammarLimits(4, 100), [np.array([SEP])], redirect=False
+                        ).redirects() is None
+
+
+@pytest.mark.parametrize("redirect", [True, False])
+def test_a_model_that_opens_with_a_note_begins_the_piece(redirect):
+    """Random logits that favour note-ons, then time shifts, over everything else (a young
+    duration model's first tokens after <sep>): with the redirect the piece has begun
+    within a few tokens and decodes with no repair; without it the mask hands the notes'
+    probability to the shifts, and nothing begins."""
+    domain = get_domain("midi", vocabulary="durations")
+    limits = GrammarLimits(4, 100, pitch_ranges=[[PROGRAM, 36, 84]])
+    g = DurationGrammar(limits, [np.array([SEP])], redirect=redirect)
+    gen = torch.Generator().manual_seed(0)
+    lean = torch.zeros(VOCAB_SIZE)
+    lean[NOTE_ON:NOTE_ON + 128] = 4.0
+    lean[SHIFT:VELOCITY] = 3.0
+    tokens = []
+    for _ in range(60):
+        out, removed = apply_constraint(torch.randn(1, VOCAB_SIZE, generator=gen) + lean, g)
+        t = sample_next(out, generator=gen)
+        g.update(t, removed)
+        tokens.append(int(t))
+    ons = [i for i, t in enumerate(tokens) if NOTE_ON <= t < NOTE_ON + 128]
+    if redirect:
+        assert ons and ons[0] <= 3, tokens[:10]
+        pm, repairs = domain.decode(np.array([SEP] + tokens + g.closing()))
+        assert not any(repairs.values()) and len(pm.instruments[0].notes) >= 5
+    else:
+        assert not ons

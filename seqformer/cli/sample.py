@@ -218,10 +218,11 @@ def sample_midi(model: ModelOpt, length: Length,
                     "(0: off; default "
                     f"{REGISTER_WEIGHT:g})")] = REGISTER_WEIGHT,
                 redirect: Annotated[bool, typer.Option(
-                    "--redirect/--no-redirect", help="event vocabulary, under the grammar: "
-                    "a note-off it refuses becomes the switch to the instrument sounding "
-                    "that pitch, or the release of the nearest pitch sounding (within an "
-                    "octave)")] = True
+                    "--redirect/--no-redirect", help="under the grammar: a note before the "
+                    "piece names an instrument and a velocity becomes those tokens; event "
+                    "vocabulary: a note-off it refuses becomes the switch to the instrument "
+                    "sounding that pitch, or the release of the nearest pitch sounding "
+                    "(within an octave)")] = True
                 ) -> None:
     """Generate music; writes the .mid (primer + continuation) and a piano-roll PNG (with
     --num-samples K: piece_1.mid ... piece_K.mid, each with its PNG)."""

@@ -1,14 +1,14 @@
 """Fitting the duration vocabulary's texture and voice steers to one trained model.
 
-The steers' weights were chosen on a few models, and a fresh model of the same job can
-still sample thinner music than its training pieces: of four 3.5-minute main-job models,
-one sounded 2.94 notes at once where the held-out pieces sound 3.74, while steers 1.5
-times as strong for every model took 0.08-0.15 of mean overlap from the three that did
-not need them (docs/music.md). So after training, `train midi` samples CALIBRATION_SAMPLES pieces of
-CALIBRATION_TOKENS tokens from the model and, while their mean polyphony is more than
-TEXTURE_TOLERANCE below the training pieces' (`GrammarLimits.piece_polyphony`), tries
-the next of STEER_GAINS; the first gain that reaches it (the last if none does) is stored
-with the run's sampling limits, which `sample midi` reads."""
+The steers' weights were chosen on a few models; a fresh model of the same job may still
+sample thinner music than its training pieces, and steers made stronger for every model
+took 0.08-0.15 of mean overlap from the models that did not need them (docs/music.md).
+So after training, `train midi` samples CALIBRATION_SAMPLES pieces of CALIBRATION_TOKENS
+tokens from the model and, while their mean polyphony is more than TEXTURE_TOLERANCE
+below the training pieces' (`GrammarLimits.piece_polyphony`), tries the next of
+STEER_GAINS; the first gain that reaches it (the last if none does) is stored with the
+run's sampling limits, which `sample midi` reads. A guard: the six main-job models
+measured last keep x1 (their samples 3.25-3.54 notes at once against a mark of 3.14)."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ import numpy as np
 from .grammar import GrammarLimits, piece_polyphony
 
 STEER_GAINS = (1.0, 1.25, 1.5, 2.0)  # what the texture and voice weights are multiplied by
-TEXTURE_TOLERANCE = 0.10  # how far below the training pieces' polyphony samples may be
+TEXTURE_TOLERANCE = 0.15  # how far below the training pieces' polyphony samples may be
 CALIBRATION_SAMPLES = 32
 CALIBRATION_TOKENS = 3000
 
