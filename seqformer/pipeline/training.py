@@ -43,7 +43,6 @@ from .run_dir import (
     export_weights,
     load_run,
     read_metrics,
-    read_sampling_limits,
     write_config,
 )
 from .token_store import TokenStore, tokenize
@@ -260,7 +259,7 @@ def markov_baseline(run: Path, train: Stream, val: Stream, seq_len: int, val_win
 
 
 def store_sampling_limits(run: Path, domain, records: Iterable[np.ndarray],  # noqa: ANN001
-                          **sources: Any) -> None:
+                          **sources: Any) -> dict | None:
     """run/sampling.json: the limits the domain's sampling grammar takes from the training
     records (MIDI: largest polyphony, longest usual note), if it has a grammar. `sources`:
     `sampling_limits`' seq2seq keywords (the records' sources and their domain)."""
@@ -268,24 +267,25 @@ def store_sampling_limits(run: Path, domain, records: Iterable[np.ndarray],  # n
     if limits is not None:
         with atomic_path(run / SAMPLING) as tmp:
             tmp.write_text(json.dumps(limits, indent=1))
+    return limits
 
 
 
 
-def calibrate_sampling(run: Path, domain: Domain, seed: int) -> str | None:
-    """Fit run/sampling.json to the exported model from its own samples
-    (`Domain.calibrated_limits`); returns the domain's line saying what it fitted, None
-    where it fits nothing."""
-    limits = read_sampling_limits(run)
+def calibrate_sampling(run: Path, domain: Domain, limits: dict | None, seed: int
+                       ) -> str | None:
+    """Fit run/sampling.json (`limits`, as `store_sampling_limits` wrote them) to the
+    exported model from its own samples (`Domain.calibrated_limits`); returns the domain's
+    line saying what it fitted, None where it fits nothing."""
     if not limits:
         return None
-    model, _, _ = load_run(run, device="cuda" if torch.cuda.is_available() else "cpu")
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model, _, _ = load_run(run, device=device)
     prompt = np.array([domain.sep_id])
 
     def sample(trial: dict, n: int, length: int) -> list[np.ndarray]:
         rows, _ = sample_batch(model, prompt, length, n, seed=seed, allowed=domain.generatable(),
-                               constraint=domain.constraint(trial, [prompt] * n),
-                               device=next(model.parameters()).device)
+                               constraint=domain.constraint(trial, [prompt] * n), device=device)
         return list(rows)
 
     fitted, note = domain.calibrated_limits(limits, sample)
@@ -498,8 +498,8 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
     best = next((c.best_model_score for c in trainer.checkpoint_callbacks if c.monitor), None)
     train = data.train_stream
     records = [train.store.tokens[o:o + n] for o, n in train.segments]  # views
-    store_sampling_limits(run, domain, records)
-    calibration = (calibrate_sampling(run, domain, cfg["train"]["seed"])
+    limits = store_sampling_limits(run, domain, records)
+    calibration = (calibrate_sampling(run, domain, limits, cfg["train"]["seed"])
                    if cfg["train"]["calibrate_sampling"] else None)
     if task.model.cfg.copy_pointer:
         store_pointer_hit_rates(run, task.model.cfg, records)

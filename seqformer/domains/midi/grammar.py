@@ -95,6 +95,7 @@ from functools import lru_cache
 import numpy as np
 
 from .vocab import (
+    DEFAULT_VELOCITY_BIN,
     DRUMS,
     DURATION,
     DURATION_STEPS,
@@ -105,7 +106,6 @@ from .vocab import (
     SHIFT,
     VELOCITY,
     VOCAB_SIZE,
-    velocity_bin,
 )
 
 NOTE_QUANTILE = 99.5  # the longest note allowed: this percentile of the training notes
@@ -440,7 +440,7 @@ def _name_first(targets: np.ndarray, walk: _Context, limits: GrammarLimits) -> N
     16 samples of three main-job models had not begun after 600 tokens (docs/music.md)."""
     notes = slice(NOTE_ON, NOTE_ON + 128)
     if "instrument" in walk._seen:
-        targets[notes] = VELOCITY + velocity_bin(64)
+        targets[notes] = VELOCITY + DEFAULT_VELOCITY_BIN
         return
     targets[notes] = PROGRAM
     pitched = [(inst, low, high) for inst, low, high in limits.pitch_ranges or []

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 
 import pretty_midi
 
-from .vocab import BIN_WIDTH, DRUMS, PROGRAM, STEP, time_step, velocity_bin
+from .vocab import BIN_WIDTH, DEFAULT_VELOCITY_BIN, DRUMS, PROGRAM, STEP, time_step, velocity_bin
 
 _WRITE_RESOLUTION, _WRITE_TEMPO = 500, 120.0  # 1 tick = 1 ms, so 10 ms steps are exact ticks
 
@@ -94,7 +94,7 @@ def note_context(inst: int | None, vel: int | None, repairs: dict[str, int]
         inst = PROGRAM
     if vel is None:
         repairs["no_velocity"] += 1
-        vel = velocity_bin(64)
+        vel = DEFAULT_VELOCITY_BIN
     return inst, vel
 
 

@@ -98,6 +98,11 @@ def velocity_bin(velocity: int) -> int:
     return min(max(int(velocity), 0), 127) // BIN_WIDTH
 
 
+# the velocity bin of a note whose sequence never said one: the decoder's repair, and what
+# the sampling grammar names for a piece that opens with a note
+DEFAULT_VELOCITY_BIN = velocity_bin(64)
+
+
 def shift_tokens(steps: int) -> list[int]:
     """The shift tokens that advance time by `steps`: full seconds first, then the rest."""
     return [SHIFT + MAX_SHIFT - 1] * (steps // MAX_SHIFT) + (
