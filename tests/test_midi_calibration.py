@@ -19,13 +19,10 @@ from seqformer.domains.midi.grammar import (
     piece_polyphony,
 )
 from seqformer.domains.midi.vocab import (
-    DURATION,
     DURATION_STEPS,
     PROGRAM,
     SEP,
-    SHIFT,
     VELOCITY,
-    duration_bin,
 )
 from seqformer.pipeline.inference import sample_batch
 from seqformer.pipeline.run_dir import load_run
@@ -33,13 +30,9 @@ from seqformer.pipeline.run_dir import load_run
 from cli_helpers import REPO
 from cli_helpers import TINY_MODEL as TINY
 from cli_helpers import run_cli as run
+from midi_tokens import dur, on, shift
 
 BACH = REPO / "data" / "midi" / "bach"
-
-
-def note(p): return 2 + p  # noqa: E704
-def dur(steps): return DURATION + duration_bin(steps)  # noqa: E704
-def shift(k): return SHIFT + k - 1  # noqa: E704
 
 
 def chord(pitches: list[int], steps: int) -> list[int]:
@@ -47,7 +40,7 @@ def chord(pitches: list[int], steps: int) -> list[int]:
     assert steps in DURATION_STEPS
     out = [SEP, PROGRAM, VELOCITY]
     for p in pitches:
-        out += [note(p), dur(steps)]
+        out += [on(p), dur(steps)]
     return out + [shift(min(steps, 100))] * -(-steps // 100)
 
 

@@ -24,7 +24,6 @@ from seqformer.domains.midi import (
     PAD,
     PROGRAM,
     SEP,
-    SHIFT,
     VELOCITY,
     VOCAB_SIZE,
     MIDIDomain,
@@ -40,6 +39,7 @@ from seqformer.domains.midi import (
 from cli_helpers import LONG_MIDI as LONG_PIECE
 from cli_helpers import MIDI_SAMPLE as BUNDLED_FILES
 from cli_helpers import REPO
+from midi_tokens import shift
 
 BUNDLED = REPO / "data" / "midi"
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "midi"
@@ -47,10 +47,6 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "midi"
 REFUSED = ["palestrina/palestrina__Gloria_94.mid", "palestrina/palestrina__Credo_00.mid",
            "palestrina/palestrina__Gloria_18.mid"]
 TOL = 0.01 + 1e-9  # one 10 ms step
-
-
-def shift(steps: int) -> int:
-    return SHIFT + steps - 1
 
 
 def note_table(pm: pretty_midi.PrettyMIDI) -> dict:

@@ -41,21 +41,17 @@ from seqformer.domains.midi.grammar import LENGTH_SHARE, VOICE_WEIGHT
 from cli_helpers import MIDI_SAMPLE, REPO
 from cli_helpers import TINY_MODEL as TINY
 from cli_helpers import run_cli as run
+from midi_tokens import dur, on, shift
 
 BUNDLED_FILES = MIDI_SAMPLE
 BACH = REPO / "data" / "midi" / "bach"
-
-
-def note(p): return 2 + p  # noqa: E704
-def dur(steps): return DURATION + duration_bin(steps)  # noqa: E704
-def shift(k): return SHIFT + k - 1  # noqa: E704
 
 
 def test_vocabulary_layout_and_bins():
     domain = get_domain("midi", vocabulary="durations")
     assert domain.vocab_size == VOCAB_SIZE == 519 and domain.tokens == DURATION_TOKENS
     assert domain.vocabulary()["config"] == {"vocabulary": "durations"}
-    assert DURATION_TOKENS[note(60)] == "note_60" and DURATION_TOKENS[DURATION] == "dur_10ms"
+    assert DURATION_TOKENS[on(60)] == "note_60" and DURATION_TOKENS[DURATION] == "dur_10ms"
     assert DURATION_TOKENS[DURATION + 127] == "dur_20000ms"
     # everything past the durations is the event vocabulary's
     assert DURATION_TOKENS[SHIFT:] == get_domain("midi").tokens[SHIFT:]
@@ -109,18 +105,18 @@ def test_round_trip_bundled(path: Path):
 
 def test_decode_repairs():
     named = [PROGRAM, VELOCITY + 16]
-    _, repairs = decode([SEP] + named + [note(60), shift(3), note(62), dur(5)])
+    _, repairs = decode([SEP] + named + [on(60), shift(3), on(62), dur(5)])
     assert repairs["no_duration"] == 1 and sum(repairs.values()) == 1
-    pm, repairs = decode([SEP] + named + [dur(5), note(60), dur(5)])
+    pm, repairs = decode([SEP] + named + [dur(5), on(60), dur(5)])
     assert repairs["unmatched_duration"] == 1 and sum(repairs.values()) == 1
     assert len(pm.instruments[0].notes) == 1
-    _, repairs = decode([note(60), dur(2)])
+    _, repairs = decode([on(60), dur(2)])
     assert repairs["no_instrument"] == repairs["no_velocity"] == 1
 
 
 def test_separator_starts_the_next_piece_after_the_last_note_ends():
-    pm, repairs = decode([SEP, PROGRAM, VELOCITY, note(60), dur(40), SEP, PROGRAM, VELOCITY,
-                          note(62), dur(1)])
+    pm, repairs = decode([SEP, PROGRAM, VELOCITY, on(60), dur(40), SEP, PROGRAM, VELOCITY,
+                          on(62), dur(1)])
     assert repairs["separator"] == 1
     starts = sorted((n.start, n.pitch) for n in pm.instruments[0].notes)
     assert starts == [(0.0, 60), (0.4, 62)]  # 40 steps is a bin of its own
@@ -144,8 +140,8 @@ def test_unknown_vocabulary_is_a_clean_error():
 
 def test_limits_from_duration_tokens():
     # notes of 3 and 5 steps at once (polyphony 2), then one alone; a stray duration ignored
-    seq = np.array([SEP, PROGRAM, VELOCITY, note(60), dur(3), note(64), dur(5), dur(7),
-                    shift(10), note(67), dur(2)])
+    seq = np.array([SEP, PROGRAM, VELOCITY, on(60), dur(3), on(64), dur(5), dur(7),
+                    shift(10), on(67), dur(2)])
     limits = limits_from([seq] * 10, "durations")
     assert limits.max_polyphony == 2 and limits.max_steps == 5
 
@@ -153,8 +149,8 @@ def test_limits_from_duration_tokens():
 def test_masks_follow_the_duration_grammar():
     limits = GrammarLimits(max_polyphony=2, max_steps=40)
     bare = DurationGrammar(limits, [np.array([SEP])]).allowed()[0]
-    assert not bare[note(0):DURATION].any() and not bare[DURATION:SHIFT].any()
-    g = DurationGrammar(limits, [np.array([SEP, PROGRAM, VELOCITY + 16, note(60)])])
+    assert not bare[on(0):DURATION].any() and not bare[DURATION:SHIFT].any()
+    g = DurationGrammar(limits, [np.array([SEP, PROGRAM, VELOCITY + 16, on(60)])])
     ok = g.allowed()[0]
     # after a pitch, only its duration, up to the limit
     assert ok[dur(1)] and ok[dur(40)] and not ok[dur(41)]
@@ -162,18 +158,18 @@ def test_masks_follow_the_duration_grammar():
     g.update(torch.tensor([dur(20)]), torch.tensor([0.5]))
     ok = g.allowed()[0]
     assert not ok[DURATION:SHIFT].any()  # no duration without a note
-    assert not ok[note(60)] and ok[note(61)]  # 60 sounds on this instrument
+    assert not ok[on(60)] and ok[on(61)]  # 60 sounds on this instrument
     assert ok[shift(100)] and ok[PROGRAM + 3] and not ok[SEP]
-    g.update(torch.tensor([note(64)]), torch.tensor([0.0]))
+    g.update(torch.tensor([on(64)]), torch.tensor([0.0]))
     g.update(torch.tensor([dur(30)]), torch.tensor([0.0]))
-    assert not g.allowed()[0][note(0):DURATION].any()  # two notes sound: the cap
+    assert not g.allowed()[0][on(0):DURATION].any()  # two notes sound: the cap
     g.update(torch.tensor([shift(20)]), torch.tensor([0.0]))  # note 60 has ended
     ok = g.allowed()[0]
-    assert ok[note(60)] and not ok[note(64)]
+    assert ok[on(60)] and not ok[on(64)]
     g.update(torch.tensor([PROGRAM + 40]), torch.tensor([0.0]))
-    assert g.allowed()[0][note(64)]  # 64 sounds on program 0, not on program 40
+    assert g.allowed()[0][on(64)]  # 64 sounds on program 0, not on program 40
     assert g.closing() == []
-    g.update(torch.tensor([note(70)]), torch.tensor([0.0]))
+    g.update(torch.tensor([on(70)]), torch.tensor([0.0]))
     assert g.closing() == [DURATION]  # a note waiting for its duration gets the shortest
     assert g.removed == [[0.5, 0.0, 0.0, 0.0, 0.0, 0.0]]
 
@@ -191,7 +187,7 @@ def test_the_texture_steer_lengthens_notes_and_holds_back_shifts_that_thin_the_t
         return DurationGrammar(limits, [np.array(tokens)], texture=texture, key=0.0,
                                voice=0.0)
 
-    alone = [SEP, PROGRAM, VELOCITY, note(60)]
+    alone = [SEP, PROGRAM, VELOCITY, on(60)]
     assert steer(alone, texture=0.0).log_weights() is None
     g = steer(alone)
     logits = torch.randn(1, VOCAB_SIZE, generator=torch.Generator().manual_seed(0))
@@ -206,7 +202,7 @@ def test_the_texture_steer_lengthens_notes_and_holds_back_shifts_that_thin_the_t
     # two notes sound, none awaits a duration: only time shifts are steered, the more the
     # longer they run past the notes' ends
     end = DURATION_STEPS[duration_bin(30)]
-    two = [SEP, PROGRAM, VELOCITY, note(60), dur(30), note(64), dur(30)]
+    two = [SEP, PROGRAM, VELOCITY, on(60), dur(30), on(64), dur(30)]
     weights = steer(two).log_weights()[0]
     k = np.arange(1, VELOCITY - SHIFT + 1)
     sounding = 2 * np.minimum(k, end) / k
@@ -215,8 +211,8 @@ def test_the_texture_steer_lengthens_notes_and_holds_back_shifts_that_thin_the_t
     assert not weights[:SHIFT].any() and not weights[VELOCITY:].any()
     # a third note (3 >= 2.5 with it): its duration is not steered, nor a shift over which
     # 2.5 notes or more sound on average (3 * 30 / k, so up to 36 steps); a longer one is
-    assert steer(two + [note(67)]).log_weights() is None
-    weights = steer(two + [note(67), dur(30)]).log_weights()[0]
+    assert steer(two + [on(67)]).log_weights() is None
+    weights = steer(two + [on(67), dur(30)]).log_weights()[0]
     assert end == 30 and not weights[SHIFT:shift(36) + 1].any() and weights[shift(37)] < 0
     # silence: nothing to steer; nor for limits stored before the mean
     assert steer(two + [shift(end)]).log_weights() is None
@@ -236,29 +232,29 @@ def test_the_voice_steer_holds_back_time_until_the_notes_that_ended_are_replaced
         return None if out is None else out[0]
 
     end = DURATION_STEPS[duration_bin(30)]
-    three = [SEP, PROGRAM, VELOCITY, note(60), dur(30), note(64), dur(30), note(67),
+    three = [SEP, PROGRAM, VELOCITY, on(60), dur(30), on(64), dur(30), on(67),
              dur(300)]
     assert weights(three) is None  # time has not moved
     w = weights(three + [shift(end)])  # 60 and 64 ended there, 67 sounds on
     assert np.allclose(w[SHIFT:VELOCITY], -3.0)
     assert not w[:SHIFT].any() and not w[VELOCITY:].any()
     assert weights(three + [shift(end)], voice=0.0) is None
-    assert weights(three + [shift(end), note(62)]) is None  # awaiting its duration
-    assert np.allclose(weights(three + [shift(end), note(62), dur(30)])[SHIFT:VELOCITY], -1.5)
-    assert weights(three + [shift(end), note(62), dur(30), VELOCITY + 3, note(65),
+    assert weights(three + [shift(end), on(62)]) is None  # awaiting its duration
+    assert np.allclose(weights(three + [shift(end), on(62), dur(30)])[SHIFT:VELOCITY], -1.5)
+    assert weights(three + [shift(end), on(62), dur(30), VELOCITY + 3, on(65),
                             dur(30)]) is None  # both replaced
     assert weights(three + [shift(end - 1)]) is None  # nothing ended yet
     # a shift past the ends counts them too; a later shift, only what it reached
     assert np.allclose(weights(three + [shift(end + 5)])[SHIFT:VELOCITY], -3.0)
     assert weights(three + [shift(end), shift(1)]) is None
     # in silence: every note ended with the shift
-    silent = [SEP, PROGRAM, VELOCITY, note(60), dur(30), shift(end)]
+    silent = [SEP, PROGRAM, VELOCITY, on(60), dur(30), shift(end)]
     assert np.allclose(weights(silent)[SHIFT:VELOCITY], -1.5)
     # drums are not voices: a drum note ending, or one begun, counts for nothing
-    drum = [SEP, DRUMS, VELOCITY, note(36), dur(30), PROGRAM, note(60), dur(30)]
+    drum = [SEP, DRUMS, VELOCITY, on(36), dur(30), PROGRAM, on(60), dur(30)]
     assert np.allclose(weights(drum + [shift(end)])[SHIFT:VELOCITY], -1.5)
-    assert weights(drum + [shift(end), note(62), dur(30)]) is None
-    assert weights(drum + [shift(end), DRUMS, note(38), dur(30)]) is not None
+    assert weights(drum + [shift(end), on(62), dur(30)]) is None
+    assert weights(drum + [shift(end), DRUMS, on(38), dur(30)]) is not None
 
 
 @pytest.mark.parametrize("seed", range(2))
@@ -303,7 +299,7 @@ def test_random_sampling_under_the_duration_grammar_needs_no_repair(seed):
     for _ in range(3000):
         ok = g.allowed()[0]
         weights = np.where(ok, rng.random(len(ok)), 0.0)
-        weights[note(0):DURATION] *= 3.0  # lean towards notes, to test the cap
+        weights[on(0):DURATION] *= 3.0  # lean towards notes, to test the cap
         t = int(np.argmax(weights))
         g.update(torch.tensor([t]), torch.tensor([0.0]))
         tokens.append(t)

@@ -39,14 +39,10 @@ from seqformer.domains.midi.vocab import velocity_bin
 from cli_helpers import MIDI_SAMPLE, REPO
 from cli_helpers import TINY_MODEL as TINY
 from cli_helpers import run_cli as run
+from midi_tokens import off, on, shift
 from reference_music import polyphony_percentile, sounding_counts, tokens_between_shifts
 
 BACH = REPO / "data" / "midi" / "bach"
-
-
-def on(p): return NOTE_ON + p  # noqa: E704
-def off(p): return NOTE_OFF + p  # noqa: E704
-def shift(k): return SHIFT + k - 1  # noqa: E704
 
 
 def test_limits_from_hand_made_sequences():

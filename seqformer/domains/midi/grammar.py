@@ -188,8 +188,7 @@ class _Context:
 
     def __init__(self) -> None:
         self.now, self.inst = 0, PROGRAM  # a note before any instrument token: program 0
-        self.named = False
-        self._seen: set[str] = set()
+        self.has_instrument = self.has_velocity = False
         self.in_step = 0  # tokens since time last moved
         self.last = SEP
         self.played: dict[int, tuple[int, int]] = {}  # instrument -> lowest, highest pitch
@@ -206,12 +205,16 @@ class _Context:
         if SHIFT <= token < VELOCITY:
             self.now += token - SHIFT + 1
         elif VELOCITY <= token < PROGRAM:
-            self._seen.add("velocity")
+            self.has_velocity = True
         elif PROGRAM <= token <= DRUMS:
             self.inst = token
             self.instruments[token - PROGRAM] = True
-            self._seen.add("instrument")
-        self.named = len(self._seen) == 2
+            self.has_instrument = True
+
+    @property
+    def named(self) -> bool:
+        """Whether the piece has named an instrument and a velocity (a note needs both)."""
+        return self.has_instrument and self.has_velocity
 
     def _count(self, token: int) -> None:
         """Keep the tokens of this moment, the last token and the pitches each instrument
@@ -281,7 +284,7 @@ class _Context:
             ok[VELOCITY:PROGRAM] = False
         if PROGRAM <= self.last <= DRUMS:
             ok[PROGRAM:DRUMS + 1] = False
-        if "instrument" in self._seen:
+        if self.has_instrument:
             ok[self.inst] = False
         if limits.max_step_tokens is not None and self.in_step >= limits.max_step_tokens:
             ok[:SHIFT] = False
@@ -439,7 +442,7 @@ def _name_first(targets: np.ndarray, walk: _Context, limits: GrammarLimits) -> N
     note otherwise lost it to the mask and wrote time shifts instead: from <sep>, 8-15 of
     16 samples of three main-job models had not begun after 600 tokens (docs/music.md)."""
     notes = slice(NOTE_ON, NOTE_ON + 128)
-    if "instrument" in walk._seen:
+    if walk.has_instrument:
         targets[notes] = VELOCITY + DEFAULT_VELOCITY_BIN
         return
     targets[notes] = PROGRAM
