@@ -278,6 +278,30 @@ def test_bundled_sample_pairs():
         assert sop == atb and len(sop) == n
 
 
+def test_pace_counts_each_voice_and_flags_the_voices_the_median_pace_misses():
+    sample = APP / "data" / "sample"
+    if not sample.is_dir():
+        pytest.skip("no bundled sample (run apps/harmonize/prepare.py)")
+    pace = load_app_module(APP / "pace.py", "harmonize_pace")
+    train = pace.split_paces(sample / "train")
+    name = sorted(train)[0]
+    soprano = load_midi(sample / "train" / "soprano" / name)
+    atb = load_midi(sample / "train" / "atb" / name)
+    for v in voices.ATB:  # counted straight from the named tracks
+        assert train[name][v] == (len(track(atb, v.capitalize()).notes),
+                                  len(track(soprano, "Soprano").notes))
+    median, _ = pace.unreachable(train, {})
+    # a held-out chorale of 40 soprano notes: a bass at the median pace is reachable, one
+    # moving in eighths (twice as many notes as the fastest training bass) is not
+    fastest = max(c["bass"][0] / c["bass"][1] for c in train.values())
+    typical = {v: (round(median[v] * 40), 40) for v in voices.ATB}
+    walking = {**typical, "bass": (round(2 * fastest * 40), 40)}
+    _, missed = pace.unreachable(train, {"typical.mid": typical, "walking.mid": walking})
+    assert [(m["chorale"], m["voice"], m["percentile"]) for m in missed] == [
+        ("walking.mid", "bass", 100.0)]
+    assert missed[0]["at_median_pace"] == pytest.approx(median["bass"] * 40, abs=0.05)
+
+
 def test_harmonize_scores_and_writes_pieces_from_a_trained_run(tmp_path) -> None:
     """harmonize.py end to end on the bundled sample: a 4-step model, one piece sampled
     under the note grammar (so the decoder repairs nothing), its MIDI, roll and metrics."""

@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 
 from seqformer.core import ReformerConfig, ReformerLM
 from seqformer.pipeline.lightning_module import LMTask, token_nll
-from seqformer.pipeline.training import read_checkpoint
+from seqformer.pipeline.training import _precision, read_checkpoint, training_device
 
 from cli_helpers import TINY_MODEL, run_cli
 
@@ -204,3 +204,18 @@ def test_a_resumed_run_goes_on_averaging_and_exports_the_average(tmp_path):
         assert torch.equal(value, last["state_dict"][f"model.{name}"]), name
     assert any(not torch.equal(value, last["current_model_state"][f"model.{name}"])
                for name, value in exported.items())
+
+
+@pytest.mark.parametrize("accelerator, with_gpu, device, precision", [
+    ("auto", False, "cpu", "32-true"),
+    ("auto", True, "cuda", "bf16-mixed"),
+    ("gpu", True, "cuda", "bf16-mixed"),
+    ("cpu", True, "cpu", "32-true"),  # a run kept to the CPU calibrates there too
+])
+def test_training_device_follows_the_accelerator(monkeypatch, accelerator, with_gpu, device,
+                                                 precision):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: with_gpu)
+    train = {"accelerator": accelerator, "precision": "auto"}
+    assert training_device(train) == device
+    assert _precision(train) == precision
+    assert _precision({**train, "precision": "16-mixed"}) == "16-mixed"

@@ -205,13 +205,18 @@ def _strategy(name: str):
     return name
 
 
+def training_device(train: dict) -> str:
+    """The device `train.accelerator` trains on: "cuda" where it allows a GPU and one is
+    present, else "cpu". The calibration after training samples there too, so a run kept
+    to the CPU stays on it."""
+    gpu = torch.cuda.is_available() and train["accelerator"] in ("auto", "gpu", "cuda")
+    return "cuda" if gpu else "cpu"
+
+
 def _precision(train: dict) -> str:
     if train["precision"] != "auto":
         return train["precision"]
-    gpu = torch.cuda.is_available() and train["accelerator"] in ("auto", "gpu", "cuda")
-    return "bf16-mixed" if gpu else "32-true"
-
-
+    return "bf16-mixed" if training_device(train) == "cuda" else "32-true"
 
 
 def plot_loss(run: Path, train_key: str = "bits", val_key: str = "val_bits",
@@ -270,16 +275,13 @@ def store_sampling_limits(run: Path, domain, records: Iterable[np.ndarray],  # n
     return limits
 
 
-
-
-def calibrate_sampling(run: Path, domain: Domain, limits: dict | None, seed: int
-                       ) -> str | None:
+def calibrate_sampling(run: Path, domain: Domain, limits: dict | None, seed: int,
+                       device: str = "cpu") -> str | None:
     """Fit run/sampling.json (`limits`, as `store_sampling_limits` wrote them) to the
-    exported model from its own samples (`Domain.calibrated_limits`); returns the domain's
-    line saying what it fitted, None where it fits nothing."""
+    exported model from its own samples on `device` (`Domain.calibrated_limits`); returns
+    the domain's line saying what it fitted, None where it fits nothing."""
     if not limits:
         return None
-    device = "cuda" if torch.cuda.is_available() else "cpu"
     model, _, _ = load_run(run, device=device)
     prompt = np.array([domain.sep_id])
 
@@ -499,7 +501,8 @@ def train(cfg: dict, inputs: list[Path], run: Path, resume: bool = False,
     train = data.train_stream
     records = [train.store.tokens[o:o + n] for o, n in train.segments]  # views
     limits = store_sampling_limits(run, domain, records)
-    calibration = (calibrate_sampling(run, domain, limits, cfg["train"]["seed"])
+    calibration = (calibrate_sampling(run, domain, limits, cfg["train"]["seed"],
+                                      training_device(cfg["train"]))
                    if cfg["train"]["calibrate_sampling"] else None)
     if task.model.cfg.copy_pointer:
         store_pointer_hit_rates(run, task.model.cfg, records)
