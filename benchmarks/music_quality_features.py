@@ -7,9 +7,13 @@ major and natural-minor scales) and notes per second. Two sets are compared feat
 feature with the overlapping area of their distributions (Yang and Lerch, "On the
 evaluation of generative models in music", 2018): the area under the smaller of the two
 Gaussian kernel density estimates, 1 for identical distributions and 0 for disjoint ones.
+The reference pieces may be weighted (`mix_weights`: each folder, e.g. composer, as it
+counts among the training pieces).
 """
 
 from __future__ import annotations
+
+from collections import Counter
 
 import numpy as np
 import pretty_midi
@@ -64,37 +68,72 @@ def reference_block(files: list, holdout: float, validation: bool = False) -> li
     return files[-2 * n:-n] if validation else files[-n:]
 
 
-def _kde(values: np.ndarray, grid: np.ndarray, bandwidth: float) -> np.ndarray:
+def _kde(values: np.ndarray, weights: np.ndarray, grid: np.ndarray, bandwidth: float
+         ) -> np.ndarray:
     z = (grid[:, None] - values[None, :]) / bandwidth
-    return np.exp(-0.5 * z * z).sum(1) / (len(values) * bandwidth * np.sqrt(2 * np.pi))
+    return (np.exp(-0.5 * z * z) * weights).sum(1) / (bandwidth * np.sqrt(2 * np.pi))
 
 
-def overlap_area(a: np.ndarray, b: np.ndarray, points: int = 2048) -> float:
+def _scott_width(x: np.ndarray, w: np.ndarray) -> float:
+    """Scott's bandwidth of weighted values: the weighted standard deviation (unbiased,
+    Kish's effective count n for the correction) times n ** -0.2; plain Scott for equal
+    weights."""
+    n = 1.0 / (w * w).sum()
+    if n <= 1:
+        return 0.0
+    mean = (w * x).sum()
+    return float(np.sqrt((w * (x - mean) ** 2).sum() * n / (n - 1)) * n ** -0.2)
+
+
+def overlap_area(a: np.ndarray, b: np.ndarray, points: int = 2048,
+                 b_weights: np.ndarray | None = None) -> float:
     """Area under min(KDE of a, KDE of b). Gaussian kernels, each set with Scott's
     bandwidth (at least 1% of the pooled range, so a set of equal values is a narrow bump,
-    not a spike); NaN values are left out; NaN if either set is then empty."""
+    not a spike); b's values weighted by `b_weights` (equal without); NaN values are left
+    out; NaN if either set is then empty."""
     a, b = (np.asarray(x, dtype=np.float64) for x in (a, b))
-    a, b = a[np.isfinite(a)], b[np.isfinite(b)]
+    wb = np.ones(len(b)) if b_weights is None else np.asarray(b_weights, dtype=np.float64)
+    keep = np.isfinite(b) & (wb > 0)
+    a, b, wb = a[np.isfinite(a)], b[keep], wb[keep]
     if not len(a) or not len(b):
         return float("nan")
+    weights = [np.full(len(a), 1.0 / len(a)), wb / wb.sum()]
     pooled = np.concatenate([a, b])
     span = max(float(pooled.max() - pooled.min()), 1e-6 * max(1.0, abs(pooled).max()))
-    widths = [max((x.std(ddof=1) if len(x) > 1 else 0.0) * len(x) ** -0.2, 0.01 * span)
-              for x in (a, b)]
+    widths = [max(_scott_width(x, w), 0.01 * span) for x, w in zip((a, b), weights)]
     lo, hi = pooled.min() - 4 * max(widths), pooled.max() + 4 * max(widths)
     grid = np.linspace(lo, hi, points)
-    density = np.minimum(_kde(a, grid, widths[0]), _kde(b, grid, widths[1]))
+    density = np.minimum(_kde(a, weights[0], grid, widths[0]),
+                         _kde(b, weights[1], grid, widths[1]))
     return float(((density[1:] + density[:-1]) * np.diff(grid)).sum() / 2)  # trapezoids
 
 
-def compare(generated: list[dict[str, float]], reference: list[dict[str, float]]
-            ) -> dict[str, dict[str, float]]:
-    """Per feature: the two sets' means and the overlapping area of their distributions."""
+def mix_weights(folders: list[str], like: list[str]) -> np.ndarray:
+    """Per reference piece (the name of the folder it came from, e.g. its composer), a
+    weight such that each folder counts as its share of `like` (the folder names of the
+    pieces a model trained on): a reference of another composer mix would otherwise judge
+    a model by the composers it holds more of. The weights sum to 1; a folder `like`
+    lacks weighs 0."""
+    have, want = Counter(folders), Counter(like)
+    total = sum(want[f] for f in have)
+    if total == 0:
+        raise ValueError(f"no reference folder ({', '.join(have)}) is named as a folder of "
+                         f"the pieces to weigh like")
+    return np.array([want[f] / total / have[f] for f in folders])
+
+
+def compare(generated: list[dict[str, float]], reference: list[dict[str, float]],
+            reference_weights: np.ndarray | None = None) -> dict[str, dict[str, float]]:
+    """Per feature: the two sets' means and the overlapping area of their distributions;
+    the reference pieces weighted by `reference_weights` (equal without, `mix_weights`)."""
+    w = np.ones(len(reference)) if reference_weights is None else np.asarray(reference_weights)
     out = {}
     for key in FEATURES:
         g = np.array([p[key] for p in generated], dtype=np.float64)
         r = np.array([p[key] for p in reference], dtype=np.float64)
+        seen = np.isfinite(r) & (w > 0)
         out[key] = {"generated": float(np.nanmean(g)) if np.isfinite(g).any() else np.nan,
-                    "reference": float(np.nanmean(r)) if np.isfinite(r).any() else np.nan,
-                    "overlap": overlap_area(g, r)}
+                    "reference": float(np.average(r[seen], weights=w[seen])) if seen.any()
+                    else np.nan,
+                    "overlap": overlap_area(g, r, b_weights=w)}
     return out

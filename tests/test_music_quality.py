@@ -16,7 +16,7 @@ _features = load_app_module(REPO / "benchmarks" / "music_quality_features.py",
                             "music_quality_features")
 FEATURES, compare = _features.FEATURES, _features.compare
 overlap_area, piece_features = _features.overlap_area, _features.piece_features
-reference_block = _features.reference_block
+reference_block, mix_weights = _features.reference_block, _features.mix_weights
 
 
 def piece(notes: list[tuple[int, float, float]], drums: bool = False) -> pretty_midi.PrettyMIDI:
@@ -90,3 +90,30 @@ def test_validation_block_lies_just_before_the_held_out_pieces():
     assert not set(reference_block(files, 0.25)) & set(reference_block(files, 0.25, True))
     with pytest.raises(ValueError, match="no validation block"):
         reference_block(files, 1.0, validation=True)  # every file is held out
+
+
+def test_a_weighted_reference_against_its_plain_and_its_subset():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(0, 1, 300), rng.normal(0.5, 2, 200)
+    assert overlap_area(a, b, b_weights=np.full(200, 3.0)) == pytest.approx(overlap_area(a, b))
+    # weight 0 leaves a piece out: the same as the subset alone, bandwidth included
+    keep = np.arange(200) < 120
+    assert overlap_area(a, b, b_weights=keep.astype(float)) == pytest.approx(
+        overlap_area(a, b[keep]))
+    # a reference that is half at 0 and half at 10, weighed 9 to 1 toward the part at 0,
+    # overlaps a set at 0 far more than the plain reference does
+    ref = np.concatenate([rng.normal(0, 1, 100), rng.normal(10, 1, 100)])
+    toward_zero = np.where(np.arange(200) < 100, 0.9, 0.1)
+    plain, weighted = overlap_area(a, ref), overlap_area(a, ref, b_weights=toward_zero)
+    assert plain < 0.45 and weighted > 0.6  # 0.37 and 0.66: one bandwidth spans both parts
+
+
+def test_mix_weights_count_each_folder_as_the_training_pieces_do():
+    # reference: 2 pieces of a, 1 of b; training: 1 of a, 3 of b, 1 of c (not a reference)
+    w = mix_weights(["a", "a", "b"], ["a", "b", "b", "b", "c"])
+    assert w == pytest.approx([0.125, 0.125, 0.75])
+    with pytest.raises(ValueError, match="no reference folder"):
+        mix_weights(["a"], ["c"])
+    pieces = [{key: value for key in FEATURES} for value in (1.0, 1.0, 5.0)]
+    assert compare(pieces, pieces, w)["mean_polyphony"]["reference"] == pytest.approx(4.0)
+    assert compare(pieces, pieces)["mean_polyphony"]["reference"] == pytest.approx(7 / 3)
