@@ -293,7 +293,7 @@ def test_pace_counts_each_voice_and_flags_the_voices_the_median_pace_misses():
     median, _ = pace.unreachable(train, {})
     # a held-out chorale of 40 soprano notes: a bass at the median pace is reachable, one
     # moving in eighths (twice as many notes as the fastest training bass) is not
-    fastest = max(c["bass"][0] / c["bass"][1] for c in train.values())
+    fastest = pace.voice_paces(train)["bass"].max()
     typical = {v: (round(median[v] * 40), 40) for v in voices.ATB}
     walking = {**typical, "bass": (round(2 * fastest * 40), 40)}
     _, missed = pace.unreachable(train, {"typical.mid": typical, "walking.mid": walking})

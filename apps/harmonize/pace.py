@@ -42,11 +42,16 @@ def split_paces(folder: Path) -> dict[str, dict[str, tuple[int, int]]]:
     return out
 
 
+def voice_paces(split: dict) -> dict[str, np.ndarray]:
+    """{voice: its pace in each chorale of a split (`split_paces`)}."""
+    return {v: np.array([c[v][0] / c[v][1] for c in split.values()]) for v in voices.ATB}
+
+
 def unreachable(train: dict, heldout: dict) -> tuple[dict[str, float], list[dict]]:
     """(the training median pace per voice, the held-out voices whose count that pace misses
     by more than TOLERANCE, each with Bach's pace and its percentile among the training
     chorales)."""
-    paces = {v: np.array([c[v][0] / c[v][1] for c in train.values()]) for v in voices.ATB}
+    paces = voice_paces(train)
     median = {v: float(np.median(p)) for v, p in paces.items()}
     missed = []
     for name, counts in heldout.items():
@@ -64,9 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data", default=str(APP / "data"), help="prepare.py's output folder")
     args = ap.parse_args(argv)
     train, heldout = (split_paces(Path(args.data) / s) for s in ("train", "heldout"))
-    median, missed = unreachable(train, heldout)
-    for v in voices.ATB:
-        p = np.array([c[v][0] / c[v][1] for c in train.values()])
+    _, missed = unreachable(train, heldout)
+    for v, p in voice_paces(train).items():
         q = np.percentile(p, [5, 50, 95, 99])
         print(f"{v}: notes per soprano note in {len(p)} training chorales: 5% {q[0]:.2f}, "
               f"median {q[1]:.2f}, 95% {q[2]:.2f}, 99% {q[3]:.2f}, max {p.max():.2f}")
@@ -74,8 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           f"{TOLERANCE:.0%}: {len(missed)} of {3 * len(heldout)}")
     for m in missed:
         print(f"  {m['chorale']} {m['voice']}: Bach {m['bach']} notes ({m['pace']:.2f} per "
-              f"soprano note, {m['percentile']:.1f}th percentile), median pace "
-              f"{m['at_median_pace']}")
+              f"soprano note, faster than {m['percentile']:.1f}% of the training chorales'), "
+              f"at the median pace {m['at_median_pace']}")
     return 0
 
 
