@@ -539,3 +539,32 @@ def test_prepare_is_reproducible(prepared, tmp_path):
                          "--max-bases", "200000"]) == 0
     for name in ("train_cds.fa", "heldout_protein.fa", "summary.json"):
         assert (tmp_path / name).read_bytes() == (prepared / name).read_bytes()
+
+
+def test_long_genes_cropped_into_training_only(prepared, tmp_path):
+    """`--long crop`: the genes over 700 codons join the training split as their first 700
+    codons (from the start codon, so position 0 is still a start), the held-out split is
+    byte for byte the one `--long drop` writes, and every other training gene is the same."""
+    assert prepare.main(["--genome", str(GENOME), "--out", str(tmp_path),
+                         "--max-bases", "200000", "--long", "crop"]) == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["cropped_long"] == summary["dropped_long"] > 0  # thrA: 820 residues
+    for name in ("heldout_protein.fa", "heldout_cds.fa"):
+        assert (tmp_path / name).read_bytes() == (prepared / name).read_bytes()
+    whole_p, whole_c = prepare.load_pairs(prepared, "train")
+    proteins, cds = prepare.load_pairs(tmp_path, "train")
+    crops = [gid for gid in proteins if gid not in whole_p]
+    assert len(crops) == summary["cropped_long"]
+    assert {gid: proteins[gid] for gid in whole_p} == whole_p
+    assert {gid: cds[gid] for gid in whole_c} == whole_c
+    genome = prepare.read_genome(GENOME, 200_000)[0][1]
+    for gid in crops:
+        prefix, begin, end, strand, first = gid.split("_")
+        assert first == "first700" and len(proteins[gid]) == 700 and len(cds[gid]) == 2100
+        region = genome[int(begin) - 1:int(end)]
+        gene = region if strand == "+" else str(Seq(region).reverse_complement())
+        assert len(gene) > 3 * 701 and cds[gid] == gene[:2100]
+        assert cds[gid][:3] in prepare.START_CODONS
+        assert translate(gene)[:700] == proteins[gid]
+    ranks = [int(gid.split("_")[1]) for gid in proteins]
+    assert ranks == sorted(ranks)  # genome order, one record

@@ -16,7 +16,10 @@ strand) and kept only when it is complete:
   Biopython's `translate(table=11, cds=True)` succeeds (the start codon reads as M);
 - that translation equals pyrodigal's own translation of the gene;
 - it has at most --max-codons sense codons (the protein's length; default 700, to keep
-  training on a CPU feasible; the number dropped is reported).
+  training on a CPU feasible; the number dropped is reported). With `--long crop` the
+  longer genes are not dropped but their first --max-codons codons are added to the
+  training split (ids `..._first<N>`, no stop codon); they never enter the held-out split,
+  whose genes stay whole.
 
 Genes are split 90/10 at random (--seed). Genes with identical proteins (IS elements,
 duplicated genes such as tufA/tufB) always land on the same side, so that no held-out
@@ -163,6 +166,16 @@ def cap_length(genes: Iterable[Gene], max_codons: int | None) -> tuple[list[Gene
     return kept, len(genes) - len(kept)
 
 
+def crop_long(genes: Iterable[Gene], max_codons: int) -> list[Gene]:
+    """The genes whose protein is longer than `max_codons`, cut to their first `max_codons`
+    residues and codons (so without their stop codon): id `<gene id>_first<max_codons>`,
+    the coordinates still the whole gene's. Position 0 stays the start codon, which is
+    what a cut elsewhere would lose."""
+    return [Gene(f"{g.id}_first{max_codons}", g.begin, g.end, g.strand,
+                 g.cds[:3 * max_codons], g.protein[:max_codons])
+            for g in genes if len(g.protein) > max_codons]
+
+
 def split_genes(genes: Sequence[Gene], heldout_fraction: float = 0.1, seed: int = 0
                 ) -> tuple[list[Gene], list[Gene]]:
     """(train, heldout), each in genome order. Genes sharing a protein sequence are one
@@ -266,7 +279,7 @@ def shortest(genes: Sequence[Gene], n: int) -> list[Gene]:
 def prepare(genome: str | Path = DEFAULT_GENOME, out: str | Path = DEFAULT_OUT,
             max_codons: int | None = 700, heldout_fraction: float = 0.1, seed: int = 0,
             sample: tuple[int, int] = (40, 10), max_bases: int | None = None,
-            prefix: str = "ecoli", log=print) -> dict:
+            prefix: str = "ecoli", long_genes: str = "drop", log=print) -> dict:
     """The whole preparation; returns a summary (also written to `out/summary.json`)."""
     out = Path(out)
     t0 = time.perf_counter()
@@ -279,11 +292,20 @@ def prepare(genome: str | Path = DEFAULT_GENOME, out: str | Path = DEFAULT_OUT,
     log(f"Prodigal called {n_called:,} genes ({t_call:.1f} s); {len(genes):,} complete")
     for reason, n in dropped.most_common():
         log(f"  dropped {n:,}: {reason}")
+    if long_genes not in ("drop", "crop"):
+        raise ValueError(f"long_genes must be 'drop' or 'crop', got {long_genes!r}")
+    called = genes
+    crops = crop_long(genes, max_codons) if long_genes == "crop" and max_codons else []
     genes, n_long = cap_length(genes, max_codons)
     if max_codons is not None:
         log(f"  dropped {n_long:,} longer than {max_codons} codons; {len(genes):,} kept")
     train, heldout = split_genes(genes, heldout_fraction, seed)
     log(f"split (seed {seed}): {len(train):,} train, {len(heldout):,} held-out genes")
+    if crops:
+        rank = {g.id: i for i, g in enumerate(called)}
+        train = sorted(train + crops, key=lambda g: rank[g.id.split("_first")[0]])
+        log(f"  {len(crops):,} genes longer than {max_codons} codons: their first "
+            f"{max_codons} codons added to train")
     sizes = write_pairs(out, {"train": train, "heldout": heldout})
     sample_sizes = write_pairs(out, {"train": shortest(train, sample[0]),
                                      "heldout": shortest(heldout, sample[1])},
@@ -296,9 +318,10 @@ def prepare(genome: str | Path = DEFAULT_GENOME, out: str | Path = DEFAULT_OUT,
         "genome": Path(genome).name, "bases": n_bases, "called": n_called,
         "complete": len(genes) + n_long, "dropped": dict(dropped.most_common()),
         "max_codons": max_codons, "dropped_long": n_long, "kept": len(genes),
+        "long_genes": long_genes, "cropped_long": len(crops),
         "seed": seed, "train": len(train), "heldout": len(heldout),
-        "train_codons": sum(len(g.protein) + 1 for g in train),
-        "heldout_codons": sum(len(g.protein) + 1 for g in heldout),
+        "train_codons": sum(len(g.cds) // 3 for g in train),
+        "heldout_codons": sum(len(g.cds) // 3 for g in heldout),
         "sample": list(sample), "bytes": {**sizes, **sample_sizes},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
@@ -314,6 +337,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", default=str(DEFAULT_OUT), help="output folder")
     parser.add_argument("--max-codons", type=int, default=700,
                         help="drop genes with more sense codons than this (0: keep all)")
+    parser.add_argument("--long", choices=("drop", "crop"), default="drop",
+                        help="genes over --max-codons: drop them, or add their first "
+                             "--max-codons codons to the training split")
     parser.add_argument("--heldout", type=float, default=0.1, help="held-out fraction")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--sample", type=int, nargs=2, default=(40, 10),
@@ -329,7 +355,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("prepare.py needs pyrodigal: pip install -e '.[codon]'", file=sys.stderr)
         return 2
     prepare(args.genome, args.out, args.max_codons or None, args.heldout, args.seed,
-            tuple(args.sample), args.max_bases, args.prefix)
+            tuple(args.sample), args.max_bases, args.prefix, args.long)
     return 0
 
 
