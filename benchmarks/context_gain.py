@@ -44,18 +44,16 @@ from seqformer.pipeline.inference import token_log_likelihoods
 from seqformer.pipeline.run_dir import load_run
 
 
-def repeat_positions(tokens: np.ndarray, k: int, min_distance: int,
-                     complement: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """(repeat, copy_right), bool (n,): position i is a repeat when tokens[i-k:i] occurred
-    before and its latest earlier occurrence, tokens[j-k:j] with j < i, has i - j >=
-    min_distance; copy_right: tokens[j] == tokens[i] there. With `complement` (id -> id),
-    the inverted repeats instead: the latest tokens[j-k:j] that is the reverse complement
-    of tokens[i-k:i], and copy_right: complement[tokens[j-k-1]] == tokens[i]."""
+def repeat_sources(tokens: np.ndarray, k: int, min_distance: int,
+                   complement: np.ndarray | None = None) -> np.ndarray:
+    """source (n,), int: for a repeat position i, the j with i - j >= min_distance at which
+    tokens[j-k:j], the latest earlier occurrence of tokens[i-k:i], ends; -1 elsewhere.
+    With `complement` (id -> id), the latest tokens[j-k:j] that is the reverse complement
+    of tokens[i-k:i] instead (the inverted repeats)."""
     n = len(tokens)
-    repeat = np.zeros(n, dtype=bool)
-    copy_right = np.zeros(n, dtype=bool)
+    source = np.full(n, -1, dtype=np.int64)
     if n <= k:
-        return repeat, copy_right
+        return source
     tokens = np.asarray(tokens, dtype=np.int64)
     windows = np.lib.stride_tricks.sliding_window_view(tokens, k)
     if complement is not None:
@@ -70,9 +68,24 @@ def repeat_positions(tokens: np.ndarray, k: int, min_distance: int,
         else:  # tokens[i-k:i] reverse-complemented, read from the mirrored sequence
             j = last.get(mirrored[n - i].tobytes())
         if j is not None and i - j >= min_distance and (complement is None or j > k):
-            repeat[i] = True
-            copy_right[i] = (tokens[j] if complement is None
-                             else complement[tokens[j - k - 1]]) == tokens[i]
+            source[i] = j
+    return source
+
+
+def repeat_positions(tokens: np.ndarray, k: int, min_distance: int,
+                     complement: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(repeat, copy_right), bool (n,): position i is a repeat when tokens[i-k:i] occurred
+    before and its latest earlier occurrence, tokens[j-k:j] with j < i, has i - j >=
+    min_distance (`repeat_sources`); copy_right: tokens[j] == tokens[i] there. With
+    `complement`, the inverted repeats, and copy_right: complement[tokens[j-k-1]] ==
+    tokens[i]."""
+    source = repeat_sources(tokens, k, min_distance, complement)
+    repeat = source >= 0
+    copy_right = np.zeros(len(source), dtype=bool)
+    tokens = np.asarray(tokens, dtype=np.int64)
+    at, j = np.nonzero(repeat)[0], source[repeat]
+    copy_right[at] = (tokens[j] if complement is None else complement[tokens[j - k - 1]]) \
+        == tokens[at]
     return repeat, copy_right
 
 
