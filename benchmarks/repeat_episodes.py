@@ -46,8 +46,13 @@ def repeat_episodes(source: np.ndarray, start: int = 0, gap: int = 64) -> list[E
 
 
 def returns_elsewhere(episodes: list[Episode], gap: int = 64) -> int:
-    """How many episodes reach back to a different place than the one before."""
+    """How many episodes reach back a different distance than the one before (more than
+    `gap` apart): a return to another place, not the same copy taken up again."""
     return sum(abs(b.distance - a.distance) > gap for a, b in zip(episodes, episodes[1:]))
+
+
+def _median(values: list[int]) -> str:
+    return f"{int(np.median(values)):,}" if values else "-"
 
 
 def main() -> None:
@@ -69,12 +74,8 @@ def main() -> None:
         episodes = repeat_episodes(source, args.start, args.gap)
         lengths = [e.length for e in episodes]
         gaps = [b.first - a.last for a, b in zip(episodes, episodes[1:])]
-
-        def median(values: list[int]) -> str:
-            return f"{int(np.median(values)):,}" if values else "-"
-
         print(f"| {path.stem} | {(source[args.start:] >= 0).mean():.1%} | {len(episodes)} | "
-              f"{median(lengths)} | {median(gaps)} | {median([e.distance for e in episodes])} | "
+              f"{_median(lengths)} | {_median(gaps)} | {_median([e.distance for e in episodes])} | "
               f"{max(lengths, default=0):,} | {returns_elsewhere(episodes, args.gap)} of "
               f"{max(len(episodes) - 1, 0)} |")
 
