@@ -290,13 +290,14 @@ def test_pace_counts_each_voice_and_flags_the_voices_the_median_pace_misses():
     for v in voices.ATB:  # counted straight from the named tracks
         assert train[name][v] == (len(track(atb, v.capitalize()).notes),
                                   len(track(soprano, "Soprano").notes))
-    median, _ = pace.unreachable(train, {})
+    paces = pace.voice_paces(train)
+    median, _ = pace.unreachable(paces, {})
     # a held-out chorale of 40 soprano notes: a bass at the median pace is reachable, one
     # moving in eighths (twice as many notes as the fastest training bass) is not
-    fastest = pace.voice_paces(train)["bass"].max()
+    fastest = paces["bass"].max()
     typical = {v: (round(median[v] * 40), 40) for v in voices.ATB}
     walking = {**typical, "bass": (round(2 * fastest * 40), 40)}
-    _, missed = pace.unreachable(train, {"typical.mid": typical, "walking.mid": walking})
+    _, missed = pace.unreachable(paces, {"typical.mid": typical, "walking.mid": walking})
     assert [(m["chorale"], m["voice"], m["percentile"]) for m in missed] == [
         ("walking.mid", "bass", 100.0)]
     assert missed[0]["at_median_pace"] == pytest.approx(median["bass"] * 40, abs=0.05)

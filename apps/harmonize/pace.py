@@ -47,11 +47,11 @@ def voice_paces(split: dict) -> dict[str, np.ndarray]:
     return {v: np.array([c[v][0] / c[v][1] for c in split.values()]) for v in voices.ATB}
 
 
-def unreachable(train: dict, heldout: dict) -> tuple[dict[str, float], list[dict]]:
-    """(the training median pace per voice, the held-out voices whose count that pace misses
-    by more than TOLERANCE, each with Bach's pace and its percentile among the training
-    chorales)."""
-    paces = voice_paces(train)
+def unreachable(paces: dict[str, np.ndarray], heldout: dict
+                ) -> tuple[dict[str, float], list[dict]]:
+    """From the training chorales' paces (`voice_paces`): (the median pace per voice, the
+    held-out voices whose count that pace misses by more than TOLERANCE, each with Bach's
+    pace and its percentile among the training chorales)."""
     median = {v: float(np.median(p)) for v, p in paces.items()}
     missed = []
     for name, counts in heldout.items():
@@ -69,8 +69,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--data", default=str(APP / "data"), help="prepare.py's output folder")
     args = ap.parse_args(argv)
     train, heldout = (split_paces(Path(args.data) / s) for s in ("train", "heldout"))
-    _, missed = unreachable(train, heldout)
-    for v, p in voice_paces(train).items():
+    paces = voice_paces(train)
+    _, missed = unreachable(paces, heldout)
+    for v, p in paces.items():
         q = np.percentile(p, [5, 50, 95, 99])
         print(f"{v}: notes per soprano note in {len(p)} training chorales: 5% {q[0]:.2f}, "
               f"median {q[1]:.2f}, 95% {q[2]:.2f}, 99% {q[3]:.2f}, max {p.max():.2f}")
