@@ -34,10 +34,7 @@ def repeat_episodes(source: np.ndarray, start: int = 0, gap: int = 64) -> list[E
     """The repeat positions at or after `start` (`source` >= 0, as `repeat_sources` gives
     them), merged into episodes wherever fewer than `gap` + 1 positions separate them."""
     episodes: list[Episode] = []
-    for p in np.nonzero(source >= 0)[0]:
-        p = int(p)
-        if p < start:
-            continue
+    for p in (np.nonzero(source[start:] >= 0)[0] + start).tolist():
         if episodes and p - episodes[-1].last <= gap:
             episodes[-1] = Episode(episodes[-1].first, p, episodes[-1].distance)
         else:
