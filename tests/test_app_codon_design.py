@@ -559,7 +559,7 @@ def test_long_genes_cropped_into_training_only(prepared, tmp_path):
     assert {gid: cds[gid] for gid in whole_c} == whole_c
     genome = prepare.read_genome(GENOME, 200_000)[0][1]
     for gid in crops:
-        prefix, begin, end, strand, first = gid.split("_")
+        _, begin, end, strand, first = gid.split("_")
         assert first == "first700" and len(proteins[gid]) == 700 and len(cds[gid]) == 2100
         region = genome[int(begin) - 1:int(end)]
         gene = region if strand == "+" else str(Seq(region).reverse_complement())
