@@ -281,6 +281,8 @@ def prepare(genome: str | Path = DEFAULT_GENOME, out: str | Path = DEFAULT_OUT,
             sample: tuple[int, int] = (40, 10), max_bases: int | None = None,
             prefix: str = "ecoli", long_genes: str = "drop", log=print) -> dict:
     """The whole preparation; returns a summary (also written to `out/summary.json`)."""
+    if long_genes not in ("drop", "crop"):
+        raise ValueError(f"long_genes must be 'drop' or 'crop', got {long_genes!r}")
     out = Path(out)
     t0 = time.perf_counter()
     records = read_genome(genome, max_bases)
@@ -292,8 +294,6 @@ def prepare(genome: str | Path = DEFAULT_GENOME, out: str | Path = DEFAULT_OUT,
     log(f"Prodigal called {n_called:,} genes ({t_call:.1f} s); {len(genes):,} complete")
     for reason, n in dropped.most_common():
         log(f"  dropped {n:,}: {reason}")
-    if long_genes not in ("drop", "crop"):
-        raise ValueError(f"long_genes must be 'drop' or 'crop', got {long_genes!r}")
     called = genes
     crops = crop_long(genes, max_codons) if long_genes == "crop" and max_codons else []
     genes, n_long = cap_length(genes, max_codons)
